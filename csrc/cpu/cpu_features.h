@@ -1,0 +1,35 @@
+// Runtime CPU feature detection and the instruction-set choice for the CPU kernels.
+//
+// The chosen ISA is computed once: the best path the CPU *and* the OS support (cpuid plus XCR0 on
+// x86, so AVX-512 state the OS does not save is never used; hwcaps on ARM), lowered by the
+// environment variable QUANTKERNELS_CPU_ISA=scalar|avx2|avx512|avx512_vnni|neon|... when set.
+// Asking for a path the machine cannot run falls back to the best it can (never SIGILL).
+#pragma once
+
+namespace qk::cpu {
+
+enum class Isa : int {
+  kScalar = 0,
+  kAvx2 = 1,         // AVX2 + FMA + F16C
+  kAvx512 = 2,       // AVX-512 F/BW/VL/DQ
+  kAvx512Vnni = 3,   // AVX-512 + VNNI (+ BF16 when present)
+  kNeon = 10,        // ARMv8.2 NEON + dotprod
+  kI8mm = 11,        // NEON + i8mm
+};
+
+struct Features {
+  bool avx2 = false, fma = false, f16c = false;
+  bool avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false;
+  bool avx512vnni = false, avx512bf16 = false, avxvnni = false;
+  bool neon = false, dotprod = false, i8mm = false;
+};
+
+const Features& features();       // what the CPU and OS support
+Isa best_supported_isa();          // ignoring the environment
+Isa selected_isa();                // after QUANTKERNELS_CPU_ISA; computed once
+bool isa_supported(Isa isa);
+const char* isa_name(Isa isa);
+// Parses a name as accepted by QUANTKERNELS_CPU_ISA; returns false if unknown.
+bool parse_isa(const char* name, Isa* out);
+
+}  // namespace qk::cpu

@@ -1,0 +1,59 @@
+"""Loading the compiled extension ``quantkernels._C`` without ever failing ``import quantkernels``.
+
+The extension may be missing (pure-Python install), stale, or built against another torch. In each
+case the reference backend still serves, and the first call that needs native code gets an error
+saying what is missing and how to build it.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from typing import Optional
+
+import torch
+
+BUILD_HINT = (
+    "build it with `pip install --no-build-isolation -e .` in the quantkernels source tree "
+    "(set QUANTKERNELS_BUILD_CUDA=1 and TORCH_CUDA_ARCH_LIST for CUDA kernels)"
+)
+
+
+class ExtensionUnavailable(RuntimeError):
+    """The native extension cannot be used; the message says why and how to fix it."""
+
+
+@functools.lru_cache(maxsize=None)
+def _load():
+    """Returns (module or None, reason or None)."""
+    try:
+        mod = importlib.import_module("quantkernels._C")
+    except (ImportError, OSError) as e:
+        return None, f"quantkernels._C could not be loaded ({type(e).__name__}: {e})"
+    info = mod.build_info()
+    built_for = info.get("torch_version", "?")
+    if built_for.split("+")[0] != torch.__version__.split("+")[0]:
+        return None, f"quantkernels._C was built for torch {built_for} but torch {torch.__version__} is running"
+    return mod, None
+
+
+def extension() -> Optional[object]:
+    """The loaded ``_C`` module, or None."""
+    return _load()[0]
+
+
+def unavailable_reason() -> Optional[str]:
+    return _load()[1]
+
+
+def require() -> object:
+    """The loaded ``_C`` module; raises :class:`ExtensionUnavailable` with a build hint otherwise."""
+    mod, reason = _load()
+    if mod is None:
+        raise ExtensionUnavailable(f"{reason}; {BUILD_HINT}")
+    return mod
+
+
+def build_info() -> dict:
+    mod = extension()
+    return {} if mod is None else dict(mod.build_info())

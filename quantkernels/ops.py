@@ -1,0 +1,117 @@
+"""Every op schema of the ``quantkernels`` namespace, with its fake (meta) implementation.
+
+Portable-format ops (``quantize``, ``pack``, ``unpack``, ``dequantize``, ``linear``) take the GPTQ
+layout of :mod:`quantkernels.formats`; their reference implementation (:mod:`quantkernels.reference`)
+is registered for every device. Backend ops take a backend's own repacked layout; their schemas are
+declared here too, in the backend's section, and their kernels are registered by the backend (C++
+``TORCH_LIBRARY_IMPL`` or ``torch.library``). Fake implementations let ``torch.compile`` trace any op.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import reference
+
+LIB = torch.library.Library("quantkernels", "FRAGMENT")
+
+
+def _define(schema: str) -> str:
+    LIB.define(schema)
+    return "quantkernels::" + schema.split("(", 1)[0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Portable-format ops: reference kernels serve every device.
+# ---------------------------------------------------------------------------------------------------
+_define(
+    "quantize(Tensor w, int bits, int group_size, bool sym, ScalarType scale_dtype, Tensor? g_idx=None)"
+    " -> (Tensor codes, Tensor scales, Tensor zeros)"
+)
+_define("pack(Tensor codes, int bits, int dim=0) -> Tensor")
+_define("unpack(Tensor packed, int bits, int dim=0) -> Tensor")
+_define(
+    "dequantize(Tensor qweight, Tensor qzeros, Tensor scales, Tensor g_idx, int bits, ScalarType dtype) -> Tensor"
+)
+_define(
+    "linear(Tensor x, Tensor qweight, Tensor qzeros, Tensor scales, Tensor g_idx, Tensor? bias, int bits) -> Tensor"
+)
+
+for _name, _fn in {
+    "quantize": reference.quantize,
+    "pack": reference.pack,
+    "unpack": reference.unpack,
+    "dequantize": reference.dequantize,
+    "linear": reference.linear,
+}.items():
+    LIB.impl(_name, _fn, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("quantkernels::quantize")
+def _quantize_fake(w, bits, group_size, sym, scale_dtype, g_idx=None):
+    n, k = w.shape
+    g = 1 if group_size == -1 else k // group_size
+    return (
+        w.new_empty((n, k), dtype=torch.uint8),
+        w.new_empty((g, n), dtype=scale_dtype),
+        w.new_empty((g, n), dtype=torch.int32),
+    )
+
+
+def _scaled_shape(shape, dim, num, den):
+    shape = list(shape)
+    shape[dim] = shape[dim] * num // den
+    return shape
+
+
+@torch.library.register_fake("quantkernels::pack")
+def _pack_fake(codes, bits, dim=0):
+    return codes.new_empty(_scaled_shape(codes.shape, dim, bits, 32), dtype=torch.int32)
+
+
+@torch.library.register_fake("quantkernels::unpack")
+def _unpack_fake(packed, bits, dim=0):
+    return packed.new_empty(_scaled_shape(packed.shape, dim, 32, bits), dtype=torch.uint8)
+
+
+@torch.library.register_fake("quantkernels::dequantize")
+def _dequantize_fake(qweight, qzeros, scales, g_idx, bits, dtype):
+    return qweight.new_empty((scales.shape[1], g_idx.shape[0]), dtype=dtype)
+
+
+@torch.library.register_fake("quantkernels::linear")
+def _linear_fake(x, qweight, qzeros, scales, g_idx, bias, bits):
+    return x.new_empty((*x.shape[:-1], scales.shape[1]))
+
+
+def _linear_setup_context(ctx, inputs, output):
+    _, qweight, qzeros, scales, g_idx, _, bits = inputs
+    ctx.save_for_backward(qweight, qzeros, scales, g_idx)
+    ctx.bits = bits
+
+
+def _linear_backward(ctx, grad):
+    qweight, qzeros, scales, g_idx = ctx.saved_tensors
+    w = torch.ops.quantkernels.dequantize(qweight, qzeros, scales, g_idx, ctx.bits, torch.float32)
+    gx = torch.matmul(grad.to(torch.float32), w).to(grad.dtype)
+    return gx, None, None, None, None, None, None
+
+
+# Weights are frozen: the gradient flows to the input only (adapters train on top).
+torch.library.register_autograd("quantkernels::linear", _linear_backward, setup_context=_linear_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------------
+# CPU backend ops (layouts in csrc/cpu/; kernels registered by csrc/bindings/cpu_ops.cpp).
+# ---------------------------------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------------------
+# CUDA backend ops (layouts in csrc/cuda/; kernels registered by csrc/bindings/cuda_ops.cpp).
+# ---------------------------------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------------------
+# Triton backend ops: defined with torch.library.triton_op in quantkernels/triton/ (imported lazily,
+# so that importing quantkernels never imports triton).
+# ---------------------------------------------------------------------------------------------------

@@ -107,7 +107,7 @@ def make_ext_modules():
         f'-DQK_TORCH_VERSION="{torch.__version__}"',
         f'-DQK_CPU_ISAS="{",".join(["scalar", *isas])}"',
     ]
-    extra = {"cxx": ["-O3", "-std=c++17", *defines]}
+    extra = {"cxx": ["-O3", "-std=c++20", *defines]}
     kwargs = dict(
         name="quantkernels._C",
         sources=rel(bindings),
@@ -119,7 +119,7 @@ def make_ext_modules():
         archs = os.environ.get("TORCH_CUDA_ARCH_LIST") or DEFAULT_CUDA_ARCHS
         os.environ["TORCH_CUDA_ARCH_LIST"] = archs
         extra["cxx"] += ["-DQK_WITH_CUDA", f'-DQK_CUDA_ARCHS="{archs}"']
-        extra["nvcc"] = ["-O3", "-std=c++17", "-lineinfo", "-DQK_WITH_CUDA", "--expt-relaxed-constexpr"]
+        extra["nvcc"] = ["-O3", "-std=c++20", "-lineinfo", "-DQK_WITH_CUDA", "--expt-relaxed-constexpr"]
         if os.environ.get("QK_PTXAS_VERBOSE"):  # print registers / spills per kernel
             extra["nvcc"].append("-Xptxas=-v")
         kwargs["sources"] += rel(sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu"))))

@@ -104,6 +104,29 @@ torch.library.register_autograd("quantkernels::linear", _linear_backward, setup_
 # ---------------------------------------------------------------------------------------------------
 # CPU backend ops (layouts in csrc/cpu/; kernels registered by csrc/bindings/cpu_ops.cpp).
 # ---------------------------------------------------------------------------------------------------
+# Layouts: csrc/cpu/qlinear.h (built by quantkernels/backends/cpu.py). x is fp32 [M, K]; the output
+# is fp32 [M, N], bias included. `isa` names the instruction set ("" = the process-wide choice;
+# tests pass one explicitly to cover every path the machine runs).
+_define(
+    "cpu_linear_float(Tensor x, Tensor w, Tensor scales, Tensor zeros, Tensor? bias, int bits, str isa='')"
+    " -> Tensor"
+)
+_define(
+    "cpu_linear_int8(Tensor x, Tensor w, Tensor scales, Tensor zeros, Tensor? bias, int bits, int act_group_size,"
+    " str isa='') -> Tensor"
+)
+_define("cpu_isa_supported(str isa) -> bool")
+
+
+@torch.library.register_fake("quantkernels::cpu_linear_float")
+def _cpu_linear_float_fake(x, w, scales, zeros, bias, bits, isa=""):
+    return x.new_empty((x.shape[0], scales.shape[1]), dtype=torch.float32)
+
+
+@torch.library.register_fake("quantkernels::cpu_linear_int8")
+def _cpu_linear_int8_fake(x, w, scales, zeros, bias, bits, act_group_size, isa=""):
+    return x.new_empty((x.shape[0], scales.shape[1]), dtype=torch.float32)
+
 
 
 # ---------------------------------------------------------------------------------------------------

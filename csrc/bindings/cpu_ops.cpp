@@ -1,0 +1,163 @@
+// Torch-facing layer of the CPU quantized-linear kernels (csrc/cpu/qlinear*.cpp): argument checks,
+// activation preparation, the choice of instruction set, and at::parallel_for over output tiles.
+// Schemas: quantkernels/ops.py (CPU section). Python side: quantkernels/backends/cpu.py.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <string>
+
+#include "cpu/cpu_features.h"
+#include "cpu/qlinear.h"
+
+namespace {
+
+using qk::cpu::Isa;
+
+// The instruction set a call runs: the process-wide choice, or the one named by `isa` (tests).
+Isa resolve_isa(c10::string_view name) {
+  if (name.empty()) return qk::cpu::selected_isa();
+  Isa isa;
+  const std::string s(name);
+  TORCH_CHECK(qk::cpu::parse_isa(s.c_str(), &isa), "quantkernels cpu: unknown isa '", s,
+              "' (expected scalar, avx2, avx512, avx512_vnni, neon or i8mm)");
+  TORCH_CHECK(qk::cpu::isa_supported(isa), "quantkernels cpu: isa '", s, "' is not supported by this CPU/OS");
+  return isa;
+}
+
+// The best kernel this build has at or below `isa` (an ISA may lack its own file for one family).
+template <class Fn>
+Fn kernel_at_or_below(Isa isa, Fn (*table)(Isa)) {
+  const Isa x86[] = {Isa::kAvx512Vnni, Isa::kAvx512, Isa::kAvx2, Isa::kScalar};
+  const Isa arm[] = {Isa::kI8mm, Isa::kNeon, Isa::kScalar};
+  const bool is_arm = isa == Isa::kNeon || isa == Isa::kI8mm;
+  bool reached = false;
+  for (Isa cand : is_arm ? std::vector<Isa>(arm, arm + 3) : std::vector<Isa>(x86, x86 + 4)) {
+    reached = reached || cand == isa;
+    if (reached && table(cand)) return table(cand);
+  }
+  return table(Isa::kScalar);
+}
+
+void check_common(const at::Tensor& x, const at::Tensor& scales, const at::Tensor& zeros,
+                  const std::optional<at::Tensor>& bias, const char* op) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 2, op,
+              ": x must be a 2-D float32 CPU tensor [M, K], got ", x.scalar_type(), " ", x.sizes(), " on ",
+              x.device());
+  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.dim() == 2 && scales.is_contiguous(), op,
+              ": scales must be contiguous float32 [G, N], got ", scales.scalar_type(), " ", scales.sizes());
+  TORCH_CHECK(zeros.scalar_type() == at::kFloat && zeros.sizes() == scales.sizes() && zeros.is_contiguous(), op,
+              ": zeros must be contiguous float32 with the shape of scales ", scales.sizes(), ", got ",
+              zeros.scalar_type(), " ", zeros.sizes());
+  const int64_t N = scales.size(1), G = scales.size(0), K = x.size(1);
+  TORCH_CHECK(N > 0 && N % qk::cpu::kTileN == 0, op, ": N = scales.size(1) = ", N, " must be a positive multiple of 8");
+  TORCH_CHECK(G > 0 && K % G == 0, op, ": K = x.size(1) = ", K, " must be divisible by G = scales.size(0) = ", G);
+  if (bias) {
+    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->dim() == 1 && bias->size(0) == N && bias->is_contiguous(),
+                op, ": bias must be contiguous float32 [N = ", N, "], got ", bias->scalar_type(), " ", bias->sizes());
+  }
+}
+
+at::Tensor linear_float(const at::Tensor& x_in, const at::Tensor& w, const at::Tensor& scales,
+                        const at::Tensor& zeros, const std::optional<at::Tensor>& bias, int64_t bits,
+                        c10::string_view isa_name) {
+  const char* op = "quantkernels::cpu_linear_float";
+  check_common(x_in, scales, zeros, bias, op);
+  TORCH_CHECK(bits == 4 || bits == 8, op, ": bits must be 4 or 8, got ", bits);
+  const at::Tensor x = x_in.stride(1) == 1 ? x_in : x_in.contiguous();
+  const int64_t M = x.size(0), K = x.size(1), G = scales.size(0), N = scales.size(1), per = 32 / bits;
+  TORCH_CHECK((K / G) % per == 0, op, ": the group length K / G = ", K / G, " must be a multiple of ", per);
+  TORCH_CHECK(w.scalar_type() == at::kInt && w.is_contiguous() && w.numel() == N * K * bits / 32, op,
+              ": w must be the contiguous int32 float layout [N/8, K*bits/32, 8] = [", N / 8, ", ", K * bits / 32,
+              ", 8], got ", w.scalar_type(), " ", w.sizes());
+  const Isa isa = resolve_isa(isa_name);
+  auto out = at::empty({M, N}, x.options());
+  if (M == 0) return out;
+  auto xs = at::empty({M, K}, x.options());
+  auto xsum = at::empty({M, G}, x.options());
+  const float* xp = x.data_ptr<float>();
+  const int64_t ldx = x.stride(0);
+  at::parallel_for(0, M, 1, [&](int64_t m0, int64_t m1) {
+    qk::cpu::prepare_float_activations(xp + m0 * ldx, ldx, m1 - m0, K, G, static_cast<int>(bits),
+                                       xs.data_ptr<float>() + m0 * K, xsum.data_ptr<float>() + m0 * G);
+  });
+  qk::cpu::FloatLinearArgs a;
+  a.w = reinterpret_cast<const uint32_t*>(w.data_ptr<int32_t>());
+  a.scales = scales.data_ptr<float>();
+  a.zeros = zeros.data_ptr<float>();
+  a.bias = bias ? bias->data_ptr<float>() : nullptr;
+  a.xs = xs.data_ptr<float>();
+  a.xsum = xsum.data_ptr<float>();
+  a.out = out.data_ptr<float>();
+  a.M = M, a.N = N, a.K = K, a.G = G, a.bits = static_cast<int>(bits);
+  const auto fn = kernel_at_or_below(isa, qk::cpu::float_tiles_for);
+  at::parallel_for(0, N / qk::cpu::kTileN, 1, [&](int64_t t0, int64_t t1) { fn(a, t0, t1); });
+  return out;
+}
+
+at::Tensor linear_int8(const at::Tensor& x_in, const at::Tensor& w, const at::Tensor& scales,
+                       const at::Tensor& zeros, const std::optional<at::Tensor>& bias, int64_t bits,
+                       int64_t act_group_size, c10::string_view isa_name) {
+  const char* op = "quantkernels::cpu_linear_int8";
+  using qk::cpu::kBlockK;
+  check_common(x_in, scales, zeros, bias, op);
+  TORCH_CHECK(bits == 4 || bits == 8, op, ": bits must be 4 or 8, got ", bits);
+  TORCH_CHECK(act_group_size == -1 || act_group_size == kBlockK, op, ": act_group_size must be -1 or 32, got ",
+              act_group_size);
+  const at::Tensor x = x_in.stride(1) == 1 ? x_in : x_in.contiguous();
+  const int64_t M = x.size(0), K = x.size(1), G = scales.size(0), N = scales.size(1);
+  const int64_t Kp = (K + kBlockK - 1) / kBlockK * kBlockK, KB = Kp / kBlockK;
+  const bool per_block = act_group_size == kBlockK;
+  TORCH_CHECK(!per_block || K % kBlockK == 0, op, ": per-32-column activation scales need K % 32 == 0, got K = ", K);
+  TORCH_CHECK(G == 1 || (K / G) % kBlockK == 0, op, ": the group length K / G = ", K / G,
+              " must be a multiple of 32 (or G = 1)");
+  const int64_t wbytes = bits == 4 ? N * Kp / 2 : N * Kp;
+  TORCH_CHECK(w.scalar_type() == (bits == 4 ? at::kByte : at::kChar) && w.is_contiguous() && w.numel() == wbytes,
+              op, ": w must be the contiguous ", bits == 4 ? "uint8" : "int8", " int8-activation layout of ", wbytes,
+              " bytes (N = ", N, ", K padded to ", Kp, "), got ", w.scalar_type(), " ", w.sizes());
+  const Isa isa = resolve_isa(isa_name);
+  auto out = at::empty({M, N}, x.options());
+  if (M == 0) return out;
+  auto xq = at::empty({M, Kp}, x.options().dtype(at::kChar));
+  auto xscale = at::empty({M, per_block ? KB : 1}, x.options());
+  auto xblock = at::empty({M, KB}, x.options().dtype(at::kInt));
+  const float* xp = x.data_ptr<float>();
+  const int64_t ldx = x.stride(0), A = xscale.size(1);
+  at::parallel_for(0, M, 1, [&](int64_t m0, int64_t m1) {
+    qk::cpu::quantize_activations_int8(xp + m0 * ldx, ldx, m1 - m0, K, Kp, per_block, xq.data_ptr<int8_t>() + m0 * Kp,
+                                       xscale.data_ptr<float>() + m0 * A, xblock.data_ptr<int32_t>() + m0 * KB);
+  });
+  qk::cpu::Int8LinearArgs a;
+  a.w = static_cast<const uint8_t*>(w.data_ptr());
+  a.scales = scales.data_ptr<float>();
+  a.zeros = zeros.data_ptr<float>();
+  a.bias = bias ? bias->data_ptr<float>() : nullptr;
+  a.xq = xq.data_ptr<int8_t>();
+  a.xscale = xscale.data_ptr<float>();
+  a.xblock = xblock.data_ptr<int32_t>();
+  a.out = out.data_ptr<float>();
+  a.M = M, a.N = N, a.K = K, a.Kp = Kp, a.G = G;
+  a.segment = qk::cpu::int8_segment_length(K, Kp, G, per_block);
+  a.bits = static_cast<int>(bits);
+  a.act_per_block = per_block;
+  const auto fn = kernel_at_or_below(isa, qk::cpu::int8_tiles_for);
+  at::parallel_for(0, N / qk::cpu::kTileN, 1, [&](int64_t t0, int64_t t1) { fn(a, t0, t1); });
+  return out;
+}
+
+bool isa_supported(c10::string_view name) {
+  Isa isa;
+  const std::string s(name);
+  return qk::cpu::parse_isa(s.c_str(), &isa) && qk::cpu::isa_supported(isa);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(quantkernels, CPU, m) {
+  m.impl("cpu_linear_float", &linear_float);
+  m.impl("cpu_linear_int8", &linear_int8);
+}
+
+TORCH_LIBRARY_IMPL(quantkernels, CompositeExplicitAutograd, m) {
+  m.impl("cpu_isa_supported", &isa_supported);
+}

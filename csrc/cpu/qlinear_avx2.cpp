@@ -1,0 +1,209 @@
+// AVX2 + FMA quantized-linear kernels (layouts and math in qlinear.h). Compiled alone with
+// -mavx2 -mfma -mf16c; only called when cpuid + XCR0 report AVX2 (cpu_features.cpp).
+//
+// * float activations: one tile = 8 output channels = one fp32 vector. Per packed word row the 8
+//   codes of each channel are masked in place and converted (pre-shifted nibbles/bytes, see
+//   qlinear.h), then FMA'd with broadcast activations of up to kMaxRows rows (register tile
+//   rows x 8 channels); group scales and zero points are applied once per group.
+// * int8 activations: vpmaddubsw (u8 x s8 -> s16 pairs) + vpmaddwd against ones (-> s32). Int4
+//   codes are unsigned and small (15 * 127 * 2 fits s16); int8 codes use the sign trick
+//   (|w| as u8 times sign(x, w)), so no product pair can saturate.
+// Limits: N % 8 == 0; K as the layouts state. Test: tests/test_cpu_backend.py (isa="avx2");
+// benchmark: benchmarks/cpu_gemm.py.
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "cpu/qlinear.h"
+
+namespace qk::cpu {
+namespace {
+
+template <int BITS, int MR>
+void float_tile(const FloatLinearArgs& a, int64_t t, int64_t m0) {
+  constexpr int P = 32 / BITS;
+  constexpr uint32_t kMask = (1u << BITS) - 1;
+  // Independent FMA chains per row, so that a single row still hides the FMA latency.
+  constexpr int NA = MR >= 4 ? 1 : (MR == 1 ? 4 : 2);
+  const int64_t K = a.K, rows = K / P, grows = rows / a.G;
+  const uint32_t* wt = a.w + t * rows * kTileN;
+  const float* x0 = a.xs + m0 * K;
+  __m256 out[MR];
+  const __m256 b = a.bias ? _mm256_loadu_ps(a.bias + t * kTileN) : _mm256_setzero_ps();
+  for (int i = 0; i < MR; ++i) out[i] = b;
+  for (int64_t g = 0; g < a.G; ++g) {
+    __m256 acc[MR][NA];
+    for (int i = 0; i < MR; ++i)
+      for (int c = 0; c < NA; ++c) acc[i][c] = _mm256_setzero_ps();
+    for (int64_t r = g * grows; r < (g + 1) * grows; ++r) {
+      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wt + r * kTileN));
+      const float* x = x0 + r * P;
+#pragma GCC unroll 8
+      for (int j = 0; j < P; ++j) {
+        const __m256i qi = j == P - 1 ? _mm256_srli_epi32(w, BITS * j)
+                                      : _mm256_and_si256(w, _mm256_set1_epi32(static_cast<int>(kMask << (BITS * j))));
+        const __m256 q = _mm256_cvtepi32_ps(qi);
+        for (int i = 0; i < MR; ++i)
+          acc[i][j % NA] = _mm256_fmadd_ps(q, _mm256_broadcast_ss(x + i * K + j), acc[i][j % NA]);
+      }
+    }
+    const __m256 s = _mm256_loadu_ps(a.scales + g * a.N + t * kTileN);
+    const __m256 z = _mm256_loadu_ps(a.zeros + g * a.N + t * kTileN);
+    for (int i = 0; i < MR; ++i) {
+      __m256 A = acc[i][0];
+      for (int c = 1; c < NA; ++c) A = _mm256_add_ps(A, acc[i][c]);
+      const __m256 xsum = _mm256_set1_ps(a.xsum[(m0 + i) * a.G + g]);
+      out[i] = _mm256_fmadd_ps(s, _mm256_fnmadd_ps(z, xsum, A), out[i]);
+    }
+  }
+  for (int i = 0; i < MR; ++i) _mm256_storeu_ps(a.out + (m0 + i) * a.N + t * kTileN, out[i]);
+}
+
+template <int BITS>
+void float_tiles(const FloatLinearArgs& a, int64_t t0, int64_t t1) {
+  for (int64_t t = t0; t < t1; ++t) {
+    int64_t m = 0;
+    for (; m + 4 <= a.M; m += 4) float_tile<BITS, 4>(a, t, m);
+    switch (a.M - m) {
+      case 3: float_tile<BITS, 3>(a, t, m); break;
+      case 2: float_tile<BITS, 2>(a, t, m); break;
+      case 1: float_tile<BITS, 1>(a, t, m); break;
+      default: break;
+    }
+  }
+}
+
+// Adds one segment's integer sums d (8 channels, in order) of row m into out.
+inline __m256 int8_epilogue(const Int8LinearArgs& a, __m256i d, int64_t t, int64_t m, int64_t g, int64_t k0,
+                            int64_t k1, __m256 out) {
+  const int64_t KB = a.Kp / kBlockK;
+  int32_t xseg = 0;
+  for (int64_t b = k0 / kBlockK; b < k1 / kBlockK; ++b) xseg += a.xblock[m * KB + b];
+  const float xscale = a.xscale[a.act_per_block ? m * KB + k0 / kBlockK : m];
+  const __m256 s = _mm256_mul_ps(_mm256_loadu_ps(a.scales + g * a.N + t * kTileN), _mm256_set1_ps(xscale));
+  const __m256 z = _mm256_loadu_ps(a.zeros + g * a.N + t * kTileN);
+  const __m256 corr = _mm256_fnmadd_ps(z, _mm256_set1_ps(static_cast<float>(xseg)), _mm256_cvtepi32_ps(d));
+  return _mm256_fmadd_ps(corr, s, out);
+}
+
+// Four s32 vectors -> the 8 channel sums, lane l of acc[j] holding channel j (+4 in the high half)
+// for int4; for int8 (full-vector channels) the caller folds the halves.
+inline __m256i hsum4(const __m256i* acc) {
+  return _mm256_hadd_epi32(_mm256_hadd_epi32(acc[0], acc[1]), _mm256_hadd_epi32(acc[2], acc[3]));
+}
+
+template <int MR>
+void int4_tile(const Int8LinearArgs& a, int64_t t, int64_t m0) {
+  const int64_t KB = a.Kp / kBlockK, group = a.G == 1 ? a.Kp : a.K / a.G;
+  const uint8_t* wt = a.w + t * KB * 128;
+  const __m256i nib = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  __m256 out[MR];
+  const __m256 b = a.bias ? _mm256_loadu_ps(a.bias + t * kTileN) : _mm256_setzero_ps();
+  for (int i = 0; i < MR; ++i) out[i] = b;
+  for (int64_t k0 = 0; k0 < a.Kp; k0 += a.segment) {
+    const int64_t k1 = std::min(a.Kp, k0 + a.segment);
+    __m256i acc[MR][4];
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < 4; ++j) acc[i][j] = _mm256_setzero_si256();
+    for (int64_t kb = k0 / kBlockK; kb < k1 / kBlockK; ++kb) {
+      __m256i xl[MR], xh[MR];
+      for (int i = 0; i < MR; ++i) {
+        const int8_t* xp = a.xq + (m0 + i) * a.Kp + kb * kBlockK;
+        xl[i] = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xp)));
+        xh[i] = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xp + 16)));
+      }
+      const uint8_t* wb = wt + kb * 128;
+      for (int j = 0; j < 4; ++j) {
+        const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + j * 32));
+        const __m256i lo = _mm256_and_si256(w, nib);
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), nib);
+        for (int i = 0; i < MR; ++i) {
+          const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xl[i]), _mm256_maddubs_epi16(hi, xh[i]));
+          acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(p, ones));
+        }
+      }
+    }
+    const int64_t g = k0 / group;
+    for (int i = 0; i < MR; ++i) out[i] = int8_epilogue(a, hsum4(acc[i]), t, m0 + i, g, k0, k1, out[i]);
+  }
+  for (int i = 0; i < MR; ++i) _mm256_storeu_ps(a.out + (m0 + i) * a.N + t * kTileN, out[i]);
+}
+
+template <int MR>
+void int8w_tile(const Int8LinearArgs& a, int64_t t, int64_t m0) {
+  const int64_t KB = a.Kp / kBlockK, group = a.G == 1 ? a.Kp : a.K / a.G;
+  const int8_t* wt = reinterpret_cast<const int8_t*>(a.w) + t * KB * kTileN * kBlockK;
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 out[MR];
+  const __m256 b = a.bias ? _mm256_loadu_ps(a.bias + t * kTileN) : _mm256_setzero_ps();
+  for (int i = 0; i < MR; ++i) out[i] = b;
+  for (int64_t k0 = 0; k0 < a.Kp; k0 += a.segment) {
+    const int64_t k1 = std::min(a.Kp, k0 + a.segment);
+    __m128i half_sum[MR][2];
+    for (int h = 0; h < 2; ++h) {  // channels 4h .. 4h+3, to keep the accumulators in registers
+      __m256i acc[MR][4];
+      for (int i = 0; i < MR; ++i)
+        for (int j = 0; j < 4; ++j) acc[i][j] = _mm256_setzero_si256();
+      for (int64_t kb = k0 / kBlockK; kb < k1 / kBlockK; ++kb) {
+        __m256i xv[MR];
+        for (int i = 0; i < MR; ++i)
+          xv[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.xq + (m0 + i) * a.Kp + kb * kBlockK));
+        const int8_t* wb = wt + (kb * kTileN + 4 * h) * kBlockK;
+        for (int j = 0; j < 4; ++j) {
+          const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + j * kBlockK));
+          const __m256i aw = _mm256_abs_epi8(w);
+          for (int i = 0; i < MR; ++i) {
+            const __m256i p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv[i], w));
+            acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(p, ones));
+          }
+        }
+      }
+      for (int i = 0; i < MR; ++i) {
+        const __m256i hh = hsum4(acc[i]);
+        half_sum[i][h] = _mm_add_epi32(_mm256_castsi256_si128(hh), _mm256_extracti128_si256(hh, 1));
+      }
+    }
+    const int64_t g = k0 / group;
+    for (int i = 0; i < MR; ++i) {
+      const __m256i d = _mm256_set_m128i(half_sum[i][1], half_sum[i][0]);
+      out[i] = int8_epilogue(a, d, t, m0 + i, g, k0, k1, out[i]);
+    }
+  }
+  for (int i = 0; i < MR; ++i) _mm256_storeu_ps(a.out + (m0 + i) * a.N + t * kTileN, out[i]);
+}
+
+template <template <int> class Tile>
+void int8_rows(const Int8LinearArgs& a, int64_t t0, int64_t t1) {
+  for (int64_t t = t0; t < t1; ++t) {
+    int64_t m = 0;
+    for (; m + 2 <= a.M; m += 2) Tile<2>::run(a, t, m);
+    if (m < a.M) Tile<1>::run(a, t, m);
+  }
+}
+
+template <int MR>
+struct Int4Tile {
+  static void run(const Int8LinearArgs& a, int64_t t, int64_t m) { int4_tile<MR>(a, t, m); }
+};
+template <int MR>
+struct Int8wTile {
+  static void run(const Int8LinearArgs& a, int64_t t, int64_t m) { int8w_tile<MR>(a, t, m); }
+};
+
+}  // namespace
+
+void linear_float_tiles_avx2(const FloatLinearArgs& a, int64_t t0, int64_t t1) {
+  if (a.bits == 4)
+    float_tiles<4>(a, t0, t1);
+  else
+    float_tiles<8>(a, t0, t1);
+}
+
+void linear_int8_tiles_avx2(const Int8LinearArgs& a, int64_t t0, int64_t t1) {
+  if (a.bits == 4)
+    int8_rows<Int4Tile>(a, t0, t1);
+  else
+    int8_rows<Int8wTile>(a, t0, t1);
+}
+
+}  // namespace qk::cpu

@@ -1,0 +1,190 @@
+"""The ``cpu`` backend: native SIMD kernels (AVX2 / AVX-512 / NEON, scalar fallback) for 4- and 8-bit
+weights with float activations (W4A16, W8A16) or dynamic int8 activations (W4A8, W8A8).
+
+``prepare`` repacks the portable ``qweight`` once into the layout the kernels stream (documented in
+``csrc/cpu/qlinear.h``) and *replaces* it: the layer keeps only a placeholder, and ``to_portable``
+rebuilds the exact portable tensors whenever a checkpoint or another device needs them. A layer whose
+``g_idx`` is a permutation of the trivial grouping (GPTQ ``act_order``) has its columns sorted by
+group once here; each call then gathers the activation's columns in the same order.
+
+Layouts built here (T = N / 8 tiles, R = K * bits / 32 word rows, Kp = K rounded up to 32, KB = Kp / 32):
+
+* float activations: ``int32 [T, R, 8]``, word ``(t, r, i)`` = portable ``qweight[r, 8t + i]``.
+* int8 activations, 4-bit: ``uint8 [T, KB, 4, 2, 16]``, byte ``(t, kb, j, h, c)`` =
+  ``q[n, 32kb + c] | q[n, 32kb + 16 + c] << 4`` with ``n = 8t + j + 4h``.
+* int8 activations, 8-bit: ``int8 [T, KB, 8, 32]``, byte ``(t, kb, i, c)`` = ``q[8t + i, 32kb + c] - 128``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import torch
+
+from .. import _ext
+from ..formats import trivial_g_idx
+from ..reference import dequantize as _ref_dequantize
+from ..reference import pack, unpack
+
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@dataclasses.dataclass
+class CpuState:
+    w: torch.Tensor  # the repacked weight (see the module docstring)
+    scales: torch.Tensor  # fp32 [G, N]
+    zeros: torch.Tensor  # fp32 [G, N] zero points as the kernel wants them (z, or z - 128 for int8 x int8)
+    bias: Optional[torch.Tensor]  # fp32 [N]
+    perm: Optional[torch.Tensor]  # int64 [K]: kernel column k' is portable column perm[k'] (None: identity)
+    int8_acts: bool
+    replaces_qweight: bool = True
+
+
+def _round_up(v: int, m: int) -> int:
+    return (v + m - 1) // m * m
+
+
+def _grouping_reason(layer) -> Optional[str]:
+    """Why the layer's g_idx cannot be served by sorting columns, or None. Cached per g_idx version."""
+    g = layer.g_idx
+    key = (id(g), g._version, g.data_ptr())
+    cached = getattr(layer, "_cpu_grouping_check", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    k = layer.in_features
+    sorted_g = torch.sort(g.to(torch.int64), stable=True).values
+    reason = None
+    if not torch.equal(sorted_g, trivial_g_idx(k, layer.config.group_size).to(torch.int64)):
+        reason = "g_idx is not a permutation of equal consecutive groups"
+    layer._cpu_grouping_check = (key, reason)
+    return reason
+
+
+def _tiles_to_portable_float(w: torch.Tensor, n: int) -> torch.Tensor:
+    return w.view(n // 8, -1, 8).permute(1, 0, 2).reshape(-1, n).contiguous()
+
+
+def _codes_to_int8_layout(codes_nk: torch.Tensor, bits: int) -> torch.Tensor:
+    """codes uint8 [N, K] -> the int8-activation layout of ``bits``-bit weights."""
+    n, k = codes_nk.shape
+    kp = _round_up(k, 32)
+    t, kb = n // 8, kp // 32
+    if bits == 4:
+        c = torch.zeros(n, kp, dtype=torch.uint8)
+        c[:, :k] = codes_nk
+        c = c.view(t, 8, kb, 2, 16)
+        b = c[:, :, :, 0, :] | (c[:, :, :, 1, :] << 4)  # [T, 8, KB, 16]
+        return b.view(t, 2, 4, kb, 16).permute(0, 3, 2, 1, 4).contiguous()  # [T, KB, j, h, 16]
+    c = torch.zeros(n, kp, dtype=torch.int8)
+    c[:, :k] = (codes_nk.to(torch.int16) - 128).to(torch.int8)
+    return c.view(t, 8, kb, 32).permute(0, 2, 1, 3).contiguous()  # [T, KB, 8, 32]
+
+
+def _int8_layout_to_codes(w: torch.Tensor, bits: int, n: int, k: int) -> torch.Tensor:
+    """Inverse of :func:`_codes_to_int8_layout`: uint8 codes [N, K]."""
+    if bits == 4:
+        t, kb = w.shape[0], w.shape[1]
+        b = w.permute(0, 3, 2, 1, 4).reshape(n, kb, 16)  # [N, KB, 16]
+        c = torch.stack((b & 0xF, b >> 4), dim=2).reshape(n, kb * 32)
+        return c[:, :k].contiguous()
+    c = w.permute(0, 2, 1, 3).reshape(n, -1)[:, :k]
+    return (c.to(torch.int16) + 128).to(torch.uint8).contiguous()
+
+
+class CpuBackend:
+    name = "cpu"
+
+    def unavailable_reason(self):
+        reason = _ext.unavailable_reason()
+        if reason is not None:
+            return reason
+        if not hasattr(torch.ops.quantkernels, "cpu_linear_float"):
+            return "quantkernels._C has no CPU kernels registered (rebuild the extension)"
+        return None
+
+    def supports(self, layer, x):
+        if x.device.type != "cpu":
+            return f"activations are on {x.device}, not the CPU"
+        if x.dtype not in FLOAT_DTYPES:
+            return f"activation dtype {x.dtype} is not float32/bfloat16/float16"
+        cfg = layer.config
+        if cfg.bits not in (4, 8):
+            return f"{cfg.bits}-bit weights have no CPU kernel (4 and 8 do); the reference serves them"
+        if cfg.act_bits is not None and cfg.group_size != -1 and cfg.group_size % 32:
+            return f"int8 activations need group_size -1 or a multiple of 32, got {cfg.group_size}"
+        if layer.qweight.device.type != "cpu":
+            return f"weights are on {layer.qweight.device}, not the CPU"
+        return _grouping_reason(layer)
+
+    def prepare(self, layer) -> CpuState:
+        cfg, n, k = layer.config, layer.out_features, layer.in_features
+        if layer.qweight.numel() == 0:
+            raise RuntimeError("cpu backend: prepare() called on a layer whose qweight was already repacked")
+        reason = _grouping_reason(layer)
+        if reason is not None:
+            raise RuntimeError(f"cpu backend cannot serve this layer: {reason}")
+        perm = torch.sort(layer.g_idx.to(torch.int64), stable=True).indices
+        if torch.equal(perm, torch.arange(k)):
+            perm = None
+        int8_acts = cfg.act_bits is not None
+        zeros = unpack(layer.qzeros, cfg.bits, dim=1).to(torch.float32)
+        if int8_acts or perm is not None:
+            codes = unpack(layer.qweight, cfg.bits, dim=0)  # [K, N]
+            if perm is not None:
+                codes = codes[perm]
+        if int8_acts:
+            w = _codes_to_int8_layout(codes.t(), cfg.bits)
+            if cfg.bits == 8:
+                zeros = zeros - 128.0
+        else:
+            qw = layer.qweight if perm is None else pack(codes, cfg.bits, dim=0)
+            w = qw.view(-1, n // 8, 8).permute(1, 0, 2).contiguous()
+        state = CpuState(
+            w=w,
+            scales=layer.scales.to(torch.float32).contiguous(),
+            zeros=zeros.contiguous(),
+            bias=None if layer.bias is None else layer.bias.to(torch.float32).contiguous(),
+            perm=perm,
+            int8_acts=int8_acts,
+        )
+        # The repacked weight replaces the portable one (no second full-size copy).
+        layer.qweight = torch.empty(0, dtype=torch.int32)
+        return state
+
+    def to_portable(self, layer, state: CpuState) -> dict:
+        cfg, n, k = layer.config, layer.out_features, layer.in_features
+        if state.int8_acts:
+            codes = _int8_layout_to_codes(state.w, cfg.bits, n, k).t()  # [K, N] in kernel column order
+        elif state.perm is not None:
+            codes = unpack(_tiles_to_portable_float(state.w, n), cfg.bits, dim=0)
+        else:
+            codes = None
+            qweight = _tiles_to_portable_float(state.w, n)
+        if codes is not None:
+            if state.perm is not None:
+                restored = torch.empty_like(codes)
+                restored[state.perm] = codes
+                codes = restored
+            qweight = pack(codes.contiguous(), cfg.bits, dim=0)
+        return {"qweight": qweight, "qzeros": layer.qzeros, "scales": layer.scales, "g_idx": layer.g_idx}
+
+    def dequantize(self, layer, state: CpuState, dtype) -> torch.Tensor:
+        t = self.to_portable(layer, state)
+        return _ref_dequantize(t["qweight"], t["qzeros"], t["scales"], t["g_idx"], layer.config.bits, dtype)
+
+    def linear(self, layer, state: CpuState, x2d: torch.Tensor) -> torch.Tensor:
+        cfg = layer.config
+        x = x2d if x2d.dtype == torch.float32 else x2d.to(torch.float32)
+        if state.perm is not None:
+            x = x.index_select(1, state.perm)
+        if state.int8_acts:
+            out = torch.ops.quantkernels.cpu_linear_int8(
+                x, state.w, state.scales, state.zeros, state.bias, cfg.bits, cfg.act_group_size
+            )
+        else:
+            out = torch.ops.quantkernels.cpu_linear_float(x, state.w, state.scales, state.zeros, state.bias, cfg.bits)
+        return out if x2d.dtype == torch.float32 else out.to(x2d.dtype)
+
+
+BACKEND = CpuBackend()

@@ -1,0 +1,298 @@
+"""The CPU backend (quantkernels/backends/cpu.py, csrc/cpu/qlinear*.cpp) against the reference.
+
+Every instruction-set path this machine can run is called explicitly (the ops take an ``isa``
+argument), so one process covers scalar, AVX2, AVX-512... Paths the CPU cannot run are skipped
+with the reason; NEON is covered by ci/neon_test.sh under qemu.
+
+Error bounds, as ``||out - ref|| / ||ref||`` on fresh random data:
+
+* float activations: both sides accumulate K products in fp32, in different orders, and the kernel
+  applies the zero point once per group (s * (sum x q - z sum x)) where the reference does it per
+  weight. Random-walk rounding gives ~eps32 * sqrt(K) relative error on each side; the bound
+  ``FLOAT_BOUND(K) = 1e-6 * sqrt(K)`` (about 16 eps32 sqrt(K), 9e-5 at K = 8192) leaves room for
+  the zero-point cancellation while any indexing or layout bug gives an error of order 1.
+* int8 activations: compared with the reference applied to the *same* quantized activations
+  (reference.quantize_activations_int8), so only fp32 rounding remains: the same bound. The
+  integer dot products themselves are exact.
+* bf16 activations: the output is rounded to bf16 on both sides; a tie broken the other way
+  changes an element by one bf16 ulp (2^-8 relative), so the bound is 2^-7.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import math
+
+import pytest
+import torch
+
+import quantkernels
+from quantkernels import QuantConfig, _ext, reference
+from quantkernels.backends import cpu as cpu_backend
+from quantkernels.nn import QuantLinear
+
+pytestmark = pytest.mark.skipif(_ext.extension() is None, reason=f"needs quantkernels._C: {_ext.unavailable_reason()}")
+
+ALL_ISAS = ("scalar", "avx2", "avx512", "avx512_vnni", "neon", "i8mm")
+MS = (1, 2, 3, 5, 17, 64, 129)
+
+
+def FLOAT_BOUND(k: int) -> float:
+    return 1e-6 * math.sqrt(k)
+
+
+BF16_BOUND = 2.0**-7
+
+
+def isa_param(isa):
+    ok = _ext.extension() is not None and torch.ops.quantkernels.cpu_isa_supported(isa)
+    return pytest.param(isa, marks=pytest.mark.skipif(not ok, reason=f"this CPU/OS cannot run the {isa} path"))
+
+
+ISAS = [isa_param(i) for i in ALL_ISAS]
+
+FLOAT_FORMATS = [
+    QuantConfig(4, 32, sym=True),
+    QuantConfig(4, 64, sym=False, scale_dtype=torch.bfloat16),
+    QuantConfig(4, 128, sym=True),
+    QuantConfig(4, 128, sym=False, scale_dtype=torch.float32),
+    QuantConfig(4, -1, sym=False),
+    QuantConfig(8, -1, sym=True),
+    QuantConfig(8, 64, sym=False),
+]
+INT8_FORMATS = [
+    QuantConfig(4, 128, sym=True, act_bits=8),
+    QuantConfig(4, 32, sym=False, act_bits=8, act_group_size=32),
+    QuantConfig(4, -1, sym=False, act_bits=8),
+    QuantConfig(8, -1, sym=True, act_bits=8),
+    QuantConfig(8, 64, sym=False, act_bits=8),
+    QuantConfig(8, -1, sym=True, act_bits=8, act_group_size=32),
+]
+# (K, N): N = 72 / 136 are not multiples of 16 (two tiles), K = 264 is not a multiple of 32 (the
+# int8-activation block; per-channel formats only).
+SHAPES = [(256, 72), (384, 136)]
+
+
+def _id(cfg):
+    return cfg.describe().replace(" ", "-") + ("-as32" if cfg.act_group_size == 32 else "")
+
+
+@functools.lru_cache(maxsize=None)
+def make_layer(cfg: QuantConfig, k: int, n: int, seed: int = 0, act_order: bool = False):
+    """A QuantLinear on fresh random codes/scales/zeros, and its portable tensors (kept aside)."""
+    gen = torch.Generator().manual_seed(seed * 7919 + k * 31 + n)
+    g = cfg.num_groups(k)
+    codes = torch.randint(0, cfg.maxq + 1, (n, k), dtype=torch.uint8, generator=gen)
+    scales = (torch.rand(g, n, generator=gen) * 0.02 + 0.001).to(cfg.scale_dtype)
+    if cfg.sym:
+        zeros = torch.full((g, n), 1 << (cfg.bits - 1), dtype=torch.int32)
+    else:
+        zeros = torch.randint(0, cfg.maxq + 1, (g, n), dtype=torch.int32, generator=gen)
+    g_idx = None
+    if act_order:
+        g_idx = reference_gidx = torch.arange(k, dtype=torch.int32) // cfg.effective_group_size(k)
+        g_idx = reference_gidx[torch.randperm(k, generator=gen)].contiguous()
+    bias = torch.randn(n, generator=gen).to(cfg.scale_dtype)
+    portable = {
+        "qweight": reference.pack(codes.t().contiguous(), cfg.bits, 0),
+        "qzeros": reference.pack(zeros, cfg.bits, 1),
+        "scales": scales,
+        "g_idx": g_idx if g_idx is not None else quantkernels.formats.trivial_g_idx(k, cfg.group_size),
+        "bias": bias,
+    }
+    layer = QuantLinear.from_codes(codes, scales, zeros, cfg, g_idx=g_idx, bias=bias)
+    return layer, portable
+
+
+def ref_out(cfg, portable, x):
+    if cfg.act_bits is not None:
+        xq, xs = reference.quantize_activations_int8(x, cfg.act_group_size)
+        x = reference.dequantize_activations_int8(xq, xs)
+    p = portable
+    return reference.linear(x.float(), p["qweight"], p["qzeros"], p["scales"], p["g_idx"], p["bias"], cfg.bits)
+
+
+def call_op(layer, x, isa):
+    st = layer._prepared["cpu"]
+    cfg = layer.config
+    if st.perm is not None:
+        x = x.index_select(1, st.perm)
+    if cfg.act_bits is not None:
+        return torch.ops.quantkernels.cpu_linear_int8(
+            x, st.w, st.scales, st.zeros, st.bias, cfg.bits, cfg.act_group_size, isa
+        )
+    return torch.ops.quantkernels.cpu_linear_float(x, st.w, st.scales, st.zeros, st.bias, cfg.bits, isa)
+
+
+def rel_err(out, ref):
+    return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+
+
+def check(layer, portable, x, isa):
+    k = x.shape[1]
+    out = call_op(layer, x, isa)
+    ref = ref_out(layer.config, portable, x)
+    err = rel_err(out, ref)
+    assert err <= FLOAT_BOUND(k), f"{isa} {layer.config.describe()} M={x.shape[0]} K={k}: rel err {err:.3g}"
+
+
+# ---- every ISA x format x shape ---------------------------------------------------------------
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("cfg", FLOAT_FORMATS + INT8_FORMATS, ids=_id)
+@pytest.mark.parametrize("k,n", SHAPES)
+def test_kernel_matches_reference(isa, cfg, k, n):
+    layer, portable = make_layer(cfg, k, n)
+    assert layer._last_backend is None and "cpu" in layer._prepared
+    gen = torch.Generator().manual_seed(k + n)
+    for m in MS:
+        check(layer, portable, torch.randn(m, k, generator=gen), isa)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("cfg", [QuantConfig(4, -1, sym=False), QuantConfig(4, -1, act_bits=8), QuantConfig(8, -1, act_bits=8)], ids=_id)
+def test_k_not_multiple_of_32(isa, cfg):
+    layer, portable = make_layer(cfg, 264, 24)
+    for m in (1, 3, 17):
+        check(layer, portable, torch.randn(m, 264), isa)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("cfg", [QuantConfig(4, 128), QuantConfig(4, -1, sym=False), QuantConfig(4, 128, act_bits=8), QuantConfig(8, -1, act_bits=8)], ids=_id)
+def test_long_k_accumulation(isa, cfg):
+    layer, portable = make_layer(cfg, 8192, 16)
+    check(layer, portable, torch.randn(3, 8192, generator=torch.Generator().manual_seed(1)), isa)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("cfg", [QuantConfig(4, 64, sym=False), QuantConfig(8, -1, act_bits=8)], ids=_id)
+def test_non_contiguous_and_strided_inputs(isa, cfg):
+    layer, portable = make_layer(cfg, 256, 72)
+    big = torch.randn(9, 256 + 40)
+    for x in (big[:, 8:264], big.t().contiguous().t()[:, :256], big[::2, :256]):
+        assert not x.is_contiguous()
+        check(layer, portable, x, isa)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_m_zero(isa):
+    layer, _ = make_layer(QuantConfig(4, 128), 256, 72)
+    assert call_op(layer, torch.empty(0, 256), isa).shape == (0, 72)
+    layer8, _ = make_layer(QuantConfig(4, 128, act_bits=8), 256, 72)
+    assert call_op(layer8, torch.empty(0, 256), isa).shape == (0, 72)
+
+
+def test_thread_count_does_not_change_results():
+    layer, _ = make_layer(QuantConfig(4, 128), 384, 136)
+    x = torch.randn(17, 384)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = call_op(layer, x, "")
+        torch.set_num_threads(2)
+        two = call_op(layer, x, "")
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(one, two)  # tiles are computed identically whichever thread runs them
+
+
+# ---- QuantLinear through the registry ----------------------------------------------------------
+@pytest.mark.parametrize("cfg", [QuantConfig(4, 128), QuantConfig(4, 32, sym=False, act_bits=8), QuantConfig(8, -1)], ids=_id)
+def test_quantlinear_uses_cpu_backend_fp32_bf16(cfg):
+    layer, portable = make_layer(cfg, 256, 72, seed=3)
+    x = torch.randn(2, 5, 256)
+    out = layer(x)
+    assert layer._last_backend == "cpu"
+    assert rel_err(out.reshape(10, 72), ref_out(cfg, portable, x.reshape(10, 256))) <= FLOAT_BOUND(256)
+    xb = x.to(torch.bfloat16)
+    outb = layer(xb)
+    assert outb.dtype == torch.bfloat16
+    refb = ref_out(cfg, portable, xb.reshape(10, 256)).to(torch.bfloat16)
+    assert rel_err(outb.reshape(10, 72), refb) <= BF16_BOUND
+
+
+@pytest.mark.parametrize("cfg", [QuantConfig(4, 64, sym=False, act_order=True), QuantConfig(4, 128, act_order=True, act_bits=8), QuantConfig(8, 64, act_order=True)], ids=_id)
+def test_act_order_permutation(cfg):
+    layer, portable = make_layer(cfg, 256, 72, seed=5, act_order=True)
+    assert layer._prepared["cpu"].perm is not None
+    x = torch.randn(7, 256)
+    assert rel_err(layer(x), ref_out(cfg, portable, x)) <= FLOAT_BOUND(256)
+    assert layer._last_backend == "cpu"
+    assert torch.equal(layer.portable_tensors()["qweight"], portable["qweight"])
+
+
+@pytest.mark.parametrize("cfg", FLOAT_FORMATS[:1] + INT8_FORMATS[:1] + INT8_FORMATS[3:4], ids=_id)
+def test_repacked_layout_replaces_qweight_and_round_trips(cfg):
+    layer, portable = make_layer(cfg, 264 if cfg.group_size == -1 else 256, 72, seed=9)
+    assert layer.qweight.numel() == 0, "the portable qweight must not be kept next to the repacked one"
+    sd = layer.state_dict()
+    for name in ("qweight", "qzeros", "scales", "g_idx"):
+        assert torch.equal(sd[name], portable[name]), name
+    assert torch.equal(layer.dequantize(torch.float32), reference.dequantize(
+        portable["qweight"], portable["qzeros"], portable["scales"], portable["g_idx"], cfg.bits))
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    fresh = QuantLinear(layer.in_features, 72, cfg, bias=True, dtype=cfg.scale_dtype)
+    fresh.load_state_dict(torch.load(io.BytesIO(buf.getvalue())))
+    x = torch.randn(3, layer.in_features)
+    assert torch.equal(fresh(x), layer(x))
+    moved = layer.to(torch.float32)  # _apply: back to portable, then repacked again
+    assert "cpu" in moved._prepared and torch.equal(moved(x), layer(x))
+
+
+def test_unsupported_formats_fall_back_with_a_reason():
+    layer3, portable = make_layer(QuantConfig(3, 128), 256, 64)
+    x = torch.randn(2, 256)
+    reason = cpu_backend.BACKEND.supports(layer3, x)
+    assert reason and "3-bit" in reason
+    assert rel_err(layer3(x), ref_out(layer3.config, portable, x)) <= FLOAT_BOUND(256)
+    assert layer3._last_backend == "reference"
+    layer16, _ = make_layer(QuantConfig(4, 16, act_bits=8), 256, 64)
+    assert "multiple of 32" in cpu_backend.BACKEND.supports(layer16, x)
+
+
+# ---- bad input: clear errors naming the argument -----------------------------------------------
+def test_errors_name_the_argument():
+    layer, _ = make_layer(QuantConfig(4, 128), 256, 72)
+    st = layer._prepared["cpu"]
+    op = torch.ops.quantkernels.cpu_linear_float
+    with pytest.raises(RuntimeError, match="x must be a 2-D float32"):
+        op(torch.randn(2, 256).to(torch.float64), st.w, st.scales, st.zeros, st.bias, 4)
+    with pytest.raises(RuntimeError, match="w must be the contiguous int32"):
+        op(torch.randn(2, 256), st.w[:3], st.scales, st.zeros, st.bias, 4)
+    with pytest.raises(RuntimeError, match="zeros must be"):
+        op(torch.randn(2, 256), st.w, st.scales, st.zeros[:, :8], st.bias, 4)
+    with pytest.raises(RuntimeError, match="bias must be"):
+        op(torch.randn(2, 256), st.w, st.scales, st.zeros, st.bias[:8], 4)
+    with pytest.raises(RuntimeError, match="K = x.size"):
+        op(torch.randn(2, 255), st.w, st.scales, st.zeros, st.bias, 4)
+    with pytest.raises(RuntimeError, match="unknown isa"):
+        op(torch.randn(2, 256), st.w, st.scales, st.zeros, st.bias, 4, "sse9")
+    layer8, _ = make_layer(QuantConfig(4, 128, act_bits=8), 256, 72)
+    st8 = layer8._prepared["cpu"]
+    with pytest.raises(RuntimeError, match="act_group_size must be"):
+        torch.ops.quantkernels.cpu_linear_int8(torch.randn(2, 256), st8.w, st8.scales, st8.zeros, None, 4, 64)
+    with pytest.raises(RuntimeError, match="w must be the contiguous uint8"):
+        torch.ops.quantkernels.cpu_linear_int8(torch.randn(2, 256), st8.w.view(torch.int8), st8.scales, st8.zeros, None, 4, -1)
+
+
+def test_isa_selection_is_reported():
+    info = _ext.build_info()
+    assert info["cpu_isa_selected"] in ALL_ISAS
+    assert torch.ops.quantkernels.cpu_isa_supported(info["cpu_isa_selected"])
+    assert torch.ops.quantkernels.cpu_isa_supported("scalar")
+    assert not torch.ops.quantkernels.cpu_isa_supported("no_such_isa")
+
+
+@pytest.mark.parametrize("op", ["float", "int8"])
+def test_opcheck(op):
+    cfg = QuantConfig(4, 128) if op == "float" else QuantConfig(8, -1, act_bits=8)
+    layer, _ = make_layer(cfg, 256, 72)
+    st = layer._prepared["cpu"]
+    x = torch.randn(3, 256)
+    if op == "float":
+        args = (x, st.w, st.scales, st.zeros, st.bias, cfg.bits)
+        torch.library.opcheck(torch.ops.quantkernels.cpu_linear_float, args)
+    else:
+        args = (x, st.w, st.scales, st.zeros, st.bias, cfg.bits, -1)
+        torch.library.opcheck(torch.ops.quantkernels.cpu_linear_int8, args)

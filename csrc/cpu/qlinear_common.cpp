@@ -71,6 +71,10 @@ FloatTilesFn float_tiles_for(Isa isa) {
 #if defined(__x86_64__)
     case Isa::kAvx2: return linear_float_tiles_avx2;
 #endif
+#if defined(__aarch64__)
+    case Isa::kNeon:
+    case Isa::kI8mm: return linear_float_tiles_neon;
+#endif
     default: return nullptr;
   }
 }
@@ -80,6 +84,10 @@ Int8TilesFn int8_tiles_for(Isa isa) {
     case Isa::kScalar: return linear_int8_tiles_scalar;
 #if defined(__x86_64__)
     case Isa::kAvx2: return linear_int8_tiles_avx2;
+#endif
+#if defined(__aarch64__)
+    case Isa::kNeon:
+    case Isa::kI8mm: return linear_int8_tiles_neon;
 #endif
     default: return nullptr;
   }

@@ -1,0 +1,136 @@
+// Torch-free test of the SIMD quantized-linear kernels against their scalar twins (qlinear.h).
+// Random layouts, scales, zero points and activations; odd M, N, K; both weight widths; float and
+// int8 activations (per row and per 32-column block); K = 8192 once. Every SIMD path the CPU runs
+// (and this build has) is compared with the scalar kernel; exits non-zero on any failure or when
+// no SIMD path could be tested.
+//
+// Bound: ||simd - scalar|| / ||scalar|| <= 1e-6 * sqrt(K). Both sides compute the same products;
+// float activations differ only in fp32 summation order (~eps32 * sqrt(K)); int8 activations
+// have exact integer sums, so only the fp32 epilogue order differs.
+//
+// Built and run by ci/neon_test.sh (aarch64, under qemu); on x86 the same source tests AVX2:
+//   g++ -O2 -std=c++17 -Icsrc tests/cpu_harness/qlinear_harness.cpp csrc/cpu/{cpu_features,qlinear_common,qlinear_scalar}.cpp <isa objects>
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "cpu/cpu_features.h"
+#include "cpu/qlinear.h"
+
+using namespace qk::cpu;
+
+namespace {
+
+struct Case {
+  int bits;
+  int64_t M, N, K, G;
+};
+
+double rel_err(const std::vector<float>& out, const std::vector<float>& ref) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    num += (double(out[i]) - ref[i]) * (double(out[i]) - ref[i]);
+    den += double(ref[i]) * ref[i];
+  }
+  return std::sqrt(num / den);
+}
+
+struct Inputs {
+  std::vector<float> scales, zeros, bias, x;
+};
+
+Inputs random_inputs(const Case& c, std::mt19937& rng) {
+  std::uniform_real_distribution<float> us(0.001f, 0.021f);
+  std::uniform_int_distribution<int> uz(0, (1 << c.bits) - 1);
+  std::normal_distribution<float> nd;
+  Inputs in;
+  for (int64_t i = 0; i < c.G * c.N; ++i) {
+    in.scales.push_back(us(rng));
+    in.zeros.push_back(static_cast<float>(uz(rng)));
+  }
+  for (int64_t i = 0; i < c.N; ++i) in.bias.push_back(nd(rng));
+  for (int64_t i = 0; i < c.M * c.K; ++i) in.x.push_back(nd(rng));
+  return in;
+}
+
+// Runs fn over the tiles in two ranges, as two threads would.
+template <class Args, class Fn>
+void run_tiles(Fn fn, const Args& a, int64_t tiles) {
+  fn(a, 0, tiles / 2);
+  fn(a, tiles / 2, tiles);
+}
+
+bool test_float(const char* name, FloatTilesFn fn, const Case& c, std::mt19937& rng) {
+  std::vector<uint32_t> w(c.N * c.K * c.bits / 32);
+  for (auto& v : w) v = rng();
+  Inputs in = random_inputs(c, rng);
+  std::vector<float> xs(c.M * c.K), xsum(c.M * c.G), out(c.M * c.N), ref(c.M * c.N);
+  prepare_float_activations(in.x.data(), c.K, c.M, c.K, c.G, c.bits, xs.data(), xsum.data());
+  FloatLinearArgs a{w.data(), in.scales.data(), in.zeros.data(), in.bias.data(), xs.data(), xsum.data(),
+                    ref.data(), c.M, c.N, c.K, c.G, c.bits};
+  run_tiles(linear_float_tiles_scalar, a, c.N / kTileN);
+  a.out = out.data();
+  run_tiles(fn, a, c.N / kTileN);
+  const double err = rel_err(out, ref), bound = 1e-6 * std::sqrt(double(c.K));
+  const bool ok = err <= bound;
+  std::printf("%s %-6s float w%d M=%lld N=%lld K=%lld G=%lld rel err %.3g (bound %.3g)\n", ok ? "PASS" : "FAIL", name,
+              c.bits, (long long)c.M, (long long)c.N, (long long)c.K, (long long)c.G, err, bound);
+  return ok;
+}
+
+bool test_int8(const char* name, Int8TilesFn fn, const Case& c, bool per_block, std::mt19937& rng) {
+  const int64_t Kp = (c.K + kBlockK - 1) / kBlockK * kBlockK, KB = Kp / kBlockK;
+  std::vector<uint8_t> w(c.bits == 4 ? c.N * Kp / 2 : c.N * Kp);
+  for (auto& v : w) v = static_cast<uint8_t>(rng());
+  Inputs in = random_inputs(c, rng);
+  std::vector<int8_t> xq(c.M * Kp);
+  std::vector<float> xscale(c.M * (per_block ? KB : 1)), out(c.M * c.N), ref(c.M * c.N);
+  std::vector<int32_t> xblock(c.M * KB);
+  quantize_activations_int8(in.x.data(), c.K, c.M, c.K, Kp, per_block, xq.data(), xscale.data(), xblock.data());
+  Int8LinearArgs a{w.data(), in.scales.data(), in.zeros.data(), in.bias.data(), xq.data(), xscale.data(),
+                   xblock.data(), ref.data(), c.M, c.N, c.K, Kp, c.G,
+                   int8_segment_length(c.K, Kp, c.G, per_block), c.bits, per_block};
+  run_tiles(linear_int8_tiles_scalar, a, c.N / kTileN);
+  a.out = out.data();
+  run_tiles(fn, a, c.N / kTileN);
+  const double err = rel_err(out, ref), bound = 1e-6 * std::sqrt(double(c.K));
+  const bool ok = err <= bound;
+  std::printf("%s %-6s int8%s w%d M=%lld N=%lld K=%lld G=%lld rel err %.3g (bound %.3g)\n", ok ? "PASS" : "FAIL",
+              name, per_block ? "/32" : "   ", c.bits, (long long)c.M, (long long)c.N, (long long)c.K,
+              (long long)c.G, err, bound);
+  return ok;
+}
+
+}  // namespace
+
+int main() {
+  std::mt19937 rng(1234);
+  const Isa simd[] = {Isa::kAvx2, Isa::kAvx512, Isa::kAvx512Vnni, Isa::kNeon, Isa::kI8mm};
+  int tested = 0, failed = 0;
+  for (Isa isa : simd) {
+    FloatTilesFn ff = float_tiles_for(isa);
+    Int8TilesFn fi = int8_tiles_for(isa);
+    if (!ff || !fi || !isa_supported(isa)) {
+      std::printf("skip %s (%s)\n", isa_name(isa), (!ff || !fi) ? "not in this build" : "not supported by this CPU");
+      continue;
+    }
+    ++tested;
+    for (int bits : {4, 8}) {
+      for (int64_t M : {1, 2, 3, 5, 17}) {
+        // (N, K, G): N not a multiple of 16, K not a multiple of 32 (per channel), several groups.
+        for (Case c : {Case{bits, M, 72, 256, 2}, Case{bits, M, 136, 384, 3}, Case{bits, M, 24, 264, 1}}) {
+          failed += !test_float(isa_name(isa), ff, c, rng);
+          failed += !test_int8(isa_name(isa), fi, c, false, rng);
+          if (c.K % kBlockK == 0) failed += !test_int8(isa_name(isa), fi, c, true, rng);
+        }
+      }
+      const Case big{bits, 3, 16, 8192, 64};
+      failed += !test_float(isa_name(isa), ff, big, rng);
+      failed += !test_int8(isa_name(isa), fi, big, false, rng);
+      failed += !test_int8(isa_name(isa), fi, big, true, rng);
+    }
+  }
+  std::printf("%d SIMD path(s) tested, %d failure(s)\n", tested, failed);
+  return (tested == 0 || failed) ? 1 : 0;
+}

@@ -70,6 +70,8 @@ FloatTilesFn float_tiles_for(Isa isa) {
     case Isa::kScalar: return linear_float_tiles_scalar;
 #if defined(__x86_64__)
     case Isa::kAvx2: return linear_float_tiles_avx2;
+    case Isa::kAvx512: return linear_float_tiles_avx512;
+    case Isa::kAvx512Vnni: return linear_float_tiles_avx512vnni;
 #endif
 #if defined(__aarch64__)
     case Isa::kNeon:
@@ -84,6 +86,8 @@ Int8TilesFn int8_tiles_for(Isa isa) {
     case Isa::kScalar: return linear_int8_tiles_scalar;
 #if defined(__x86_64__)
     case Isa::kAvx2: return linear_int8_tiles_avx2;
+    case Isa::kAvx512: return linear_int8_tiles_avx512;
+    case Isa::kAvx512Vnni: return linear_int8_tiles_avx512vnni;
 #endif
 #if defined(__aarch64__)
     case Isa::kNeon:

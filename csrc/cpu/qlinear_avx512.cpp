@@ -1,0 +1,205 @@
+// AVX-512 (F/BW/VL/DQ) quantized-linear kernels (layouts and math in qlinear.h). Compiled alone
+// with the avx512 flags of setup.py; only called when cpuid + XCR0 report AVX-512 (which implies
+// the AVX2 path is usable too: an odd last float tile is handed to it).
+//
+// * float activations: two tiles (16 channels) per zmm vector; codes masked in place and
+//   converted (pre-shifted), FMA'd with broadcast activations of up to 4 rows.
+// * int8 activations: vpmaddubsw/vpmaddwd on 64 bytes = two int4 tile columns (j, j+1) at once;
+//   int8 weights use |w| x (x negated where w < 0) since AVX-512 has no vpsignb.
+// Test: tests/test_cpu_backend.py (isa="avx512", skipped on CPUs without AVX-512).
+// GCC 12's AVX-512 headers self-initialise their "undefined" vectors (__Y = __Y), which -Wall
+// reports as maybe-uninitialized at every intrinsic: a header false positive.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "cpu/qlinear.h"
+
+namespace qk::cpu {
+namespace {
+
+template <int BITS, int MR>
+void float_tile_pair(const FloatLinearArgs& a, int64_t t, int64_t m0) {
+  constexpr int P = 32 / BITS;
+  constexpr uint32_t kMask = (1u << BITS) - 1;
+  constexpr int NA = MR >= 4 ? 1 : (MR == 1 ? 4 : 2);
+  const int64_t K = a.K, rows = K / P, grows = rows / a.G;
+  const uint32_t* w0 = a.w + t * rows * kTileN;
+  const uint32_t* w1 = w0 + rows * kTileN;
+  const float* x0 = a.xs + m0 * K;
+  const int64_t n0 = t * kTileN;
+  __m512 out[MR];
+  const __m512 b = a.bias ? _mm512_loadu_ps(a.bias + n0) : _mm512_setzero_ps();
+  for (int i = 0; i < MR; ++i) out[i] = b;
+  for (int64_t g = 0; g < a.G; ++g) {
+    __m512 acc[MR][NA];
+    for (int i = 0; i < MR; ++i)
+      for (int c = 0; c < NA; ++c) acc[i][c] = _mm512_setzero_ps();
+    for (int64_t r = g * grows; r < (g + 1) * grows; ++r) {
+      const __m512i w = _mm512_inserti64x4(
+          _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w0 + r * kTileN))),
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w1 + r * kTileN)), 1);
+      const float* x = x0 + r * P;
+#pragma GCC unroll 8
+      for (int j = 0; j < P; ++j) {
+        const __m512i qi = j == P - 1 ? _mm512_srli_epi32(w, BITS * j)
+                                      : _mm512_and_si512(w, _mm512_set1_epi32(static_cast<int>(kMask << (BITS * j))));
+        const __m512 q = _mm512_cvtepi32_ps(qi);
+        for (int i = 0; i < MR; ++i)
+          acc[i][j % NA] = _mm512_fmadd_ps(q, _mm512_set1_ps(x[i * K + j]), acc[i][j % NA]);
+      }
+    }
+    const __m512 s = _mm512_loadu_ps(a.scales + g * a.N + n0);
+    const __m512 z = _mm512_loadu_ps(a.zeros + g * a.N + n0);
+    for (int i = 0; i < MR; ++i) {
+      __m512 A = acc[i][0];
+      for (int c = 1; c < NA; ++c) A = _mm512_add_ps(A, acc[i][c]);
+      const __m512 xsum = _mm512_set1_ps(a.xsum[(m0 + i) * a.G + g]);
+      out[i] = _mm512_fmadd_ps(s, _mm512_fnmadd_ps(z, xsum, A), out[i]);
+    }
+  }
+  for (int i = 0; i < MR; ++i) _mm512_storeu_ps(a.out + (m0 + i) * a.N + n0, out[i]);
+}
+
+template <int BITS>
+void float_tiles(const FloatLinearArgs& a, int64_t t0, int64_t t1) {
+  int64_t t = t0;
+  for (; t + 2 <= t1; t += 2) {
+    int64_t m = 0;
+    for (; m + 4 <= a.M; m += 4) float_tile_pair<BITS, 4>(a, t, m);
+    switch (a.M - m) {
+      case 3: float_tile_pair<BITS, 3>(a, t, m); break;
+      case 2: float_tile_pair<BITS, 2>(a, t, m); break;
+      case 1: float_tile_pair<BITS, 1>(a, t, m); break;
+      default: break;
+    }
+  }
+  if (t < t1) linear_float_tiles_avx2(a, t, t1);
+}
+
+// Reduces four ymm s32 vectors (acc[j]: channel j in the low lane, j + 4 in the high lane) to the
+// 8 channel sums in order.
+inline __m256i hsum4(__m256i a0, __m256i a1, __m256i a2, __m256i a3) {
+  return _mm256_hadd_epi32(_mm256_hadd_epi32(a0, a1), _mm256_hadd_epi32(a2, a3));
+}
+
+inline __m256 int8_epilogue(const Int8LinearArgs& a, __m256i d, int64_t t, int64_t m, int64_t g, int64_t k0,
+                            int64_t k1, __m256 out) {
+  const int64_t KB = a.Kp / kBlockK;
+  int32_t xseg = 0;
+  for (int64_t b = k0 / kBlockK; b < k1 / kBlockK; ++b) xseg += a.xblock[m * KB + b];
+  const float xscale = a.xscale[a.act_per_block ? m * KB + k0 / kBlockK : m];
+  const __m256 s = _mm256_mul_ps(_mm256_loadu_ps(a.scales + g * a.N + t * kTileN), _mm256_set1_ps(xscale));
+  const __m256 z = _mm256_loadu_ps(a.zeros + g * a.N + t * kTileN);
+  const __m256 corr = _mm256_fnmadd_ps(z, _mm256_set1_ps(static_cast<float>(xseg)), _mm256_cvtepi32_ps(d));
+  return _mm256_fmadd_ps(corr, s, out);
+}
+
+template <int MR>
+void int4_tile(const Int8LinearArgs& a, int64_t t, int64_t m0) {
+  const int64_t KB = a.Kp / kBlockK, group = a.G == 1 ? a.Kp : a.K / a.G;
+  const uint8_t* wt = a.w + t * KB * 128;
+  const __m512i nib = _mm512_set1_epi8(0x0F), ones = _mm512_set1_epi16(1);
+  __m256 out[MR];
+  const __m256 b = a.bias ? _mm256_loadu_ps(a.bias + t * kTileN) : _mm256_setzero_ps();
+  for (int i = 0; i < MR; ++i) out[i] = b;
+  for (int64_t k0 = 0; k0 < a.Kp; k0 += a.segment) {
+    const int64_t k1 = std::min(a.Kp, k0 + a.segment);
+    __m512i acc[MR][2];  // [j0 | j4 | j1 | j5], [j2 | j6 | j3 | j7] (128-bit lanes)
+    for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_si512();
+    for (int64_t kb = k0 / kBlockK; kb < k1 / kBlockK; ++kb) {
+      __m512i xl[MR], xh[MR];
+      for (int i = 0; i < MR; ++i) {
+        const int8_t* xp = a.xq + (m0 + i) * a.Kp + kb * kBlockK;
+        xl[i] = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xp)));
+        xh[i] = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xp + 16)));
+      }
+      for (int p = 0; p < 2; ++p) {
+        const __m512i w = _mm512_loadu_si512(wt + kb * 128 + p * 64);
+        const __m512i lo = _mm512_and_si512(w, nib);
+        const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), nib);
+        for (int i = 0; i < MR; ++i) {
+          const __m512i q = _mm512_add_epi16(_mm512_maddubs_epi16(lo, xl[i]), _mm512_maddubs_epi16(hi, xh[i]));
+          acc[i][p] = _mm512_add_epi32(acc[i][p], _mm512_madd_epi16(q, ones));
+        }
+      }
+    }
+    const int64_t g = k0 / group;
+    for (int i = 0; i < MR; ++i) {
+      const __m256i d = hsum4(_mm512_castsi512_si256(acc[i][0]), _mm512_extracti64x4_epi64(acc[i][0], 1),
+                              _mm512_castsi512_si256(acc[i][1]), _mm512_extracti64x4_epi64(acc[i][1], 1));
+      out[i] = int8_epilogue(a, d, t, m0 + i, g, k0, k1, out[i]);
+    }
+  }
+  for (int i = 0; i < MR; ++i) _mm256_storeu_ps(a.out + (m0 + i) * a.N + t * kTileN, out[i]);
+}
+
+template <int MR>
+void int8w_tile(const Int8LinearArgs& a, int64_t t, int64_t m0) {
+  const int64_t KB = a.Kp / kBlockK, group = a.G == 1 ? a.Kp : a.K / a.G;
+  const int8_t* wt = reinterpret_cast<const int8_t*>(a.w) + t * KB * kTileN * kBlockK;
+  const __m512i ones = _mm512_set1_epi16(1), zero = _mm512_setzero_si512();
+  __m256 out[MR];
+  const __m256 b = a.bias ? _mm256_loadu_ps(a.bias + t * kTileN) : _mm256_setzero_ps();
+  for (int i = 0; i < MR; ++i) out[i] = b;
+  for (int64_t k0 = 0; k0 < a.Kp; k0 += a.segment) {
+    const int64_t k1 = std::min(a.Kp, k0 + a.segment);
+    __m512i acc[MR][4];  // acc[i][p]: channel 2p in the low 256 bits, 2p + 1 in the high
+    for (int i = 0; i < MR; ++i)
+      for (int p = 0; p < 4; ++p) acc[i][p] = _mm512_setzero_si512();
+    for (int64_t kb = k0 / kBlockK; kb < k1 / kBlockK; ++kb) {
+      __m512i xv[MR];
+      for (int i = 0; i < MR; ++i)
+        xv[i] = _mm512_broadcast_i64x4(
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.xq + (m0 + i) * a.Kp + kb * kBlockK)));
+      for (int p = 0; p < 4; ++p) {
+        const __m512i w = _mm512_loadu_si512(wt + (kb * kTileN + 2 * p) * kBlockK);
+        const __m512i aw = _mm512_abs_epi8(w);
+        const __mmask64 neg = _mm512_movepi8_mask(w);
+        for (int i = 0; i < MR; ++i) {
+          const __m512i sx = _mm512_mask_sub_epi8(xv[i], neg, zero, xv[i]);
+          acc[i][p] = _mm512_add_epi32(acc[i][p], _mm512_madd_epi16(_mm512_maddubs_epi16(aw, sx), ones));
+        }
+      }
+    }
+    const int64_t g = k0 / group;
+    for (int i = 0; i < MR; ++i) {
+      // Channel c's 8 partial sums -> one ymm per channel, then the AVX2 reduction per half.
+      __m256i c[8];
+      for (int p = 0; p < 4; ++p) {
+        c[2 * p] = _mm512_castsi512_si256(acc[i][p]);
+        c[2 * p + 1] = _mm512_extracti64x4_epi64(acc[i][p], 1);
+      }
+      const __m256i h0 = hsum4(c[0], c[1], c[2], c[3]), h1 = hsum4(c[4], c[5], c[6], c[7]);
+      const __m128i lo = _mm_add_epi32(_mm256_castsi256_si128(h0), _mm256_extracti128_si256(h0, 1));
+      const __m128i hi = _mm_add_epi32(_mm256_castsi256_si128(h1), _mm256_extracti128_si256(h1, 1));
+      out[i] = int8_epilogue(a, _mm256_set_m128i(hi, lo), t, m0 + i, g, k0, k1, out[i]);
+    }
+  }
+  for (int i = 0; i < MR; ++i) _mm256_storeu_ps(a.out + (m0 + i) * a.N + t * kTileN, out[i]);
+}
+
+}  // namespace
+
+void linear_float_tiles_avx512(const FloatLinearArgs& a, int64_t t0, int64_t t1) {
+  if (a.bits == 4)
+    float_tiles<4>(a, t0, t1);
+  else
+    float_tiles<8>(a, t0, t1);
+}
+
+void linear_int8_tiles_avx512(const Int8LinearArgs& a, int64_t t0, int64_t t1) {
+  for (int64_t t = t0; t < t1; ++t) {
+    int64_t m = 0;
+    if (a.bits == 4) {
+      for (; m + 2 <= a.M; m += 2) int4_tile<2>(a, t, m);
+      if (m < a.M) int4_tile<1>(a, t, m);
+    } else {
+      for (; m + 2 <= a.M; m += 2) int8w_tile<2>(a, t, m);
+      if (m < a.M) int8w_tile<1>(a, t, m);
+    }
+  }
+}
+
+}  // namespace qk::cpu

@@ -73,13 +73,14 @@ at::Tensor linear_float(const at::Tensor& x_in, const at::Tensor& w, const at::T
   const Isa isa = resolve_isa(isa_name);
   auto out = at::empty({M, N}, x.options());
   if (M == 0) return out;
-  auto xs = at::empty({M, K}, x.options());
+  const int64_t ldxs = qk::cpu::staggered_stride(K, sizeof(float));
+  auto xs = at::empty({M, ldxs}, x.options());
   auto xsum = at::empty({M, G}, x.options());
   const float* xp = x.data_ptr<float>();
   const int64_t ldx = x.stride(0);
   at::parallel_for(0, M, 1, [&](int64_t m0, int64_t m1) {
     qk::cpu::prepare_float_activations(xp + m0 * ldx, ldx, m1 - m0, K, G, static_cast<int>(bits),
-                                       xs.data_ptr<float>() + m0 * K, xsum.data_ptr<float>() + m0 * G);
+                                       xs.data_ptr<float>() + m0 * ldxs, ldxs, xsum.data_ptr<float>() + m0 * G);
   });
   qk::cpu::FloatLinearArgs a;
   a.w = reinterpret_cast<const uint32_t*>(w.data_ptr<int32_t>());
@@ -89,7 +90,7 @@ at::Tensor linear_float(const at::Tensor& x_in, const at::Tensor& w, const at::T
   a.xs = xs.data_ptr<float>();
   a.xsum = xsum.data_ptr<float>();
   a.out = out.data_ptr<float>();
-  a.M = M, a.N = N, a.K = K, a.G = G, a.bits = static_cast<int>(bits);
+  a.M = M, a.N = N, a.K = K, a.G = G, a.ldx = ldxs, a.bits = static_cast<int>(bits);
   const auto fn = kernel_at_or_below(isa, qk::cpu::float_tiles_for);
   at::parallel_for(0, N / qk::cpu::kTileN, 1, [&](int64_t t0, int64_t t1) { fn(a, t0, t1); });
   return out;
@@ -118,14 +119,15 @@ at::Tensor linear_int8(const at::Tensor& x_in, const at::Tensor& w, const at::Te
   const Isa isa = resolve_isa(isa_name);
   auto out = at::empty({M, N}, x.options());
   if (M == 0) return out;
-  auto xq = at::empty({M, Kp}, x.options().dtype(at::kChar));
+  const int64_t ldq = qk::cpu::staggered_stride(Kp, 1);
+  auto xq = at::empty({M, ldq}, x.options().dtype(at::kChar));
   auto xscale = at::empty({M, per_block ? KB : 1}, x.options());
   auto xblock = at::empty({M, KB}, x.options().dtype(at::kInt));
   const float* xp = x.data_ptr<float>();
   const int64_t ldx = x.stride(0), A = xscale.size(1);
   at::parallel_for(0, M, 1, [&](int64_t m0, int64_t m1) {
-    qk::cpu::quantize_activations_int8(xp + m0 * ldx, ldx, m1 - m0, K, Kp, per_block, xq.data_ptr<int8_t>() + m0 * Kp,
-                                       xscale.data_ptr<float>() + m0 * A, xblock.data_ptr<int32_t>() + m0 * KB);
+    qk::cpu::quantize_activations_int8(xp + m0 * ldx, ldx, m1 - m0, K, Kp, per_block, xq.data_ptr<int8_t>() + m0 * ldq,
+                                       ldq, xscale.data_ptr<float>() + m0 * A, xblock.data_ptr<int32_t>() + m0 * KB);
   });
   qk::cpu::Int8LinearArgs a;
   a.w = static_cast<const uint8_t*>(w.data_ptr());
@@ -136,7 +138,7 @@ at::Tensor linear_int8(const at::Tensor& x_in, const at::Tensor& w, const at::Te
   a.xscale = xscale.data_ptr<float>();
   a.xblock = xblock.data_ptr<int32_t>();
   a.out = out.data_ptr<float>();
-  a.M = M, a.N = N, a.K = K, a.Kp = Kp, a.G = G;
+  a.M = M, a.N = N, a.K = K, a.Kp = Kp, a.G = G, a.ldq = ldq;
   a.segment = qk::cpu::int8_segment_length(K, Kp, G, per_block);
   a.bits = static_cast<int>(bits);
   a.act_per_block = per_block;

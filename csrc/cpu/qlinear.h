@@ -47,10 +47,11 @@ struct FloatLinearArgs {
   const float* scales;   // fp32 [G, N]
   const float* zeros;    // fp32 [G, N], real zero points
   const float* bias;     // fp32 [N] or nullptr
-  const float* xs;       // fp32 [M, K], activations pre-scaled by prepare_float_activations
+  const float* xs;       // fp32 [M, K] (row stride ldx), activations pre-scaled by prepare_float_activations
   const float* xsum;     // fp32 [M, G], per-group sums of the unscaled activations
   float* out;            // fp32 [M, N]
   int64_t M, N, K, G;    // G groups of K / G columns each
+  int64_t ldx;           // row stride of xs, see staggered_stride
   int bits;              // 4 or 8
 };
 
@@ -59,11 +60,12 @@ struct Int8LinearArgs {
   const float* scales;    // fp32 [G, N]
   const float* zeros;     // fp32 [G, N], z' (see the layout notes)
   const float* bias;      // fp32 [N] or nullptr
-  const int8_t* xq;       // int8 [M, Kp], zero padded
+  const int8_t* xq;       // int8 [M, Kp] (row stride ldq), zero padded
   const float* xscale;    // fp32 [M, A]; A = Kp / 32 (per-block) or 1 (per-row)
   const int32_t* xblock;  // int32 [M, Kp / 32], sum of xq over each 32-column block
   float* out;             // fp32 [M, N]
   int64_t M, N, K, Kp, G;
+  int64_t ldq;            // row stride of xq, see staggered_stride
   int64_t segment;        // columns per integer accumulation run; divides K/G (or is any multiple
                           // of 32 when G == 1); 32 with per-block activation scales
   int bits;               // 4 or 8
@@ -71,14 +73,18 @@ struct Int8LinearArgs {
 };
 
 // ---- shared, scalar helpers (qlinear_common.cpp) ----------------------------------------------
+// Row stride (in elements) for a per-call activation buffer of n elements per row: one cache line
+// more than needed, so that the rows a register tile reads together do not alias in the L1 sets
+// (rows K = 4096 floats apart would all map to the same set).
+constexpr int64_t staggered_stride(int64_t n, int64_t elem_bytes) { return n + 64 / elem_bytes; }
 // xs[m, k] = x[m, k] * 2^(-bits * (k % P)) except for the top code slot (k % P == P-1), which
 // keeps x[m, k]; xsum[m, g] = sum of x[m, k] over group g. x: fp32 [M, K] with row stride ldx.
 void prepare_float_activations(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t G, int bits,
-                               float* xs, float* xsum);
+                               float* xs, int64_t ldxs, float* xsum);
 // The dynamic int8 quantization of reference.quantize_activations_int8 (round half to even, clamp
 // to +-127, scale = amax / 127 or 1 for an all-zero block), plus the per-32-block sums of xq.
 void quantize_activations_int8(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t Kp,
-                               bool per_block, int8_t* xq, float* xscale, int32_t* xblock);
+                               bool per_block, int8_t* xq, int64_t ldq, float* xscale, int32_t* xblock);
 // Columns per integer accumulation run: 32 with per-block activation scales, else the weight group,
 // split so that an int32 sum cannot overflow (|xq * w| <= 127 * 128 per column).
 int64_t int8_segment_length(int64_t K, int64_t Kp, int64_t G, bool act_per_block);

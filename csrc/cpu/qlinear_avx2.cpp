@@ -23,14 +23,14 @@ template <int BITS, int MR>
 void float_tile(const FloatLinearArgs& a, int64_t t, int64_t m0) {
   constexpr int P = 32 / BITS;
   constexpr uint32_t kMask = (1u << BITS) - 1;
-  // Independent FMA chains per row, so that a single row still hides the FMA latency.
-  constexpr int NA = MR >= 4 ? 1 : (MR == 1 ? 4 : 2);
+  // Independent FMA chains: at least 8 in flight (2 FMA ports x 4 cycles latency) where registers allow.
+  constexpr int NA = MR >= 8 ? 1 : (MR >= 4 ? 2 : 4);
   const int64_t K = a.K, rows = K / P, grows = rows / a.G;
   const uint32_t* wt = a.w + t * rows * kTileN;
-  const float* x0 = a.xs + m0 * K;
-  __m256 out[MR];
+  const float* x0 = a.xs + m0 * a.ldx;
+  float* out = a.out + m0 * a.N + t * kTileN;  // the running sums live in the output (L1) between groups
   const __m256 b = a.bias ? _mm256_loadu_ps(a.bias + t * kTileN) : _mm256_setzero_ps();
-  for (int i = 0; i < MR; ++i) out[i] = b;
+  for (int i = 0; i < MR; ++i) _mm256_storeu_ps(out + i * a.N, b);
   for (int64_t g = 0; g < a.G; ++g) {
     __m256 acc[MR][NA];
     for (int i = 0; i < MR; ++i)
@@ -44,7 +44,7 @@ void float_tile(const FloatLinearArgs& a, int64_t t, int64_t m0) {
                                       : _mm256_and_si256(w, _mm256_set1_epi32(static_cast<int>(kMask << (BITS * j))));
         const __m256 q = _mm256_cvtepi32_ps(qi);
         for (int i = 0; i < MR; ++i)
-          acc[i][j % NA] = _mm256_fmadd_ps(q, _mm256_broadcast_ss(x + i * K + j), acc[i][j % NA]);
+          acc[i][j % NA] = _mm256_fmadd_ps(q, _mm256_broadcast_ss(x + i * a.ldx + j), acc[i][j % NA]);
       }
     }
     const __m256 s = _mm256_loadu_ps(a.scales + g * a.N + t * kTileN);
@@ -53,17 +53,20 @@ void float_tile(const FloatLinearArgs& a, int64_t t, int64_t m0) {
       __m256 A = acc[i][0];
       for (int c = 1; c < NA; ++c) A = _mm256_add_ps(A, acc[i][c]);
       const __m256 xsum = _mm256_set1_ps(a.xsum[(m0 + i) * a.G + g]);
-      out[i] = _mm256_fmadd_ps(s, _mm256_fnmadd_ps(z, xsum, A), out[i]);
+      _mm256_storeu_ps(out + i * a.N, _mm256_fmadd_ps(s, _mm256_fnmadd_ps(z, xsum, A), _mm256_loadu_ps(out + i * a.N)));
     }
   }
-  for (int i = 0; i < MR; ++i) _mm256_storeu_ps(a.out + (m0 + i) * a.N + t * kTileN, out[i]);
 }
 
 template <int BITS>
 void float_tiles(const FloatLinearArgs& a, int64_t t0, int64_t t1) {
   for (int64_t t = t0; t < t1; ++t) {
     int64_t m = 0;
-    for (; m + 4 <= a.M; m += 4) float_tile<BITS, 4>(a, t, m);
+    for (; m + 8 <= a.M; m += 8) float_tile<BITS, 8>(a, t, m);
+    if (m + 4 <= a.M) {
+      float_tile<BITS, 4>(a, t, m);
+      m += 4;
+    }
     switch (a.M - m) {
       case 3: float_tile<BITS, 3>(a, t, m); break;
       case 2: float_tile<BITS, 2>(a, t, m); break;
@@ -92,6 +95,9 @@ inline __m256i hsum4(const __m256i* acc) {
   return _mm256_hadd_epi32(_mm256_hadd_epi32(acc[0], acc[1]), _mm256_hadd_epi32(acc[2], acc[3]));
 }
 
+// One channel column j (channels j and j + 4) at a time, for MR rows: the unpacked nibbles are
+// reused by every row, and the s16 pair sums of up to 4 blocks (4 * 2 * 15 * 127 * 2 < 2^15) are
+// accumulated before one vpmaddwd widens them.
 template <int MR>
 void int4_tile(const Int8LinearArgs& a, int64_t t, int64_t m0) {
   const int64_t KB = a.Kp / kBlockK, group = a.G == 1 ? a.Kp : a.K / a.G;
@@ -101,30 +107,32 @@ void int4_tile(const Int8LinearArgs& a, int64_t t, int64_t m0) {
   const __m256 b = a.bias ? _mm256_loadu_ps(a.bias + t * kTileN) : _mm256_setzero_ps();
   for (int i = 0; i < MR; ++i) out[i] = b;
   for (int64_t k0 = 0; k0 < a.Kp; k0 += a.segment) {
-    const int64_t k1 = std::min(a.Kp, k0 + a.segment);
-    __m256i acc[MR][4];
-    for (int i = 0; i < MR; ++i)
-      for (int j = 0; j < 4; ++j) acc[i][j] = _mm256_setzero_si256();
-    for (int64_t kb = k0 / kBlockK; kb < k1 / kBlockK; ++kb) {
-      __m256i xl[MR], xh[MR];
-      for (int i = 0; i < MR; ++i) {
-        const int8_t* xp = a.xq + (m0 + i) * a.Kp + kb * kBlockK;
-        xl[i] = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xp)));
-        xh[i] = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xp + 16)));
-      }
-      const uint8_t* wb = wt + kb * 128;
-      for (int j = 0; j < 4; ++j) {
-        const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + j * 32));
-        const __m256i lo = _mm256_and_si256(w, nib);
-        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), nib);
-        for (int i = 0; i < MR; ++i) {
-          const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xl[i]), _mm256_maddubs_epi16(hi, xh[i]));
-          acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(p, ones));
+    const int64_t k1 = std::min(a.Kp, k0 + a.segment), kb0 = k0 / kBlockK, kb1 = k1 / kBlockK;
+    __m256i sums[MR][4];
+    for (int j = 0; j < 4; ++j) {
+      __m256i acc[MR];
+      for (int i = 0; i < MR; ++i) acc[i] = _mm256_setzero_si256();
+      for (int64_t kc = kb0; kc < kb1; kc += 4) {
+        const int64_t kc1 = std::min(kb1, kc + 4);
+        __m256i a16[MR];
+        for (int i = 0; i < MR; ++i) a16[i] = _mm256_setzero_si256();
+        for (int64_t kb = kc; kb < kc1; ++kb) {
+          const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wt + kb * 128 + j * 32));
+          const __m256i lo = _mm256_and_si256(w, nib);
+          const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), nib);
+          for (int i = 0; i < MR; ++i) {
+            const int8_t* xp = a.xq + (m0 + i) * a.ldq + kb * kBlockK;
+            const __m256i xl = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xp)));
+            const __m256i xh = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xp + 16)));
+            a16[i] = _mm256_add_epi16(a16[i], _mm256_add_epi16(_mm256_maddubs_epi16(lo, xl), _mm256_maddubs_epi16(hi, xh)));
+          }
         }
+        for (int i = 0; i < MR; ++i) acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(a16[i], ones));
       }
+      for (int i = 0; i < MR; ++i) sums[i][j] = acc[i];
     }
     const int64_t g = k0 / group;
-    for (int i = 0; i < MR; ++i) out[i] = int8_epilogue(a, hsum4(acc[i]), t, m0 + i, g, k0, k1, out[i]);
+    for (int i = 0; i < MR; ++i) out[i] = int8_epilogue(a, hsum4(sums[i]), t, m0 + i, g, k0, k1, out[i]);
   }
   for (int i = 0; i < MR; ++i) _mm256_storeu_ps(a.out + (m0 + i) * a.N + t * kTileN, out[i]);
 }
@@ -147,7 +155,7 @@ void int8w_tile(const Int8LinearArgs& a, int64_t t, int64_t m0) {
       for (int64_t kb = k0 / kBlockK; kb < k1 / kBlockK; ++kb) {
         __m256i xv[MR];
         for (int i = 0; i < MR; ++i)
-          xv[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.xq + (m0 + i) * a.Kp + kb * kBlockK));
+          xv[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.xq + (m0 + i) * a.ldq + kb * kBlockK));
         const int8_t* wb = wt + (kb * kTileN + 4 * h) * kBlockK;
         for (int j = 0; j < 4; ++j) {
           const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + j * kBlockK));
@@ -176,8 +184,8 @@ template <template <int> class Tile>
 void int8_rows(const Int8LinearArgs& a, int64_t t0, int64_t t1) {
   for (int64_t t = t0; t < t1; ++t) {
     int64_t m = 0;
-    for (; m + 2 <= a.M; m += 2) Tile<2>::run(a, t, m);
-    if (m < a.M) Tile<1>::run(a, t, m);
+    for (; m + 4 <= a.M; m += 4) Tile<4>::run(a, t, m);
+    for (; m < a.M; ++m) Tile<1>::run(a, t, m);
   }
 }
 

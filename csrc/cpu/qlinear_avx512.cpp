@@ -27,7 +27,7 @@ void float_tile_pair(const FloatLinearArgs& a, int64_t t, int64_t m0) {
   const int64_t K = a.K, rows = K / P, grows = rows / a.G;
   const uint32_t* w0 = a.w + t * rows * kTileN;
   const uint32_t* w1 = w0 + rows * kTileN;
-  const float* x0 = a.xs + m0 * K;
+  const float* x0 = a.xs + m0 * a.ldx;
   const int64_t n0 = t * kTileN;
   __m512 out[MR];
   const __m512 b = a.bias ? _mm512_loadu_ps(a.bias + n0) : _mm512_setzero_ps();
@@ -47,7 +47,7 @@ void float_tile_pair(const FloatLinearArgs& a, int64_t t, int64_t m0) {
                                       : _mm512_and_si512(w, _mm512_set1_epi32(static_cast<int>(kMask << (BITS * j))));
         const __m512 q = _mm512_cvtepi32_ps(qi);
         for (int i = 0; i < MR; ++i)
-          acc[i][j % NA] = _mm512_fmadd_ps(q, _mm512_set1_ps(x[i * K + j]), acc[i][j % NA]);
+          acc[i][j % NA] = _mm512_fmadd_ps(q, _mm512_set1_ps(x[i * a.ldx + j]), acc[i][j % NA]);
       }
     }
     const __m512 s = _mm512_loadu_ps(a.scales + g * a.N + n0);
@@ -111,7 +111,7 @@ void int4_tile(const Int8LinearArgs& a, int64_t t, int64_t m0) {
     for (int64_t kb = k0 / kBlockK; kb < k1 / kBlockK; ++kb) {
       __m512i xl[MR], xh[MR];
       for (int i = 0; i < MR; ++i) {
-        const int8_t* xp = a.xq + (m0 + i) * a.Kp + kb * kBlockK;
+        const int8_t* xp = a.xq + (m0 + i) * a.ldq + kb * kBlockK;
         xl[i] = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xp)));
         xh[i] = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xp + 16)));
       }
@@ -152,7 +152,7 @@ void int8w_tile(const Int8LinearArgs& a, int64_t t, int64_t m0) {
       __m512i xv[MR];
       for (int i = 0; i < MR; ++i)
         xv[i] = _mm512_broadcast_i64x4(
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.xq + (m0 + i) * a.Kp + kb * kBlockK)));
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.xq + (m0 + i) * a.ldq + kb * kBlockK)));
       for (int p = 0; p < 4; ++p) {
         const __m512i w = _mm512_loadu_si512(wt + (kb * kTileN + 2 * p) * kBlockK);
         const __m512i aw = _mm512_abs_epi8(w);

@@ -49,7 +49,7 @@ void int4_tile(const Int8LinearArgs& a, int64_t t, int64_t m0) {
     for (int64_t kb = k0 / kBlockK; kb < k1 / kBlockK; ++kb) {
       __m512i xl[MR], xh[MR];
       for (int i = 0; i < MR; ++i) {
-        const int8_t* xp = a.xq + (m0 + i) * a.Kp + kb * kBlockK;
+        const int8_t* xp = a.xq + (m0 + i) * a.ldq + kb * kBlockK;
         xl[i] = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xp)));
         xh[i] = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xp + 16)));
       }
@@ -88,7 +88,7 @@ void int8w_tile(const Int8LinearArgs& a, int64_t t, int64_t m0) {
       __m512i xv[MR];
       for (int i = 0; i < MR; ++i)
         xv[i] = _mm512_broadcast_i64x4(
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.xq + (m0 + i) * a.Kp + kb * kBlockK)));
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.xq + (m0 + i) * a.ldq + kb * kBlockK)));
       for (int p = 0; p < 4; ++p) {
         const __m512i q = _mm512_xor_si512(_mm512_loadu_si512(wt + (kb * kTileN + 2 * p) * kBlockK), flip);
         for (int i = 0; i < MR; ++i) acc[i][p] = _mm512_dpbusd_epi32(acc[i][p], q, xv[i]);

@@ -9,14 +9,14 @@
 namespace qk::cpu {
 
 void prepare_float_activations(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t G, int bits,
-                               float* xs, float* xsum) {
+                               float* xs, int64_t ldxs, float* xsum) {
   const int per = 32 / bits;
   float factor[8];
   for (int j = 0; j < per; ++j) factor[j] = j == per - 1 ? 1.0f : std::ldexp(1.0f, -bits * j);
   const int64_t group = K / G;
   for (int64_t m = 0; m < M; ++m) {
     const float* xr = x + m * ldx;
-    float* xo = xs + m * K;
+    float* xo = xs + m * ldxs;
     for (int64_t k = 0; k < K; ++k) xo[k] = xr[k] * factor[k % per];
     for (int64_t g = 0; g < G; ++g) {
       float s = 0.0f;
@@ -27,12 +27,12 @@ void prepare_float_activations(const float* x, int64_t ldx, int64_t M, int64_t K
 }
 
 void quantize_activations_int8(const float* x, int64_t ldx, int64_t M, int64_t K, int64_t Kp,
-                               bool per_block, int8_t* xq, float* xscale, int32_t* xblock) {
+                               bool per_block, int8_t* xq, int64_t ldq, float* xscale, int32_t* xblock) {
   const int64_t span = per_block ? kBlockK : K;
   const int64_t nscale = per_block ? Kp / kBlockK : 1;
   for (int64_t m = 0; m < M; ++m) {
     const float* xr = x + m * ldx;
-    int8_t* q = xq + m * Kp;
+    int8_t* q = xq + m * ldq;
     for (int64_t a = 0; a < nscale; ++a) {
       const int64_t k0 = a * span, k1 = std::min(K, k0 + span);
       float amax = 0.0f;

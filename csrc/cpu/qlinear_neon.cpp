@@ -21,7 +21,7 @@ void float_tile(const FloatLinearArgs& a, int64_t t, int64_t m0) {
   constexpr int NA = MR == 1 ? 2 : 1;  // independent FMA chains for a single row
   const int64_t K = a.K, rows = K / P, grows = rows / a.G;
   const uint32_t* wt = a.w + t * rows * kTileN;
-  const float* x0 = a.xs + m0 * K;
+  const float* x0 = a.xs + m0 * a.ldx;
   float32x4_t out[MR][2];
   for (int i = 0; i < MR; ++i)
     for (int h = 0; h < 2; ++h) out[i][h] = a.bias ? vld1q_f32(a.bias + t * kTileN + 4 * h) : vdupq_n_f32(0.0f);
@@ -44,7 +44,7 @@ void float_tile(const FloatLinearArgs& a, int64_t t, int64_t m0) {
         }
         const float32x4_t f0 = vcvtq_f32_u32(q0), f1 = vcvtq_f32_u32(q1);
         for (int i = 0; i < MR; ++i) {
-          const float xv = x[i * K + j];
+          const float xv = x[i * a.ldx + j];
           acc[i][j % NA][0] = vfmaq_n_f32(acc[i][j % NA][0], f0, xv);
           acc[i][j % NA][1] = vfmaq_n_f32(acc[i][j % NA][1], f1, xv);
         }
@@ -95,8 +95,8 @@ void int8_tile(const Int8LinearArgs& a, int64_t t, int64_t m0) {
     for (int64_t kb = k0 / kBlockK; kb < k1 / kBlockK; ++kb) {
       int8x16_t x0[MR], x1[MR];
       for (int i = 0; i < MR; ++i) {
-        x0[i] = vld1q_s8(a.xq + (m0 + i) * a.Kp + kb * kBlockK);
-        x1[i] = vld1q_s8(a.xq + (m0 + i) * a.Kp + kb * kBlockK + 16);
+        x0[i] = vld1q_s8(a.xq + (m0 + i) * a.ldq + kb * kBlockK);
+        x1[i] = vld1q_s8(a.xq + (m0 + i) * a.ldq + kb * kBlockK + 16);
       }
       if (a.bits == 4) {
         const uint8_t* wb = wt + kb * 128;

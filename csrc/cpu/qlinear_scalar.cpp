@@ -15,7 +15,7 @@ void linear_float_tiles_scalar(const FloatLinearArgs& a, int64_t t0, int64_t t1)
   for (int64_t t = t0; t < t1; ++t) {
     const uint32_t* wt = a.w + t * rows * kTileN;
     for (int64_t m = 0; m < a.M; ++m) {
-      const float* xs = a.xs + m * a.K;
+      const float* xs = a.xs + m * a.ldx;
       float out[kTileN];
       for (int i = 0; i < kTileN; ++i) out[i] = a.bias ? a.bias[t * kTileN + i] : 0.0f;
       for (int64_t g = 0; g < a.G; ++g) {
@@ -70,7 +70,7 @@ void linear_int8_tiles_scalar(const Int8LinearArgs& a, int64_t t0, int64_t t1) {
   const int64_t group = a.G == 1 ? a.Kp : a.K / a.G;
   for (int64_t t = t0; t < t1; ++t) {
     for (int64_t m = 0; m < a.M; ++m) {
-      const int8_t* xq = a.xq + m * a.Kp;
+      const int8_t* xq = a.xq + m * a.ldq;
       float out[kTileN];
       for (int i = 0; i < kTileN; ++i) out[i] = a.bias ? a.bias[t * kTileN + i] : 0.0f;
       for (int64_t k0 = 0; k0 < a.Kp; k0 += a.segment) {

@@ -65,10 +65,11 @@ bool test_float(const char* name, FloatTilesFn fn, const Case& c, std::mt19937& 
   std::vector<uint32_t> w(c.N * c.K * c.bits / 32);
   for (auto& v : w) v = rng();
   Inputs in = random_inputs(c, rng);
-  std::vector<float> xs(c.M * c.K), xsum(c.M * c.G), out(c.M * c.N), ref(c.M * c.N);
-  prepare_float_activations(in.x.data(), c.K, c.M, c.K, c.G, c.bits, xs.data(), xsum.data());
+  const int64_t ldx = staggered_stride(c.K, sizeof(float));
+  std::vector<float> xs(c.M * ldx), xsum(c.M * c.G), out(c.M * c.N), ref(c.M * c.N);
+  prepare_float_activations(in.x.data(), c.K, c.M, c.K, c.G, c.bits, xs.data(), ldx, xsum.data());
   FloatLinearArgs a{w.data(), in.scales.data(), in.zeros.data(), in.bias.data(), xs.data(), xsum.data(),
-                    ref.data(), c.M, c.N, c.K, c.G, c.bits};
+                    ref.data(), c.M, c.N, c.K, c.G, ldx, c.bits};
   run_tiles(linear_float_tiles_scalar, a, c.N / kTileN);
   a.out = out.data();
   run_tiles(fn, a, c.N / kTileN);
@@ -84,12 +85,13 @@ bool test_int8(const char* name, Int8TilesFn fn, const Case& c, bool per_block, 
   std::vector<uint8_t> w(c.bits == 4 ? c.N * Kp / 2 : c.N * Kp);
   for (auto& v : w) v = static_cast<uint8_t>(rng());
   Inputs in = random_inputs(c, rng);
-  std::vector<int8_t> xq(c.M * Kp);
+  const int64_t ldq = staggered_stride(Kp, 1);
+  std::vector<int8_t> xq(c.M * ldq);
   std::vector<float> xscale(c.M * (per_block ? KB : 1)), out(c.M * c.N), ref(c.M * c.N);
   std::vector<int32_t> xblock(c.M * KB);
-  quantize_activations_int8(in.x.data(), c.K, c.M, c.K, Kp, per_block, xq.data(), xscale.data(), xblock.data());
+  quantize_activations_int8(in.x.data(), c.K, c.M, c.K, Kp, per_block, xq.data(), ldq, xscale.data(), xblock.data());
   Int8LinearArgs a{w.data(), in.scales.data(), in.zeros.data(), in.bias.data(), xq.data(), xscale.data(),
-                   xblock.data(), ref.data(), c.M, c.N, c.K, Kp, c.G,
+                   xblock.data(), ref.data(), c.M, c.N, c.K, Kp, c.G, ldq,
                    int8_segment_length(c.K, Kp, c.G, per_block), c.bits, per_block};
   run_tiles(linear_int8_tiles_scalar, a, c.N / kTileN);
   a.out = out.data();

@@ -19,6 +19,17 @@
 namespace qk::cpu {
 namespace {
 
+// Tiles are visited in groups whose weights stay in L2 while every block of rows passes over them
+// (the rows' activations then stay in L1 across the group's tiles).
+// How far ahead (in 32-column blocks) the int8-activation kernels prefetch their weights; a
+// prefetch past the end of the weights is harmless (prefetches do not fault).
+constexpr int64_t kPrefetchBlocks = 32;
+
+inline int64_t l2_tile_group(int64_t tile_bytes) {
+  constexpr int64_t kL2Budget = 256 << 10;
+  return std::max<int64_t>(1, kL2Budget / std::max<int64_t>(1, tile_bytes));
+}
+
 template <int BITS, int MR>
 void float_tile(const FloatLinearArgs& a, int64_t t, int64_t m0) {
   constexpr int P = 32 / BITS;
@@ -60,18 +71,24 @@ void float_tile(const FloatLinearArgs& a, int64_t t, int64_t m0) {
 
 template <int BITS>
 void float_tiles(const FloatLinearArgs& a, int64_t t0, int64_t t1) {
-  for (int64_t t = t0; t < t1; ++t) {
+  const int64_t tg = l2_tile_group(a.K * kTileN * BITS / 8);
+  for (int64_t g0 = t0; g0 < t1; g0 += tg) {
+    const int64_t g1 = std::min(t1, g0 + tg);
     int64_t m = 0;
-    for (; m + 8 <= a.M; m += 8) float_tile<BITS, 8>(a, t, m);
-    if (m + 4 <= a.M) {
-      float_tile<BITS, 4>(a, t, m);
-      m += 4;
-    }
-    switch (a.M - m) {
-      case 3: float_tile<BITS, 3>(a, t, m); break;
-      case 2: float_tile<BITS, 2>(a, t, m); break;
-      case 1: float_tile<BITS, 1>(a, t, m); break;
-      default: break;
+    for (; m + 8 <= a.M; m += 8)
+      for (int64_t t = g0; t < g1; ++t) float_tile<BITS, 8>(a, t, m);
+    for (int64_t t = g0; t < g1; ++t) {
+      int64_t mt = m;
+      if (mt + 4 <= a.M) {
+        float_tile<BITS, 4>(a, t, mt);
+        mt += 4;
+      }
+      switch (a.M - mt) {
+        case 3: float_tile<BITS, 3>(a, t, mt); break;
+        case 2: float_tile<BITS, 2>(a, t, mt); break;
+        case 1: float_tile<BITS, 1>(a, t, mt); break;
+        default: break;
+      }
     }
   }
 }
@@ -117,6 +134,12 @@ void int4_tile(const Int8LinearArgs& a, int64_t t, int64_t m0) {
         __m256i a16[MR];
         for (int i = 0; i < MR; ++i) a16[i] = _mm256_setzero_si256();
         for (int64_t kb = kc; kb < kc1; ++kb) {
+          // The column passes read each block with a 128-byte stride, which the hardware
+          // prefetchers do not follow: fetch the block kPrefetchBlocks ahead on the first pass.
+          if (j == 0) {
+            _mm_prefetch(reinterpret_cast<const char*>(wt + (kb + kPrefetchBlocks) * 128), _MM_HINT_T0);
+            _mm_prefetch(reinterpret_cast<const char*>(wt + (kb + kPrefetchBlocks) * 128 + 64), _MM_HINT_T0);
+          }
           const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wt + kb * 128 + j * 32));
           const __m256i lo = _mm256_and_si256(w, nib);
           const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), nib);
@@ -137,6 +160,7 @@ void int4_tile(const Int8LinearArgs& a, int64_t t, int64_t m0) {
   for (int i = 0; i < MR; ++i) _mm256_storeu_ps(a.out + (m0 + i) * a.N + t * kTileN, out[i]);
 }
 
+// One channel at a time for MR rows: |w| is computed once and reused by every row.
 template <int MR>
 void int8w_tile(const Int8LinearArgs& a, int64_t t, int64_t m0) {
   const int64_t KB = a.Kp / kBlockK, group = a.G == 1 ? a.Kp : a.K / a.G;
@@ -146,35 +170,33 @@ void int8w_tile(const Int8LinearArgs& a, int64_t t, int64_t m0) {
   const __m256 b = a.bias ? _mm256_loadu_ps(a.bias + t * kTileN) : _mm256_setzero_ps();
   for (int i = 0; i < MR; ++i) out[i] = b;
   for (int64_t k0 = 0; k0 < a.Kp; k0 += a.segment) {
-    const int64_t k1 = std::min(a.Kp, k0 + a.segment);
-    __m128i half_sum[MR][2];
-    for (int h = 0; h < 2; ++h) {  // channels 4h .. 4h+3, to keep the accumulators in registers
-      __m256i acc[MR][4];
-      for (int i = 0; i < MR; ++i)
-        for (int j = 0; j < 4; ++j) acc[i][j] = _mm256_setzero_si256();
-      for (int64_t kb = k0 / kBlockK; kb < k1 / kBlockK; ++kb) {
-        __m256i xv[MR];
-        for (int i = 0; i < MR; ++i)
-          xv[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.xq + (m0 + i) * a.ldq + kb * kBlockK));
-        const int8_t* wb = wt + (kb * kTileN + 4 * h) * kBlockK;
-        for (int j = 0; j < 4; ++j) {
-          const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + j * kBlockK));
-          const __m256i aw = _mm256_abs_epi8(w);
-          for (int i = 0; i < MR; ++i) {
-            const __m256i p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv[i], w));
-            acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(p, ones));
-          }
+    const int64_t k1 = std::min(a.Kp, k0 + a.segment), kb0 = k0 / kBlockK, kb1 = k1 / kBlockK;
+    __m256i sums[MR][kTileN];
+    for (int c = 0; c < kTileN; ++c) {
+      __m256i acc[MR];
+      for (int i = 0; i < MR; ++i) acc[i] = _mm256_setzero_si256();
+      for (int64_t kb = kb0; kb < kb1; ++kb) {
+        if (c == 0) {  // as in int4_tile: the channel passes stride by 256 bytes
+          const int8_t* ahead = wt + (kb + kPrefetchBlocks) * kTileN * kBlockK;
+          for (int l = 0; l < 4; ++l) _mm_prefetch(reinterpret_cast<const char*>(ahead + 64 * l), _MM_HINT_T0);
+        }
+        const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wt + (kb * kTileN + c) * kBlockK));
+        const __m256i aw = _mm256_abs_epi8(w);
+        for (int i = 0; i < MR; ++i) {
+          const __m256i xv =
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.xq + (m0 + i) * a.ldq + kb * kBlockK));
+          const __m256i p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, w));
+          acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(p, ones));
         }
       }
-      for (int i = 0; i < MR; ++i) {
-        const __m256i hh = hsum4(acc[i]);
-        half_sum[i][h] = _mm_add_epi32(_mm256_castsi256_si128(hh), _mm256_extracti128_si256(hh, 1));
-      }
+      for (int i = 0; i < MR; ++i) sums[i][c] = acc[i];
     }
     const int64_t g = k0 / group;
     for (int i = 0; i < MR; ++i) {
-      const __m256i d = _mm256_set_m128i(half_sum[i][1], half_sum[i][0]);
-      out[i] = int8_epilogue(a, d, t, m0 + i, g, k0, k1, out[i]);
+      const __m256i h0 = hsum4(sums[i]), h1 = hsum4(sums[i] + 4);
+      const __m128i lo = _mm_add_epi32(_mm256_castsi256_si128(h0), _mm256_extracti128_si256(h0, 1));
+      const __m128i hi = _mm_add_epi32(_mm256_castsi256_si128(h1), _mm256_extracti128_si256(h1, 1));
+      out[i] = int8_epilogue(a, _mm256_set_m128i(hi, lo), t, m0 + i, g, k0, k1, out[i]);
     }
   }
   for (int i = 0; i < MR; ++i) _mm256_storeu_ps(a.out + (m0 + i) * a.N + t * kTileN, out[i]);
@@ -182,10 +204,14 @@ void int8w_tile(const Int8LinearArgs& a, int64_t t, int64_t m0) {
 
 template <template <int> class Tile>
 void int8_rows(const Int8LinearArgs& a, int64_t t0, int64_t t1) {
-  for (int64_t t = t0; t < t1; ++t) {
+  const int64_t tg = l2_tile_group(a.Kp * kTileN * a.bits / 8);
+  for (int64_t g0 = t0; g0 < t1; g0 += tg) {
+    const int64_t g1 = std::min(t1, g0 + tg);
     int64_t m = 0;
-    for (; m + 4 <= a.M; m += 4) Tile<4>::run(a, t, m);
-    for (; m < a.M; ++m) Tile<1>::run(a, t, m);
+    for (; m + 4 <= a.M; m += 4)
+      for (int64_t t = g0; t < g1; ++t) Tile<4>::run(a, t, m);
+    for (; m < a.M; ++m)
+      for (int64_t t = g0; t < g1; ++t) Tile<1>::run(a, t, m);
   }
 }
 

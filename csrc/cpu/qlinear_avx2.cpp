@@ -24,6 +24,9 @@ namespace {
 // How far ahead (in 32-column blocks) the int8-activation kernels prefetch their weights; a
 // prefetch past the end of the weights is harmless (prefetches do not fault).
 constexpr int64_t kPrefetchBlocks = 32;
+// The column/channel passes of the int8-activation kernels run over chunks of this many blocks
+// (2-4 KiB of a tile's weights), so that every pass after the first reads L1.
+constexpr int64_t kChunkBlocks = 16;
 
 inline int64_t l2_tile_group(int64_t tile_bytes) {
   constexpr int64_t kL2Budget = 256 << 10;
@@ -126,33 +129,38 @@ void int4_tile(const Int8LinearArgs& a, int64_t t, int64_t m0) {
   for (int64_t k0 = 0; k0 < a.Kp; k0 += a.segment) {
     const int64_t k1 = std::min(a.Kp, k0 + a.segment), kb0 = k0 / kBlockK, kb1 = k1 / kBlockK;
     __m256i sums[MR][4];
-    for (int j = 0; j < 4; ++j) {
-      __m256i acc[MR];
-      for (int i = 0; i < MR; ++i) acc[i] = _mm256_setzero_si256();
-      for (int64_t kc = kb0; kc < kb1; kc += 4) {
-        const int64_t kc1 = std::min(kb1, kc + 4);
-        __m256i a16[MR];
-        for (int i = 0; i < MR; ++i) a16[i] = _mm256_setzero_si256();
-        for (int64_t kb = kc; kb < kc1; ++kb) {
-          // The column passes read each block with a 128-byte stride, which the hardware
-          // prefetchers do not follow: fetch the block kPrefetchBlocks ahead on the first pass.
-          if (j == 0) {
-            _mm_prefetch(reinterpret_cast<const char*>(wt + (kb + kPrefetchBlocks) * 128), _MM_HINT_T0);
-            _mm_prefetch(reinterpret_cast<const char*>(wt + (kb + kPrefetchBlocks) * 128 + 64), _MM_HINT_T0);
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < 4; ++j) sums[i][j] = _mm256_setzero_si256();
+    for (int64_t q0 = kb0; q0 < kb1; q0 += kChunkBlocks) {
+      const int64_t q1 = std::min(kb1, q0 + kChunkBlocks);
+      for (int j = 0; j < 4; ++j) {
+        __m256i acc[MR];
+        for (int i = 0; i < MR; ++i) acc[i] = _mm256_setzero_si256();
+        for (int64_t kc = q0; kc < q1; kc += 4) {
+          const int64_t kc1 = std::min(q1, kc + 4);
+          __m256i a16[MR];
+          for (int i = 0; i < MR; ++i) a16[i] = _mm256_setzero_si256();
+          for (int64_t kb = kc; kb < kc1; ++kb) {
+            // The column passes read each block with a 128-byte stride, which the hardware
+            // prefetchers do not follow: fetch the block kPrefetchBlocks ahead on the first pass.
+            if (j == 0) {
+              _mm_prefetch(reinterpret_cast<const char*>(wt + (kb + kPrefetchBlocks) * 128), _MM_HINT_T0);
+              _mm_prefetch(reinterpret_cast<const char*>(wt + (kb + kPrefetchBlocks) * 128 + 64), _MM_HINT_T0);
+            }
+            const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wt + kb * 128 + j * 32));
+            const __m256i lo = _mm256_and_si256(w, nib);
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), nib);
+            for (int i = 0; i < MR; ++i) {
+              const int8_t* xp = a.xq + (m0 + i) * a.ldq + kb * kBlockK;
+              const __m256i xl = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xp)));
+              const __m256i xh = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xp + 16)));
+              a16[i] = _mm256_add_epi16(a16[i], _mm256_add_epi16(_mm256_maddubs_epi16(lo, xl), _mm256_maddubs_epi16(hi, xh)));
+            }
           }
-          const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wt + kb * 128 + j * 32));
-          const __m256i lo = _mm256_and_si256(w, nib);
-          const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), nib);
-          for (int i = 0; i < MR; ++i) {
-            const int8_t* xp = a.xq + (m0 + i) * a.ldq + kb * kBlockK;
-            const __m256i xl = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xp)));
-            const __m256i xh = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xp + 16)));
-            a16[i] = _mm256_add_epi16(a16[i], _mm256_add_epi16(_mm256_maddubs_epi16(lo, xl), _mm256_maddubs_epi16(hi, xh)));
-          }
+          for (int i = 0; i < MR; ++i) acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(a16[i], ones));
         }
-        for (int i = 0; i < MR; ++i) acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(a16[i], ones));
-      }
-      for (int i = 0; i < MR; ++i) sums[i][j] = acc[i];
+        for (int i = 0; i < MR; ++i) sums[i][j] = _mm256_add_epi32(sums[i][j], acc[i]);
+    }
     }
     const int64_t g = k0 / group;
     for (int i = 0; i < MR; ++i) out[i] = int8_epilogue(a, hsum4(sums[i]), t, m0 + i, g, k0, k1, out[i]);
@@ -172,24 +180,29 @@ void int8w_tile(const Int8LinearArgs& a, int64_t t, int64_t m0) {
   for (int64_t k0 = 0; k0 < a.Kp; k0 += a.segment) {
     const int64_t k1 = std::min(a.Kp, k0 + a.segment), kb0 = k0 / kBlockK, kb1 = k1 / kBlockK;
     __m256i sums[MR][kTileN];
-    for (int c = 0; c < kTileN; ++c) {
-      __m256i acc[MR];
-      for (int i = 0; i < MR; ++i) acc[i] = _mm256_setzero_si256();
-      for (int64_t kb = kb0; kb < kb1; ++kb) {
-        if (c == 0) {  // as in int4_tile: the channel passes stride by 256 bytes
-          const int8_t* ahead = wt + (kb + kPrefetchBlocks) * kTileN * kBlockK;
-          for (int l = 0; l < 4; ++l) _mm_prefetch(reinterpret_cast<const char*>(ahead + 64 * l), _MM_HINT_T0);
+    for (int i = 0; i < MR; ++i)
+      for (int c = 0; c < kTileN; ++c) sums[i][c] = _mm256_setzero_si256();
+    for (int64_t q0 = kb0; q0 < kb1; q0 += kChunkBlocks) {
+      const int64_t q1 = std::min(kb1, q0 + kChunkBlocks);
+      for (int c = 0; c < kTileN; ++c) {
+        __m256i acc[MR];
+        for (int i = 0; i < MR; ++i) acc[i] = _mm256_setzero_si256();
+        for (int64_t kb = q0; kb < q1; ++kb) {
+          if (c == 0) {  // as in int4_tile: the channel passes stride by 256 bytes
+            const int8_t* ahead = wt + (kb + kPrefetchBlocks) * kTileN * kBlockK;
+            for (int l = 0; l < 4; ++l) _mm_prefetch(reinterpret_cast<const char*>(ahead + 64 * l), _MM_HINT_T0);
+          }
+          const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wt + (kb * kTileN + c) * kBlockK));
+          const __m256i aw = _mm256_abs_epi8(w);
+          for (int i = 0; i < MR; ++i) {
+            const __m256i xv =
+                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.xq + (m0 + i) * a.ldq + kb * kBlockK));
+            const __m256i p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, w));
+            acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(p, ones));
+          }
         }
-        const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wt + (kb * kTileN + c) * kBlockK));
-        const __m256i aw = _mm256_abs_epi8(w);
-        for (int i = 0; i < MR; ++i) {
-          const __m256i xv =
-              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.xq + (m0 + i) * a.ldq + kb * kBlockK));
-          const __m256i p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, w));
-          acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(p, ones));
-        }
-      }
-      for (int i = 0; i < MR; ++i) sums[i][c] = acc[i];
+        for (int i = 0; i < MR; ++i) sums[i][c] = _mm256_add_epi32(sums[i][c], acc[i]);
+    }
     }
     const int64_t g = k0 / group;
     for (int i = 0; i < MR; ++i) {

@@ -10,11 +10,9 @@
 //   (|w| as u8 times sign(x, w)), so no product pair can saturate.
 // Limits: N % 8 == 0; K as the layouts state. Test: tests/test_cpu_backend.py (isa="avx2");
 // benchmark: benchmarks/cpu_gemm.py.
-#include <immintrin.h>
-
 #include <algorithm>
 
-#include "cpu/qlinear.h"
+#include "cpu/qlinear_x86.h"
 
 namespace qk::cpu {
 namespace {
@@ -96,25 +94,6 @@ void float_tiles(const FloatLinearArgs& a, int64_t t0, int64_t t1) {
   }
 }
 
-// Adds one segment's integer sums d (8 channels, in order) of row m into out.
-inline __m256 int8_epilogue(const Int8LinearArgs& a, __m256i d, int64_t t, int64_t m, int64_t g, int64_t k0,
-                            int64_t k1, __m256 out) {
-  const int64_t KB = a.Kp / kBlockK;
-  int32_t xseg = 0;
-  for (int64_t b = k0 / kBlockK; b < k1 / kBlockK; ++b) xseg += a.xblock[m * KB + b];
-  const float xscale = a.xscale[a.act_per_block ? m * KB + k0 / kBlockK : m];
-  const __m256 s = _mm256_mul_ps(_mm256_loadu_ps(a.scales + g * a.N + t * kTileN), _mm256_set1_ps(xscale));
-  const __m256 z = _mm256_loadu_ps(a.zeros + g * a.N + t * kTileN);
-  const __m256 corr = _mm256_fnmadd_ps(z, _mm256_set1_ps(static_cast<float>(xseg)), _mm256_cvtepi32_ps(d));
-  return _mm256_fmadd_ps(corr, s, out);
-}
-
-// Four s32 vectors -> the 8 channel sums, lane l of acc[j] holding channel j (+4 in the high half)
-// for int4; for int8 (full-vector channels) the caller folds the halves.
-inline __m256i hsum4(const __m256i* acc) {
-  return _mm256_hadd_epi32(_mm256_hadd_epi32(acc[0], acc[1]), _mm256_hadd_epi32(acc[2], acc[3]));
-}
-
 // One channel column j (channels j and j + 4) at a time, for MR rows: the unpacked nibbles are
 // reused by every row, and the s16 pair sums of up to 4 blocks (4 * 2 * 15 * 127 * 2 < 2^15) are
 // accumulated before one vpmaddwd widens them.
@@ -152,18 +131,23 @@ void int4_tile(const Int8LinearArgs& a, int64_t t, int64_t m0) {
             const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), nib);
             for (int i = 0; i < MR; ++i) {
               const int8_t* xp = a.xq + (m0 + i) * a.ldq + kb * kBlockK;
-              const __m256i xl = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xp)));
-              const __m256i xh = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xp + 16)));
-              a16[i] = _mm256_add_epi16(a16[i], _mm256_add_epi16(_mm256_maddubs_epi16(lo, xl), _mm256_maddubs_epi16(hi, xh)));
+              const __m128i* xp16 = reinterpret_cast<const __m128i*>(xp);
+              const __m256i xl = _mm256_broadcastsi128_si256(_mm_loadu_si128(xp16));
+              const __m256i xh = _mm256_broadcastsi128_si256(_mm_loadu_si128(xp16 + 1));
+              const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xl), _mm256_maddubs_epi16(hi, xh));
+              a16[i] = _mm256_add_epi16(a16[i], p);
             }
           }
           for (int i = 0; i < MR; ++i) acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(a16[i], ones));
         }
         for (int i = 0; i < MR; ++i) sums[i][j] = _mm256_add_epi32(sums[i][j], acc[i]);
-    }
+      }
     }
     const int64_t g = k0 / group;
-    for (int i = 0; i < MR; ++i) out[i] = int8_epilogue(a, hsum4(sums[i]), t, m0 + i, g, k0, k1, out[i]);
+    for (int i = 0; i < MR; ++i) {
+      const __m256i d = hsum4(sums[i][0], sums[i][1], sums[i][2], sums[i][3]);
+      out[i] = int8_epilogue(a, d, 0.0f, t, m0 + i, g, k0, k1, out[i]);
+    }
   }
   for (int i = 0; i < MR; ++i) _mm256_storeu_ps(a.out + (m0 + i) * a.N + t * kTileN, out[i]);
 }
@@ -202,14 +186,11 @@ void int8w_tile(const Int8LinearArgs& a, int64_t t, int64_t m0) {
           }
         }
         for (int i = 0; i < MR; ++i) sums[i][c] = _mm256_add_epi32(sums[i][c], acc[i]);
-    }
+      }
     }
     const int64_t g = k0 / group;
     for (int i = 0; i < MR; ++i) {
-      const __m256i h0 = hsum4(sums[i]), h1 = hsum4(sums[i] + 4);
-      const __m128i lo = _mm_add_epi32(_mm256_castsi256_si128(h0), _mm256_extracti128_si256(h0, 1));
-      const __m128i hi = _mm_add_epi32(_mm256_castsi256_si128(h1), _mm256_extracti128_si256(h1, 1));
-      out[i] = int8_epilogue(a, _mm256_set_m128i(hi, lo), t, m0 + i, g, k0, k1, out[i]);
+      out[i] = int8_epilogue(a, hsum8(sums[i]), 0.0f, t, m0 + i, g, k0, k1, out[i]);
     }
   }
   for (int i = 0; i < MR; ++i) _mm256_storeu_ps(a.out + (m0 + i) * a.N + t * kTileN, out[i]);

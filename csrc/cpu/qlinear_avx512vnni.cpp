@@ -9,30 +9,12 @@
 // Test: tests/test_cpu_backend.py (isa="avx512_vnni", skipped on CPUs without it).
 // GCC 12's AVX-512 headers trip -Wmaybe-uninitialized (a header false positive).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-
 #include <algorithm>
 
-#include "cpu/qlinear.h"
+#include "cpu/qlinear_x86.h"
 
 namespace qk::cpu {
 namespace {
-
-inline __m256i hsum4(__m256i a0, __m256i a1, __m256i a2, __m256i a3) {
-  return _mm256_hadd_epi32(_mm256_hadd_epi32(a0, a1), _mm256_hadd_epi32(a2, a3));
-}
-
-inline __m256 epilogue(const Int8LinearArgs& a, __m256i d, float zero_extra, int64_t t, int64_t m, int64_t g,
-                       int64_t k0, int64_t k1, __m256 out) {
-  const int64_t KB = a.Kp / kBlockK;
-  int32_t xseg = 0;
-  for (int64_t b = k0 / kBlockK; b < k1 / kBlockK; ++b) xseg += a.xblock[m * KB + b];
-  const float xscale = a.xscale[a.act_per_block ? m * KB + k0 / kBlockK : m];
-  const __m256 s = _mm256_mul_ps(_mm256_loadu_ps(a.scales + g * a.N + t * kTileN), _mm256_set1_ps(xscale));
-  const __m256 z = _mm256_add_ps(_mm256_loadu_ps(a.zeros + g * a.N + t * kTileN), _mm256_set1_ps(zero_extra));
-  const __m256 corr = _mm256_fnmadd_ps(z, _mm256_set1_ps(static_cast<float>(xseg)), _mm256_cvtepi32_ps(d));
-  return _mm256_fmadd_ps(corr, s, out);
-}
 
 template <int MR>
 void int4_tile(const Int8LinearArgs& a, int64_t t, int64_t m0) {
@@ -65,7 +47,7 @@ void int4_tile(const Int8LinearArgs& a, int64_t t, int64_t m0) {
     for (int i = 0; i < MR; ++i) {
       const __m256i d = hsum4(_mm512_castsi512_si256(acc[i][0]), _mm512_extracti64x4_epi64(acc[i][0], 1),
                               _mm512_castsi512_si256(acc[i][1]), _mm512_extracti64x4_epi64(acc[i][1], 1));
-      out[i] = epilogue(a, d, 0.0f, t, m0 + i, g, k0, k1, out[i]);
+      out[i] = int8_epilogue(a, d, 0.0f, t, m0 + i, g, k0, k1, out[i]);
     }
   }
   for (int i = 0; i < MR; ++i) _mm256_storeu_ps(a.out + (m0 + i) * a.N + t * kTileN, out[i]);
@@ -101,10 +83,7 @@ void int8w_tile(const Int8LinearArgs& a, int64_t t, int64_t m0) {
         c[2 * p] = _mm512_castsi512_si256(acc[i][p]);
         c[2 * p + 1] = _mm512_extracti64x4_epi64(acc[i][p], 1);
       }
-      const __m256i h0 = hsum4(c[0], c[1], c[2], c[3]), h1 = hsum4(c[4], c[5], c[6], c[7]);
-      const __m128i lo = _mm_add_epi32(_mm256_castsi256_si128(h0), _mm256_extracti128_si256(h0, 1));
-      const __m128i hi = _mm_add_epi32(_mm256_castsi256_si128(h1), _mm256_extracti128_si256(h1, 1));
-      out[i] = epilogue(a, _mm256_set_m128i(hi, lo), 128.0f, t, m0 + i, g, k0, k1, out[i]);
+      out[i] = int8_epilogue(a, hsum8(c), 128.0f, t, m0 + i, g, k0, k1, out[i]);
     }
   }
   for (int i = 0; i < MR; ++i) _mm256_storeu_ps(a.out + (m0 + i) * a.N + t * kTileN, out[i]);

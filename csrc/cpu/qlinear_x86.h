@@ -1,0 +1,43 @@
+// AVX2-level helpers shared by the x86 kernel files (qlinear_avx2.cpp, qlinear_avx512.cpp,
+// qlinear_avx512vnni.cpp). Each file compiles them with its own flags; the anonymous namespace
+// gives every file its own private copy, so the linker can never hand the AVX2 file a copy that was
+// compiled with AVX-512 instructions.
+#pragma once
+
+#include <immintrin.h>
+
+#include "cpu/qlinear.h"
+
+namespace qk::cpu {
+namespace {
+
+// Four s32 vectors, a_j holding partial sums of channel j in its low 128-bit lane and of channel
+// j + 4 in its high lane -> the 8 channel sums in order.
+inline __m256i hsum4(__m256i a0, __m256i a1, __m256i a2, __m256i a3) {
+  return _mm256_hadd_epi32(_mm256_hadd_epi32(a0, a1), _mm256_hadd_epi32(a2, a3));
+}
+
+// Eight s32 vectors, a[c] holding the partial sums of channel c in all lanes -> the 8 sums in order.
+inline __m256i hsum8(const __m256i* a) {
+  const __m256i h0 = hsum4(a[0], a[1], a[2], a[3]), h1 = hsum4(a[4], a[5], a[6], a[7]);
+  const __m128i lo = _mm_add_epi32(_mm256_castsi256_si128(h0), _mm256_extracti128_si256(h0, 1));
+  const __m128i hi = _mm_add_epi32(_mm256_castsi256_si128(h1), _mm256_extracti128_si256(h1, 1));
+  return _mm256_set_m128i(hi, lo);
+}
+
+// Adds one segment [k0, k1) of row m to out (tile t, weight group g): d holds the 8 channels'
+// integer sums; the zero points used are zeros + zero_extra (see qlinear_avx512vnni.cpp).
+inline __m256 int8_epilogue(const Int8LinearArgs& a, __m256i d, float zero_extra, int64_t t, int64_t m, int64_t g,
+                            int64_t k0, int64_t k1, __m256 out) {
+  const int64_t KB = a.Kp / kBlockK;
+  int32_t xseg = 0;
+  for (int64_t b = k0 / kBlockK; b < k1 / kBlockK; ++b) xseg += a.xblock[m * KB + b];
+  const float xscale = a.xscale[a.act_per_block ? m * KB + k0 / kBlockK : m];
+  const __m256 s = _mm256_mul_ps(_mm256_loadu_ps(a.scales + g * a.N + t * kTileN), _mm256_set1_ps(xscale));
+  const __m256 z = _mm256_add_ps(_mm256_loadu_ps(a.zeros + g * a.N + t * kTileN), _mm256_set1_ps(zero_extra));
+  const __m256 corr = _mm256_fnmadd_ps(z, _mm256_set1_ps(static_cast<float>(xseg)), _mm256_cvtepi32_ps(d));
+  return _mm256_fmadd_ps(corr, s, out);
+}
+
+}  // namespace
+}  // namespace qk::cpu

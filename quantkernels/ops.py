@@ -109,6 +109,32 @@ torch.library.register_autograd("quantkernels::linear", _linear_backward, setup_
 # ---------------------------------------------------------------------------------------------------
 # CUDA backend ops (layouts in csrc/cuda/; kernels registered by csrc/bindings/cuda_ops.cpp).
 # ---------------------------------------------------------------------------------------------------
+# ``qweight`` is the mma-shuffled int32 layout [N/16, K/KC, 32, 4] (KC = 64 for 4 bits, 32 for 8;
+# csrc/cuda/wxa16.h); ``scales``/``zeros`` are [G, N/16, 8, 2] in the activation dtype; ``kgroup``
+# is the int32 group of each run of 16 sorted input columns (None: column // group_size).
+_define(
+    "cuda_wxa16_gemm(Tensor x, Tensor qweight, Tensor scales, Tensor? zeros, Tensor? kgroup, int group_size,"
+    " Tensor? bias, int bits) -> Tensor"
+)
+_define(
+    "cuda_wxa16_dequantize(Tensor qweight, Tensor scales, Tensor? zeros, Tensor? kgroup, int group_size,"
+    " int bits) -> Tensor"
+)
+
+
+def _cuda_chunk_cols(bits):
+    return 64 if bits == 4 else 32
+
+
+@torch.library.register_fake("quantkernels::cuda_wxa16_gemm")
+def _cuda_wxa16_gemm_fake(x, qweight, scales, zeros, kgroup, group_size, bias, bits):
+    return x.new_empty((x.shape[0], qweight.shape[0] * 16))
+
+
+@torch.library.register_fake("quantkernels::cuda_wxa16_dequantize")
+def _cuda_wxa16_dequantize_fake(qweight, scales, zeros, kgroup, group_size, bits):
+    return scales.new_empty((qweight.shape[0] * 16, qweight.shape[1] * _cuda_chunk_cols(bits)))
+
 
 
 # ---------------------------------------------------------------------------------------------------

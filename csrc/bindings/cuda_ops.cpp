@@ -1,0 +1,145 @@
+// Thin torch binding of the CUDA W4A16 / W8A16 kernels (csrc/cuda/wxa16.h): argument checks,
+// then a launch on the caller's current stream. Schemas live in quantkernels/ops.py (CUDA section);
+// the layouts are built by quantkernels/backends/cuda.py.
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/extension.h>
+
+#include <array>
+#include <atomic>
+
+#include "cuda/wxa16.h"
+
+namespace {
+
+using qk::cuda::ActDtype;
+
+ActDtype act_dtype(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16, name,
+              " must be float16 or bfloat16, got ", t.scalar_type());
+  return t.scalar_type() == at::kHalf ? ActDtype::kF16 : ActDtype::kBF16;
+}
+
+void check_cuda(const at::Tensor& t, const char* name, const at::Device& dev) {
+  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor, got device ", t.device());
+  TORCH_CHECK(t.device() == dev, name, " is on ", t.device(), " but the weight is on ", dev);
+}
+
+// Multiprocessor count of a device, queried once (not a sync, but not free either).
+int num_sms(int device) {
+  static std::array<std::atomic<int>, 64> cache{};
+  if (device < 0 || device >= 64) device = 0;
+  int v = cache[device].load(std::memory_order_relaxed);
+  if (v == 0) {
+    TORCH_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device) == cudaSuccess,
+                "cudaDeviceGetAttribute(MultiProcessorCount) failed");
+    cache[device].store(v, std::memory_order_relaxed);
+  }
+  return v;
+}
+
+struct Layout {
+  int64_t n, k, groups;
+};
+
+// Checks the shuffled weight, scales, zeros and group table against each other; returns N, K, G.
+Layout check_layout(const at::Tensor& qweight, const at::Tensor& scales, const std::optional<at::Tensor>& zeros,
+                    const std::optional<at::Tensor>& kgroup, int64_t group_size, int64_t bits) {
+  TORCH_CHECK(bits == 4 || bits == 8, "bits must be 4 or 8 for the CUDA kernels, got ", bits);
+  const int64_t kc = qk::cuda::chunk_cols(static_cast<int>(bits));
+  TORCH_CHECK(qweight.scalar_type() == at::kInt && qweight.dim() == 4 && qweight.size(2) == 32 &&
+                  qweight.size(3) == 4 && qweight.is_contiguous(),
+              "qweight must be a contiguous int32 tensor [N/16, K/", kc, ", 32, 4] (the mma-shuffled layout), got ",
+              qweight.scalar_type(), " ", qweight.sizes());
+  const at::Device dev = qweight.device();
+  TORCH_CHECK(qweight.is_cuda(), "qweight must be a CUDA tensor, got device ", dev);
+  const int64_t n = qweight.size(0) * 16, k = qweight.size(1) * kc;
+  TORCH_CHECK(n > 0 && k > 0, "qweight is empty: ", qweight.sizes());
+  TORCH_CHECK(group_size > 0 && group_size % 16 == 0 && k % group_size == 0,
+              "group_size must be a positive multiple of 16 that divides K=", k, " (K for per-channel), got ",
+              group_size);
+  check_cuda(scales, "scales", dev);
+  TORCH_CHECK(scales.dim() == 4 && scales.size(1) == n / 16 && scales.size(2) == 8 && scales.size(3) == 2 &&
+                  scales.is_contiguous(),
+              "scales must be contiguous [G, N/16=", n / 16, ", 8, 2], got ", scales.sizes());
+  act_dtype(scales, "scales");
+  const int64_t groups = scales.size(0);
+  if (zeros) {
+    check_cuda(*zeros, "zeros", dev);
+    TORCH_CHECK(zeros->sizes() == scales.sizes() && zeros->scalar_type() == scales.scalar_type() &&
+                    zeros->is_contiguous(),
+                "zeros must match scales (", scales.sizes(), " ", scales.scalar_type(), "), got ", zeros->sizes(),
+                " ", zeros->scalar_type());
+  }
+  if (kgroup) {
+    check_cuda(*kgroup, "kgroup", dev);
+    TORCH_CHECK(kgroup->scalar_type() == at::kInt && kgroup->dim() == 1 && kgroup->size(0) == k / 16 &&
+                    kgroup->is_contiguous(),
+                "kgroup must be a contiguous int32 tensor [K/16=", k / 16, "], got ", kgroup->scalar_type(), " ",
+                kgroup->sizes());
+  } else {
+    TORCH_CHECK(groups == k / group_size, "scales has ", groups, " groups but K=", k, " / group_size=", group_size,
+                " = ", k / group_size);
+  }
+  return {n, k, groups};
+}
+
+at::Tensor wxa16_gemm(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+                      const std::optional<at::Tensor>& zeros, const std::optional<at::Tensor>& kgroup,
+                      int64_t group_size, const std::optional<at::Tensor>& bias, int64_t bits) {
+  const Layout L = check_layout(qweight, scales, zeros, kgroup, group_size, bits);
+  check_cuda(x, "x", qweight.device());
+  const ActDtype dt = act_dtype(x, "x");
+  TORCH_CHECK(x.scalar_type() == scales.scalar_type(), "x (", x.scalar_type(), ") and scales (",
+              scales.scalar_type(), ") must have the same dtype");
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == L.k, "x must be [M, K=", L.k, "], got ", x.sizes());
+  if (bias) {
+    check_cuda(*bias, "bias", qweight.device());
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == L.n && bias->scalar_type() == x.scalar_type() &&
+                    bias->is_contiguous(),
+                "bias must be a contiguous [N=", L.n, "] ", x.scalar_type(), " tensor, got ", bias->sizes(), " ",
+                bias->scalar_type());
+  }
+  const c10::cuda::CUDAGuard guard(qweight.device());
+  const int64_t m = x.size(0);
+  at::Tensor out = at::empty({m, L.n}, x.options());
+  if (m == 0) return out;
+  // The kernel reads 16-byte runs of each row: unit column stride, row stride a multiple of 8.
+  at::Tensor xc = x;
+  if (x.stride(1) != 1 || x.stride(0) % 8 != 0 || reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 != 0)
+    xc = x.contiguous();
+  if (reinterpret_cast<uintptr_t>(xc.data_ptr()) % 16 != 0) xc = xc.clone();
+  TORCH_CHECK(m <= INT32_MAX / 2, "x has too many rows: ", m);
+  const int sms = num_sms(qweight.device().index());
+  const cudaError_t err = qk::cuda::wxa16_gemm(
+      xc.data_ptr(), xc.stride(0), qweight.data_ptr<int32_t>(), static_cast<const uint32_t*>(scales.data_ptr()),
+      zeros ? static_cast<const uint32_t*>(zeros->data_ptr()) : nullptr,
+      kgroup ? kgroup->data_ptr<int32_t>() : nullptr, static_cast<int>(group_size),
+      bias ? bias->data_ptr() : nullptr, out.data_ptr(), static_cast<int>(m), static_cast<int>(L.n),
+      static_cast<int>(L.k), static_cast<int>(bits), dt, sms, c10::cuda::getCurrentCUDAStream().stream());
+  TORCH_CHECK(err == cudaSuccess, "quantkernels::cuda_wxa16_gemm failed: ", cudaGetErrorString(err));
+  return out;
+}
+
+at::Tensor wxa16_dequantize(const at::Tensor& qweight, const at::Tensor& scales,
+                            const std::optional<at::Tensor>& zeros, const std::optional<at::Tensor>& kgroup,
+                            int64_t group_size, int64_t bits) {
+  const Layout L = check_layout(qweight, scales, zeros, kgroup, group_size, bits);
+  const c10::cuda::CUDAGuard guard(qweight.device());
+  at::Tensor w = at::empty({L.n, L.k}, scales.options());
+  const cudaError_t err = qk::cuda::wxa16_dequantize(
+      qweight.data_ptr<int32_t>(), static_cast<const uint32_t*>(scales.data_ptr()),
+      zeros ? static_cast<const uint32_t*>(zeros->data_ptr()) : nullptr,
+      kgroup ? kgroup->data_ptr<int32_t>() : nullptr, static_cast<int>(group_size), w.data_ptr(),
+      static_cast<int>(L.n), static_cast<int>(L.k), static_cast<int>(bits), act_dtype(scales, "scales"),
+      c10::cuda::getCurrentCUDAStream().stream());
+  TORCH_CHECK(err == cudaSuccess, "quantkernels::cuda_wxa16_dequantize failed: ", cudaGetErrorString(err));
+  return w;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(quantkernels, CUDA, m) {
+  m.impl("cuda_wxa16_gemm", &wxa16_gemm);
+  m.impl("cuda_wxa16_dequantize", &wxa16_dequantize);
+}

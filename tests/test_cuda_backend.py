@@ -204,20 +204,18 @@ def test_dequantize_is_exact(bits, group_size, sym, dtype):
 @needs_gpu
 @pytest.mark.parametrize("bits", [4, 8])
 def test_to_portable_roundtrip(bits):
-    layer = _layer(256, 64, QuantConfig(bits=bits, group_size=64, sym=False), torch.float16)
-    cpu_copy = QuantLinear.from_codes(
-        reference.unpack(layer.portable_tensors()["qweight"].cpu(), bits, 0).t(),
-        layer.scales.cpu(),
-        reference.unpack(layer.qzeros.cpu(), bits, 1).to(torch.int32),
-        layer.config,
-        bias=layer.bias.cpu(),
-    )
-    assert layer.qweight.numel() == 0  # the shuffled copy replaced it
-    sd = layer.state_dict()
+    torch.manual_seed(bits)
+    lin = torch.nn.Linear(256, 64).half()
+    cpu_layer = QuantLinear.from_linear(lin.float(), QuantConfig(bits=bits, group_size=64, sym=False))
+    gpu_layer = QuantLinear.from_linear(lin.float(), QuantConfig(bits=bits, group_size=64, sym=False)).to("cuda")
+    gpu_layer.backend = "cuda"
+    gpu_layer(torch.randn(2, 256, device="cuda", dtype=torch.float16))
+    assert gpu_layer.qweight.numel() == 0  # the shuffled copy replaced it
+    sd = gpu_layer.state_dict()
     for name in ("qweight", "qzeros", "scales", "g_idx", "bias"):
-        assert torch.equal(sd[name].cpu(), getattr(cpu_copy, name)), name
-    back = layer.to("cpu")
-    assert back.qweight.shape == cpu_copy.qweight.shape and torch.equal(back.qweight, cpu_copy.qweight)
+        assert torch.equal(sd[name].cpu(), getattr(cpu_layer, name)), name
+    back = gpu_layer.to("cpu")
+    assert torch.equal(back.qweight, cpu_layer.qweight)
 
 
 @needs_gpu

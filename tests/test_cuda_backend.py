@@ -190,7 +190,7 @@ def test_real_layer_shapes(k, n):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("bits,group_size,sym", [(4, 128, True), (4, 32, False), (8, -1, True), (8, 64, False)])
 def test_dequantize_is_exact(bits, group_size, sym, dtype):
-    layer = _layer(320, 144, QuantConfig(bits=bits, group_size=group_size, sym=sym), dtype, bias=False)
+    layer = _layer(384, 144, QuantConfig(bits=bits, group_size=group_size, sym=sym), dtype, bias=False)
     portable = _portable(layer)
     state = layer._prepared["cuda"]
     w = torch.ops.quantkernels.cuda_wxa16_dequantize(

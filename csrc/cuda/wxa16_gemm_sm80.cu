@@ -3,10 +3,11 @@
 // Computes out^T = W x^T so that the quantized weights are the mma's A operand (16 output rows per
 // tile) and the few activation rows are its B operand (8 per tile): small m wastes no weight reads
 // and every weight byte is read from memory exactly once per pass of up to 64 rows. Each lane
-// streams its 16-byte slices of the mma-shuffled weight (layout in wxa16.h) straight from global
-// memory into registers, one pipeline stage ahead, dequantizes them with magic-number arithmetic
-// and accumulates in fp32. Activations are re-read through L1/L2 (they are small and shared by
-// all warps of a block). A block is 8 warps: WN n-slices x WK k-slices (WN * WK = 8); the k-slices
+// streams its 16-byte slices of the mma-shuffled weight (layout in wxa16.h), with its scales and
+// zeros, into its own shared-memory slots with cp.async, S chunks ahead (lane-private slots need
+// no barrier: cp.async.wait_group makes a thread's own copies visible to it), dequantizes them
+// with magic-number arithmetic and accumulates in fp32. Activations are re-read through L1/L2
+// (small, shared by all warps); their loads are issued before the dequantization to overlap it. A block is 8 warps: WN n-slices x WK k-slices (WN * WK = 8); the k-slices
 // are summed through shared memory in a fixed order (deterministic), so no workspace and no
 // atomics: every launch is CUDA-graph safe.
 //
@@ -22,9 +23,34 @@ namespace cuda {
 namespace {
 
 constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
 
-template <int BITS, typename T, int MT, int NT>
-__global__ void __launch_bounds__(kWarps * 32) wxa16_gemm_kernel(
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src) : "memory");
+}
+
+__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
+  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(d), "l"(src) : "memory");
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+// Dynamic shared memory of one block: S stages of (weights, scales, zeros) slots per thread and
+// n-tile, then the k-slice reduction buffer (WK >= 2 means at most 4 n-slices per block).
+template <int MT, int NT, int S>
+constexpr int smem_bytes() {
+  return S * NT * kThreads * (16 + 4 + 4) + 4 * NT * MT * 4 * 32 * 4;
+}
+
+template <int BITS, typename T, int MT, int NT, int S>
+__global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
     const T* __restrict__ x,               // [M, ldx]
     int64_t ldx,
     const uint4* __restrict__ qw,          // [N/16, K/KC, 32] (16 bytes per lane)
@@ -40,12 +66,16 @@ __global__ void __launch_bounds__(kWarps * 32) wxa16_gemm_kernel(
   constexpr int RUNS = BITS == 4 ? 4 : 2;   // k-tiles per chunk
   constexpr int KSPAN = KC / 4;             // consecutive columns a lane owns per chunk
   constexpr int WPR = BITS == 4 ? 1 : 2;    // words per run
-  constexpr int U = NT == 1 ? 4 : 2;        // chunks per pipeline stage
   constexpr int XV = KSPAN / 8;             // 16-byte activation loads per row per chunk
 
-  __shared__ float red[4 * NT * MT * 4 * 32];  // k-slice partial sums (WK >= 2 means WN <= 4)
+  extern __shared__ uint4 smem[];
+  uint4* wbuf = smem;                                                    // [S][NT][kThreads]
+  uint32_t* sbuf = reinterpret_cast<uint32_t*>(wbuf + S * NT * kThreads);  // [S][NT][kThreads]
+  uint32_t* zbuf = sbuf + S * NT * kThreads;                             // [S][NT][kThreads]
+  float* red = reinterpret_cast<float*>(zbuf + S * NT * kThreads);       // [4][NT*MT*4][32]
 
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int tid = threadIdx.x;
+  const int lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int WK = 1 << wk_log2;
   const int wn = warp >> wk_log2, wk = warp & (WK - 1);
@@ -59,7 +89,7 @@ __global__ void __launch_bounds__(kWarps * 32) wxa16_gemm_kernel(
 #pragma unroll
   for (int n = 0; n < NT; ++n) valid[n] = nt0 + n < n_tiles;
 
-  uint32_t zsym = 0;  // the symmetric zero (2**(bits-1), twice) as T values
+  uint32_t zsym;  // the symmetric zero (2**(bits-1), twice) as T values
   {
     const T zs = ActTraits<T>::from_float(static_cast<float>(1 << (BITS - 1)));
     zsym = as_u32(T2{zs, zs});
@@ -73,81 +103,71 @@ __global__ void __launch_bounds__(kWarps * 32) wxa16_gemm_kernel(
 #pragma unroll
       for (int q = 0; q < 4; ++q) acc[n][mt][q] = 0.0f;
 
-  // One pipeline stage: U chunks of weights, scales and zeros for the NT n-tiles.
-  uint4 w_cur[U][NT];
-  uint32_t s_cur[U][NT], z_cur[U][NT];
-  auto load_stage = [&](int c0, uint4 (&w)[U][NT], uint32_t (&s)[U][NT], uint32_t (&z)[U][NT]) {
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int c = c0 + u;
-      const bool in = c < c_end;
-      const int gi = in ? group_of(kgroup, c * KC + t * KSPAN, gs16) : 0;
+  // Copy chunk c's weights, scales and zeros into stage `slot` (one group per call, maybe empty).
+  auto issue = [&](int c, int slot) {
+    if (c < c_end) {
+      const int gi = group_of(kgroup, c * KC + t * KSPAN, gs16);
 #pragma unroll
       for (int n = 0; n < NT; ++n) {
+        if (!valid[n]) continue;
         const int nt = nt0 + n;
-        if (in && valid[n]) {
-          w[u][n] = __ldg(qw + (static_cast<int64_t>(nt) * NC + c) * 32 + lane);
-          const int64_t si = (static_cast<int64_t>(gi) * n_tiles + nt) * 8 + g;
-          s[u][n] = __ldg(scales + si);
-          z[u][n] = zeros != nullptr ? __ldg(zeros + si) : zsym;
-        } else {
-          w[u][n] = make_uint4(0, 0, 0, 0);
-          s[u][n] = 0;
-          z[u][n] = zsym;
-        }
+        const int sl = (slot * NT + n) * kThreads + tid;
+        cp_async16(wbuf + sl, qw + (static_cast<int64_t>(nt) * NC + c) * 32 + lane);
+        const int64_t si = (static_cast<int64_t>(gi) * n_tiles + nt) * 8 + g;
+        cp_async4(sbuf + sl, scales + si);
+        if (zeros != nullptr) cp_async4(zbuf + sl, zeros + si);
       }
     }
+    cp_async_commit();
   };
 
-  load_stage(c_begin, w_cur, s_cur, z_cur);
-  for (int c0 = c_begin; c0 < c_end; c0 += U) {
-    uint4 w_nxt[U][NT];
-    uint32_t s_nxt[U][NT], z_nxt[U][NT];
-    load_stage(c0 + U, w_nxt, s_nxt, z_nxt);  // in flight while this stage computes
+#pragma unroll
+  for (int s = 0; s < S - 1; ++s) issue(c_begin + s, s);
 
+  for (int c = c_begin, it = 0; c < c_end; ++c, ++it) {
+    issue(c + S - 1, (it + S - 1) % S);
+    // Activations for this chunk first: their latency overlaps the wait and the dequantization.
+    uint4 xv[MT][XV];
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int c = c0 + u;
-      if (c >= c_end) break;  // warp-uniform
-      uint32_t a[NT][RUNS][4];
+    for (int mt = 0; mt < MT; ++mt) {
+      const int row = m0 + mt * 8 + g;
+      if (row < M) {
+        const uint4* xp = reinterpret_cast<const uint4*>(x + row * ldx + c * KC + t * KSPAN);
 #pragma unroll
-      for (int n = 0; n < NT; ++n) {
-        const uint32_t zm = prepare_zero<BITS, T>(z_cur[u][n]);
-        const uint32_t* words = reinterpret_cast<const uint32_t*>(&w_cur[u][n]);
+        for (int v = 0; v < XV; ++v) xv[mt][v] = __ldg(xp + v);
+      } else {
 #pragma unroll
-        for (int j = 0; j < RUNS; ++j) dequant_run<BITS, T>(words + j * WPR, s_cur[u][n], zm, a[n][j]);
+        for (int v = 0; v < XV; ++v) xv[mt][v] = make_uint4(0, 0, 0, 0);
       }
+    }
+    cp_async_wait<S - 1>();  // this thread's copies of chunk c have landed
+    const int slot = it % S;
+    uint4 w[NT];
+    uint32_t sc[NT], zm[NT];
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+      const int sl = (slot * NT + n) * kThreads + tid;
+      w[n] = wbuf[sl];
+      sc[n] = sbuf[sl];
+      zm[n] = prepare_zero<BITS, T>(zeros != nullptr ? zbuf[sl] : zsym);
+    }
+#pragma unroll
+    for (int j = 0; j < RUNS; ++j) {
+      uint32_t a[NT][4];
+#pragma unroll
+      for (int n = 0; n < NT; ++n)
+        dequant_run<BITS, T>(reinterpret_cast<const uint32_t*>(&w[n]) + j * WPR, sc[n], zm[n], a[n]);
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
         if (m0 + mt * 8 >= M) break;  // block-uniform
-        const int row = m0 + mt * 8 + g;
-        uint4 xv[XV];
-        if (row < M) {
-          const uint4* xp = reinterpret_cast<const uint4*>(x + row * ldx + c * KC + t * KSPAN);
+        const uint32_t* xb = reinterpret_cast<const uint32_t*>(xv[mt]);
 #pragma unroll
-          for (int v = 0; v < XV; ++v) xv[v] = __ldg(xp + v);
-        } else {
-#pragma unroll
-          for (int v = 0; v < XV; ++v) xv[v] = make_uint4(0, 0, 0, 0);
-        }
-        const uint32_t* xb = reinterpret_cast<const uint32_t*>(xv);
-#pragma unroll
-        for (int j = 0; j < RUNS; ++j)
-#pragma unroll
-          for (int n = 0; n < NT; ++n)
-            if (valid[n]) mma_16816<T>(acc[n][mt], a[n][j], xb[2 * j], xb[2 * j + 1]);
+        for (int n = 0; n < NT; ++n)
+          if (valid[n]) mma_16816<T>(acc[n][mt], a[n], xb[2 * j], xb[2 * j + 1]);
       }
     }
-
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-#pragma unroll
-      for (int n = 0; n < NT; ++n) {
-        w_cur[u][n] = w_nxt[u][n];
-        s_cur[u][n] = s_nxt[u][n];
-        z_cur[u][n] = z_nxt[u][n];
-      }
   }
+  cp_async_wait<0>();
 
   // Sum the k-slices: warp k-slice r adds into the buffer in turn, highest first (fixed order).
   if (WK > 1) {
@@ -200,40 +220,61 @@ __global__ void __launch_bounds__(kWarps * 32) wxa16_gemm_kernel(
   }
 }
 
-template <int BITS, typename T, int MT, int NT>
+template <int BITS, typename T, int MT, int NT, int S>
 cudaError_t launch(const void* x, int64_t ldx, const int32_t* qweight, const uint32_t* scales,
                    const uint32_t* zeros, const int32_t* kgroup, int group_size, const void* bias, void* out,
                    int M, int N, int K, int num_sms, cudaStream_t stream) {
   constexpr int KC = BITS == 4 ? 64 : 32;
+  constexpr int kSmem = smem_bytes<MT, NT, S>();
+  auto kernel = wxa16_gemm_kernel<BITS, T, MT, NT, S>;
+  // Not a stream operation (legal while capturing a graph); per device, so set it every launch.
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  if (err != cudaSuccess) return err;
+  static int blocks_per_sm = 0;  // resident blocks per SM, from the occupancy calculator, once
+  if (blocks_per_sm == 0) {
+    int b = 0;
+    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, kernel, kThreads, kSmem);
+    if (err != cudaSuccess) return err;
+    blocks_per_sm = b > 0 ? b : 1;
+  }
   const int n_tiles = N / 16, nc = K / KC;
   const int passes = (M + 8 * MT - 1) / (8 * MT);
-  // Fewest k-slices per block (least reduction work) that still gives every SM about four blocks.
+  // k-slices per block: all blocks do equal work, so pick the split whose last wave of blocks is
+  // fullest (fewer k-slices on ties: less reduction work), never more slices than chunks.
+  const int64_t slots = static_cast<int64_t>(blocks_per_sm) * num_sms;
   int wk_log2 = 0;
-  for (; wk_log2 < 3; ++wk_log2) {
-    const int wn = kWarps >> wk_log2;
+  double best = -1.0;
+  for (int l = 0; l <= 3 && (1 << l) <= nc; ++l) {
+    const int wn = kWarps >> l;
     const int64_t blocks = static_cast<int64_t>((n_tiles + NT * wn - 1) / (NT * wn)) * passes;
-    if (blocks >= 4 * static_cast<int64_t>(num_sms) || (2 << wk_log2) > nc) break;
+    const double fill = static_cast<double>(blocks) / (static_cast<double>((blocks + slots - 1) / slots) * slots);
+    if (fill > best + 1e-9) {
+      best = fill;
+      wk_log2 = l;
+    }
   }
   const int wn = kWarps >> wk_log2;
   dim3 grid((n_tiles + NT * wn - 1) / (NT * wn), passes);
-  wxa16_gemm_kernel<BITS, T, MT, NT><<<grid, kWarps * 32, 0, stream>>>(
-      static_cast<const T*>(x), ldx, reinterpret_cast<const uint4*>(qweight), scales, zeros, kgroup,
-      group_size / 16, static_cast<const T*>(bias), static_cast<T*>(out), M, N, K, wk_log2);
+  kernel<<<grid, kThreads, kSmem, stream>>>(static_cast<const T*>(x), ldx, reinterpret_cast<const uint4*>(qweight),
+                                            scales, zeros, kgroup, group_size / 16, static_cast<const T*>(bias),
+                                            static_cast<T*>(out), M, N, K, wk_log2);
   return cudaGetLastError();
 }
 
-// The bounded list of tile shapes: (MT m-tiles of 8 rows, NT n-tiles of 16 rows) per warp.
+// The bounded list of tile shapes: (MT m-tiles of 8 rows, NT n-tiles of 16 rows per warp, S
+// pipeline stages). Wide NT re-uses each activation load for more weights, which matters from
+// m = 9 on, when N leaves enough n-tiles to fill the GPU.
 template <int BITS, typename T>
 cudaError_t dispatch_m(const void* x, int64_t ldx, const int32_t* qweight, const uint32_t* scales,
                        const uint32_t* zeros, const int32_t* kgroup, int group_size, const void* bias, void* out,
                        int M, int N, int K, int num_sms, cudaStream_t stream) {
-  if (M <= 8)
-    return launch<BITS, T, 1, 1>(x, ldx, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, stream);
-  if (M <= 16)
-    return launch<BITS, T, 2, 1>(x, ldx, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, stream);
-  if (M <= 32)
-    return launch<BITS, T, 4, 2>(x, ldx, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, stream);
-  return launch<BITS, T, 8, 2>(x, ldx, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, stream);
+#define QK_LAUNCH(MT, NT, S) \
+  launch<BITS, T, MT, NT, S>(x, ldx, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, stream)
+  if (M <= 8) return QK_LAUNCH(1, 1, 8);
+  if (M <= 16) return N / 16 >= 4 * num_sms ? QK_LAUNCH(2, 4, 4) : QK_LAUNCH(2, 1, 8);
+  if (M <= 32) return QK_LAUNCH(4, 2, 4);
+  return QK_LAUNCH(8, 2, 4);
+#undef QK_LAUNCH
 }
 
 }  // namespace

@@ -141,12 +141,56 @@ def tinygemm_copies(codes, k, n, ncopies):
         return None, f"{type(e).__name__}: {str(e)[:100]}"
 
 
+def sweep_tiles(shapes, out_dir):
+    """Time every GEMM tile shape (the kernel's `tile` argument) per (shape, m) to set auto_tile in
+    csrc/cuda/wxa16_gemm_sm80.cu, and dequantize + cuBLAS to set GEMM_MAX_M."""
+    n_tiles_total = 7
+    lines = []
+    for k, n in shapes:
+        for bits, gs in ((4, 128), (8, -1)):
+            codes, scales, zeros = make_quant(k, n, bits, gs)
+            cfg = QuantConfig(bits=bits, group_size=gs, sym=True)
+            qbytes = n * k * bits // 8 + scales.numel() * 2
+            _, states = prepared_copies(codes, scales, zeros, cfg, copies_for(qbytes))
+            gsz = states[0].group_size
+            for m in ((1, 4, 8, 16, 32, 64, 128, 256) if bits == 4 else (1, 16)):
+                x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+                res = {}
+                tiles = range(n_tiles_total) if m <= 16 else (3, 4, 5, 6)
+                for tile in tiles:
+                    res[f"t{tile}"], _ = time_us([
+                        lambda s=s, tile=tile: torch.ops.quantkernels.cuda_wxa16_gemm(
+                            x, s.qweight, s.scales[x.dtype], None, None, gsz, None, bits, tile) for s in states])
+                res["auto"], _ = time_us([
+                    lambda s=s: torch.ops.quantkernels.cuda_wxa16_gemm(
+                        x, s.qweight, s.scales[x.dtype], None, None, gsz, None, bits) for s in states])
+                if m >= 64:
+                    res["dq+cublas"], _ = time_us([
+                        lambda s=s: torch.nn.functional.linear(x, torch.ops.quantkernels.cuda_wxa16_dequantize(
+                            s.qweight, s.scales[x.dtype], None, None, gsz, bits)) for s in states])
+                best = min((v, key) for key, v in res.items())
+                line = f"{k}x{n} int{bits} m={m}: " + " ".join(f"{key}={v:.1f}" for key, v in res.items())
+                line += f"  best={best[1]}"
+                print(line, flush=True)
+                lines.append(line)
+            del states
+            torch.cuda.empty_cache()
+    if out_dir:
+        with open(os.path.join(out_dir, "tile_sweep.txt"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="two shapes, m in 1,16,64,256,1024")
     ap.add_argument("--out", default=os.environ.get("OUT"), help="directory for gpu_gemm.md/.csv")
     ap.add_argument("--no-triton", action="store_true")
+    ap.add_argument("--sweep", action="store_true", help="time every GEMM tile shape instead (tuning)")
     args = ap.parse_args()
+    if args.sweep:
+        print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
+        sweep_tiles(SHAPES, args.out)
+        return
     shapes = [(4096, 4096), (8192, 28672)] if args.quick else SHAPES
     m_list = [1, 16, 64, 256, 1024] if args.quick else M_LIST
     dev = torch.cuda.get_device_name()

@@ -111,10 +111,11 @@ torch.library.register_autograd("quantkernels::linear", _linear_backward, setup_
 # ---------------------------------------------------------------------------------------------------
 # ``qweight`` is the mma-shuffled int32 layout [N/16, K/KC, 32, 4] (KC = 64 for 4 bits, 32 for 8;
 # csrc/cuda/wxa16.h); ``scales``/``zeros`` are [G, N/16, 8, 2] in the activation dtype; ``kgroup``
-# is the int32 group of each run of 16 sorted input columns (None: column // group_size).
+# is the int32 group of each run of 16 sorted input columns (None: column // group_size). ``tile``
+# (-1: automatic) forces one of the GEMM's tile shapes, for tuning (benchmarks/gpu_gemm.py).
 _define(
     "cuda_wxa16_gemm(Tensor x, Tensor qweight, Tensor scales, Tensor? zeros, Tensor? kgroup, int group_size,"
-    " Tensor? bias, int bits) -> Tensor"
+    " Tensor? bias, int bits, int tile=-1) -> Tensor"
 )
 _define(
     "cuda_wxa16_dequantize(Tensor qweight, Tensor scales, Tensor? zeros, Tensor? kgroup, int group_size,"
@@ -127,7 +128,7 @@ def _cuda_chunk_cols(bits):
 
 
 @torch.library.register_fake("quantkernels::cuda_wxa16_gemm")
-def _cuda_wxa16_gemm_fake(x, qweight, scales, zeros, kgroup, group_size, bias, bits):
+def _cuda_wxa16_gemm_fake(x, qweight, scales, zeros, kgroup, group_size, bias, bits, tile=-1):
     return x.new_empty((x.shape[0], qweight.shape[0] * 16))
 
 

@@ -18,6 +18,7 @@ for step in "$@"; do
            grep -E "^(FAILED|ERROR)|Error|assert" "$OUT/tests.log" | head -15 ;;
     sanitize) timeout 400 bash scripts/sanitize_cuda.sh > "$OUT/sanitize.log" 2>&1; echo "sanitize rc=$?"; grep -E "^==|ERROR SUMMARY" "$OUT/sanitize.log" | head -10 ;;
     quick) timeout 400 python3 benchmarks/gpu_gemm.py --quick --out "$OUT" > "$OUT/bench.log" 2>&1; echo "bench rc=$?" ;;
+    sweep) timeout 300 python3 benchmarks/gpu_gemm.py --sweep --out "$OUT" > "$OUT/sweep.log" 2>&1; echo "sweep rc=$?"; grep -E "best=|Error" "$OUT/sweep.log" | cut -c1-220 ;;
     bench) timeout 540 python3 benchmarks/gpu_gemm.py --out "$OUT" > "$OUT/bench.log" 2>&1; echo "bench rc=$?" ;;
   esac
   echo "$step: $(( $(date +%s) - t0 )) s"

@@ -38,6 +38,14 @@ int num_sms(int device) {
   return v;
 }
 
+// "[3, 128]": shapes are formatted here rather than by streaming IntArrayRef into TORCH_CHECK
+// (that crashed with torch 2.11 headers built as C++20).
+std::string shape(const at::Tensor& t) {
+  std::string s = "[";
+  for (int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
+  return s + "]";
+}
+
 struct Layout {
   int64_t n, k, groups;
 };
@@ -50,25 +58,25 @@ Layout check_layout(const at::Tensor& qweight, const at::Tensor& scales, const s
   TORCH_CHECK(qweight.scalar_type() == at::kInt && qweight.dim() == 4 && qweight.size(2) == 32 &&
                   qweight.size(3) == 4 && qweight.is_contiguous(),
               "qweight must be a contiguous int32 tensor [N/16, K/", kc, ", 32, 4] (the mma-shuffled layout), got ",
-              qweight.scalar_type(), " ", qweight.sizes());
+              qweight.scalar_type(), " ", shape(qweight));
   const at::Device dev = qweight.device();
   TORCH_CHECK(qweight.is_cuda(), "qweight must be a CUDA tensor, got device ", dev);
   const int64_t n = qweight.size(0) * 16, k = qweight.size(1) * kc;
-  TORCH_CHECK(n > 0 && k > 0, "qweight is empty: ", qweight.sizes());
+  TORCH_CHECK(n > 0 && k > 0, "qweight is empty: ", shape(qweight));
   TORCH_CHECK(group_size > 0 && group_size % 16 == 0 && k % group_size == 0,
               "group_size must be a positive multiple of 16 that divides K=", k, " (K for per-channel), got ",
               group_size);
   check_cuda(scales, "scales", dev);
   TORCH_CHECK(scales.dim() == 4 && scales.size(1) == n / 16 && scales.size(2) == 8 && scales.size(3) == 2 &&
                   scales.is_contiguous(),
-              "scales must be contiguous [G, N/16=", n / 16, ", 8, 2], got ", scales.sizes());
+              "scales must be contiguous [G, N/16=", n / 16, ", 8, 2], got ", shape(scales));
   act_dtype(scales, "scales");
   const int64_t groups = scales.size(0);
   if (zeros) {
     check_cuda(*zeros, "zeros", dev);
-    TORCH_CHECK(zeros->sizes() == scales.sizes() && zeros->scalar_type() == scales.scalar_type() &&
+    TORCH_CHECK(zeros->sizes().equals(scales.sizes()) && zeros->scalar_type() == scales.scalar_type() &&
                     zeros->is_contiguous(),
-                "zeros must match scales (", scales.sizes(), " ", scales.scalar_type(), "), got ", zeros->sizes(),
+                "zeros must match scales (", shape(scales), " ", scales.scalar_type(), "), got ", shape(*zeros),
                 " ", zeros->scalar_type());
   }
   if (kgroup) {
@@ -76,7 +84,7 @@ Layout check_layout(const at::Tensor& qweight, const at::Tensor& scales, const s
     TORCH_CHECK(kgroup->scalar_type() == at::kInt && kgroup->dim() == 1 && kgroup->size(0) == k / 16 &&
                     kgroup->is_contiguous(),
                 "kgroup must be a contiguous int32 tensor [K/16=", k / 16, "], got ", kgroup->scalar_type(), " ",
-                kgroup->sizes());
+                shape(*kgroup));
   } else {
     TORCH_CHECK(groups == k / group_size, "scales has ", groups, " groups but K=", k, " / group_size=", group_size,
                 " = ", k / group_size);
@@ -86,18 +94,20 @@ Layout check_layout(const at::Tensor& qweight, const at::Tensor& scales, const s
 
 at::Tensor wxa16_gemm(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                       const std::optional<at::Tensor>& zeros, const std::optional<at::Tensor>& kgroup,
-                      int64_t group_size, const std::optional<at::Tensor>& bias, int64_t bits) {
+                      int64_t group_size, const std::optional<at::Tensor>& bias, int64_t bits, int64_t tile) {
   const Layout L = check_layout(qweight, scales, zeros, kgroup, group_size, bits);
+  TORCH_CHECK(tile >= -1 && tile < qk::cuda::wxa16_gemm_num_tiles(), "tile must be -1 (auto) or in [0, ",
+              qk::cuda::wxa16_gemm_num_tiles(), "), got ", tile);
   check_cuda(x, "x", qweight.device());
   const ActDtype dt = act_dtype(x, "x");
   TORCH_CHECK(x.scalar_type() == scales.scalar_type(), "x (", x.scalar_type(), ") and scales (",
               scales.scalar_type(), ") must have the same dtype");
-  TORCH_CHECK(x.dim() == 2 && x.size(1) == L.k, "x must be [M, K=", L.k, "], got ", x.sizes());
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == L.k, "x must be [M, K=", L.k, "], got ", shape(x));
   if (bias) {
     check_cuda(*bias, "bias", qweight.device());
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == L.n && bias->scalar_type() == x.scalar_type() &&
                     bias->is_contiguous(),
-                "bias must be a contiguous [N=", L.n, "] ", x.scalar_type(), " tensor, got ", bias->sizes(), " ",
+                "bias must be a contiguous [N=", L.n, "] ", x.scalar_type(), " tensor, got ", shape(*bias), " ",
                 bias->scalar_type());
   }
   const c10::cuda::CUDAGuard guard(qweight.device());
@@ -116,7 +126,7 @@ at::Tensor wxa16_gemm(const at::Tensor& x, const at::Tensor& qweight, const at::
       zeros ? static_cast<const uint32_t*>(zeros->data_ptr()) : nullptr,
       kgroup ? kgroup->data_ptr<int32_t>() : nullptr, static_cast<int>(group_size),
       bias ? bias->data_ptr() : nullptr, out.data_ptr(), static_cast<int>(m), static_cast<int>(L.n),
-      static_cast<int>(L.k), static_cast<int>(bits), dt, sms, c10::cuda::getCurrentCUDAStream().stream());
+      static_cast<int>(L.k), static_cast<int>(bits), dt, sms, static_cast<int>(tile), c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == cudaSuccess, "quantkernels::cuda_wxa16_gemm failed: ", cudaGetErrorString(err));
   return out;
 }

@@ -54,7 +54,12 @@ cudaError_t wxa16_gemm(const void* x,          // [M, K] act dtype, row stride l
                        int group_size,          // columns per group (K for per-channel)
                        const void* bias,        // [N] act dtype or null
                        void* out,               // [M, N] act dtype
-                       int M, int N, int K, int bits, ActDtype dtype, int num_sms, cudaStream_t stream);
+                       int M, int N, int K, int bits, ActDtype dtype, int num_sms,
+                       int tile,  // -1: chosen by m and N; else an index into the kernel's tile list (tuning)
+                       cudaStream_t stream);
+
+// Number of GEMM tile shapes (valid `tile` values are -1 and 0 .. wxa16_gemm_num_tiles() - 1).
+int wxa16_gemm_num_tiles();
 
 // w[N, K] (sorted columns, act dtype, row-major) = dequantized weight.
 cudaError_t wxa16_dequantize(const int32_t* qweight, const uint32_t* scales, const uint32_t* zeros,

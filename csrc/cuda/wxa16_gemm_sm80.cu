@@ -262,37 +262,64 @@ cudaError_t launch(const void* x, int64_t ldx, const int32_t* qweight, const uin
 }
 
 // The bounded list of tile shapes: (MT m-tiles of 8 rows, NT n-tiles of 16 rows per warp, S
-// pipeline stages). Wide NT re-uses each activation load for more weights, which matters from
-// m = 9 on, when N leaves enough n-tiles to fill the GPU.
-template <int BITS, typename T>
-cudaError_t dispatch_m(const void* x, int64_t ldx, const int32_t* qweight, const uint32_t* scales,
-                       const uint32_t* zeros, const int32_t* kgroup, int group_size, const void* bias, void* out,
-                       int M, int N, int K, int num_sms, cudaStream_t stream) {
-#define QK_LAUNCH(MT, NT, S) \
-  launch<BITS, T, MT, NT, S>(x, ldx, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, stream)
-  if (M <= 8) return QK_LAUNCH(1, 1, 8);
-  if (M <= 16) return N / 16 >= 4 * num_sms ? QK_LAUNCH(2, 4, 4) : QK_LAUNCH(2, 1, 8);
-  if (M <= 32) return QK_LAUNCH(4, 2, 4);
-  return QK_LAUNCH(8, 2, 4);
-#undef QK_LAUNCH
+// pipeline stages). Wide NT re-uses each activation load for more weights and keeps more bytes in
+// flight per warp; narrow NT gives more warps when N is small. kTiles[i] is tile id i.
+struct TileShape {
+  int mt, nt, s;
+};
+constexpr TileShape kTiles[] = {{1, 1, 8}, {1, 2, 8}, {1, 4, 4}, {2, 1, 8}, {2, 4, 4}, {4, 2, 4}, {8, 2, 4}};
+constexpr int kNumTiles = sizeof(kTiles) / sizeof(kTiles[0]);
+
+// Measured on an H100 (benchmarks/NOTES_gpu.md): the tile for m rows and N/16 n-tiles.
+int auto_tile(int M, int n_tiles, int num_sms) {
+  const bool wide = n_tiles >= 4 * num_sms;
+  if (M <= 8) return wide ? 2 : 0;
+  if (M <= 16) return wide ? 4 : 3;
+  if (M <= 32) return 5;
+  return 6;
 }
+
+template <int BITS, typename T>
+cudaError_t dispatch_tile(int tile, const void* x, int64_t ldx, const int32_t* qweight, const uint32_t* scales,
+                          const uint32_t* zeros, const int32_t* kgroup, int group_size, const void* bias, void* out,
+                          int M, int N, int K, int num_sms, cudaStream_t stream) {
+#define QK_TILE(I)                                                                                                   \
+  case I:                                                                                                            \
+    return launch<BITS, T, kTiles[I].mt, kTiles[I].nt, kTiles[I].s>(x, ldx, qweight, scales, zeros, kgroup,         \
+                                                                   group_size, bias, out, M, N, K, num_sms, stream);
+  switch (tile < 0 ? auto_tile(M, N / 16, num_sms) : tile) {
+    QK_TILE(0)
+    QK_TILE(1)
+    QK_TILE(2)
+    QK_TILE(3)
+    QK_TILE(4)
+    QK_TILE(5)
+    QK_TILE(6)
+    default:
+      return cudaErrorInvalidValue;
+  }
+#undef QK_TILE
+}
+static_assert(kNumTiles == 7, "dispatch_tile lists every tile");
 
 }  // namespace
 
 cudaError_t wxa16_gemm(const void* x, int64_t ldx, const int32_t* qweight, const uint32_t* scales,
                        const uint32_t* zeros, const int32_t* kgroup, int group_size, const void* bias, void* out,
-                       int M, int N, int K, int bits, ActDtype dtype, int num_sms, cudaStream_t stream) {
-  if (M <= 0 || N % 16 != 0 || K % chunk_cols(bits) != 0 || group_size % 16 != 0) return cudaErrorInvalidValue;
+                       int M, int N, int K, int bits, ActDtype dtype, int num_sms, int tile, cudaStream_t stream) {
+  if (M <= 0 || N % 16 != 0 || K % chunk_cols(bits) != 0 || group_size % 16 != 0 || tile >= kNumTiles) return cudaErrorInvalidValue;
   if (bits == 4 && dtype == ActDtype::kF16)
-    return dispatch_m<4, __half>(x, ldx, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, stream);
+    return dispatch_tile<4, __half>(tile, x, ldx, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, stream);
   if (bits == 4 && dtype == ActDtype::kBF16)
-    return dispatch_m<4, __nv_bfloat16>(x, ldx, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, stream);
+    return dispatch_tile<4, __nv_bfloat16>(tile, x, ldx, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, stream);
   if (bits == 8 && dtype == ActDtype::kF16)
-    return dispatch_m<8, __half>(x, ldx, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, stream);
+    return dispatch_tile<8, __half>(tile, x, ldx, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, stream);
   if (bits == 8 && dtype == ActDtype::kBF16)
-    return dispatch_m<8, __nv_bfloat16>(x, ldx, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, stream);
+    return dispatch_tile<8, __nv_bfloat16>(tile, x, ldx, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, stream);
   return cudaErrorInvalidValue;
 }
+
+int wxa16_gemm_num_tiles() { return kNumTiles; }
 
 }  // namespace cuda
 }  // namespace qk

@@ -144,7 +144,7 @@ def tinygemm_copies(codes, k, n, ncopies):
 def sweep_tiles(shapes, out_dir):
     """Time every GEMM tile shape (the kernel's `tile` argument) per (shape, m) to set auto_tile in
     csrc/cuda/wxa16_gemm_sm80.cu, and dequantize + cuBLAS to set GEMM_MAX_M."""
-    n_tiles_total = 7
+    n_tiles_total = 6
     lines = []
     for k, n in shapes:
         for bits, gs in ((4, 128), (8, -1)):
@@ -156,7 +156,7 @@ def sweep_tiles(shapes, out_dir):
             for m in ((1, 4, 8, 16, 32, 64, 128, 256) if bits == 4 else (1, 16)):
                 x = torch.randn(m, k, device="cuda", dtype=torch.float16)
                 res = {}
-                tiles = range(n_tiles_total) if m <= 16 else (3, 4, 5, 6)
+                tiles = range(n_tiles_total) if m <= 16 else (3, 4, 5)
                 for tile in tiles:
                     res[f"t{tile}"], _ = time_us([
                         lambda s=s, tile=tile: torch.ops.quantkernels.cuda_wxa16_gemm(
@@ -253,7 +253,7 @@ def main():
                         row.triton_us, _ = time_us([lambda lay=lay: lay(x) for lay in triton_layers])
                     except Exception as e:  # noqa: BLE001
                         print(f"# triton failed at m={m}: {type(e).__name__}: {e}", flush=True)
-                if m >= 64:  # both CUDA paths, for the dispatch threshold
+                if m in (64, 256):  # both CUDA paths, for the dispatch threshold
                     s0 = states4[0]
                     row.fused_us, _ = time_us([
                         lambda s=s: torch.ops.quantkernels.cuda_wxa16_gemm(

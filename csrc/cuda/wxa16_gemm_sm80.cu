@@ -12,7 +12,7 @@
 // atomics: every launch is CUDA-graph safe.
 //
 // Limits: N % 16 == 0, K % KC == 0 (KC = 64 for 4 bits, 32 for 8 bits), group size % 16 == 0,
-// x rows 16-byte aligned; any M >= 1 (grid.y passes of 8 * MT rows).
+// x rows 16-byte aligned; any M >= 1 (grid.y passes of 8 * MT rows, at most 32).
 // Test: PYTHONPATH=$PWD python -m pytest -q tests/test_cuda_backend.py (on a GPU);
 // benchmark: PYTHONPATH=$PWD python benchmarks/gpu_gemm.py.
 #include "cuda/wxa16.h"
@@ -267,16 +267,16 @@ cudaError_t launch(const void* x, int64_t ldx, const int32_t* qweight, const uin
 struct TileShape {
   int mt, nt, s;
 };
-constexpr TileShape kTiles[] = {{1, 1, 8}, {1, 2, 8}, {1, 4, 4}, {2, 1, 8}, {2, 4, 4}, {4, 2, 4}, {8, 2, 4}};
+constexpr TileShape kTiles[] = {{1, 1, 8}, {1, 2, 8}, {1, 4, 4}, {2, 1, 8}, {2, 4, 4}, {4, 2, 4}};
 constexpr int kNumTiles = sizeof(kTiles) / sizeof(kTiles[0]);
 
-// Measured on an H100 (benchmarks/NOTES_gpu.md): the tile for m rows and N/16 n-tiles.
-int auto_tile(int M, int n_tiles, int num_sms) {
-  const bool wide = n_tiles >= 4 * num_sms;
-  if (M <= 8) return wide ? 2 : 0;
-  if (M <= 16) return wide ? 4 : 3;
-  if (M <= 32) return 5;
-  return 6;
+// The fastest tile measured on an H100 (benchmarks/NOTES_gpu.md, `gpu_gemm.py --sweep`) by rows
+// m and n-tiles: wide tiles once N gives every SM 4+ n-tiles (2+ for long K), else narrow ones
+// that keep more warps busy; beyond 16 rows, passes of 32 rows beat one 64-row tile everywhere.
+int auto_tile(int M, int n_tiles, int K, int num_sms) {
+  if (M <= 8) return n_tiles >= 4 * num_sms ? 2 : (n_tiles >= 2 * num_sms && K >= 16384) ? 1 : 0;
+  if (M <= 16) return n_tiles >= 4 * num_sms ? 4 : n_tiles >= 2 * num_sms ? 5 : 3;
+  return 5;
 }
 
 template <int BITS, typename T>
@@ -287,20 +287,19 @@ cudaError_t dispatch_tile(int tile, const void* x, int64_t ldx, const int32_t* q
   case I:                                                                                                            \
     return launch<BITS, T, kTiles[I].mt, kTiles[I].nt, kTiles[I].s>(x, ldx, qweight, scales, zeros, kgroup,         \
                                                                    group_size, bias, out, M, N, K, num_sms, stream);
-  switch (tile < 0 ? auto_tile(M, N / 16, num_sms) : tile) {
+  switch (tile < 0 ? auto_tile(M, N / 16, K, num_sms) : tile) {
     QK_TILE(0)
     QK_TILE(1)
     QK_TILE(2)
     QK_TILE(3)
     QK_TILE(4)
     QK_TILE(5)
-    QK_TILE(6)
     default:
       return cudaErrorInvalidValue;
   }
 #undef QK_TILE
 }
-static_assert(kNumTiles == 7, "dispatch_tile lists every tile");
+static_assert(kNumTiles == 6, "dispatch_tile lists every tile");
 
 }  // namespace
 

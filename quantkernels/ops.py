@@ -113,9 +113,12 @@ torch.library.register_autograd("quantkernels::linear", _linear_backward, setup_
 # csrc/cuda/wxa16.h); ``scales``/``zeros`` are [G, N/16, 8, 2] in the activation dtype; ``kgroup``
 # is the int32 group of each run of 16 sorted input columns (None: column // group_size). ``tile``
 # (-1: automatic) forces one of the GEMM's tile shapes, for tuning (benchmarks/gpu_gemm.py).
+# ``workspace`` is a float32 buffer of zeros that lets the GEMM split K over blocks; the kernel
+# leaves it all zeros again (values unchanged, so it is not declared as mutated); ``ksplit``
+# (-1: automatic) forces the number of blocks along K.
 _define(
     "cuda_wxa16_gemm(Tensor x, Tensor qweight, Tensor scales, Tensor? zeros, Tensor? kgroup, int group_size,"
-    " Tensor? bias, int bits, int tile=-1) -> Tensor"
+    " Tensor? bias, int bits, Tensor? workspace=None, int tile=-1, int ksplit=-1) -> Tensor"
 )
 _define(
     "cuda_wxa16_dequantize(Tensor qweight, Tensor scales, Tensor? zeros, Tensor? kgroup, int group_size,"
@@ -128,7 +131,7 @@ def _cuda_chunk_cols(bits):
 
 
 @torch.library.register_fake("quantkernels::cuda_wxa16_gemm")
-def _cuda_wxa16_gemm_fake(x, qweight, scales, zeros, kgroup, group_size, bias, bits, tile=-1):
+def _cuda_wxa16_gemm_fake(x, qweight, scales, zeros, kgroup, group_size, bias, bits, workspace=None, tile=-1, ksplit=-1):
     return x.new_empty((x.shape[0], qweight.shape[0] * 16))
 
 

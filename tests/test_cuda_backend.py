@@ -173,6 +173,32 @@ def test_every_gemm_tile(tile, bits, dtype):
 
 
 @needs_gpu
+@pytest.mark.parametrize("ksplit", [2, 3])
+@pytest.mark.parametrize("tile", [0, 2, 4, 5])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_split_k_leaves_workspace_zeroed(bits, tile, ksplit):
+    k, n = 1024, 336
+    layer = _layer(k, n, QuantConfig(bits=bits, group_size=64, sym=False), torch.float16, seed=ksplit)
+    st = layer._prepared["cuda"]
+    portable = _portable(layer)
+    ws = torch.zeros(cuda_backend.workspace_floats(128, n), dtype=torch.float32, device="cuda")
+    for m in (1, 16, 33, 100):
+        x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+        for _ in range(2):  # the second launch relies on the first having cleaned up
+            out = torch.ops.quantkernels.cuda_wxa16_gemm(
+                x, st.qweight, st.scales[x.dtype], st.zeros[x.dtype], None, st.group_size, st.bias[x.dtype], bits,
+                ws, tile, ksplit,
+            )
+            err = _rel(out, _ref(portable, x, bits))
+            assert err < BOUND[torch.float16], f"m={m}: {err:.2e}"
+        assert not ws.any(), "the workspace must be all zeros after a launch"
+    with pytest.raises(RuntimeError, match="needs a zeroed float32 workspace"):
+        torch.ops.quantkernels.cuda_wxa16_gemm(
+            x, st.qweight, st.scales[x.dtype], None, None, st.group_size, None, bits, None, tile, ksplit
+        )
+
+
+@needs_gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("bits,group_size", [(4, 128), (4, 32), (8, 64)])
 def test_act_order(bits, group_size, dtype):
@@ -205,6 +231,7 @@ def test_real_layer_shapes(k, n):
         x = torch.randn(m, k, device="cuda", dtype=torch.float16)
         err = _rel(_poisoned_forward(layer, x), _ref(portable, x, 4))
         assert err < BOUND[torch.float16], f"m={m}: {err:.2e}"
+    assert not layer._prepared["cuda"].workspace.any(), "split-K must leave the shared workspace zeroed"
 
 
 @needs_gpu

@@ -94,7 +94,8 @@ Layout check_layout(const at::Tensor& qweight, const at::Tensor& scales, const s
 
 at::Tensor wxa16_gemm(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                       const std::optional<at::Tensor>& zeros, const std::optional<at::Tensor>& kgroup,
-                      int64_t group_size, const std::optional<at::Tensor>& bias, int64_t bits, int64_t tile) {
+                      int64_t group_size, const std::optional<at::Tensor>& bias, int64_t bits,
+                      const std::optional<at::Tensor>& workspace, int64_t tile, int64_t ksplit) {
   const Layout L = check_layout(qweight, scales, zeros, kgroup, group_size, bits);
   TORCH_CHECK(tile >= -1 && tile < qk::cuda::wxa16_gemm_num_tiles(), "tile must be -1 (auto) or in [0, ",
               qk::cuda::wxa16_gemm_num_tiles(), "), got ", tile);
@@ -110,6 +111,19 @@ at::Tensor wxa16_gemm(const at::Tensor& x, const at::Tensor& qweight, const at::
                 "bias must be a contiguous [N=", L.n, "] ", x.scalar_type(), " tensor, got ", shape(*bias), " ",
                 bias->scalar_type());
   }
+  qk::cuda::SplitK split;
+  split.ksplit = static_cast<int>(ksplit);
+  TORCH_CHECK(ksplit == -1 || (ksplit >= 1 && ksplit <= 64), "ksplit must be -1 (auto) or in [1, 64], got ", ksplit);
+  if (workspace) {
+    check_cuda(*workspace, "workspace", qweight.device());
+    TORCH_CHECK(workspace->scalar_type() == at::kFloat && workspace->is_contiguous(),
+                "workspace must be a contiguous float32 tensor of zeros, got ", workspace->scalar_type());
+    split.ws = workspace->data_ptr<float>();
+    split.ws_numel = workspace->numel();
+  }
+  const int64_t need = qk::cuda::wxa16_gemm_workspace_floats(static_cast<int>(x.size(0)), static_cast<int>(L.n));
+  TORCH_CHECK(ksplit <= 1 || split.ws_numel >= need, "ksplit=", ksplit, " needs a zeroed float32 workspace of at least ",
+              need, " elements, got ", split.ws_numel);
   const c10::cuda::CUDAGuard guard(qweight.device());
   const int64_t m = x.size(0);
   at::Tensor out = at::empty({m, L.n}, x.options());
@@ -126,7 +140,7 @@ at::Tensor wxa16_gemm(const at::Tensor& x, const at::Tensor& qweight, const at::
       zeros ? static_cast<const uint32_t*>(zeros->data_ptr()) : nullptr,
       kgroup ? kgroup->data_ptr<int32_t>() : nullptr, static_cast<int>(group_size),
       bias ? bias->data_ptr() : nullptr, out.data_ptr(), static_cast<int>(m), static_cast<int>(L.n),
-      static_cast<int>(L.k), static_cast<int>(bits), dt, sms, static_cast<int>(tile), c10::cuda::getCurrentCUDAStream().stream());
+      static_cast<int>(L.k), static_cast<int>(bits), dt, sms, static_cast<int>(tile), split, c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == cudaSuccess, "quantkernels::cuda_wxa16_gemm failed: ", cudaGetErrorString(err));
   return out;
 }

@@ -42,6 +42,20 @@ enum class ActDtype { kF16 = 0, kBF16 = 1 };
 
 inline int chunk_cols(int bits) { return bits == 4 ? 64 : 32; }
 
+// Optional split of K over blocks (more blocks for layers with few output tiles). Partial sums go
+// through `ws`: fp32 [M, N] followed by int counters, all zero before a launch and all zero again
+// after it (the last block of each tile cleans up), so one zeroed buffer serves every launch on
+// one stream. Launches on concurrent streams need a buffer each.
+struct SplitK {
+  float* ws = nullptr;   // zeroed, wxa16_gemm_workspace_floats(M, N) floats at least, or null
+  int64_t ws_numel = 0;
+  int ksplit = -1;       // -1: chosen by shape (1 without a workspace); else forced (tuning)
+};
+
+inline int64_t wxa16_gemm_workspace_floats(int M, int N) {
+  return static_cast<int64_t>(M) * N + static_cast<int64_t>(N / 16) * ((M + 7) / 8);
+}
+
 // out[M, N] = x[M, K] @ W^T + bias, fp32 accumulation on the tensor cores (mma.sync m16n8k16,
 // weights as the A operand). Serves any M >= 1 (in passes of up to 64 rows). Returns
 // cudaSuccess, cudaErrorInvalidValue for an unsupported combination, or the launch error.
@@ -56,7 +70,7 @@ cudaError_t wxa16_gemm(const void* x,          // [M, K] act dtype, row stride l
                        void* out,               // [M, N] act dtype
                        int M, int N, int K, int bits, ActDtype dtype, int num_sms,
                        int tile,  // -1: chosen by m and N; else an index into the kernel's tile list (tuning)
-                       cudaStream_t stream);
+                       const SplitK& split, cudaStream_t stream);
 
 // Number of GEMM tile shapes (valid `tile` values are -1 and 0 .. wxa16_gemm_num_tiles() - 1).
 int wxa16_gemm_num_tiles();

@@ -60,6 +60,7 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
     int gs16,                              // group size / 16
     const T* __restrict__ bias,            // [N] or null
     T* __restrict__ out,                   // [M, N]
+    float* __restrict__ ws,                // [M, N] fp32 zeros, then grid.x * grid.y int counters
     int M, int N, int K, int wk_log2) {
   using T2 = typename ActTraits<T>::T2;
   constexpr int KC = BITS == 4 ? 64 : 32;   // columns per chunk
@@ -82,9 +83,11 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
   const int n_tiles = N >> 4;
   const int nt0 = (blockIdx.x * (kWarps >> wk_log2) + wn) * NT;
   const int m0 = blockIdx.y * 8 * MT;
-  const int NC = K / KC;
-  const int c_begin = static_cast<int>(static_cast<int64_t>(wk) * NC / WK);
-  const int c_end = static_cast<int>(static_cast<int64_t>(wk + 1) * NC / WK);
+  // k-split: block z of gridDim.z takes its share of the chunks, warp k-slice wk its share of that.
+  const int NC = K / KC, KS = gridDim.z;
+  const int slice = blockIdx.z * WK + wk;
+  const int c_begin = static_cast<int>(static_cast<int64_t>(slice) * NC / (KS * WK));
+  const int c_end = static_cast<int>(static_cast<int64_t>(slice + 1) * NC / (KS * WK));
   bool valid[NT];
 #pragma unroll
   for (int n = 0; n < NT; ++n) valid[n] = nt0 + n < n_tiles;
@@ -199,6 +202,57 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
           for (int q = 0; q < 4; ++q, ++i) acc[n][mt][q] += buf[i * 32];
     }
   }
+  if (KS > 1) {
+    // Split over blocks: add the partial tile into the fp32 workspace; the block that arrives last
+    // for this output tile (counter) converts it, zeroes the workspace and resets the counter, so
+    // the workspace is all zeros again for the next launch (graph safe, no memset).
+    __shared__ int s_last;
+    if (wk == 0) {
+#pragma unroll
+      for (int n = 0; n < NT; ++n) {
+        if (!valid[n]) continue;
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int q = 0; q < 2; ++q) {
+              const int m = m0 + mt * 8 + 2 * t + q;
+              if (m < M) atomicAdd(ws + static_cast<int64_t>(m) * N + (nt0 + n) * 16 + g + 8 * h, acc[n][mt][2 * h + q]);
+            }
+      }
+    }
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) {
+      int* counter = reinterpret_cast<int*>(ws + static_cast<int64_t>(M) * N) + blockIdx.y * gridDim.x + blockIdx.x;
+      const int prev = atomicAdd(counter, 1);
+      s_last = prev == KS - 1;
+      if (s_last) *counter = 0;
+    }
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    if (wk == 0) {
+#pragma unroll
+      for (int n = 0; n < NT; ++n) {
+        if (!valid[n]) continue;
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int q = 0; q < 2; ++q) {
+              const int m = m0 + mt * 8 + 2 * t + q;
+              if (m < M) {
+                float* p = ws + static_cast<int64_t>(m) * N + (nt0 + n) * 16 + g + 8 * h;
+                acc[n][mt][2 * h + q] = __ldcg(p);
+                __stcg(p, 0.0f);
+              }
+            }
+      }
+    }
+  }
   if (wk != 0) return;
 
   // acc[n][mt] is the 16x8 tile out^T[16*nt + (g, g+8)][m0 + 8*mt + (2t, 2t+1)].
@@ -223,7 +277,7 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
 template <int BITS, typename T, int MT, int NT, int S>
 cudaError_t launch(const void* x, int64_t ldx, const int32_t* qweight, const uint32_t* scales,
                    const uint32_t* zeros, const int32_t* kgroup, int group_size, const void* bias, void* out,
-                   int M, int N, int K, int num_sms, cudaStream_t stream) {
+                   int M, int N, int K, int num_sms, const SplitK& split, cudaStream_t stream) {
   constexpr int KC = BITS == 4 ? 64 : 32;
   constexpr int kSmem = smem_bytes<MT, NT, S>();
   auto kernel = wxa16_gemm_kernel<BITS, T, MT, NT, S>;
@@ -239,25 +293,36 @@ cudaError_t launch(const void* x, int64_t ldx, const int32_t* qweight, const uin
   }
   const int n_tiles = N / 16, nc = K / KC;
   const int passes = (M + 8 * MT - 1) / (8 * MT);
-  // k-slices per block: all blocks do equal work, so pick the split whose last wave of blocks is
-  // fullest (fewer k-slices on ties: less reduction work), never more slices than chunks.
   const int64_t slots = static_cast<int64_t>(blocks_per_sm) * num_sms;
-  int wk_log2 = 0;
+  // Split of K: WK warp k-slices per block times KS blocks. All blocks do equal work, so pick the
+  // split whose last wave is fullest, keeping at least kMinChunks chunks per warp (a pipeline
+  // worth filling); ties go to fewer slices (less reduction work). KS > 1 needs the workspace.
+  constexpr int kMinChunks = 8;
+  const int64_t ws_needed = wxa16_gemm_workspace_floats(M, N);
+  const int ks_max = split.ksplit > 0 ? split.ksplit : (split.ws != nullptr && split.ws_numel >= ws_needed ? 8 : 1);
+  const int ks_min = split.ksplit > 0 ? split.ksplit : 1;
+  if (ks_max > 1 && (split.ws == nullptr || split.ws_numel < ws_needed)) return cudaErrorInvalidValue;
+  int wk_log2 = 0, ks = ks_min;
   double best = -1.0;
   for (int l = 0; l <= 3 && (1 << l) <= nc; ++l) {
-    const int wn = kWarps >> l;
-    const int64_t blocks = static_cast<int64_t>((n_tiles + NT * wn - 1) / (NT * wn)) * passes;
-    const double fill = static_cast<double>(blocks) / (static_cast<double>((blocks + slots - 1) / slots) * slots);
-    if (fill > best + 1e-9) {
-      best = fill;
-      wk_log2 = l;
+    for (int k = ks_min; k <= ks_max; ++k) {
+      const bool too_thin = (1 << l) * k * kMinChunks > nc && (l + k > 1);
+      if (too_thin && split.ksplit <= 0) continue;
+      const int wn = kWarps >> l;
+      const int64_t blocks = static_cast<int64_t>((n_tiles + NT * wn - 1) / (NT * wn)) * passes * k;
+      const double fill = static_cast<double>(blocks) / (static_cast<double>((blocks + slots - 1) / slots) * slots);
+      if (fill > best + 0.02) {
+        best = fill;
+        wk_log2 = l;
+        ks = k;
+      }
     }
   }
   const int wn = kWarps >> wk_log2;
-  dim3 grid((n_tiles + NT * wn - 1) / (NT * wn), passes);
+  dim3 grid((n_tiles + NT * wn - 1) / (NT * wn), passes, ks);
   kernel<<<grid, kThreads, kSmem, stream>>>(static_cast<const T*>(x), ldx, reinterpret_cast<const uint4*>(qweight),
                                             scales, zeros, kgroup, group_size / 16, static_cast<const T*>(bias),
-                                            static_cast<T*>(out), M, N, K, wk_log2);
+                                            static_cast<T*>(out), split.ws, M, N, K, wk_log2);
   return cudaGetLastError();
 }
 
@@ -282,11 +347,11 @@ int auto_tile(int M, int n_tiles, int K, int num_sms) {
 template <int BITS, typename T>
 cudaError_t dispatch_tile(int tile, const void* x, int64_t ldx, const int32_t* qweight, const uint32_t* scales,
                           const uint32_t* zeros, const int32_t* kgroup, int group_size, const void* bias, void* out,
-                          int M, int N, int K, int num_sms, cudaStream_t stream) {
+                          int M, int N, int K, int num_sms, const SplitK& split, cudaStream_t stream) {
 #define QK_TILE(I)                                                                                                   \
   case I:                                                                                                            \
     return launch<BITS, T, kTiles[I].mt, kTiles[I].nt, kTiles[I].s>(x, ldx, qweight, scales, zeros, kgroup,         \
-                                                                   group_size, bias, out, M, N, K, num_sms, stream);
+                                                                   group_size, bias, out, M, N, K, num_sms, split, stream);
   switch (tile < 0 ? auto_tile(M, N / 16, K, num_sms) : tile) {
     QK_TILE(0)
     QK_TILE(1)
@@ -305,16 +370,17 @@ static_assert(kNumTiles == 6, "dispatch_tile lists every tile");
 
 cudaError_t wxa16_gemm(const void* x, int64_t ldx, const int32_t* qweight, const uint32_t* scales,
                        const uint32_t* zeros, const int32_t* kgroup, int group_size, const void* bias, void* out,
-                       int M, int N, int K, int bits, ActDtype dtype, int num_sms, int tile, cudaStream_t stream) {
+                       int M, int N, int K, int bits, ActDtype dtype, int num_sms, int tile, const SplitK& split,
+                       cudaStream_t stream) {
   if (M <= 0 || N % 16 != 0 || K % chunk_cols(bits) != 0 || group_size % 16 != 0 || tile >= kNumTiles) return cudaErrorInvalidValue;
   if (bits == 4 && dtype == ActDtype::kF16)
-    return dispatch_tile<4, __half>(tile, x, ldx, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, stream);
+    return dispatch_tile<4, __half>(tile, x, ldx, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, split, stream);
   if (bits == 4 && dtype == ActDtype::kBF16)
-    return dispatch_tile<4, __nv_bfloat16>(tile, x, ldx, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, stream);
+    return dispatch_tile<4, __nv_bfloat16>(tile, x, ldx, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, split, stream);
   if (bits == 8 && dtype == ActDtype::kF16)
-    return dispatch_tile<8, __half>(tile, x, ldx, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, stream);
+    return dispatch_tile<8, __half>(tile, x, ldx, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, split, stream);
   if (bits == 8 && dtype == ActDtype::kBF16)
-    return dispatch_tile<8, __nv_bfloat16>(tile, x, ldx, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, stream);
+    return dispatch_tile<8, __nv_bfloat16>(tile, x, ldx, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, split, stream);
   return cudaErrorInvalidValue;
 }
 

@@ -157,7 +157,7 @@ def sweep_tiles(shapes, out_dir):
                 x = torch.randn(m, k, device="cuda", dtype=torch.float16)
                 res = {}
                 tiles = range(n_tiles_total) if m <= 16 else (3, 4, 5)
-                ws = states[0].workspace
+                ws = None  # no split over blocks (see csrc/cuda/wxa16_gemm_sm80.cu, launch)
                 for tile in tiles:
                     res[f"t{tile}"], _ = time_us([
                         lambda s=s, tile=tile: torch.ops.quantkernels.cuda_wxa16_gemm(
@@ -165,9 +165,6 @@ def sweep_tiles(shapes, out_dir):
                 res["auto"], _ = time_us([
                     lambda s=s: torch.ops.quantkernels.cuda_wxa16_gemm(
                         x, s.qweight, s.scales[x.dtype], None, None, gsz, None, bits, ws) for s in states])
-                res["nosplit"], _ = time_us([
-                    lambda s=s: torch.ops.quantkernels.cuda_wxa16_gemm(
-                        x, s.qweight, s.scales[x.dtype], None, None, gsz, None, bits) for s in states])
                 if m >= 64:
                     res["dq+cublas"], _ = time_us([
                         lambda s=s: torch.nn.functional.linear(x, torch.ops.quantkernels.cuda_wxa16_dequantize(
@@ -261,7 +258,7 @@ def main():
                     s0 = states4[0]
                     row.fused_us, _ = time_us([
                         lambda s=s: torch.ops.quantkernels.cuda_wxa16_gemm(
-                            x, s.qweight, s.scales[dt], None, None, 128, None, 4, s.workspace) for s in states4])
+                            x, s.qweight, s.scales[dt], None, None, 128, None, 4) for s in states4])
                     row.dq_cublas_us, _ = time_us([
                         lambda s=s: torch.nn.functional.linear(x, torch.ops.quantkernels.cuda_wxa16_dequantize(
                             s.qweight, s.scales[dt], None, None, 128, 4)) for s in states4])

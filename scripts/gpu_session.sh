@@ -14,8 +14,8 @@ python3 -c "import quantkernels, torch; from quantkernels import backends; print
 for step in "$@"; do
   t0=$(date +%s)
   case $step in
-    tests) timeout 300 python3 -m pytest -q -x tests/test_cuda_backend.py > "$OUT/tests.log" 2>&1; echo "tests rc=$?: $(tail -1 "$OUT/tests.log")";
-           grep -E "^(FAILED|ERROR)|Error|assert" "$OUT/tests.log" | head -15 ;;
+    tests) timeout 300 python3 -m pytest -q tests/test_cuda_backend.py > "$OUT/tests.log" 2>&1; echo "tests rc=$?: $(tail -1 "$OUT/tests.log")";
+           grep -E "^(FAILED|ERROR)|raised:|Error|assert" "$OUT/tests.log" | head -25 ;;
     sanitize) timeout 400 bash scripts/sanitize_cuda.sh > "$OUT/sanitize.log" 2>&1; echo "sanitize rc=$?"; grep -E "^==|ERROR SUMMARY" "$OUT/sanitize.log" | head -10 ;;
     quick) timeout 400 python3 benchmarks/gpu_gemm.py --quick --out "$OUT" > "$OUT/bench.log" 2>&1; echo "bench rc=$?" ;;
     sweep) timeout 300 python3 benchmarks/gpu_gemm.py --sweep --out "$OUT" > "$OUT/sweep.log" 2>&1; echo "sweep rc=$?"; grep -E "best=|Error" "$OUT/sweep.log" | cut -c1-220 ;;

@@ -296,11 +296,12 @@ cudaError_t launch(const void* x, int64_t ldx, const int32_t* qweight, const uin
   const int64_t slots = static_cast<int64_t>(blocks_per_sm) * num_sms;
   // Split of K: WK warp k-slices per block times KS blocks. All blocks do equal work, so pick the
   // split whose last wave is fullest, keeping at least kMinChunks chunks per warp (a pipeline
-  // worth filling); ties go to fewer slices (less reduction work). KS > 1 needs the workspace.
+  // worth filling); ties go to fewer slices (less reduction work). KS > 1 only when asked for
+  // (split.ksplit): on an H100 splitting over blocks measured slower than not for every benchmark
+  // shape (benchmarks/NOTES_gpu.md), so the automatic choice keeps KS = 1.
   constexpr int kMinChunks = 8;
   const int64_t ws_needed = wxa16_gemm_workspace_floats(M, N);
-  const int ks_max = split.ksplit > 0 ? split.ksplit : (split.ws != nullptr && split.ws_numel >= ws_needed ? 8 : 1);
-  const int ks_min = split.ksplit > 0 ? split.ksplit : 1;
+  const int ks_min = split.ksplit > 0 ? split.ksplit : 1, ks_max = ks_min;
   if (ks_max > 1 && (split.ws == nullptr || split.ws_numel < ws_needed)) return cudaErrorInvalidValue;
   int wk_log2 = 0, ks = ks_min;
   double best = -1.0;

@@ -34,24 +34,12 @@ ACT_DTYPES = (torch.float16, torch.bfloat16)
 GEMM_MAX_M = 128  # largest m for the fused kernel: it wins at 128 and loses at 256 on an H100
 
 
-# One zeroed float32 workspace per device for the GEMM's split-K partial sums (csrc/cuda/wxa16.h,
-# SplitK): the kernel leaves it zeroed, so every layer on that device shares it. Sized at prepare
-# for GEMM_MAX_M rows, so the hot path never allocates. Buffers outgrown are kept alive: a
-# captured CUDA graph may still point at them. Not for concurrent launches on several streams.
-_WORKSPACES: Dict[torch.device, list] = {}
-
-
 def workspace_floats(m: int, n: int) -> int:
+    """Size of the zeroed float32 workspace the GEMM needs to split K over blocks (``ksplit > 1``).
+
+    The backend does not split (it measured slower on an H100, benchmarks/NOTES_gpu.md); the
+    option stays for tuning on other GPUs."""
     return m * n + (n // 16) * ((m + 7) // 8)
-
-
-def workspace(device: torch.device, n: int) -> torch.Tensor:
-    """The device's split-K workspace, grown (never shrunk) to serve GEMM_MAX_M rows of width n."""
-    bufs = _WORKSPACES.setdefault(device, [])
-    need = workspace_floats(GEMM_MAX_M, n)
-    if not bufs or bufs[-1].numel() < need:
-        bufs.append(torch.zeros(max(need, workspace_floats(GEMM_MAX_M, 32768)), dtype=torch.float32, device=device))
-    return bufs[-1]
 
 
 def chunk_cols(bits: int) -> int:
@@ -124,7 +112,6 @@ class CudaState:
     scales: Dict[torch.dtype, torch.Tensor] = dataclasses.field(default_factory=dict)  # per act dtype
     zeros: Dict[torch.dtype, Optional[torch.Tensor]] = dataclasses.field(default_factory=dict)
     bias: Dict[torch.dtype, Optional[torch.Tensor]] = dataclasses.field(default_factory=dict)
-    workspace: Optional[torch.Tensor] = None  # the device's split-K workspace (shared)
     kgroup: Optional[torch.Tensor] = None  # [K/16] int32, only with act_order
     group_size: int = 0  # effective group size (K for per-channel)
     perm: Optional[torch.Tensor] = None  # sorted column -> original column (act_order)
@@ -195,7 +182,6 @@ class CudaBackend:
         symmetric = bool((zeros == (1 << (cfg.bits - 1))).all())
         state = CudaState(replaces_qweight=True, kgroup=kgroup, group_size=gs, perm=perm)
         state.qweight = shuffle(codes.contiguous(), cfg.bits)
-        state.workspace = workspace(state.qweight.device, n)
         for dt in ACT_DTYPES:
             state.scales[dt] = shuffle_pairs(t["scales"].to(dt))
             state.zeros[dt] = None if symmetric else shuffle_pairs(zeros.to(dt))
@@ -236,7 +222,7 @@ class CudaBackend:
         if x2d.shape[0] <= GEMM_MAX_M:
             return torch.ops.quantkernels.cuda_wxa16_gemm(
                 x2d, state.qweight, state.scales[dt], state.zeros[dt], state.kgroup, state.group_size,
-                state.bias[dt], bits, state.workspace,
+                state.bias[dt], bits,
             )
         w = torch.ops.quantkernels.cuda_wxa16_dequantize(
             state.qweight, state.scales[dt], state.zeros[dt], state.kgroup, state.group_size, bits

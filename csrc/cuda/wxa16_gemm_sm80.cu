@@ -12,7 +12,7 @@
 // atomics: every launch is CUDA-graph safe.
 //
 // Limits: N % 16 == 0, K % KC == 0 (KC = 64 for 4 bits, 32 for 8 bits), group size % 16 == 0,
-// x rows 16-byte aligned; any M >= 1 (grid.y passes of 8 * MT rows, at most 32).
+// x rows 16-byte aligned; any M >= 1 (passes of 8 * MT rows (at most 32) along grid.x).
 // Test: PYTHONPATH=$PWD python -m pytest -q tests/test_cuda_backend.py (on a GPU);
 // benchmark: PYTHONPATH=$PWD python benchmarks/gpu_gemm.py.
 #include "cuda/wxa16.h"
@@ -49,6 +49,26 @@ constexpr int smem_bytes() {
   return S * NT * kThreads * (16 + 4 + 4) + 4 * NT * MT * 4 * 32 * 4;
 }
 
+// Calls f(acc value, m, n) for every output element this lane holds: acc[nt][mt] is the 16x8 tile
+// out^T[16*(nt0+nt) + (g, g+8)][m0 + 8*mt + (2t, 2t+1)]; rows m >= M and missing n-tiles skipped.
+template <int NT, int MT, typename F>
+__device__ __forceinline__ void for_each_output(float (&acc)[NT][MT][4], const bool (&valid)[NT], int nt0, int m0,
+                                                int M, int g, int t, F&& f) {
+#pragma unroll
+  for (int n = 0; n < NT; ++n) {
+    if (!valid[n]) continue;
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {
+          const int m = m0 + mt * 8 + 2 * t + q;
+          if (m < M) f(acc[n][mt][2 * h + q], m, (nt0 + n) * 16 + g + 8 * h);
+        }
+  }
+}
+
 template <int BITS, typename T, int MT, int NT, int S>
 __global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
     const T* __restrict__ x,               // [M, ldx]
@@ -81,8 +101,10 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
   const int WK = 1 << wk_log2;
   const int wn = warp >> wk_log2, wk = warp & (WK - 1);
   const int n_tiles = N >> 4;
-  const int nt0 = (blockIdx.x * (kWarps >> wk_log2) + wn) * NT;
-  const int m0 = blockIdx.y * 8 * MT;
+  // blockIdx.x is the row pass, fastest-varying, so the passes over one weight slice run together
+  // and all but the first find it in L2.
+  const int nt0 = (blockIdx.y * (kWarps >> wk_log2) + wn) * NT;
+  const int m0 = blockIdx.x * 8 * MT;
   // k-split: block z of gridDim.z takes its share of the chunks, warp k-slice wk its share of that.
   const int NC = K / KC, KS = gridDim.z;
   const int slice = blockIdx.z * WK + wk;
@@ -207,21 +229,10 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
     // for this output tile (counter) converts it, zeroes the workspace and resets the counter, so
     // the workspace is all zeros again for the next launch (graph safe, no memset).
     __shared__ int s_last;
-    if (wk == 0) {
-#pragma unroll
-      for (int n = 0; n < NT; ++n) {
-        if (!valid[n]) continue;
-#pragma unroll
-        for (int h = 0; h < 2; ++h)
-#pragma unroll
-          for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int q = 0; q < 2; ++q) {
-              const int m = m0 + mt * 8 + 2 * t + q;
-              if (m < M) atomicAdd(ws + static_cast<int64_t>(m) * N + (nt0 + n) * 16 + g + 8 * h, acc[n][mt][2 * h + q]);
-            }
-      }
-    }
+    if (wk == 0)
+      for_each_output(acc, valid, nt0, m0, M, g, t, [&](float& v, int m, int n) {
+        atomicAdd(ws + static_cast<int64_t>(m) * N + n, v);
+      });
     __threadfence();
     __syncthreads();
     if (tid == 0) {
@@ -233,45 +244,18 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
     __syncthreads();
     if (!s_last) return;
     __threadfence();
-    if (wk == 0) {
-#pragma unroll
-      for (int n = 0; n < NT; ++n) {
-        if (!valid[n]) continue;
-#pragma unroll
-        for (int h = 0; h < 2; ++h)
-#pragma unroll
-          for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int q = 0; q < 2; ++q) {
-              const int m = m0 + mt * 8 + 2 * t + q;
-              if (m < M) {
-                float* p = ws + static_cast<int64_t>(m) * N + (nt0 + n) * 16 + g + 8 * h;
-                acc[n][mt][2 * h + q] = __ldcg(p);
-                __stcg(p, 0.0f);
-              }
-            }
-      }
-    }
+    if (wk == 0)
+      for_each_output(acc, valid, nt0, m0, M, g, t, [&](float& v, int m, int n) {
+        float* p = ws + static_cast<int64_t>(m) * N + n;
+        v = __ldcg(p);
+        __stcg(p, 0.0f);
+      });
   }
   if (wk != 0) return;
-
-  // acc[n][mt] is the 16x8 tile out^T[16*nt + (g, g+8)][m0 + 8*mt + (2t, 2t+1)].
-#pragma unroll
-  for (int n = 0; n < NT; ++n) {
-    if (!valid[n]) continue;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int col = (nt0 + n) * 16 + g + 8 * h;
-      const float b = bias != nullptr ? ActTraits<T>::to_float(bias[col]) : 0.0f;
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int q = 0; q < 2; ++q) {
-          const int m = m0 + mt * 8 + 2 * t + q;
-          if (m < M) out[static_cast<int64_t>(m) * N + col] = ActTraits<T>::from_float(acc[n][mt][2 * h + q] + b);
-        }
-    }
-  }
+  for_each_output(acc, valid, nt0, m0, M, g, t, [&](float& v, int m, int n) {
+    const float b = bias != nullptr ? ActTraits<T>::to_float(bias[n]) : 0.0f;
+    out[static_cast<int64_t>(m) * N + n] = ActTraits<T>::from_float(v + b);
+  });
 }
 
 template <int BITS, typename T, int MT, int NT, int S>
@@ -320,7 +304,7 @@ cudaError_t launch(const void* x, int64_t ldx, const int32_t* qweight, const uin
     }
   }
   const int wn = kWarps >> wk_log2;
-  dim3 grid((n_tiles + NT * wn - 1) / (NT * wn), passes, ks);
+  dim3 grid(passes, (n_tiles + NT * wn - 1) / (NT * wn), ks);
   kernel<<<grid, kThreads, kSmem, stream>>>(static_cast<const T*>(x), ldx, reinterpret_cast<const uint4*>(qweight),
                                             scales, zeros, kgroup, group_size / 16, static_cast<const T*>(bias),
                                             static_cast<T*>(out), split.ws, M, N, K, wk_log2);

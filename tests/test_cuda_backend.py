@@ -32,9 +32,8 @@ needs_gpu = pytest.mark.skipif(_REASON is not None, reason=f"CUDA backend unavai
 # ---- the layout (runs on any machine) ---------------------------------------------------------------
 @pytest.mark.parametrize("bits", [4, 8])
 def test_shuffle_roundtrip(bits):
-    g = torch.Generator().manual_seed(bits)
     n, k = 48, 3 * cuda_backend.chunk_cols(bits)
-    codes = torch.randint(0, 1 << bits, (n, k), generator=g, dtype=torch.uint8)
+    codes = torch.randint(0, 1 << bits, (n, k), dtype=torch.uint8)
     sh = cuda_backend.shuffle(codes, bits)
     assert sh.shape == (n // 16, k // cuda_backend.chunk_cols(bits), 32, 4) and sh.dtype == torch.int32
     assert torch.equal(cuda_backend.unshuffle(sh, bits), codes)
@@ -43,7 +42,7 @@ def test_shuffle_roundtrip(bits):
 @pytest.mark.parametrize("bits", [4, 8])
 def test_shuffle_matches_documented_bits(bits):
     """Spot-check the bit positions that csrc/cuda/wxa16.h documents (the kernels rely on them)."""
-    g = torch.Generator().manual_seed(10 + bits)
+    g = None  # the global generator, seeded per test by tests/conftest.py
     kc = cuda_backend.chunk_cols(bits)
     n, k = 32, 2 * kc
     codes = torch.randint(0, 1 << bits, (n, k), generator=g, dtype=torch.uint8)
@@ -77,8 +76,8 @@ def test_supports_reasons_on_cpu():
 
 
 # ---- the kernels (need a GPU) -----------------------------------------------------------------------
-def _layer(k, n, cfg, dtype, bias=True, g_idx=None, seed=0):
-    torch.manual_seed(seed)
+def _layer(k, n, cfg, dtype, bias=True, g_idx=None, seed=None):
+    # Fresh data every run: tests/conftest.py seeds each test from os.urandom (`seed` only labels).
     lin = torch.nn.Linear(k, n, bias=bias, device="cuda", dtype=torch.float32)
     with torch.no_grad():
         lin.weight.normal_(0, 0.05)
@@ -203,8 +202,7 @@ def test_split_k_leaves_workspace_zeroed(bits, tile, ksplit):
 @pytest.mark.parametrize("bits,group_size", [(4, 128), (4, 32), (8, 64)])
 def test_act_order(bits, group_size, dtype):
     k, n = 512, 96
-    g = torch.Generator().manual_seed(7)
-    order = torch.randperm(k, generator=g)
+    order = torch.randperm(k)
     g_idx = torch.empty(k, dtype=torch.int32)
     g_idx[order] = (torch.arange(k) // group_size).to(torch.int32)  # GPTQ's act_order grouping
     layer = _layer(k, n, QuantConfig(bits=bits, group_size=group_size, act_order=True), dtype, g_idx=g_idx.cuda())
@@ -252,7 +250,6 @@ def test_dequantize_is_exact(bits, group_size, sym, dtype):
 @needs_gpu
 @pytest.mark.parametrize("bits", [4, 8])
 def test_to_portable_roundtrip(bits):
-    torch.manual_seed(bits)
     lin = torch.nn.Linear(256, 64).half()
     cpu_layer = QuantLinear.from_linear(lin.float(), QuantConfig(bits=bits, group_size=64, sym=False))
     gpu_layer = QuantLinear.from_linear(lin.float(), QuantConfig(bits=bits, group_size=64, sym=False)).to("cuda")

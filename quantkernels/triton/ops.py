@@ -113,7 +113,7 @@ def _configs(family: str) -> List[triton.Config]:
 def _kernel(family: str):
     """The autotuned kernel of a bucket family (a bare kernel under the interpreter or force_config)."""
     raw = kernels.qgemv_kernel if family == "gemv" else kernels.qgemm_kernel
-    if INTERPRETED or _forced is not None:
+    if INTERPRETED or _forced_config(family) is not None:
         return raw
     if family not in _autotuners:
         _autotuners[family] = triton.autotune(configs=_configs(family), key=_KEY)(raw)
@@ -121,8 +121,13 @@ def _kernel(family: str):
 
 
 @contextlib.contextmanager
-def force_config(config: Optional[triton.Config]):
-    """Run every launch with ``config`` (its kwargs must suit the kernel the call picks): tests, tuning."""
+def force_config(config):
+    """Launch with a fixed configuration instead of autotuning (tests, tuning sweeps).
+
+    ``config``: a ``triton.Config`` whose kwargs suit the kernel the calls pick (``qgemv_kernel``
+    for m = 1, ``qgemm_kernel`` otherwise), or a dict ``{family: Config}`` with families ``gemv``,
+    ``small`` (m <= 16), ``medium`` (m <= 64), ``large``; families it leaves out are autotuned.
+    """
     global _forced
     old, _forced = _forced, config
     try:
@@ -131,9 +136,16 @@ def force_config(config: Optional[triton.Config]):
         _forced = old
 
 
+def _forced_config(family: str) -> Optional[triton.Config]:
+    if isinstance(_forced, dict):
+        return _forced.get(family)
+    return _forced
+
+
 def _launch_meta(family: str) -> dict:
-    if _forced is not None:
-        cfg = _forced
+    cfg = _forced_config(family)
+    if cfg is not None:
+        pass
     elif INTERPRETED:
         cfg = _configs(family)[0]
     else:

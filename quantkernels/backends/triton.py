@@ -41,20 +41,36 @@ class TritonState:
     g_idx: Optional[torch.Tensor]  # int32 [K]; None when it is k // group_size
 
 
+_UNSET = object()
+
+
 class TritonBackend:
     name = "triton"
 
+    def __init__(self):
+        # Machine facts, looked up once: the registry asks on every call, also while torch.compile
+        # traces, and dynamo cannot trace importlib or the CUDA queries.
+        self._machine_reason = _UNSET
+        self._bf16 = _UNSET
+
+    def _machine(self) -> Optional[str]:
+        if self._machine_reason is _UNSET:
+            if importlib.util.find_spec("triton") is None:
+                self._machine_reason = "triton not installed (pip install triton)"
+            elif not torch.cuda.is_available():
+                self._machine_reason = (
+                    "no GPU triton can target (torch.cuda.is_available() is False); "
+                    "TRITON_INTERPRET=1 runs the kernels on the CPU, for tests only"
+                )
+            else:
+                self._machine_reason = None
+        return self._machine_reason
+
     def unavailable_reason(self) -> Optional[str]:
-        if importlib.util.find_spec("triton") is None:
-            return "triton not installed (pip install triton)"
-        if _interpreter_on():
+        reason = self._machine()
+        if reason is None or (not reason.startswith("triton not") and _interpreter_on()):
             return None
-        if not torch.cuda.is_available():
-            return (
-                "no GPU triton can target (torch.cuda.is_available() is False); "
-                "TRITON_INTERPRET=1 runs the kernels on the CPU, for tests only"
-            )
-        return None
+        return reason
 
     def supports(self, layer, x) -> Optional[str]:
         cfg = layer.config
@@ -74,8 +90,11 @@ class TritonBackend:
             return None
         if x.device.type != "cuda":
             return f"the triton backend serves CUDA tensors, got {x.device.type}"
-        if x.dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-            return "this GPU has no bfloat16 tensor-core support"
+        if x.dtype == torch.bfloat16:
+            if self._bf16 is _UNSET:
+                self._bf16 = torch.cuda.is_bf16_supported()
+            if not self._bf16:
+                return "this GPU has no bfloat16 tensor-core support"
         return None
 
     def prepare(self, layer) -> TritonState:

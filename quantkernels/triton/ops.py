@@ -17,6 +17,8 @@ from typing import Dict, List, Optional
 import torch
 import triton
 from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
+from torch._subclasses.functional_tensor import FunctionalTensor
 
 from . import kernels
 
@@ -194,6 +196,12 @@ def triton_linear(
         HAS_BIAS=bias is not None,
         **_launch_meta(family),
     )
+    if INTERPRETED and is_fake(x):
+        # The interpreter runs Python on real data: dynamo's shape propagation (plain fake tensors)
+        # is fine, but the launch cannot be traced into a graph. On a GPU wrap_triton traces it.
+        if isinstance(x, FunctionalTensor):
+            raise RuntimeError("quantkernels::triton_linear: torch.compile cannot trace the Triton interpreter; use a GPU")
+        return out
     z = scales if zeros is None else zeros
     gi = qweight if g_idx is None else g_idx
     b = scales if bias is None else bias

@@ -87,9 +87,9 @@ def check(log):
 
     # Modest tiles (every format compiles within shared memory), split-K on to exercise the reduce.
     fixed = {
-        "gemv": tops._cfg(BLOCK_N=64, BLOCK_K=128, SPLIT_K=2, num_warps=4, num_stages=3),
+        "gemv": tops._cfg(BLOCK_N=64, BLOCK_K=128, SPLIT_K=2, UNPACK_3D=False, num_warps=4, num_stages=3),
         "small": tops._gemm(16, 64, 128, 2, 4, 3, True),
-        "medium": tops._gemm(32, 64, 64, 2, 4, 3, False),
+        "medium": tops._gemm(32, 64, 64, 2, 4, 3, False, False),
         "large": tops._gemm(64, 128, 64, 1, 4, 3, False),
     }
     rows, fails = [], 0
@@ -174,6 +174,25 @@ def bench(fn):
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
+def bench_graph(fn, calls):
+    """Median ms per call of ``calls`` back-to-back calls replayed as one CUDA graph (no CPU launch cost)."""
+    fn()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(calls):
+            fn()
+    times = []
+    for _ in range(20):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) / calls)
+    return sorted(times)[len(times) // 2]
+
+
 def sweep(shapes, ms, log):
     from quantkernels.triton import ops as tops
 
@@ -215,10 +234,13 @@ def table(shapes, ms, log):
             rot(x)  # autotune outside the timing
             t_q = bench(lambda: rot(x))
             t_d = bench(lambda: dense(x))
+            t_qg = bench_graph(lambda: rot(x), rot.copies)
+            t_dg = bench_graph(lambda: dense(x), len(dense.ws))
             gb = (cfg.nbytes(k, n) + 2 * m * (k + n)) / (t_q * 1e-3) / 1e9
             tf = 2 * m * k * n / (t_q * 1e-3) / 1e12
-            rows.append((s, m, t_q * 1e3, t_d * 1e3, t_d / t_q, gb, tf))
-            print(f"{s:>11} m={m:<5} triton {t_q * 1e3:9.1f} us  cublas {t_d * 1e3:9.1f} us  {t_d / t_q:5.2f}x  {gb:7.0f} GB/s {tf:6.1f} TFLOP/s", flush=True)
+            rows.append((s, m, t_q * 1e3, t_d * 1e3, t_d / t_q, gb, tf, t_qg * 1e3, t_dg * 1e3))
+            print(f"{s:>11} m={m:<5} triton {t_q * 1e3:9.1f} us  cublas {t_d * 1e3:9.1f} us  {t_d / t_q:5.2f}x  {gb:7.0f} GB/s {tf:6.1f} TFLOP/s"
+                  f"  | graphs: {t_qg * 1e3:.1f} vs {t_dg * 1e3:.1f} us {t_dg / t_qg:.2f}x", flush=True)
     from quantkernels.triton import ops as tops
 
     chosen = {fam: {str(k): str(v) for k, v in at.cache.items()} for fam, at in tops._autotuners.items()}
@@ -251,9 +273,10 @@ def main():
         with open(os.path.join(a.out, "triton_table.log"), "w") as log:
             rows = table(a.shapes, a.ms, log)
         print("\nint4 g128 sym fp16, median us (do_bench, rotated weights), speedup = cuBLAS / triton")
-        print(f"{'KxN':>11} {'m':>5} {'triton':>9} {'cuBLAS':>9} {'speedup':>7}")
-        for s, m, tq, td, sp, gb, tf in rows:
-            print(f"{s:>11} {m:>5} {tq:9.1f} {td:9.1f} {sp:6.2f}x")
+        print("(graph columns: the same calls replayed from one CUDA graph, i.e. without CPU launch cost)")
+        print(f"{'KxN':>11} {'m':>5} {'triton':>9} {'cuBLAS':>9} {'speedup':>7} {'graph tr':>9} {'graph cb':>9} {'speedup':>7}")
+        for s, m, tq, td, sp, gb, tf, tqg, tdg in rows:
+            print(f"{s:>11} {m:>5} {tq:9.1f} {td:9.1f} {sp:6.2f}x {tqg:9.1f} {tdg:9.1f} {tdg / tqg:6.2f}x")
     sys.exit(1 if fails else 0)
 
 

@@ -17,15 +17,19 @@ Two kernels, one loop body:
   dequantized weight is the left operand (Hopper's wgmma takes it from registers) and a small m only
   pads the MMA's narrow side.
 
+The codes are unpacked either by loading each word once and spreading it over its rows with a
+reshape (``UNPACK_3D``), or by letting every row load its word and shift (redundant addresses, one
+L1 line); which is faster depends on the tile, so it is part of the tuned configuration.
+
 When a K tile lies inside one group (``BLOCK_K <= GROUP_SIZE``, no g_idx), the integer ``q - z`` is
 exact in fp16/bf16 (|q - z| <= 255), the dot runs on it, and the group's scale multiplies the fp32
 partial product: one rounding fewer than dequantizing each weight. Otherwise each weight is
 dequantized as ``(q - z) * s`` in fp32 and rounded once to the activation dtype.
 
-Split-K (``SPLIT_K > 1``): each program adds its fp32 partial tile into ``ws`` (zero on entry) with
-atomics and then bumps the tile's arrival counter ``cnt``; the last program to arrive reads the sum,
-adds the bias and writes ``out``, and puts ``ws`` and ``cnt`` back to zero. One launch, no second
-reduction pass.
+Split-K (``SPLIT_K > 1``): each program adds its fp32 partial tile into ``ws`` (zeroed by the
+caller) with atomics and then bumps the tile's arrival counter ``cnt``; the last program to arrive
+reads the sum, adds the bias and writes ``out`` in the activation dtype. One kernel launch, no
+second reduction pass (the caller's one ``torch.zeros`` covers ``ws`` and ``cnt``).
 
 Limits: BITS in (4, 8); activations fp16/bf16 (fp32 is cast by the caller); ``x`` has unit column
 stride. Test: ``PYTHONPATH=$PWD python -m pytest -q tests/test_triton_backend.py`` (interpreter on
@@ -52,6 +56,7 @@ def _load_weight_tile(
     qw_ptr, s_ptr, z_ptr, gidx_ptr, k0, offs_n, n_mask, N, K,
     BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_GIDX: tl.constexpr,
     TILE_IN_GROUP: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, DTYPE: tl.constexpr,
+    UNPACK_3D: tl.constexpr,
 ):
     """The weight tile ``[BLOCK_K, BLOCK_N]`` starting at input column ``k0`` and its per-column scale.
 
@@ -59,13 +64,24 @@ def _load_weight_tile(
     fp32 scale row ``[BLOCK_N]``; otherwise ``w = (q - z) * s`` already and ``s`` is all ones.
     """
     PER_WORD: tl.constexpr = 32 // BITS
-    offs_w = k0 // PER_WORD + tl.arange(0, BLOCK_K // PER_WORD)
-    words = tl.load(
-        qw_ptr + offs_w[:, None] * N + offs_n[None, :],
-        mask=(offs_w[:, None] < K // PER_WORD) & n_mask[None, :],
-        other=0,
-    )
-    q = _unpack_tile(words, BITS, BLOCK_K, BLOCK_N)
+    if UNPACK_3D:
+        # Each word loaded once, then spread over its PER_WORD rows (a reshape).
+        offs_w = k0 // PER_WORD + tl.arange(0, BLOCK_K // PER_WORD)
+        words = tl.load(
+            qw_ptr + offs_w[:, None] * N + offs_n[None, :],
+            mask=(offs_w[:, None] < K // PER_WORD) & n_mask[None, :],
+            other=0,
+        )
+        q = _unpack_tile(words, BITS, BLOCK_K, BLOCK_N)
+    else:
+        # Each row loads its word (PER_WORD rows share an address, served by L1) and shifts.
+        offs_kk = k0 + tl.arange(0, BLOCK_K)
+        words = tl.load(
+            qw_ptr + (offs_kk[:, None] // PER_WORD) * N + offs_n[None, :],
+            mask=(offs_kk[:, None] < K) & n_mask[None, :],
+            other=0,
+        )
+        q = (words >> ((offs_kk[:, None] % PER_WORD) * BITS)) & ((1 << BITS) - 1)
     if TILE_IN_GROUP:
         g = k0 // GROUP_SIZE
         s = tl.load(s_ptr + g * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)
@@ -110,12 +126,11 @@ def _finish_tile(
         tl.debug_barrier()
         arrived = tl.atomic_add(cnt_ptr + tile_id, 1, sem="acq_rel")
         if arrived == SPLIT_K - 1:
-            # Atomic exchange reads the total from L2 (never a stale L1 line) and re-zeroes ws.
-            total = tl.atomic_xchg(ws_ptr + offs, tl.zeros_like(acc), mask=mask, sem="relaxed")
+            # An atomic read (add 0) comes from L2, never from a stale L1 line.
+            total = tl.atomic_add(ws_ptr + offs, tl.zeros_like(acc), mask=mask, sem="relaxed")
             if HAS_BIAS:
                 total += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
             tl.store(out_ptr + offs, total.to(out_ptr.dtype.element_ty), mask=mask)
-            tl.atomic_xchg(cnt_ptr + tile_id, 0)
 
 
 @triton.jit
@@ -127,12 +142,12 @@ def qgemv_kernel(
     gidx_ptr,  # [K] int32 (HAS_GIDX)
     bias_ptr,  # [N] (HAS_BIAS)
     out_ptr,  # [1, N] x dtype
-    ws_ptr,  # [1, N] fp32, zero (SPLIT_K > 1)
-    cnt_ptr,  # [cdiv(N, BLOCK_N)] int32, zero (SPLIT_K > 1)
+    ws_ptr,  # [1, N] fp32, zero on entry (SPLIT_K > 1)
+    cnt_ptr,  # [cdiv(N, BLOCK_N)] int32, zero on entry (SPLIT_K > 1)
     N, K, M_BUCKET,
     BITS: tl.constexpr, GROUP_SIZE: tl.constexpr,
     HAS_ZEROS: tl.constexpr, HAS_GIDX: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, UNPACK_3D: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -150,7 +165,7 @@ def qgemv_kernel(
         x = tl.load(x_ptr + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)
         w, s = _load_weight_tile(
             qw_ptr, s_ptr, z_ptr, gidx_ptr, k0, offs_n, n_mask, N, K,
-            BITS, GROUP_SIZE, HAS_ZEROS, HAS_GIDX, TILE_IN_GROUP, BLOCK_K, BLOCK_N, tl.float32,
+            BITS, GROUP_SIZE, HAS_ZEROS, HAS_GIDX, TILE_IN_GROUP, BLOCK_K, BLOCK_N, tl.float32, UNPACK_3D,
         )
         if TILE_IN_GROUP:
             w = w * s[None, :]
@@ -168,13 +183,13 @@ def qgemm_kernel(
     gidx_ptr,  # [K] int32 (HAS_GIDX)
     bias_ptr,  # [N] (HAS_BIAS)
     out_ptr,  # [M, N] x dtype, contiguous
-    ws_ptr,  # [M, N] fp32, zero (SPLIT_K > 1)
-    cnt_ptr,  # [cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N)] int32, zero (SPLIT_K > 1)
+    ws_ptr,  # [M, N] fp32, zero on entry (SPLIT_K > 1)
+    cnt_ptr,  # [cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N)] int32, zero on entry (SPLIT_K > 1)
     M, N, K, stride_xm, M_BUCKET,
     BITS: tl.constexpr, GROUP_SIZE: tl.constexpr,
     HAS_ZEROS: tl.constexpr, HAS_GIDX: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, SWAP_AB: tl.constexpr,
+    SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, SWAP_AB: tl.constexpr, UNPACK_3D: tl.constexpr,
 ):
     # Tiles that share weight columns run together (GROUP_M row tiles per column band) for L2 reuse.
     pid = tl.program_id(0)
@@ -211,7 +226,7 @@ def qgemm_kernel(
         )
         w, s = _load_weight_tile(
             qw_ptr, s_ptr, z_ptr, gidx_ptr, k0, offs_n, n_mask, N, K,
-            BITS, GROUP_SIZE, HAS_ZEROS, HAS_GIDX, TILE_IN_GROUP, BLOCK_K, BLOCK_N, DTYPE,
+            BITS, GROUP_SIZE, HAS_ZEROS, HAS_GIDX, TILE_IN_GROUP, BLOCK_K, BLOCK_N, DTYPE, UNPACK_3D,
         )
         if SWAP_AB:
             part = tl.dot(tl.trans(w), tl.trans(x))

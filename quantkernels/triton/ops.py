@@ -42,56 +42,56 @@ def _cfg(num_warps=4, num_stages=3, **meta) -> triton.Config:
 # Candidate configurations per bucket family. Kept short: each one is compiled (about a second)
 # the first time a shape in its bucket runs. Chosen from the sweep in benchmarks/triton_gemm.py.
 GEMV_CONFIGS: List[triton.Config] = [
-    _cfg(BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_warps=w, num_stages=st)
-    for (bn, bk, sk, w, st) in [
-        (64, 128, 1, 4, 3),
-        (32, 128, 1, 4, 3),
-        (128, 64, 1, 4, 3),
-        (64, 128, 2, 4, 3),
-        (64, 128, 4, 4, 3),
-        (32, 128, 4, 4, 4),
-        (128, 128, 1, 8, 3),
-        (128, 128, 4, 8, 3),
+    _cfg(BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, UNPACK_3D=u3, num_warps=w, num_stages=st)
+    for (bn, bk, sk, u3, w, st) in [
+        (32, 128, 4, True, 4, 4),
+        (64, 128, 4, True, 4, 3),
+        (64, 128, 2, True, 4, 3),
+        (32, 128, 4, False, 4, 4),
+        (64, 128, 4, False, 4, 3),
+        (128, 64, 4, False, 4, 3),
+        (64, 128, 8, False, 4, 3),
+        (32, 256, 4, False, 4, 3),
     ]
 ]
 
 
-def _gemm(bm, bn, bk, sk, w, st, swap, gm=8) -> triton.Config:
+def _gemm(bm, bn, bk, sk, w, st, swap, u3=True, gm=8) -> triton.Config:
     return _cfg(
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, GROUP_M=gm, SWAP_AB=swap, num_warps=w, num_stages=st
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, GROUP_M=gm, SWAP_AB=swap, UNPACK_3D=u3,
+        num_warps=w, num_stages=st,
     )
 
 
 GEMM_CONFIGS: Dict[str, List[triton.Config]] = {
     # m <= 16: memory-bound; the weight is the wide MMA side (SWAP_AB), split K to fill the GPU.
     "small": [
-        _gemm(16, 64, 128, 1, 4, 4, True),
-        _gemm(16, 128, 128, 1, 4, 4, True),
+        _gemm(16, 64, 128, 4, 4, 4, True),
         _gemm(16, 64, 128, 2, 4, 4, True),
         _gemm(16, 128, 128, 4, 4, 4, True),
-        _gemm(16, 64, 128, 4, 4, 4, True),
-        _gemm(16, 64, 128, 1, 4, 4, False),
-        _gemm(16, 128, 64, 2, 4, 5, True),
+        _gemm(16, 64, 128, 4, 4, 4, True, False),
+        _gemm(16, 128, 128, 4, 4, 4, True, False),
+        _gemm(16, 64, 256, 4, 4, 3, True, False),
+        _gemm(16, 128, 64, 8, 4, 4, True, False),
     ],
     # 17 <= m <= 64: still mostly memory-bound.
     "medium": [
-        _gemm(32, 128, 128, 1, 4, 4, True),
+        _gemm(64, 64, 128, 4, 4, 4, True),
         _gemm(64, 128, 128, 1, 4, 4, True),
         _gemm(64, 128, 128, 2, 4, 4, True),
-        _gemm(32, 64, 128, 2, 4, 4, True),
-        _gemm(64, 64, 128, 4, 4, 4, True),
-        _gemm(64, 128, 64, 1, 4, 4, False),
-        _gemm(64, 256, 64, 1, 8, 3, False),
+        _gemm(64, 64, 128, 4, 4, 4, True, False),
+        _gemm(64, 128, 128, 2, 4, 4, True, False),
+        _gemm(32, 64, 128, 4, 4, 4, True, False),
     ],
     # m > 64: compute grows; big tiles, no split.
     "large": [
-        _gemm(128, 128, 64, 1, 8, 3, False),
-        _gemm(128, 256, 64, 1, 8, 3, False),
-        _gemm(64, 256, 64, 1, 4, 3, False),
-        _gemm(128, 128, 128, 1, 8, 3, False),
-        _gemm(128, 128, 64, 1, 4, 4, False),
-        _gemm(64, 128, 64, 1, 4, 4, False),
         _gemm(128, 64, 64, 1, 4, 4, False),
+        _gemm(128, 128, 128, 1, 8, 3, False),
+        _gemm(128, 128, 64, 1, 8, 3, True),
+        _gemm(256, 128, 64, 1, 8, 3, True),
+        _gemm(128, 64, 64, 1, 4, 4, True),
+        _gemm(128, 128, 64, 1, 8, 3, True, False),
+        _gemm(128, 128, 64, 1, 8, 3, False, False),
     ],
 }
 
@@ -184,7 +184,7 @@ def triton_linear(
         ws, cnt = out, qweight  # no split-K: never touched
     else:
         # fp32 partial sums [rows, N] then one int32 arrival counter per (16 x 16) output tile, the
-        # smallest tile any configuration uses; zero on entry, the kernel leaves them zero.
+        # smallest tile any configuration uses; zero on entry.
         tiles = triton.cdiv(rows, 16) * triton.cdiv(n, 16)
         buf = torch.zeros(rows * n + tiles, dtype=torch.float32, device=x.device)
         ws, cnt = buf[: rows * n], buf[rows * n :].view(torch.int32)

@@ -154,8 +154,8 @@ def qgemv_kernel(
     TILE_IN_GROUP: tl.constexpr = (BLOCK_K <= GROUP_SIZE) and (not HAS_GIDX)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
-    k_tiles = tl.cdiv(K, BLOCK_K)
-    per_split = tl.cdiv(k_tiles, SPLIT_K)
+    k_tiles = ((K + BLOCK_K - 1) // BLOCK_K)
+    per_split = ((k_tiles + SPLIT_K - 1) // SPLIT_K)
     kt_begin = pid_k * per_split
     kt_end = tl.minimum(kt_begin + per_split, k_tiles)
     acc = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)
@@ -194,8 +194,8 @@ def qgemm_kernel(
     # Tiles that share weight columns run together (GROUP_M row tiles per column band) for L2 reuse.
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_pid_m = ((M + BLOCK_M - 1) // BLOCK_M)
+    num_pid_n = ((N + BLOCK_N - 1) // BLOCK_N)
     width = GROUP_M * num_pid_n
     first_m = (pid // width) * GROUP_M
     group_rows = tl.minimum(num_pid_m - first_m, GROUP_M)
@@ -208,8 +208,8 @@ def qgemm_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_mask = offs_m < M
     n_mask = offs_n < N
-    k_tiles = tl.cdiv(K, BLOCK_K)
-    per_split = tl.cdiv(k_tiles, SPLIT_K)
+    k_tiles = ((K + BLOCK_K - 1) // BLOCK_K)
+    per_split = ((k_tiles + SPLIT_K - 1) // SPLIT_K)
     kt_begin = pid_k * per_split
     kt_end = tl.minimum(kt_begin + per_split, k_tiles)
     if SWAP_AB:

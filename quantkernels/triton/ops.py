@@ -158,6 +158,37 @@ def _launch_meta(family: str) -> dict:
     return meta
 
 
+def _check_args(x, qweight, scales, zeros, g_idx, bias, bits, group_size) -> None:
+    """Raise naming the argument: the kernels read raw pointers and trust these shapes."""
+    name = "quantkernels::triton_linear"
+    if bits not in (4, 8):
+        raise ValueError(f"{name}: bits must be 4 or 8, got {bits}")
+    if x.dim() != 2 or x.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"{name}: x must be 2-D float16/bfloat16 [M, K], got {x.dtype} {tuple(x.shape)}")
+    k = x.shape[1]
+    if qweight.dtype != torch.int32 or qweight.dim() != 2 or qweight.shape[0] * 32 != k * bits:
+        raise ValueError(
+            f"{name}: qweight must be int32 [K*bits/32, N] = [{k * bits // 32}, N], got {qweight.dtype} {tuple(qweight.shape)}"
+        )
+    n = qweight.shape[1]
+    if group_size != -1 and (group_size <= 0 or k % group_size):
+        raise ValueError(f"{name}: group_size must be -1 or divide K={k}, got {group_size}")
+    g = 1 if group_size == -1 else k // group_size
+    if g_idx is not None:  # act_order: any number of groups, as many rows as scales has
+        g = scales.shape[0]
+    if scales.dim() != 2 or scales.shape[1] != n or scales.shape[0] != g:
+        raise ValueError(f"{name}: scales must be [G, N] = [{g}, {n}], got {tuple(scales.shape)}")
+    if zeros is not None and (zeros.dtype != torch.uint8 or tuple(zeros.shape) != tuple(scales.shape)):
+        raise ValueError(f"{name}: zeros must be uint8 {tuple(scales.shape)}, got {zeros.dtype} {tuple(zeros.shape)}")
+    if g_idx is not None and (g_idx.dtype != torch.int32 or tuple(g_idx.shape) != (k,)):
+        raise ValueError(f"{name}: g_idx must be int32 [K] = [{k}], got {g_idx.dtype} {tuple(g_idx.shape)}")
+    if bias is not None and tuple(bias.shape) != (n,):
+        raise ValueError(f"{name}: bias must be [N] = [{n}], got {tuple(bias.shape)}")
+    for t_name, t in (("qweight", qweight), ("scales", scales), ("zeros", zeros), ("g_idx", g_idx), ("bias", bias)):
+        if t is not None and (t.device != x.device or not t.is_contiguous()):
+            raise ValueError(f"{name}: {t_name} must be contiguous and on x's device {x.device}, got {t.device}")
+
+
 @torch.library.triton_op("quantkernels::triton_linear", mutates_args=())
 def triton_linear(
     x: Tensor,
@@ -174,9 +205,14 @@ def triton_linear(
     ``zeros``: uint8 ``[G, N]`` real zero points, or None when all are ``2**(bits-1)``; ``g_idx``:
     int32 ``[K]``, or None when it is ``k // group_size``; ``group_size``: -1 for per channel.
     """
+    _check_args(x, qweight, scales, zeros, g_idx, bias, bits, group_size)
+    if x.stride(1) != 1:
+        x = x.contiguous()
     m, k = x.shape
     n = qweight.shape[1]
     out = x.new_empty((m, n))
+    if m == 0:
+        return out
     family = _family(m)
     bucket = m_bucket(m)
     rows = 1 if family == "gemv" else m

@@ -69,13 +69,13 @@ def check_cases():
         for gs in (32, 64, 128, -1):
             for sym in (True, False):
                 cfg = qk.QuantConfig(bits=bits, group_size=gs, sym=sym)
-                cases.append((cfg, 4096, 14336, torch.float16, bits == 8, (1, 16, 33, 100)))
+                cases.append((cfg, 4096, 14336, torch.float16, bits == 8, (1, 16, 33, 100, 513)))
     for bits, gs, sym in ((4, 128, False), (8, 32, True)):
         cfg = qk.QuantConfig(bits=bits, group_size=gs, sym=sym, act_order=True)
         cases.append((cfg, 14336, 4096, torch.float16, False, (1, 7, 64, 1000)))
     for gs, sym in ((128, True), (64, False)):
         cfg = qk.QuantConfig(bits=4, group_size=gs, sym=sym)
-        cases.append((cfg, 8192, 8192, torch.bfloat16, True, (1, 3, 16, 64, 256)))
+        cases.append((cfg, 8192, 8192, torch.bfloat16, True, (1, 3, 16, 64, 256, 600)))
     cases.append((qk.QuantConfig(bits=4, group_size=-1, sym=False), 1000, 776, torch.float16, True, (1, 5, 129)))
     cases.append((qk.QuantConfig(bits=8, group_size=-1, sym=True), 1000, 776, torch.bfloat16, False, (1, 5, 129)))
     return cases
@@ -87,10 +87,11 @@ def check(log):
 
     # Modest tiles (every format compiles within shared memory), split-K on to exercise the reduce.
     fixed = {
-        "gemv": tops._cfg(BLOCK_N=64, BLOCK_K=128, SPLIT_K=2, UNPACK_3D=False, num_warps=4, num_stages=3),
+        "gemv": tops._cfg(BLOCK_N=64, BLOCK_K=128, SPLIT_K=2, num_warps=4, num_stages=3),
         "small": tops._gemm(16, 64, 128, 2, 4, 3, True),
-        "medium": tops._gemm(32, 64, 64, 2, 4, 3, False, False),
-        "large": tops._gemm(64, 128, 64, 1, 4, 3, False),
+        "medium": tops._gemm(32, 64, 128, 2, 4, 3, False),
+        "large": tops._gemm(64, 128, 128, 1, 4, 3, False),
+        "dequant": tops._cfg(BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=1),
     }
     rows, fails = [], 0
     with tops.force_config(fixed):
@@ -243,8 +244,7 @@ def table(shapes, ms, log):
                   f"  | graphs: {t_qg * 1e3:.1f} vs {t_dg * 1e3:.1f} us {t_dg / t_qg:.2f}x", flush=True)
     from quantkernels.triton import ops as tops
 
-    chosen = {fam: {str(k): str(v) for k, v in at.cache.items()} for fam, at in tops._autotuners.items()}
-    log.write(json.dumps(chosen, indent=1) + "\n")
+    log.write(json.dumps({str(k): str(v) for k, v in tops.CHOSEN.items()}, indent=1) + "\n")
     return rows
 
 

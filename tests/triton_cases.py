@@ -75,10 +75,10 @@ def test_formats_match_reference(bits, group_size, sym):
             assert err <= BOUND[dtype], (bits, group_size, sym, dtype, m, err)
 
 
-@pytest.mark.parametrize("family,m", [("gemv", 1), ("small", 5), ("medium", 40), ("large", 70)])
+@pytest.mark.parametrize("family,m", [("gemv", 1), ("small", 5), ("medium", 40), ("large", 70), ("dequant", 520)])
 def test_every_tuned_config(family, m):
-    # Each configuration autotuning may pick (split-K, swap-AB, both unpack modes, per-element
-    # scales when BLOCK_K > group) is right, on an asymmetric g32 and an 8-bit per-channel layer.
+    # Each configuration the tuner may pick (split-K, swap-AB, per-element scales when BLOCK_K >
+    # group, dequantize + mm) is right, on an asymmetric g32 and an 8-bit per-channel layer.
     for bits, gs, sym in ((4, 32, False), (8, -1, True)):
         layer = make_layer(128, 40, qk.QuantConfig(bits=bits, group_size=gs, sym=sym), bias=True, seed=bits)
         x = torch.randn(m, 128, dtype=torch.float16, device=DEVICE)

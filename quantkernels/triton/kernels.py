@@ -9,18 +9,21 @@ Layout expected (no repacking; see :mod:`quantkernels.formats`):
   only: ``prepare`` unpacks ``qzeros`` once; symmetric layers use the constant ``2**(BITS-1)``).
 * ``gidx`` int32 ``[K]`` (act_order only; otherwise the group of column k is ``k // GROUP_SIZE``).
 
-A K tile of words is never reshaped: slice ``j`` of it (``(words >> j*BITS) & mask``, one value per
-word) holds columns ``PER_WORD * r + j``, so the kernels loop over the PER_WORD slices and pair each
-with the matching strided slice of x. Codes become floats with the ``2**23`` trick (OR the code
-into the mantissa of 2**23, reinterpret as fp32, subtract ``2**23 + z``): exact, no int-to-float
-conversion instruction.
+``qgemv_kernel`` (m = 1) never reshapes a K tile of words: slice ``j`` of it (``(words >> j*BITS) &
+mask``, one value per word) holds columns ``PER_WORD * r + j``, so it loops over the PER_WORD slices
+and pairs each with the matching strided slice of x; codes become floats with the ``2**23`` trick
+(OR the code into the mantissa of 2**23, reinterpret as fp32, subtract ``2**23 + z``): exact, no
+int-to-float conversion. Each program owns ``BLOCK_N`` outputs and one of ``SPLIT_K`` slices of K,
+accumulates in fp32 registers and scales once per K tile.
 
-* ``qgemv_kernel`` (m = 1): each program owns ``BLOCK_N`` outputs and one of ``SPLIT_K`` slices of K
-  and accumulates ``x[k] * (q - z)`` in fp32 registers, scaling once per K tile.
-* ``qgemm_kernel`` (m >= 2): a tiled ``tl.dot`` (one dot per slice, K = BLOCK_K / PER_WORD). With
-  ``SWAP_AB`` it computes ``W @ x.T`` so that the dequantized weight is the left operand (Hopper's
-  wgmma takes it from registers) and a small m only pads the MMA's narrow side.
-* ``dequant_kernel``: ``W.T`` ``[K, N]`` in the activation dtype, for large m (then cuBLAS).
+``qgemm_kernel`` (m >= 2) is a tiled ``tl.dot``; it unpacks a ``[BLOCK_K, BLOCK_N]`` tile either by
+loading each word once and spreading it over its rows with a reshape (``UNPACK_3D``) or by letting
+every row load its word and shift (redundant addresses, one L1 line); both measured better than
+PER_WORD slice-dots (K = 16 each) on the H100. With ``SWAP_AB`` it computes ``W @ x.T`` so that the
+dequantized weight is the left operand (Hopper's wgmma takes it from registers) and a small m only
+pads the MMA's narrow side.
+
+``dequant_kernel`` writes ``W.T`` ``[K, N]`` in the activation dtype, for large m (then cuBLAS).
 
 When a K tile lies inside one group (``BLOCK_K <= GROUP_SIZE``, no g_idx), the integer ``q - z`` is
 exact in fp16/bf16 (|q - z| <= 255), the dots run on it, and the group's scale multiplies the fp32
@@ -32,8 +35,7 @@ bumps the tile's arrival counter ``cnt``; the last program to arrive reads the s
 writes ``out`` in the activation dtype and puts ``ws`` and ``cnt`` back to zero. One launch, no
 second reduction pass; ``ws`` and ``cnt`` must be zero on entry and are zero again on exit.
 
-Limits: BITS in (4, 8); activations fp16/bf16; ``x`` has unit column stride; ``BLOCK_K / PER_WORD``
->= 16 in ``qgemm_kernel`` (an MMA's K). Test: ``PYTHONPATH=$PWD python -m pytest -q
+Limits: BITS in (4, 8); activations fp16/bf16; ``x`` has unit column stride. Test: ``PYTHONPATH=$PWD python -m pytest -q
 tests/test_triton_backend.py`` (interpreter on a CPU); benchmark: ``python benchmarks/triton_gemm.py``.
 """
 
@@ -91,6 +93,72 @@ def _load_words(qw_ptr, wrow, offs_n, n_mask, N, K, PER_WORD: tl.constexpr):
         mask=(wrow[:, None] < K // PER_WORD) & n_mask[None, :],
         other=0,
     )
+
+
+@triton.jit
+def _unpack_tile(words, BITS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    """int32 words ``[BLOCK_K * BITS / 32, BLOCK_N]`` -> int32 codes ``[BLOCK_K, BLOCK_N]``, k-major."""
+    PER_WORD: tl.constexpr = 32 // BITS
+    shifts = tl.arange(0, PER_WORD) * BITS
+    q = (words[:, None, :] >> shifts[None, :, None]) & ((1 << BITS) - 1)
+    return tl.reshape(q, (BLOCK_K, BLOCK_N))
+
+
+@triton.jit
+def _load_weight_tile(
+    qw_ptr, s_ptr, z_ptr, gidx_ptr, k0, offs_n, n_mask, N, K,
+    BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_GIDX: tl.constexpr,
+    TILE_IN_GROUP: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, DTYPE: tl.constexpr,
+    UNPACK_3D: tl.constexpr,
+):
+    """The weight tile ``[BLOCK_K, BLOCK_N]`` starting at input column ``k0`` and its per-column scale.
+
+    Returns ``(w, s)``: with TILE_IN_GROUP, ``w = q - z`` (exact, in DTYPE) and ``s`` is the group's
+    fp32 scale row ``[BLOCK_N]``; otherwise ``w = (q - z) * s`` already and ``s`` is all ones.
+    """
+    PER_WORD: tl.constexpr = 32 // BITS
+    if UNPACK_3D:
+        # Each word loaded once, then spread over its PER_WORD rows (a reshape).
+        offs_w = k0 // PER_WORD + tl.arange(0, BLOCK_K // PER_WORD)
+        words = tl.load(
+            qw_ptr + offs_w[:, None] * N + offs_n[None, :],
+            mask=(offs_w[:, None] < K // PER_WORD) & n_mask[None, :],
+            other=0,
+        )
+        q = _unpack_tile(words, BITS, BLOCK_K, BLOCK_N)
+    else:
+        # Each row loads its word (PER_WORD rows share an address, served by L1) and shifts.
+        offs_kk = k0 + tl.arange(0, BLOCK_K)
+        words = tl.load(
+            qw_ptr + (offs_kk[:, None] // PER_WORD) * N + offs_n[None, :],
+            mask=(offs_kk[:, None] < K) & n_mask[None, :],
+            other=0,
+        )
+        q = (words >> ((offs_kk[:, None] % PER_WORD) * BITS)) & ((1 << BITS) - 1)
+    if TILE_IN_GROUP:
+        g = k0 // GROUP_SIZE
+        s = tl.load(s_ptr + g * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+        if HAS_ZEROS:
+            z = tl.load(z_ptr + g * N + offs_n, mask=n_mask, other=0).to(tl.int32)
+            w = (q - z[None, :]).to(DTYPE)
+        else:
+            w = (q - (1 << (BITS - 1))).to(DTYPE)
+        return w, s
+    else:
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_mask = offs_k < K
+        if HAS_GIDX:
+            g = tl.load(gidx_ptr + offs_k, mask=k_mask, other=0)
+        else:
+            g = offs_k // GROUP_SIZE
+        gmask = k_mask[:, None] & n_mask[None, :]
+        s = tl.load(s_ptr + g[:, None] * N + offs_n[None, :], mask=gmask, other=0.0).to(tl.float32)
+        if HAS_ZEROS:
+            z = tl.load(z_ptr + g[:, None] * N + offs_n[None, :], mask=gmask, other=0).to(tl.int32)
+        else:
+            z = 1 << (BITS - 1)
+        w = ((q - z).to(tl.float32) * s).to(DTYPE)
+        return w, tl.full((BLOCK_N,), 1.0, tl.float32)
 
 
 @triton.jit
@@ -187,29 +255,27 @@ def qgemm_kernel(
     BITS: tl.constexpr, GROUP_SIZE: tl.constexpr,
     HAS_ZEROS: tl.constexpr, HAS_GIDX: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, SWAP_AB: tl.constexpr,
+    SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, SWAP_AB: tl.constexpr, UNPACK_3D: tl.constexpr,
 ):
-    PER_WORD: tl.constexpr = 32 // BITS
-    BKW: tl.constexpr = BLOCK_K // PER_WORD
-    TILE_IN_GROUP: tl.constexpr = (BLOCK_K <= GROUP_SIZE) and (not HAS_GIDX)
-    DTYPE: tl.constexpr = x_ptr.dtype.element_ty
     # Tiles that share weight columns run together (GROUP_M row tiles per column band) for L2 reuse.
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
-    num_pid_m = (M + BLOCK_M - 1) // BLOCK_M
-    num_pid_n = (N + BLOCK_N - 1) // BLOCK_N
+    num_pid_m = ((M + BLOCK_M - 1) // BLOCK_M)
+    num_pid_n = ((N + BLOCK_N - 1) // BLOCK_N)
     width = GROUP_M * num_pid_n
     first_m = (pid // width) * GROUP_M
     group_rows = tl.minimum(num_pid_m - first_m, GROUP_M)
     pid_m = first_m + (pid % width) % group_rows
     pid_n = (pid % width) // group_rows
 
+    DTYPE: tl.constexpr = x_ptr.dtype.element_ty
+    TILE_IN_GROUP: tl.constexpr = (BLOCK_K <= GROUP_SIZE) and (not HAS_GIDX)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_mask = offs_m < M
     n_mask = offs_n < N
-    k_tiles = (K + BLOCK_K - 1) // BLOCK_K
-    per_split = (k_tiles + SPLIT_K - 1) // SPLIT_K
+    k_tiles = ((K + BLOCK_K - 1) // BLOCK_K)
+    per_split = ((k_tiles + SPLIT_K - 1) // SPLIT_K)
     kt_begin = pid_k * per_split
     kt_end = tl.minimum(kt_begin + per_split, k_tiles)
     if SWAP_AB:
@@ -217,34 +283,26 @@ def qgemm_kernel(
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for kt in range(kt_begin, kt_end):
-        wrow = kt * BKW + tl.arange(0, BKW)
-        words = _load_words(qw_ptr, wrow, offs_n, n_mask, N, K, PER_WORD)
-        if TILE_IN_GROUP:
-            s, zf = _tile_zero_scale(s_ptr, z_ptr, (kt * BLOCK_K) // GROUP_SIZE, offs_n, n_mask, N, BITS, HAS_ZEROS)
-            part = tl.zeros_like(acc)
-        for j in tl.static_range(PER_WORD):
-            kk = wrow * PER_WORD + j
-            xj = tl.load(x_ptr + offs_m[:, None] * stride_xm + kk[None, :], mask=m_mask[:, None] & (kk[None, :] < K), other=0.0)
+        k0 = kt * BLOCK_K
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(
+            x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+            mask=m_mask[:, None] & (offs_k[None, :] < K),
+            other=0.0,
+        )
+        w, s = _load_weight_tile(
+            qw_ptr, s_ptr, z_ptr, gidx_ptr, k0, offs_n, n_mask, N, K,
+            BITS, GROUP_SIZE, HAS_ZEROS, HAS_GIDX, TILE_IN_GROUP, BLOCK_K, BLOCK_N, DTYPE, UNPACK_3D,
+        )
+        if SWAP_AB:
+            part = tl.dot(tl.trans(w), tl.trans(x))
             if TILE_IN_GROUP:
-                wj = (_slice(words, j, BITS) - zf[None, :]).to(DTYPE)
-                if SWAP_AB:
-                    part = tl.dot(tl.trans(wj), tl.trans(xj), part)
-                else:
-                    part = tl.dot(xj, wj, part)
-            else:
-                sj, zfj = _slice_zero_scale(
-                    s_ptr, z_ptr, gidx_ptr, kk, offs_n, n_mask, N, K, BITS, GROUP_SIZE, HAS_ZEROS, HAS_GIDX
-                )
-                wj = ((_slice(words, j, BITS) - zfj) * sj).to(DTYPE)
-                if SWAP_AB:
-                    acc = tl.dot(tl.trans(wj), tl.trans(xj), acc)
-                else:
-                    acc = tl.dot(xj, wj, acc)
-        if TILE_IN_GROUP:
-            if SWAP_AB:
-                acc += part * s[:, None]
-            else:
-                acc += part * s[None, :]
+                part = part * s[:, None]
+        else:
+            part = tl.dot(x, w)
+            if TILE_IN_GROUP:
+                part = part * s[None, :]
+        acc += part
     if SWAP_AB:
         acc = tl.trans(acc)
     tile_id = pid_m * num_pid_n + pid_n

@@ -32,7 +32,7 @@ from . import kernels
 INTERPRETED = not isinstance(kernels.qgemm_kernel, triton.runtime.JITFunction)
 
 SPLIT_K_MAX_M = 64  # split-K only for m <= this; larger m has enough output tiles to fill the GPU
-DEQUANT_MIN_M = 512  # from here on: dequantize to W.T, then cuBLAS
+DEQUANT_MIN_M = 256  # from here on: dequantize to W.T, then cuBLAS (measured faster on the H100)
 
 
 def m_bucket(m: int) -> int:
@@ -47,54 +47,52 @@ def _cfg(num_warps=4, num_stages=3, **meta) -> triton.Config:
     return triton.Config(meta, num_warps=num_warps, num_stages=num_stages)
 
 
-def _gemm(bm, bn, bk, sk, w, st, swap, gm=8) -> triton.Config:
-    return _cfg(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, GROUP_M=gm, SWAP_AB=swap, num_warps=w, num_stages=st)
+def _gemm(bm, bn, bk, sk, w, st, swap, u3=True, gm=8) -> triton.Config:
+    return _cfg(
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, GROUP_M=gm, SWAP_AB=swap, UNPACK_3D=u3,
+        num_warps=w, num_stages=st,
+    )
 
 
-# Candidates per family, from the sweep in benchmarks/triton_gemm.py (H100). BLOCK_K is at least 128
-# so that a slice (BLOCK_K / 8 columns for int4) is a full MMA K of 16.
+# Candidates per family, from the sweeps of benchmarks/triton_gemm.py on the H100 (int4 g128 fp16).
 CONFIGS: Dict[str, List[triton.Config]] = {
     "gemv": [
         _cfg(BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_warps=w, num_stages=st)
         for (bn, bk, sk, w, st) in [
+            (64, 128, 8, 4, 3),
             (64, 128, 4, 4, 3),
+            (128, 128, 8, 4, 4),
+            (256, 128, 4, 8, 3),
             (128, 128, 4, 4, 3),
             (64, 256, 4, 4, 3),
-            (128, 256, 2, 4, 3),
-            (64, 128, 8, 4, 3),
-            (256, 128, 4, 8, 3),
-            (128, 128, 8, 4, 4),
-            (32, 256, 4, 4, 4),
         ]
     ],
     # m <= 16: memory-bound; the weight is the wide MMA side (SWAP_AB), split K to fill the GPU.
     "small": [
         _gemm(16, 64, 128, 4, 4, 4, True),
+        _gemm(16, 64, 128, 4, 4, 4, True, False),
         _gemm(16, 128, 128, 4, 4, 4, True),
-        _gemm(16, 64, 256, 4, 4, 3, True),
-        _gemm(16, 128, 256, 2, 4, 3, True),
-        _gemm(16, 64, 128, 8, 4, 4, True),
-        _gemm(16, 128, 128, 2, 8, 4, True),
-        _gemm(16, 64, 128, 4, 4, 4, False),
+        _gemm(16, 64, 128, 2, 4, 4, True),
+        _gemm(16, 128, 128, 4, 4, 4, True, False),
+        _gemm(16, 128, 64, 8, 4, 4, True, False),
     ],
     # 17 <= m <= 64: still mostly memory-bound.
     "medium": [
-        _gemm(32, 64, 128, 4, 4, 4, True),
         _gemm(64, 64, 128, 4, 4, 4, True),
+        _gemm(64, 128, 128, 1, 4, 4, True),
         _gemm(64, 128, 128, 2, 4, 4, True),
-        _gemm(64, 128, 128, 4, 8, 3, True),
-        _gemm(32, 128, 256, 2, 4, 3, True),
-        _gemm(64, 64, 128, 4, 4, 4, False),
+        _gemm(64, 64, 128, 4, 4, 4, True, False),
+        _gemm(32, 64, 128, 4, 4, 4, True, False),
     ],
     # 64 < m < DEQUANT_MIN_M: big tiles, no split.
     "large": [
-        _gemm(128, 128, 128, 1, 8, 3, True),
-        _gemm(256, 128, 128, 1, 8, 3, True),
-        _gemm(128, 64, 128, 1, 4, 3, True),
+        _gemm(128, 64, 64, 1, 4, 4, False),
         _gemm(128, 128, 128, 1, 8, 3, False),
-        _gemm(64, 128, 128, 1, 4, 4, True),
+        _gemm(128, 128, 64, 1, 8, 3, True),
+        _gemm(128, 64, 64, 1, 4, 4, True),
+        _gemm(64, 128, 64, 1, 4, 4, False),
     ],
-    "dequant": [_cfg(BLOCK_N=bn, BLOCK_K=bk, num_warps=4, num_stages=1) for (bn, bk) in [(128, 64), (256, 64), (128, 128)]],
+    "dequant": [_cfg(BLOCK_N=bn, BLOCK_K=bk, num_warps=4, num_stages=1) for (bn, bk) in [(128, 64), (256, 64)]],
 }
 
 CHOSEN: Dict[Tuple, triton.Config] = {}

@@ -154,8 +154,19 @@ class QuantLinear(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errs):
         self._restore_portable()
+        n_errs = len(errs)
+        for name in ("qweight", "qzeros", "g_idx"):
+            t = state_dict.get(prefix + name)
+            if t is not None and t.dtype != torch.int32:
+                errs.append(f"QuantLinear: {prefix}{name} must be torch.int32, got {t.dtype}")
+        for name in ("scales", "bias"):
+            # Float buffers take the checkpoint's dtype, so that loading is bit-exact.
+            t, mine = state_dict.get(prefix + name), getattr(self, name, None)
+            if t is not None and mine is not None and t.is_floating_point() and t.dtype != mine.dtype:
+                setattr(self, name, torch.empty_like(mine, dtype=t.dtype))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errs)
-        self._after_load()
+        if len(errs) == n_errs:  # otherwise load_state_dict raises with the collected messages
+            self._after_load()
 
     def _apply(self, fn, recurse=True):
         self._restore_portable()
@@ -181,11 +192,26 @@ class QuantLinear(nn.Module):
         self._prepare(name)
 
     def _activation_dtype_guess(self) -> torch.dtype:
-        return self.scales.dtype if self.scales.dtype in FLOAT_DTYPES else torch.float32
+        """The activation dtype to prepare for at load. On a GPU, the scales' (half-precision models);
+        on the CPU, the bias's (it follows the model's dtype), else float32. A wrong guess costs
+        one repack at the first call."""
+        if self.qweight.device.type != "cpu":
+            return self.scales.dtype
+        if self.bias is not None and self.bias.dtype in FLOAT_DTYPES:
+            return self.bias.dtype
+        return torch.float32
 
     def _prepare(self, name: str):
         if name not in self._prepared:
-            self._prepared[name] = backends.get(name).prepare(self)
+            holder, _ = self._replacing_backend()
+            if holder is not None:
+                # Another backend's layout stands in for qweight: every other backend reads the
+                # portable form, so bring it back (one conversion) before preparing this one.
+                self._restore_portable()
+            state = backends.get(name).prepare(self)
+            if getattr(state, "replaces_qweight", False):
+                self._prepared = {}  # states prepared earlier may hold the portable qweight
+            self._prepared[name] = state
         return self._prepared[name]
 
     def check_buffers(self) -> None:

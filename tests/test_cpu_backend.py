@@ -296,3 +296,15 @@ def test_opcheck(op):
     else:
         args = (x, st.w, st.scales, st.zeros, st.bias, cfg.bits, -1)
         torch.library.opcheck(torch.ops.quantkernels.cpu_linear_int8, args)
+
+
+@pytest.mark.parametrize("cfg", [QuantConfig(4, 64, sym=False, act_order=True), QuantConfig(8, -1, act_bits=8)], ids=_id)
+def test_torch_compile_fullgraph(cfg):
+    torch._dynamo.reset()
+    layer, portable = make_layer(cfg, 256, 72, seed=11, act_order=cfg.act_order)
+    x = torch.randn(5, 256)
+    eager = layer(x)
+    assert layer._last_backend == "cpu"
+    with torch.no_grad():
+        compiled = torch.compile(layer, fullgraph=True)(x)
+    assert torch.equal(compiled, eager)

@@ -46,10 +46,15 @@ def _round_up(v: int, m: int) -> int:
 
 
 def _grouping_reason(layer) -> Optional[str]:
-    """Why the layer's g_idx cannot be served by sorting columns, or None. Cached per g_idx version."""
+    """Why the layer's g_idx cannot be served by sorting columns, or None. Cached per g_idx version.
+
+    Under torch.compile the tensors are symbolic: the answer cached when the layer was loaded
+    (eagerly, by QuantLinear's load-time backend choice) is used as is."""
+    cached = getattr(layer, "_cpu_grouping_check", None)
+    if torch.compiler.is_compiling():
+        return None if cached is None else cached[1]
     g = layer.g_idx
     key = (id(g), g._version, g.data_ptr())
-    cached = getattr(layer, "_cpu_grouping_check", None)
     if cached is not None and cached[0] == key:
         return cached[1]
     k = layer.in_features
@@ -95,13 +100,18 @@ def _int8_layout_to_codes(w: torch.Tensor, bits: int, n: int, k: int) -> torch.T
 class CpuBackend:
     name = "cpu"
 
+    def __init__(self):
+        self._reason: Optional[str] = None
+        self._checked = False
+
     def unavailable_reason(self):
-        reason = _ext.unavailable_reason()
-        if reason is not None:
-            return reason
-        if not hasattr(torch.ops.quantkernels, "cpu_linear_float"):
-            return "quantkernels._C has no CPU kernels registered (rebuild the extension)"
-        return None
+        # Computed once (loading the extension is not traceable by torch.compile).
+        if not self._checked:
+            reason = _ext.unavailable_reason()
+            if reason is None and not hasattr(torch.ops.quantkernels, "cpu_linear_float"):
+                reason = "quantkernels._C has no CPU kernels registered (rebuild the extension)"
+            self._reason, self._checked = reason, True
+        return self._reason
 
     def supports(self, layer, x):
         if x.device.type != "cpu":

@@ -154,8 +154,19 @@ class QuantLinear(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errs):
         self._restore_portable()
+        n_errs = len(errs)
+        for name in ("qweight", "qzeros", "g_idx"):
+            t = state_dict.get(prefix + name)
+            if t is not None and t.dtype != torch.int32:
+                errs.append(f"QuantLinear: {prefix}{name} must be torch.int32, got {t.dtype}")
+        for name in ("scales", "bias"):
+            # Float buffers take the checkpoint's dtype, so that loading is bit-exact.
+            t, mine = state_dict.get(prefix + name), getattr(self, name, None)
+            if t is not None and mine is not None and t.is_floating_point() and t.dtype != mine.dtype:
+                setattr(self, name, torch.empty_like(mine, dtype=t.dtype))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errs)
-        self._after_load()
+        if len(errs) == n_errs:  # otherwise load_state_dict raises with the collected messages
+            self._after_load()
 
     def _apply(self, fn, recurse=True):
         self._restore_portable()

@@ -143,7 +143,7 @@ def dequantize(
     gi = g_idx.to(torch.int64)
     s = scales.to(torch.float32)[gi]  # [K, N]
     z = zeros[gi]
-    return ((codes - z) * s).t().to(dtype)
+    return ((codes - z) * s).t().to(dtype).contiguous()
 
 
 def linear(

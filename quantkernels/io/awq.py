@@ -29,7 +29,7 @@ from ..formats import QuantConfig, trivial_g_idx
 from ..nn import QuantLinear
 from .config import CheckpointConfig, CheckpointError
 from .files import TensorFiles
-from .gptq import FLOAT_DTYPES
+from .gptq import FLOAT_DTYPES, make_layer
 
 ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble i holds channel 8j + ORDER[i]
 _INVERSE = tuple(ORDER.index(c) for c in range(8))  # channel c sits in nibble _INVERSE[c]
@@ -78,12 +78,6 @@ def read_layer(
         raise CheckpointError(f"tensor {prefix}.bias must be a float tensor of shape ({n},), got {bias.dtype} {tuple(bias.shape)}")
     codes = unpack_along_n(qweight)  # [K, N]
     zeros = unpack_along_n(qzeros)  # [G, N]
-    layer = QuantLinear(k, n, cfg, bias=bias is not None, device="meta", dtype=scales.dtype)
-    layer.qweight = torch.ops.quantkernels.pack(codes, 4, 0).to(device)
-    layer.qzeros = torch.ops.quantkernels.pack(zeros, 4, 1).to(device)
-    layer.scales = scales.contiguous().to(device)
-    layer.g_idx = trivial_g_idx(k, ckpt.group_size).to(device)
-    if bias is not None:
-        layer.bias = bias.to(device)
-    layer._after_load()
-    return layer, None
+    pack = torch.ops.quantkernels.pack
+    g_idx = trivial_g_idx(k, ckpt.group_size)
+    return make_layer(cfg, pack(codes, 4, 0), pack(zeros, 4, 1), scales, g_idx, bias, device), None

@@ -154,16 +154,22 @@ def read_layer(
     if cfg.sym and not bool((_unpack(qzeros, bits, 1) == (1 << (bits - 1))).all()):
         # sym=true but per-group zeros: the zeros are what the tensors mean; record them as asymmetric.
         cfg = QuantConfig(bits=bits, group_size=cfg.group_size, sym=False, act_order=cfg.act_order, scale_dtype=cfg.scale_dtype)
-    layer = QuantLinear(k, n, cfg, bias=t["bias"] is not None, device="meta", dtype=t["scales"].dtype)
-    g_idx = t["g_idx"]
-    layer.qweight = t["qweight"].to(device)
+    g_idx = t["g_idx"].to(torch.int32) if t["g_idx"] is not None else trivial_g_idx(k, ckpt.group_size)
+    return make_layer(cfg, t["qweight"], qzeros, t["scales"], g_idx, t["bias"], device), evidence
+
+
+def make_layer(cfg: QuantConfig, qweight, qzeros, scales, g_idx, bias, device) -> QuantLinear:
+    """A ``QuantLinear`` holding these portable tensors (already checked against each other)."""
+    k, n = g_idx.numel(), scales.shape[1]
+    layer = QuantLinear(k, n, cfg, bias=bias is not None, device="meta", dtype=scales.dtype)
+    layer.qweight = qweight.contiguous().to(device)
     layer.qzeros = qzeros.contiguous().to(device)
-    layer.scales = t["scales"].to(device)
-    layer.g_idx = (g_idx.to(torch.int32) if g_idx is not None else trivial_g_idx(k, ckpt.group_size)).to(device)
-    if t["bias"] is not None:
-        layer.bias = t["bias"].to(device)
+    layer.scales = scales.contiguous().to(device)
+    layer.g_idx = g_idx.contiguous().to(device)
+    if bias is not None:
+        layer.bias = bias.to(device)
     layer._after_load()
-    return layer, evidence
+    return layer
 
 
 def recentre_zero_groups(prefix: str, layer_tensors: Dict[str, torch.Tensor], bits: int) -> Dict[str, torch.Tensor]:

@@ -192,11 +192,25 @@ class QuantLinear(nn.Module):
         self._prepare(name)
 
     def _activation_dtype_guess(self) -> torch.dtype:
-        return self.scales.dtype if self.scales.dtype in FLOAT_DTYPES else torch.float32
+        """The activation dtype to prepare for at load: the bias's (it follows the model's dtype),
+        else float32 on the CPU and the scales' dtype elsewhere. A wrong guess costs one repack."""
+        if self.bias is not None and self.bias.dtype in FLOAT_DTYPES:
+            return self.bias.dtype
+        if self.qweight.device.type == "cpu":
+            return torch.float32
+        return self.scales.dtype
 
     def _prepare(self, name: str):
         if name not in self._prepared:
-            self._prepared[name] = backends.get(name).prepare(self)
+            holder, _ = self._replacing_backend()
+            if holder is not None:
+                # Another backend's layout stands in for qweight: every other backend reads the
+                # portable form, so bring it back (one conversion) before preparing this one.
+                self._restore_portable()
+            state = backends.get(name).prepare(self)
+            if getattr(state, "replaces_qweight", False):
+                self._prepared = {}  # states prepared earlier may hold the portable qweight
+            self._prepared[name] = state
         return self._prepared[name]
 
     def check_buffers(self) -> None:

@@ -109,6 +109,36 @@ torch.library.register_autograd("quantkernels::linear", _linear_backward, setup_
 # ---------------------------------------------------------------------------------------------------
 # CUDA backend ops (layouts in csrc/cuda/; kernels registered by csrc/bindings/cuda_ops.cpp).
 # ---------------------------------------------------------------------------------------------------
+# ``qweight`` is the mma-shuffled int32 layout [N/16, K/KC, 32, 4] (KC = 64 for 4 bits, 32 for 8;
+# csrc/cuda/wxa16.h); ``scales``/``zeros`` are [G, N/16, 8, 2] in the activation dtype; ``kgroup``
+# is the int32 group of each run of 16 sorted input columns (None: column // group_size). ``tile``
+# (-1: automatic) forces one of the GEMM's tile shapes, for tuning (benchmarks/gpu_gemm.py).
+# ``workspace`` is a float32 buffer of zeros that lets the GEMM split K over blocks; the kernel
+# leaves it all zeros again (values unchanged, so it is not declared as mutated); ``ksplit``
+# (-1: automatic) forces the number of blocks along K.
+_define(
+    "cuda_wxa16_gemm(Tensor x, Tensor qweight, Tensor scales, Tensor? zeros, Tensor? kgroup, int group_size,"
+    " Tensor? bias, int bits, Tensor? workspace=None, int tile=-1, int ksplit=-1) -> Tensor"
+)
+_define(
+    "cuda_wxa16_dequantize(Tensor qweight, Tensor scales, Tensor? zeros, Tensor? kgroup, int group_size,"
+    " int bits) -> Tensor"
+)
+
+
+def _cuda_chunk_cols(bits):
+    return 64 if bits == 4 else 32
+
+
+@torch.library.register_fake("quantkernels::cuda_wxa16_gemm")
+def _cuda_wxa16_gemm_fake(x, qweight, scales, zeros, kgroup, group_size, bias, bits, workspace=None, tile=-1, ksplit=-1):
+    return x.new_empty((x.shape[0], qweight.shape[0] * 16))
+
+
+@torch.library.register_fake("quantkernels::cuda_wxa16_dequantize")
+def _cuda_wxa16_dequantize_fake(qweight, scales, zeros, kgroup, group_size, bits):
+    return scales.new_empty((qweight.shape[0] * 16, qweight.shape[1] * _cuda_chunk_cols(bits)))
+
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -252,3 +252,59 @@ def test_device_mismatch_is_reported():
     x = torch.randn(2, 256, device="meta")
     with pytest.raises(ValueError, match="is on meta but the layer's weights are on cpu"):
         q(x)
+
+
+class _ReplacingBackend:
+    """A stand-in for a native backend whose layout replaces the portable qweight (here: the words
+    reversed along K, an invertible repack), to test QuantLinear's bookkeeping without native code."""
+
+    name = "cpu"
+
+    class State:
+        replaces_qweight = True
+
+        def __init__(self, packed):
+            self.packed = packed
+
+    def unavailable_reason(self):
+        return None
+
+    def supports(self, layer, x):
+        return None if x.dtype == torch.float32 else "float32 only"
+
+    def prepare(self, layer):
+        state = self.State(layer.qweight.flip(0).clone())
+        layer.qweight = torch.empty(0, dtype=torch.int32)
+        return state
+
+    def to_portable(self, layer, state):
+        return {"qweight": state.packed.flip(0), "qzeros": layer.qzeros, "scales": layer.scales, "g_idx": layer.g_idx}
+
+    def linear(self, layer, state, x2d):
+        w = torch.ops.quantkernels.dequantize(
+            state.packed.flip(0), layer.qzeros, layer.scales, layer.g_idx, layer.config.bits, torch.float32
+        )
+        out = x2d @ w.t()
+        return out if layer.bias is None else out + layer.bias
+
+
+def test_backend_that_replaces_qweight(monkeypatch):
+    monkeypatch.setitem(backends._cache, "cpu", _ReplacingBackend())
+    lin, q_ref = make()
+    q = QuantLinear.from_linear(lin, q_ref.config)
+    portable = q_ref.state_dict()
+    assert "cpu" in q._prepared and q.qweight.numel() == 0  # repacked once, no second copy
+    x = torch.randn(3, 256)
+    assert rel_err(q(x), q_ref(x)) < 1e-6 and q._last_backend == "cpu"
+    # the saved form is always the portable one
+    assert all(torch.equal(v, portable[k]) for k, v in q.state_dict().items())
+    assert torch.equal(q.dequantize(torch.float32), q_ref.dequantize(torch.float32))
+    # a call the replacing backend cannot serve gets the portable form back
+    y16 = q(x.to(torch.bfloat16))
+    assert q._last_backend == "reference" and q.qweight.shape == portable["qweight"].shape
+    assert rel_err(y16, q_ref(x.to(torch.bfloat16))) == 0
+    # and the replacing backend repacks again when it is next chosen
+    assert rel_err(q(x), q_ref(x)) < 1e-6 and q.qweight.numel() == 0
+    assert torch.equal(pickle.loads(pickle.dumps(q)).state_dict()["qweight"], portable["qweight"])
+    q2 = copy.deepcopy(q).to(torch.bfloat16)
+    assert q2.state_dict()["qweight"].shape == portable["qweight"].shape

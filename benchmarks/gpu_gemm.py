@@ -1,0 +1,314 @@
+"""Benchmark of the CUDA backend against cuBLAS (dense fp16/bf16) and torch's int4 tinygemm.
+
+    PYTHONPATH=$PWD python benchmarks/gpu_gemm.py [--quick] [--out DIR]
+
+Per (K, N, m, format, dtype): median time (CUDA events around a captured CUDA graph of many calls
+that cycle through enough copies of the weights to exceed the L2 cache, so every call reads its
+weights from HBM), effective GB/s (weights + scales + activations + output, each read or written
+once), TFLOP/s (2 m N K / time), and speedup over cuBLAS of the same dtype and over tinygemm
+(bf16 activations: that kernel takes no fp16), both timed in the same run. The `triton` column is
+QuantLinear with ``layer.backend = "triton"`` when that backend is available.
+
+For m >= 64 it also times both CUDA paths (the fused mma kernel and dequantize + cuBLAS) to set
+``quantkernels.backends.cuda.GEMM_MAX_M``. The table goes to stdout (and DIR/gpu_gemm.md, .csv).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import math
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from quantkernels import QuantConfig, backends, reference  # noqa: E402
+from quantkernels.backends import cuda as qk_cuda  # noqa: E402
+from quantkernels.nn import QuantLinear  # noqa: E402
+
+# (K, N) = (in_features, out_features): LLaMA-3-8B / Mistral-7B projections and a 70B-class layer.
+SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (8192, 8192), (8192, 28672), (28672, 8192)]
+M_LIST = [1, 4, 16, 64, 256, 1024, 4096]
+L2_BYTES = 50 * 2**20
+
+
+def time_us(fns, target_ms=8.0, replays=10):
+    """Median per-call µs: a CUDA graph of R calls cycling through ``fns`` (one per weight copy),
+    replayed ``replays`` times after a warm-up; falls back to an eager loop if capture fails."""
+    for f in fns:  # warm-up: lazy init, cuBLAS handles, autotuning
+        f()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for f in fns:
+        f()
+    torch.cuda.synchronize()
+    est = max((time.perf_counter() - t0) / len(fns), 1e-6)
+    reps = max(len(fns), min(400, math.ceil(target_ms * 1e-3 / est)))
+    reps = math.ceil(reps / len(fns)) * len(fns)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    try:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.stream(stream):
+            with torch.cuda.graph(graph, stream=stream):
+                for i in range(reps):
+                    fns[i % len(fns)]()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph.replay()
+        run = graph.replay
+        mode = "graph"
+    except Exception as e:  # noqa: BLE001  (a backend that cannot be captured is timed eagerly)
+        print(f"  (graph capture failed: {type(e).__name__}: {str(e)[:80]}; timing eagerly)", flush=True)
+
+        def run():
+            for i in range(reps):
+                fns[i % len(fns)]()
+
+        mode = "eager"
+    times = []
+    for _ in range(replays):
+        start.record()
+        run()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / reps)
+    return statistics.median(times), mode
+
+
+def copies_for(nbytes):
+    return max(1, math.ceil(2.5 * L2_BYTES / nbytes))
+
+
+@dataclasses.dataclass
+class Row:
+    K: int
+    N: int
+    m: int
+    fmt: str
+    dtype: str
+    us: float
+    gbs: float
+    tflops: float
+    cublas_us: float
+    speedup: float
+    tinygemm_us: float = float("nan")
+    vs_tinygemm: float = float("nan")
+    triton_us: float = float("nan")
+    fused_us: float = float("nan")
+    dq_cublas_us: float = float("nan")
+
+
+def make_quant(k, n, bits, group_size, device="cuda"):
+    torch.manual_seed(k * 7 + n)
+    w = torch.randn(n, k, device=device) * 0.02
+    return reference.quantize(w, bits, group_size, True, torch.float16)  # codes, scales, zeros
+
+
+def prepared_copies(codes, scales, zeros, cfg, ncopies):
+    layer = QuantLinear.from_codes(codes, scales, zeros, cfg)
+    layer.backend = "cuda"
+    state = layer._prepared["cuda"]
+    states = [state]
+    for _ in range(ncopies - 1):
+        states.append(
+            dataclasses.replace(
+                state,
+                qweight=state.qweight.clone(),
+                scales={d: s.clone() for d, s in state.scales.items()},
+            )
+        )
+    return layer, states
+
+
+def tinygemm_copies(codes, k, n, ncopies):
+    """torch's int4 kernel: codes [N, K] -> its packed layout; scales/zeros bf16 [K/128, N, 2]."""
+    try:
+        packed_u8 = ((codes[:, 1::2] << 4) | codes[:, ::2]).to(torch.uint8).contiguous()
+        sz = torch.rand(k // 128, n, 2, device="cuda", dtype=torch.bfloat16) * 0.01
+        out = []
+        for _ in range(ncopies):
+            p = torch.ops.aten._convert_weight_to_int4pack(packed_u8, 8)
+            out.append((p, sz.clone()))
+        return out, None
+    except Exception as e:  # noqa: BLE001
+        return None, f"{type(e).__name__}: {str(e)[:100]}"
+
+
+def sweep_tiles(shapes, out_dir):
+    """Time every GEMM tile shape (the kernel's `tile` argument) per (shape, m) to set auto_tile in
+    csrc/cuda/wxa16_gemm_sm80.cu, and dequantize + cuBLAS to set GEMM_MAX_M."""
+    n_tiles_total = 6
+    lines = []
+    for k, n in shapes:
+        for bits, gs in ((4, 128), (8, -1)):
+            codes, scales, zeros = make_quant(k, n, bits, gs)
+            cfg = QuantConfig(bits=bits, group_size=gs, sym=True)
+            qbytes = n * k * bits // 8 + scales.numel() * 2
+            _, states = prepared_copies(codes, scales, zeros, cfg, copies_for(qbytes))
+            gsz = states[0].group_size
+            for m in ((1, 4, 8, 16, 32, 64, 128, 256) if bits == 4 else (1, 16)):
+                x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+                res = {}
+                tiles = range(n_tiles_total) if m <= 16 else (3, 4, 5)
+                ws = None  # no split over blocks (see csrc/cuda/wxa16_gemm_sm80.cu, launch)
+                for tile in tiles:
+                    res[f"t{tile}"], _ = time_us([
+                        lambda s=s, tile=tile: torch.ops.quantkernels.cuda_wxa16_gemm(
+                            x, s.qweight, s.scales[x.dtype], None, None, gsz, None, bits, ws, tile) for s in states])
+                res["auto"], _ = time_us([
+                    lambda s=s: torch.ops.quantkernels.cuda_wxa16_gemm(
+                        x, s.qweight, s.scales[x.dtype], None, None, gsz, None, bits, ws) for s in states])
+                if m >= 64:
+                    res["dq+cublas"], _ = time_us([
+                        lambda s=s: torch.nn.functional.linear(x, torch.ops.quantkernels.cuda_wxa16_dequantize(
+                            s.qweight, s.scales[x.dtype], None, None, gsz, bits)) for s in states])
+                best = min((v, key) for key, v in res.items())
+                line = f"{k}x{n} int{bits} m={m}: " + " ".join(f"{key}={v:.1f}" for key, v in res.items())
+                line += f"  best={best[1]}"
+                print(line, flush=True)
+                lines.append(line)
+            del states
+            torch.cuda.empty_cache()
+    if out_dir:
+        with open(os.path.join(out_dir, "tile_sweep.txt"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="two shapes, m in 1,16,64,256,1024")
+    ap.add_argument("--out", default=os.environ.get("OUT"), help="directory for gpu_gemm.md/.csv")
+    ap.add_argument("--no-triton", action="store_true")
+    ap.add_argument("--sweep", action="store_true", help="time every GEMM tile shape instead (tuning)")
+    args = ap.parse_args()
+    if args.sweep:
+        print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
+        sweep_tiles(SHAPES, args.out)
+        return
+    shapes = [(4096, 4096), (8192, 28672)] if args.quick else SHAPES
+    m_list = [1, 16, 64, 256, 1024] if args.quick else M_LIST
+    dev = torch.cuda.get_device_name()
+    print(f"# {dev}, torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
+    triton_reason = "disabled" if args.no_triton else backends.unavailable_reason("triton")
+    print(f"# triton backend: {'available' if triton_reason is None else triton_reason}", flush=True)
+
+    rows = []
+    for k, n in shapes:
+        t_shape = time.perf_counter()
+        codes4, scales4, zeros4 = make_quant(k, n, 4, 128)
+        cfg4 = QuantConfig(bits=4, group_size=128, sym=True)
+        q4_bytes = n * k // 2 + scales4.numel() * 2
+        layer4, states4 = prepared_copies(codes4, scales4, zeros4, cfg4, copies_for(q4_bytes))
+        codes8, scales8, zeros8 = make_quant(k, n, 8, -1)
+        cfg8 = QuantConfig(bits=8, group_size=-1, sym=True)
+        q8_bytes = n * k + scales8.numel() * 2
+        layer8, states8 = prepared_copies(codes8, scales8, zeros8, cfg8, copies_for(q8_bytes))
+        dense = {}
+        for dt in (torch.float16, torch.bfloat16):
+            w = reference.dequantize(layer4.portable_tensors()["qweight"], layer4.qzeros, scales4, layer4.g_idx, 4, dt)
+            dense[dt] = [w] + [w.clone() for _ in range(copies_for(n * k * 2) - 1)]
+        tg, tg_err = tinygemm_copies(codes4, k, n, copies_for(q4_bytes))
+        if tg is None:
+            print(f"# tinygemm unavailable: {tg_err}", flush=True)
+        triton_layers = None
+        if triton_reason is None:
+            saved = os.environ.get(backends.ENV_VAR)
+            os.environ[backends.ENV_VAR] = "triton"  # only the triton backend prepares these layers
+            try:
+                triton_layers = []
+                for _ in range(copies_for(q4_bytes)):
+                    lay = QuantLinear.from_codes(codes4, scales4, zeros4, cfg4)
+                    lay.backend = "triton"
+                    triton_layers.append(lay)
+            except Exception as e:  # noqa: BLE001
+                print(f"# triton layers failed: {type(e).__name__}: {e}", flush=True)
+                triton_layers = None
+            finally:
+                if saved is None:
+                    del os.environ[backends.ENV_VAR]
+                else:
+                    os.environ[backends.ENV_VAR] = saved
+
+        for m in m_list:
+            for dt in (torch.float16, torch.bfloat16):
+                x = torch.randn(m, k, device="cuda", dtype=dt)
+                cub_us, _ = time_us([lambda w=w: torch.nn.functional.linear(x, w) for w in dense[dt]])
+                us, mode = time_us([lambda s=s: qk_cuda.BACKEND.linear(layer4, s, x) for s in states4])
+                act = (m * k + m * n) * 2
+                row = Row(k, n, m, "int4-g128", str(dt).split(".")[-1], us, (q4_bytes + act) / us / 1e3,
+                          2 * m * n * k / us / 1e6, cub_us, cub_us / us)
+                if dt == torch.bfloat16 and tg is not None:
+                    row.tinygemm_us, _ = time_us(
+                        [lambda p=p, sz=sz: torch.ops.aten._weight_int4pack_mm(x, p, 128, sz) for p, sz in tg]
+                    )
+                    row.vs_tinygemm = row.tinygemm_us / us
+                if dt == torch.float16 and triton_layers is not None:
+                    try:
+                        row.triton_us, _ = time_us([lambda lay=lay: lay(x) for lay in triton_layers])
+                    except Exception as e:  # noqa: BLE001
+                        print(f"# triton failed at m={m}: {type(e).__name__}: {e}", flush=True)
+                if m in (64, 256):  # both CUDA paths, for the dispatch threshold
+                    s0 = states4[0]
+                    row.fused_us, _ = time_us([
+                        lambda s=s: torch.ops.quantkernels.cuda_wxa16_gemm(
+                            x, s.qweight, s.scales[dt], None, None, 128, None, 4) for s in states4])
+                    row.dq_cublas_us, _ = time_us([
+                        lambda s=s: torch.nn.functional.linear(x, torch.ops.quantkernels.cuda_wxa16_dequantize(
+                            s.qweight, s.scales[dt], None, None, 128, 4)) for s in states4])
+                    del s0
+                rows.append(row)
+                print(f"  {k}x{n} m={m} {row.dtype} int4: {us:.1f} us ({mode}), cuBLAS {cub_us:.1f} us, "
+                      f"x{row.speedup:.2f}", flush=True)
+            if m <= 64:
+                x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+                cub = next(r.cublas_us for r in rows if r.K == k and r.N == n and r.m == m and r.dtype == "float16")
+                us8, _ = time_us([lambda s=s: qk_cuda.BACKEND.linear(layer8, s, x) for s in states8])
+                act = (m * k + m * n) * 2
+                rows.append(Row(k, n, m, "int8-ch", "float16", us8, (q8_bytes + act) / us8 / 1e3,
+                                2 * m * n * k / us8 / 1e6, cub, cub / us8))
+        del states4, states8, dense, tg, triton_layers
+        torch.cuda.empty_cache()
+        print(f"# shape {k}x{n} done in {time.perf_counter() - t_shape:.0f} s", flush=True)
+
+    header = ["K", "N", "m", "format", "dtype", "µs", "GB/s", "TFLOP/s", "cuBLAS µs", "vs cuBLAS",
+              "tinygemm µs", "vs tinygemm", "triton µs", "fused µs", "dq+cuBLAS µs"]
+
+    def fmt(v):
+        if isinstance(v, float):
+            return "-" if math.isnan(v) else (f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 1000 else f"{v:.0f}")
+        return str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        vals = [r.K, r.N, r.m, r.fmt, r.dtype.replace("float", "f"), r.us, r.gbs, r.tflops, r.cublas_us, r.speedup,
+                r.tinygemm_us, r.vs_tinygemm, r.triton_us, r.fused_us, r.dq_cublas_us]
+        lines.append("| " + " | ".join(fmt(v) for v in vals) + " |")
+    table = "\n".join(lines)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "gpu_gemm.md"), "w") as f:
+            f.write(f"{dev}, torch {torch.__version__}\n\n{table}\n")
+        with open(os.path.join(args.out, "gpu_gemm.csv"), "w", newline="") as f:
+            wr = csv.writer(f)
+            wr.writerow([fl.name for fl in dataclasses.fields(Row)])
+            for r in rows:
+                wr.writerow(dataclasses.astuple(r))
+    print(table)
+    # bf16 vs fp16 of our kernel, per point (target: within 5%)
+    worst = max(
+        ((r.us / next(q.us for q in rows if (q.K, q.N, q.m, q.fmt, q.dtype) == (r.K, r.N, r.m, r.fmt, "float16")), r)
+         for r in rows if r.dtype == "bfloat16"),
+        key=lambda pair: pair[0],
+    )
+    print(f"# worst bf16/fp16 time ratio: {worst[0]:.3f} at {worst[1].K}x{worst[1].N} m={worst[1].m}")
+
+
+if __name__ == "__main__":
+    main()

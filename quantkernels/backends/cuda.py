@@ -1,0 +1,233 @@
+"""The CUDA backend: hand-written W4A16 / W8A16 kernels (``csrc/cuda/``) behind ``QuantLinear``.
+
+Serves 4- and 8-bit weights (any group size, symmetric or asymmetric, with or without act_order)
+with float16 or bfloat16 activations on NVIDIA GPUs of compute capability 8.0 or newer.
+
+At ``prepare`` the portable ``qweight`` is replaced by the *mma-shuffled* layout (bit by bit in
+``csrc/cuda/wxa16.h``; :func:`shuffle` / :func:`unshuffle` below are its pack/unpack pair), so the
+GPU holds one copy of the weights; :meth:`CudaBackend.to_portable` rebuilds the exact portable
+tensors. With act_order the input columns are sorted by group once here, and each call permutes
+the activation's columns to match.
+
+Dispatch by the number of rows m of the activation:
+
+* ``m <= GEMM_MAX_M``: ``quantkernels::cuda_wxa16_gemm``, one tensor-core kernel (mma.sync
+  m16n8k16, weights as the A operand, dequantized in registers, fp32 accumulation) that reads the
+  weights once per 64 rows; its tile shape (8..64 rows a pass) is chosen by m inside the kernel.
+* larger m: ``quantkernels::cuda_wxa16_dequantize`` to a dense fp16/bf16 weight, then cuBLAS.
+
+``GEMM_MAX_M`` comes from ``benchmarks/gpu_gemm.py`` on an H100 (see ``benchmarks/NOTES_gpu.md``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, Optional
+
+import torch
+
+from .. import _ext
+from ..formats import is_trivial_g_idx
+from ..reference import pack, unpack
+
+ACT_DTYPES = (torch.float16, torch.bfloat16)
+GEMM_MAX_M = 128  # largest m for the fused kernel: it wins at 128 and loses at 256 on an H100
+
+
+def workspace_floats(m: int, n: int) -> int:
+    """Size of the zeroed float32 workspace the GEMM needs to split K over blocks (``ksplit > 1``).
+
+    The backend does not split (it measured slower on an H100, benchmarks/NOTES_gpu.md); the
+    option stays for tuning on other GPUs."""
+    return m * n + (n // 16) * ((m + 7) // 8)
+
+
+def chunk_cols(bits: int) -> int:
+    """Input columns per chunk of the shuffled layout (one 16-byte slice per lane)."""
+    return 64 if bits == 4 else 32
+
+
+# Nibble of q[r_h, k_i] inside a 4-bit run word: h + _NIB4[i] (see wxa16.h).
+_NIB4 = (0, 4, 2, 6)
+
+
+def _shifts(bits: int, device) -> torch.Tensor:
+    if bits == 4:  # [h, i] -> 4 * (h + _NIB4[i])
+        s = [[4 * (h + _NIB4[i]) for i in range(4)] for h in range(2)]
+        return torch.tensor(s, dtype=torch.int64, device=device).view(1, 2, 1, 1, 1, 1, 4)
+    # 8 bits: [h, i & 1] -> 8 * (2h + (i & 1))
+    s = [[8 * (2 * h + b) for b in range(2)] for h in range(2)]
+    return torch.tensor(s, dtype=torch.int64, device=device).view(1, 2, 1, 1, 1, 1, 1, 2)
+
+
+def _to_int32(words: torch.Tensor) -> torch.Tensor:
+    """int64 holding unsigned 32-bit patterns -> int32 with the same bits."""
+    return torch.where(words >= (1 << 31), words - (1 << 32), words).to(torch.int32)
+
+
+def shuffle(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Codes ``[N, K]`` (uint8, sorted columns) -> mma-shuffled int32 ``[N/16, K/KC, 32, 4]``."""
+    n, k = codes.shape
+    kc = chunk_cols(bits)
+    if n % 16 or k % kc:
+        raise ValueError(f"shuffle: need N % 16 == 0 and K % {kc} == 0 for {bits}-bit, got N={n}, K={k}")
+    c = codes.to(torch.int64)
+    if bits == 4:  # [nt, h, g, kc, t, j, i], k = KC*kc + 16t + 4j + i
+        c = c.view(n // 16, 2, 8, k // kc, 4, 4, 4)
+        words = (c << _shifts(4, c.device)).sum(dim=(1, 6))  # [nt, g, kc, t, j]
+        words = words.permute(0, 2, 1, 3, 4)  # [nt, kc, g, t, j]
+    else:  # [nt, h, g, kc, t, j, w, b], k = KC*kc + 8t + 4j + 2w + b
+        c = c.view(n // 16, 2, 8, k // kc, 4, 2, 2, 2)
+        words = (c << _shifts(8, c.device)).sum(dim=(1, 7))  # [nt, g, kc, t, j, w]
+        words = words.permute(0, 2, 1, 3, 4, 5)  # [nt, kc, g, t, j, w]
+    return _to_int32(words.reshape(n // 16, k // kc, 32, 4)).contiguous()
+
+
+def unshuffle(qweight: torch.Tensor, bits: int) -> torch.Tensor:
+    """Inverse of :func:`shuffle`: ``[N/16, K/KC, 32, 4]`` int32 -> codes ``[N, K]`` uint8."""
+    nt, nc = qweight.shape[:2]
+    kc = chunk_cols(bits)
+    w = qweight.to(torch.int64) & 0xFFFFFFFF
+    if bits == 4:
+        w = w.view(nt, nc, 8, 4, 4).permute(0, 2, 1, 3, 4)  # [nt, g, kc, t, j]
+        c = (w.unsqueeze(1).unsqueeze(-1) >> _shifts(4, w.device)) & 0xF  # [nt, h, g, kc, t, j, i]
+    else:
+        w = w.view(nt, nc, 8, 4, 2, 2).permute(0, 2, 1, 3, 4, 5)  # [nt, g, kc, t, j, w]
+        c = (w.unsqueeze(1).unsqueeze(-1) >> _shifts(8, w.device)) & 0xFF  # [nt, h, g, kc, t, j, w, b]
+    return c.reshape(nt * 16, nc * kc).to(torch.uint8)
+
+
+def shuffle_pairs(t: torch.Tensor) -> torch.Tensor:
+    """Per-(group, row) values ``[G, N]`` -> ``[G, N/16, 8, 2]``: (row 16nt+g, row 16nt+g+8) pairs."""
+    g, n = t.shape
+    return t.view(g, n // 16, 2, 8).transpose(2, 3).contiguous()
+
+
+@dataclasses.dataclass
+class CudaState:
+    """The layer's weights in the kernels' layout, on the layer's device."""
+
+    replaces_qweight: bool
+    qweight: Optional[torch.Tensor] = None  # [N/16, K/KC, 32, 4] int32
+    scales: Dict[torch.dtype, torch.Tensor] = dataclasses.field(default_factory=dict)  # per act dtype
+    zeros: Dict[torch.dtype, Optional[torch.Tensor]] = dataclasses.field(default_factory=dict)
+    bias: Dict[torch.dtype, Optional[torch.Tensor]] = dataclasses.field(default_factory=dict)
+    kgroup: Optional[torch.Tensor] = None  # [K/16] int32, only with act_order
+    group_size: int = 0  # effective group size (K for per-channel)
+    perm: Optional[torch.Tensor] = None  # sorted column -> original column (act_order)
+    unsupported: Optional[str] = None  # found at prepare: the reference serves instead
+
+
+class CudaBackend:
+    name = "cuda"
+
+    def unavailable_reason(self) -> Optional[str]:
+        if not torch.cuda.is_available():
+            return "no CUDA device (torch.cuda.is_available() is False)"
+        reason = _ext.unavailable_reason()
+        if reason is not None:
+            return reason
+        if not _ext.build_info().get("cuda", False):
+            return "quantkernels._C was built without CUDA kernels (rebuild with QUANTKERNELS_BUILD_CUDA=1)"
+        if not torch._C._dispatch_has_kernel_for_dispatch_key("quantkernels::cuda_wxa16_gemm", "CUDA"):
+            return "quantkernels._C has no CUDA kernel for quantkernels::cuda_wxa16_gemm"
+        major, minor = torch.cuda.get_device_capability()
+        if major < 8:
+            return f"the CUDA kernels need compute capability 8.0 or newer, this GPU has {major}.{minor}"
+        return None
+
+    def supports(self, layer, x) -> Optional[str]:
+        cfg = layer.config
+        if x.device.type != "cuda":
+            return f"activation is on {x.device}, not a CUDA device"
+        if x.dtype not in ACT_DTYPES:
+            return f"activation dtype {x.dtype} is not float16/bfloat16"
+        if cfg.bits not in (4, 8):
+            return f"{cfg.bits}-bit weights are not served by the CUDA kernels (4 and 8 are)"
+        if cfg.act_bits is not None:
+            return "dynamic int8 activations (act_bits=8) are not served by the CUDA kernels"
+        kc = chunk_cols(cfg.bits)
+        if layer.out_features % 16 or layer.in_features % kc:
+            return (
+                f"the CUDA kernels need out_features % 16 == 0 and in_features % {kc} == 0 for {cfg.bits}-bit "
+                f"weights, got N={layer.out_features}, K={layer.in_features}"
+            )
+        state = layer._prepared.get(self.name)
+        if state is not None and state.unsupported:
+            return state.unsupported
+        return None
+
+    def prepare(self, layer) -> CudaState:
+        cfg = layer.config
+        t = layer.portable_tensors()
+        n, k = layer.out_features, layer.in_features
+        gs = cfg.effective_group_size(k)
+        g_idx = t["g_idx"]
+        perm = kgroup = None
+        if not is_trivial_g_idx(g_idx, cfg.group_size):
+            perm = torch.argsort(g_idx.to(torch.int64), stable=True)
+            runs = g_idx[perm].view(k // 16, 16)
+            if not bool((runs == runs[:, :1]).all()):
+                # Some group has a size that is not a multiple of 16: no kernel layout for it.
+                return CudaState(
+                    replaces_qweight=False,
+                    unsupported="g_idx has a group whose size is not a multiple of 16 (the CUDA kernels need that)",
+                )
+            kgroup = runs[:, 0].to(torch.int32).contiguous()
+            perm = perm.contiguous()
+        codes = unpack(t["qweight"], cfg.bits, dim=0).t()  # [N, K]
+        if perm is not None:
+            codes = codes[:, perm]
+        zeros = unpack(t["qzeros"], cfg.bits, dim=1)  # [G, N] uint8
+        symmetric = bool((zeros == (1 << (cfg.bits - 1))).all())
+        state = CudaState(replaces_qweight=True, kgroup=kgroup, group_size=gs, perm=perm)
+        state.qweight = shuffle(codes.contiguous(), cfg.bits)
+        for dt in ACT_DTYPES:
+            state.scales[dt] = shuffle_pairs(t["scales"].to(dt))
+            state.zeros[dt] = None if symmetric else shuffle_pairs(zeros.to(dt))
+            state.bias[dt] = None if layer.bias is None else layer.bias.to(dt).contiguous()
+        # The shuffled copy replaces the portable one: a placeholder keeps the device and dtype.
+        layer.qweight = torch.empty(0, dtype=torch.int32, device=state.qweight.device)
+        return state
+
+    def to_portable(self, layer, state: CudaState) -> dict:
+        codes = unshuffle(state.qweight, layer.config.bits)  # [N, K], sorted columns
+        if state.perm is not None:
+            unsorted = torch.empty_like(codes)
+            unsorted[:, state.perm] = codes
+            codes = unsorted
+        qweight = pack(codes.t().contiguous(), layer.config.bits, dim=0)
+        return {"qweight": qweight, "qzeros": layer.qzeros, "scales": layer.scales, "g_idx": layer.g_idx}
+
+    def dequantize(self, layer, state: CudaState, dtype: torch.dtype) -> torch.Tensor:
+        kdt = dtype if dtype in ACT_DTYPES else torch.float16 if layer.scales.dtype != torch.bfloat16 else torch.bfloat16
+        w = torch.ops.quantkernels.cuda_wxa16_dequantize(
+            state.qweight, state.scales[kdt], state.zeros[kdt], state.kgroup, state.group_size, layer.config.bits
+        )
+        if state.perm is not None:
+            unsorted = torch.empty_like(w)
+            unsorted[:, state.perm] = w
+            w = unsorted
+        return w.to(dtype)
+
+    def linear(self, layer, state: CudaState, x2d: torch.Tensor) -> torch.Tensor:
+        if state.unsupported:
+            from .reference import BACKEND as reference
+
+            return reference.linear(layer, None, x2d)
+        dt = x2d.dtype
+        if state.perm is not None:
+            x2d = x2d.index_select(1, state.perm)
+        bits = layer.config.bits
+        if x2d.shape[0] <= GEMM_MAX_M:
+            return torch.ops.quantkernels.cuda_wxa16_gemm(
+                x2d, state.qweight, state.scales[dt], state.zeros[dt], state.kgroup, state.group_size,
+                state.bias[dt], bits,
+            )
+        w = torch.ops.quantkernels.cuda_wxa16_dequantize(
+            state.qweight, state.scales[dt], state.zeros[dt], state.kgroup, state.group_size, bits
+        )
+        return torch.nn.functional.linear(x2d, w, state.bias[dt])
+
+
+BACKEND = CudaBackend()

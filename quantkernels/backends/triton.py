@@ -1,0 +1,125 @@
+"""The ``triton`` backend: W4A16 / W8A16 on Triton kernels (:mod:`quantkernels.triton`).
+
+It serves CUDA (or ROCm) tensors whenever triton is installed and can target the GPU; the registry
+puts it after ``cuda``, so it takes the calls the CUDA extension cannot serve. On a CPU it serves only
+when the kernels run under ``TRITON_INTERPRET=1`` and the backend is forced (``layer.backend =
+"triton"`` or ``QUANTKERNELS_BACKEND=triton``): that is how the CPU CI tests it, and it is never
+picked automatically there because the interpreter is slow.
+
+triton is imported lazily, at the first ``prepare``/``linear``; the availability checks only look
+for the package, so that the registry's probing never pays triton's import time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import sys
+from typing import Optional
+
+import torch
+
+from ..formats import is_trivial_g_idx
+
+_ACT_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _interpreter_on() -> bool:
+    """True when the kernels are (or, once imported, will be) built for the Triton interpreter."""
+    mod = sys.modules.get("quantkernels.triton.ops")
+    if mod is not None:
+        return mod.INTERPRETED
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+@dataclasses.dataclass
+class TritonState:
+    """What ``prepare`` computed once: the kernels read ``qweight`` and ``scales`` as they are."""
+
+    zeros: Optional[torch.Tensor]  # uint8 [G, N] real zero points; None when all are 2**(bits-1)
+    g_idx: Optional[torch.Tensor]  # int32 [K]; None when it is k // group_size
+
+
+_UNSET = object()
+
+
+class TritonBackend:
+    name = "triton"
+
+    def __init__(self):
+        # Machine facts, looked up once: the registry asks on every call, also while torch.compile
+        # traces, and dynamo cannot trace importlib or the CUDA queries.
+        self._machine_reason = _UNSET
+        self._bf16 = _UNSET
+
+    def _machine(self) -> Optional[str]:
+        if self._machine_reason is _UNSET:
+            if importlib.util.find_spec("triton") is None:
+                self._machine_reason = "triton not installed (pip install triton)"
+            elif not torch.cuda.is_available():
+                self._machine_reason = (
+                    "no GPU triton can target (torch.cuda.is_available() is False); "
+                    "TRITON_INTERPRET=1 runs the kernels on the CPU, for tests only"
+                )
+            else:
+                self._machine_reason = None
+        return self._machine_reason
+
+    def unavailable_reason(self) -> Optional[str]:
+        reason = self._machine()
+        if reason is None or (not reason.startswith("triton not") and _interpreter_on()):
+            return None
+        return reason
+
+    def supports(self, layer, x) -> Optional[str]:
+        cfg = layer.config
+        if cfg.bits not in (4, 8):
+            return f"the triton kernels cover 4- and 8-bit weights, not {cfg.bits}-bit"
+        if cfg.act_bits is not None:
+            return "the triton kernels take float activations (W4A16/W8A16), not dynamic int8 activations"
+        if x.dtype not in _ACT_DTYPES:
+            return f"the triton kernels take float16/bfloat16 activations, got {x.dtype}"
+        if x.device.type == "cpu":
+            if not _interpreter_on():
+                return "CPU tensors run only under TRITON_INTERPRET=1"
+            from . import forced_backend
+
+            if forced_backend(layer) != self.name:
+                return "the triton interpreter serves CPU tensors only when the backend is forced (tests)"
+            return None
+        if x.device.type != "cuda":
+            return f"the triton backend serves CUDA tensors, got {x.device.type}"
+        if x.dtype == torch.bfloat16:
+            if self._bf16 is _UNSET:
+                self._bf16 = torch.cuda.is_bf16_supported()
+            if not self._bf16:
+                return "this GPU has no bfloat16 tensor-core support"
+        return None
+
+    def prepare(self, layer) -> TritonState:
+        from ..reference import unpack
+
+        bits = layer.config.bits
+        zeros = unpack(layer.qzeros, bits, dim=1)  # uint8 [G, N]
+        if bool((zeros == (1 << (bits - 1))).all()):
+            zeros = None  # symmetric: the kernels use the constant zero point
+        g_idx = None if is_trivial_g_idx(layer.g_idx, layer.config.group_size) else layer.g_idx.contiguous()
+        return TritonState(zeros=None if zeros is None else zeros.contiguous(), g_idx=g_idx)
+
+    def linear(self, layer, state: TritonState, x2d: torch.Tensor) -> torch.Tensor:
+        import quantkernels.triton  # noqa: F401  (defines quantkernels::triton_linear; imports triton)
+
+        return torch.ops.quantkernels.triton_linear(
+            x2d,
+            layer.qweight,
+            layer.scales,
+            state.zeros,
+            state.g_idx,
+            layer.bias,
+            layer.config.bits,
+            layer.config.group_size,
+        )
+
+
+BACKEND = TritonBackend()

@@ -1,0 +1,333 @@
+"""Triton kernels for W4A16 / W8A16 linear layers on the portable format: ``out = x @ W.T + bias``.
+
+Layout expected (no repacking; see :mod:`quantkernels.formats`):
+
+* ``qw``   int32 ``[K * BITS / 32, N]``: codes packed along K, LSB first: value j of word row r is
+  input column ``PER_WORD * r + j`` (``PER_WORD = 32 / BITS``). Consecutive n are consecutive words,
+  so ``BLOCK_K / PER_WORD`` word rows by ``BLOCK_N`` columns is a coalesced load.
+* ``s``    ``[G, N]`` scales (fp16/bf16/fp32), ``z`` uint8 ``[G, N]`` real zero points (asymmetric
+  only: ``prepare`` unpacks ``qzeros`` once; symmetric layers use the constant ``2**(BITS-1)``).
+* ``gidx`` int32 ``[K]`` (act_order only; otherwise the group of column k is ``k // GROUP_SIZE``).
+
+``qgemv_kernel`` (m = 1) never reshapes a K tile of words: slice ``j`` of it (``(words >> j*BITS) &
+mask``, one value per word) holds columns ``PER_WORD * r + j``, so it loops over the PER_WORD slices
+and pairs each with the matching strided slice of x; codes become floats with the ``2**23`` trick
+(OR the code into the mantissa of 2**23, reinterpret as fp32, subtract ``2**23 + z``): exact, no
+int-to-float conversion. Each program owns ``BLOCK_N`` outputs and one of ``SPLIT_K`` slices of K,
+accumulates in fp32 registers and scales once per K tile.
+
+``qgemm_kernel`` (m >= 2) is a tiled ``tl.dot``; it unpacks a ``[BLOCK_K, BLOCK_N]`` tile either by
+loading each word once and spreading it over its rows with a reshape (``UNPACK_3D``) or by letting
+every row load its word and shift (redundant addresses, one L1 line); both measured better than
+PER_WORD slice-dots (K = 16 each) on the H100. With ``SWAP_AB`` it computes ``W @ x.T`` so that the
+dequantized weight is the left operand (Hopper's wgmma takes it from registers) and a small m only
+pads the MMA's narrow side.
+
+``dequant_kernel`` writes ``W.T`` ``[K, N]`` in the activation dtype, for large m (then cuBLAS).
+
+When a K tile lies inside one group (``BLOCK_K <= GROUP_SIZE``, no g_idx), the integer ``q - z`` is
+exact in fp16/bf16 (|q - z| <= 255), the dots run on it, and the group's scale multiplies the fp32
+partial product: one rounding fewer than dequantizing each weight. Otherwise each weight is
+dequantized as ``(q - z) * s`` in fp32 and rounded once to the activation dtype.
+
+Split-K (``SPLIT_K > 1``): each program adds its fp32 partial tile into ``ws`` with atomics and then
+bumps the tile's arrival counter ``cnt``; the last program to arrive reads the sum, adds the bias,
+writes ``out`` in the activation dtype and puts ``ws`` and ``cnt`` back to zero. One launch, no
+second reduction pass; ``ws`` and ``cnt`` must be zero on entry and are zero again on exit.
+
+Limits: BITS in (4, 8); activations fp16/bf16; ``x`` has unit column stride. Test: ``PYTHONPATH=$PWD python -m pytest -q
+tests/test_triton_backend.py`` (interpreter on a CPU); benchmark: ``python benchmarks/triton_gemm.py``.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+_MAGIC = tl.constexpr(0x4B000000)  # bit pattern of 2.0**23 in fp32
+_MAGIC_F = tl.constexpr(8388608.0)
+
+
+@triton.jit
+def _slice(words, j: tl.constexpr, BITS: tl.constexpr):
+    """Value j of every word, as the exact fp32 ``2**23 + code``."""
+    q = ((words >> (j * BITS)) & ((1 << BITS) - 1)) | _MAGIC
+    return q.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _tile_zero_scale(s_ptr, z_ptr, g, offs_n, n_mask, N, BITS: tl.constexpr, HAS_ZEROS: tl.constexpr):
+    """Row g's scales and ``2**23 + z`` (fp32, ``[BLOCK_N]``)."""
+    s = tl.load(s_ptr + g * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+    if HAS_ZEROS:
+        zf = tl.load(z_ptr + g * N + offs_n, mask=n_mask, other=0).to(tl.float32) + _MAGIC_F
+    else:
+        zf = tl.zeros_like(s) + (_MAGIC_F + (1 << (BITS - 1)))
+    return s, zf
+
+
+@triton.jit
+def _slice_zero_scale(
+    s_ptr, z_ptr, gidx_ptr, kk, offs_n, n_mask, N, K,
+    BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_GIDX: tl.constexpr,
+):
+    """Per-weight scales and ``2**23 + z`` (fp32 ``[len(kk), BLOCK_N]``) for input columns kk."""
+    k_mask = kk < K
+    if HAS_GIDX:
+        g = tl.load(gidx_ptr + kk, mask=k_mask, other=0)
+    else:
+        g = kk // GROUP_SIZE
+    gmask = k_mask[:, None] & n_mask[None, :]
+    s = tl.load(s_ptr + g[:, None] * N + offs_n[None, :], mask=gmask, other=0.0).to(tl.float32)
+    if HAS_ZEROS:
+        zf = tl.load(z_ptr + g[:, None] * N + offs_n[None, :], mask=gmask, other=0).to(tl.float32) + _MAGIC_F
+    else:
+        zf = tl.zeros_like(s) + (_MAGIC_F + (1 << (BITS - 1)))
+    return s, zf
+
+
+@triton.jit
+def _load_words(qw_ptr, wrow, offs_n, n_mask, N, K, PER_WORD: tl.constexpr):
+    return tl.load(
+        qw_ptr + wrow[:, None] * N + offs_n[None, :],
+        mask=(wrow[:, None] < K // PER_WORD) & n_mask[None, :],
+        other=0,
+    )
+
+
+@triton.jit
+def _unpack_tile(words, BITS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    """int32 words ``[BLOCK_K * BITS / 32, BLOCK_N]`` -> int32 codes ``[BLOCK_K, BLOCK_N]``, k-major."""
+    PER_WORD: tl.constexpr = 32 // BITS
+    shifts = tl.arange(0, PER_WORD) * BITS
+    q = (words[:, None, :] >> shifts[None, :, None]) & ((1 << BITS) - 1)
+    return tl.reshape(q, (BLOCK_K, BLOCK_N))
+
+
+@triton.jit
+def _load_weight_tile(
+    qw_ptr, s_ptr, z_ptr, gidx_ptr, k0, offs_n, n_mask, N, K,
+    BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_GIDX: tl.constexpr,
+    TILE_IN_GROUP: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, DTYPE: tl.constexpr,
+    UNPACK_3D: tl.constexpr,
+):
+    """The weight tile ``[BLOCK_K, BLOCK_N]`` starting at input column ``k0`` and its per-column scale.
+
+    Returns ``(w, s)``: with TILE_IN_GROUP, ``w = q - z`` (exact, in DTYPE) and ``s`` is the group's
+    fp32 scale row ``[BLOCK_N]``; otherwise ``w = (q - z) * s`` already and ``s`` is all ones.
+    """
+    PER_WORD: tl.constexpr = 32 // BITS
+    if UNPACK_3D:
+        # Each word loaded once, then spread over its PER_WORD rows (a reshape).
+        offs_w = k0 // PER_WORD + tl.arange(0, BLOCK_K // PER_WORD)
+        words = tl.load(
+            qw_ptr + offs_w[:, None] * N + offs_n[None, :],
+            mask=(offs_w[:, None] < K // PER_WORD) & n_mask[None, :],
+            other=0,
+        )
+        q = _unpack_tile(words, BITS, BLOCK_K, BLOCK_N)
+    else:
+        # Each row loads its word (PER_WORD rows share an address, served by L1) and shifts.
+        offs_kk = k0 + tl.arange(0, BLOCK_K)
+        words = tl.load(
+            qw_ptr + (offs_kk[:, None] // PER_WORD) * N + offs_n[None, :],
+            mask=(offs_kk[:, None] < K) & n_mask[None, :],
+            other=0,
+        )
+        q = (words >> ((offs_kk[:, None] % PER_WORD) * BITS)) & ((1 << BITS) - 1)
+    if TILE_IN_GROUP:
+        g = k0 // GROUP_SIZE
+        s = tl.load(s_ptr + g * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+        if HAS_ZEROS:
+            z = tl.load(z_ptr + g * N + offs_n, mask=n_mask, other=0).to(tl.int32)
+            w = (q - z[None, :]).to(DTYPE)
+        else:
+            w = (q - (1 << (BITS - 1))).to(DTYPE)
+        return w, s
+    else:
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_mask = offs_k < K
+        if HAS_GIDX:
+            g = tl.load(gidx_ptr + offs_k, mask=k_mask, other=0)
+        else:
+            g = offs_k // GROUP_SIZE
+        gmask = k_mask[:, None] & n_mask[None, :]
+        s = tl.load(s_ptr + g[:, None] * N + offs_n[None, :], mask=gmask, other=0.0).to(tl.float32)
+        if HAS_ZEROS:
+            z = tl.load(z_ptr + g[:, None] * N + offs_n[None, :], mask=gmask, other=0).to(tl.int32)
+        else:
+            z = 1 << (BITS - 1)
+        w = ((q - z).to(tl.float32) * s).to(DTYPE)
+        return w, tl.full((BLOCK_N,), 1.0, tl.float32)
+
+
+@triton.jit
+def _finish_tile(
+    acc, offs_m, offs_n, tile_id, M, N, out_ptr, bias_ptr, ws_ptr, cnt_ptr,
+    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
+):
+    """Write the fp32 tile ``acc [BM, BN]`` (+ bias) to ``out``, reducing over the K splits first."""
+    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    offs = offs_m[:, None] * N + offs_n[None, :]
+    if SPLIT_K == 1:
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+        tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.atomic_add(ws_ptr + offs, acc, mask=mask, sem="relaxed")
+        # Every thread's partial sums are issued before one thread publishes the arrival.
+        tl.debug_barrier()
+        arrived = tl.atomic_add(cnt_ptr + tile_id, 1, sem="acq_rel")
+        if arrived == SPLIT_K - 1:
+            # An atomic read (add 0) comes from L2, never from a stale L1 line.
+            total = tl.atomic_add(ws_ptr + offs, tl.zeros_like(acc), mask=mask, sem="relaxed")
+            if HAS_BIAS:
+                total += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+            tl.store(out_ptr + offs, total.to(out_ptr.dtype.element_ty), mask=mask)
+            # Leave the workspace as found: zero (the next launch may reuse it).
+            tl.store(ws_ptr + offs, tl.zeros_like(acc), mask=mask)
+            tl.store(cnt_ptr + tile_id, 0)
+
+
+@triton.jit
+def qgemv_kernel(
+    x_ptr,  # [1, K] fp16/bf16
+    qw_ptr,  # [K * BITS / 32, N] int32
+    s_ptr,  # [G, N] fp16/bf16/fp32
+    z_ptr,  # [G, N] uint8 (HAS_ZEROS)
+    gidx_ptr,  # [K] int32 (HAS_GIDX)
+    bias_ptr,  # [N] (HAS_BIAS)
+    out_ptr,  # [1, N] x dtype
+    ws_ptr,  # [1, N] fp32, zero on entry and exit (SPLIT_K > 1)
+    cnt_ptr,  # [cdiv(N, BLOCK_N)] int32, zero on entry and exit (SPLIT_K > 1)
+    N, K,
+    BITS: tl.constexpr, GROUP_SIZE: tl.constexpr,
+    HAS_ZEROS: tl.constexpr, HAS_GIDX: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+):
+    PER_WORD: tl.constexpr = 32 // BITS
+    BKW: tl.constexpr = BLOCK_K // PER_WORD
+    TILE_IN_GROUP: tl.constexpr = (BLOCK_K <= GROUP_SIZE) and (not HAS_GIDX)
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    k_tiles = (K + BLOCK_K - 1) // BLOCK_K
+    per_split = (k_tiles + SPLIT_K - 1) // SPLIT_K
+    kt_begin = pid_k * per_split
+    kt_end = tl.minimum(kt_begin + per_split, k_tiles)
+    acc = tl.zeros((BKW, BLOCK_N), dtype=tl.float32)
+    for kt in range(kt_begin, kt_end):
+        wrow = kt * BKW + tl.arange(0, BKW)
+        words = _load_words(qw_ptr, wrow, offs_n, n_mask, N, K, PER_WORD)
+        if TILE_IN_GROUP:
+            s, zf = _tile_zero_scale(s_ptr, z_ptr, (kt * BLOCK_K) // GROUP_SIZE, offs_n, n_mask, N, BITS, HAS_ZEROS)
+            part = tl.zeros((BKW, BLOCK_N), dtype=tl.float32)
+            for j in tl.static_range(PER_WORD):
+                kk = wrow * PER_WORD + j
+                xj = tl.load(x_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
+                part += xj[:, None] * (_slice(words, j, BITS) - zf[None, :])
+            acc += part * s[None, :]
+        else:
+            for j in tl.static_range(PER_WORD):
+                kk = wrow * PER_WORD + j
+                xj = tl.load(x_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
+                sj, zfj = _slice_zero_scale(
+                    s_ptr, z_ptr, gidx_ptr, kk, offs_n, n_mask, N, K, BITS, GROUP_SIZE, HAS_ZEROS, HAS_GIDX
+                )
+                acc += xj[:, None] * ((_slice(words, j, BITS) - zfj) * sj)
+    out = tl.sum(acc, axis=0)[None, :]
+    _finish_tile(out, tl.arange(0, 1), offs_n, pid_n, 1, N, out_ptr, bias_ptr, ws_ptr, cnt_ptr, HAS_BIAS, SPLIT_K)
+
+
+@triton.jit
+def qgemm_kernel(
+    x_ptr,  # [M, K] fp16/bf16, row stride stride_xm
+    qw_ptr,  # [K * BITS / 32, N] int32
+    s_ptr,  # [G, N] fp16/bf16/fp32
+    z_ptr,  # [G, N] uint8 (HAS_ZEROS)
+    gidx_ptr,  # [K] int32 (HAS_GIDX)
+    bias_ptr,  # [N] (HAS_BIAS)
+    out_ptr,  # [M, N] x dtype, contiguous
+    ws_ptr,  # [M, N] fp32, zero on entry and exit (SPLIT_K > 1)
+    cnt_ptr,  # [cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N)] int32, zero on entry and exit (SPLIT_K > 1)
+    M, N, K, stride_xm,
+    BITS: tl.constexpr, GROUP_SIZE: tl.constexpr,
+    HAS_ZEROS: tl.constexpr, HAS_GIDX: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, SWAP_AB: tl.constexpr, UNPACK_3D: tl.constexpr,
+):
+    # Tiles that share weight columns run together (GROUP_M row tiles per column band) for L2 reuse.
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    num_pid_m = ((M + BLOCK_M - 1) // BLOCK_M)
+    num_pid_n = ((N + BLOCK_N - 1) // BLOCK_N)
+    width = GROUP_M * num_pid_n
+    first_m = (pid // width) * GROUP_M
+    group_rows = tl.minimum(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % group_rows
+    pid_n = (pid % width) // group_rows
+
+    DTYPE: tl.constexpr = x_ptr.dtype.element_ty
+    TILE_IN_GROUP: tl.constexpr = (BLOCK_K <= GROUP_SIZE) and (not HAS_GIDX)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    k_tiles = ((K + BLOCK_K - 1) // BLOCK_K)
+    per_split = ((k_tiles + SPLIT_K - 1) // SPLIT_K)
+    kt_begin = pid_k * per_split
+    kt_end = tl.minimum(kt_begin + per_split, k_tiles)
+    if SWAP_AB:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for kt in range(kt_begin, kt_end):
+        k0 = kt * BLOCK_K
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(
+            x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+            mask=m_mask[:, None] & (offs_k[None, :] < K),
+            other=0.0,
+        )
+        w, s = _load_weight_tile(
+            qw_ptr, s_ptr, z_ptr, gidx_ptr, k0, offs_n, n_mask, N, K,
+            BITS, GROUP_SIZE, HAS_ZEROS, HAS_GIDX, TILE_IN_GROUP, BLOCK_K, BLOCK_N, DTYPE, UNPACK_3D,
+        )
+        if SWAP_AB:
+            part = tl.dot(tl.trans(w), tl.trans(x))
+            if TILE_IN_GROUP:
+                part = part * s[:, None]
+        else:
+            part = tl.dot(x, w)
+            if TILE_IN_GROUP:
+                part = part * s[None, :]
+        acc += part
+    if SWAP_AB:
+        acc = tl.trans(acc)
+    tile_id = pid_m * num_pid_n + pid_n
+    _finish_tile(acc, offs_m, offs_n, tile_id, M, N, out_ptr, bias_ptr, ws_ptr, cnt_ptr, HAS_BIAS, SPLIT_K)
+
+
+@triton.jit
+def dequant_kernel(
+    qw_ptr,  # [K * BITS / 32, N] int32
+    s_ptr,  # [G, N] fp16/bf16/fp32
+    z_ptr,  # [G, N] uint8 (HAS_ZEROS)
+    gidx_ptr,  # [K] int32 (HAS_GIDX)
+    wt_ptr,  # [K, N] output dtype: W.T
+    N, K,
+    BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_GIDX: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    PER_WORD: tl.constexpr = 32 // BITS
+    BKW: tl.constexpr = BLOCK_K // PER_WORD
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    wrow = tl.program_id(1) * BKW + tl.arange(0, BKW)
+    words = _load_words(qw_ptr, wrow, offs_n, n_mask, N, K, PER_WORD)
+    for j in tl.static_range(PER_WORD):
+        kk = wrow * PER_WORD + j
+        sj, zfj = _slice_zero_scale(s_ptr, z_ptr, gidx_ptr, kk, offs_n, n_mask, N, K, BITS, GROUP_SIZE, HAS_ZEROS, HAS_GIDX)
+        w = (_slice(words, j, BITS) - zfj) * sj
+        tl.store(wt_ptr + kk[:, None] * N + offs_n[None, :], w.to(wt_ptr.dtype.element_ty), mask=(kk[:, None] < K) & n_mask[None, :])

@@ -1,0 +1,278 @@
+"""``quantkernels::triton_linear``: the Triton kernels as a ``torch.library.triton_op``.
+
+``triton_op`` makes the op's body visible to ``torch.compile`` (Inductor sees the kernel launches
+through ``wrap_triton``), and the same body, run on fake tensors, is the op's fake implementation.
+
+Dispatch by m: ``qgemv_kernel`` for m = 1, ``qgemm_kernel`` (tiled ``tl.dot``) up to
+``DEQUANT_MIN_M``, and above it ``dequant_kernel`` then cuBLAS (``torch.mm``), which measured faster
+for compute-bound sizes on the H100 (see docs/triton.md).
+
+Tuning: each family has a short list of candidate configurations. The first eager call of a key
+``(family, m bucket, N, K, format, dtypes)`` times every candidate on the real tensors and caches the
+fastest in :data:`CHOSEN`; later calls, and ``torch.compile`` traces, launch that choice directly.
+(``triton.autotune`` does the same, but its per-call bookkeeping cost about 100 us of CPU time per
+launch with triton 3.6 on the H100 host, more than a whole m = 1 kernel.) Under
+``TRITON_INTERPRET=1`` (CPU tests) nothing is timed: the first candidate runs, or one set by
+:func:`force_config`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import triton
+from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
+from torch._subclasses.functional_tensor import FunctionalTensor
+
+from . import kernels
+
+INTERPRETED = not isinstance(kernels.qgemm_kernel, triton.runtime.JITFunction)
+
+SPLIT_K_MAX_M = 64  # split-K only for m <= this; larger m has enough output tiles to fill the GPU
+DEQUANT_MIN_M = 256  # from here on: dequantize to W.T, then cuBLAS (measured faster on the H100)
+
+
+def m_bucket(m: int) -> int:
+    """Power of two at or above m, capped at 4096: the tuning cache's m."""
+    b = 1
+    while b < m and b < 4096:
+        b *= 2
+    return b
+
+
+def _cfg(num_warps=4, num_stages=3, **meta) -> triton.Config:
+    return triton.Config(meta, num_warps=num_warps, num_stages=num_stages)
+
+
+def _gemm(bm, bn, bk, sk, w, st, swap, u3=True, gm=8) -> triton.Config:
+    return _cfg(
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, GROUP_M=gm, SWAP_AB=swap, UNPACK_3D=u3,
+        num_warps=w, num_stages=st,
+    )
+
+
+# Candidates per family, from the sweeps of benchmarks/triton_gemm.py on the H100 (int4 g128 fp16).
+CONFIGS: Dict[str, List[triton.Config]] = {
+    "gemv": [
+        _cfg(BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, num_warps=w, num_stages=st)
+        for (bn, bk, sk, w, st) in [
+            (64, 128, 8, 4, 3),
+            (64, 128, 4, 4, 3),
+            (128, 128, 8, 4, 4),
+            (256, 128, 4, 8, 3),
+            (128, 128, 4, 4, 3),
+            (64, 256, 4, 4, 3),
+        ]
+    ],
+    # m <= 16: memory-bound; the weight is the wide MMA side (SWAP_AB), split K to fill the GPU.
+    "small": [
+        _gemm(16, 64, 128, 4, 4, 4, True),
+        _gemm(16, 64, 128, 4, 4, 4, True, False),
+        _gemm(16, 128, 128, 4, 4, 4, True),
+        _gemm(16, 64, 128, 2, 4, 4, True),
+        _gemm(16, 128, 128, 4, 4, 4, True, False),
+        _gemm(16, 128, 64, 8, 4, 4, True, False),
+    ],
+    # 17 <= m <= 64: still mostly memory-bound.
+    "medium": [
+        _gemm(64, 64, 128, 4, 4, 4, True),
+        _gemm(64, 128, 128, 1, 4, 4, True),
+        _gemm(64, 128, 128, 2, 4, 4, True),
+        _gemm(64, 64, 128, 4, 4, 4, True, False),
+        _gemm(32, 64, 128, 4, 4, 4, True, False),
+    ],
+    # 64 < m < DEQUANT_MIN_M: big tiles, no split.
+    "large": [
+        _gemm(128, 64, 64, 1, 4, 4, False),
+        _gemm(128, 128, 128, 1, 8, 3, False),
+        _gemm(128, 128, 64, 1, 8, 3, True),
+        _gemm(128, 64, 64, 1, 4, 4, True),
+        _gemm(64, 128, 64, 1, 4, 4, False),
+    ],
+    "dequant": [_cfg(BLOCK_N=bn, BLOCK_K=bk, num_warps=4, num_stages=1) for (bn, bk) in [(128, 64), (256, 64)]],
+}
+
+CHOSEN: Dict[Tuple, triton.Config] = {}
+_forced = None
+
+
+def _family(m: int) -> str:
+    if m == 1:
+        return "gemv"
+    if m <= 16:
+        return "small"
+    if m <= SPLIT_K_MAX_M:
+        return "medium"
+    return "large" if m < DEQUANT_MIN_M else "dequant"
+
+
+def _configs(family: str) -> List[triton.Config]:
+    return CONFIGS[family]
+
+
+@contextlib.contextmanager
+def force_config(config):
+    """Launch with a fixed configuration instead of the tuned one (tests, tuning sweeps).
+
+    ``config``: a ``triton.Config`` whose kwargs suit the kernel the calls pick (see ``CONFIGS``),
+    or a dict ``{family: Config}``; families it leaves out use the tuned choice.
+    """
+    global _forced
+    old, _forced = _forced, config
+    try:
+        yield
+    finally:
+        _forced = old
+
+
+def _forced_config(family: str) -> Optional[triton.Config]:
+    if isinstance(_forced, dict):
+        return _forced.get(family)
+    return _forced
+
+
+def _meta(cfg: triton.Config) -> dict:
+    meta = dict(cfg.kwargs)
+    if not INTERPRETED:
+        meta.update(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return meta
+
+
+def _choose(family: str, key: Tuple, launch, real: bool) -> triton.Config:
+    """The configuration for ``key``: forced, cached, or timed now (eager calls on a GPU only)."""
+    cfg = _forced_config(family)
+    if cfg is not None:
+        return cfg
+    cfg = CHOSEN.get(key)
+    if cfg is not None:
+        return cfg
+    candidates = _configs(family)
+    if INTERPRETED or not real or len(candidates) == 1:
+        return candidates[0]
+    best, best_t = candidates[0], float("inf")
+    for c in candidates:
+        try:
+            t = triton.testing.do_bench(lambda: launch(c), warmup=5, rep=25, return_mode="median")
+        except triton.runtime.errors.OutOfResources:
+            continue
+        if t < best_t:
+            best, best_t = c, t
+    CHOSEN[key] = best
+    return best
+
+
+def _check_args(x, qweight, scales, zeros, g_idx, bias, bits, group_size) -> None:
+    """Raise naming the argument: the kernels read raw pointers and trust these shapes."""
+    name = "quantkernels::triton_linear"
+    if bits not in (4, 8):
+        raise ValueError(f"{name}: bits must be 4 or 8, got {bits}")
+    if x.dim() != 2 or x.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"{name}: x must be 2-D float16/bfloat16 [M, K], got {x.dtype} {tuple(x.shape)}")
+    k = x.shape[1]
+    if qweight.dtype != torch.int32 or qweight.dim() != 2 or qweight.shape[0] * 32 != k * bits:
+        raise ValueError(
+            f"{name}: qweight must be int32 [K*bits/32, N] = [{k * bits // 32}, N], got {qweight.dtype} {tuple(qweight.shape)}"
+        )
+    n = qweight.shape[1]
+    if group_size != -1 and (group_size <= 0 or k % group_size):
+        raise ValueError(f"{name}: group_size must be -1 or divide K={k}, got {group_size}")
+    g = 1 if group_size == -1 else k // group_size
+    if g_idx is not None:  # act_order: g_idx indexes the rows of scales
+        g = scales.shape[0]
+    if scales.dim() != 2 or scales.shape[1] != n or scales.shape[0] != g:
+        raise ValueError(f"{name}: scales must be [G, N] = [{g}, {n}], got {tuple(scales.shape)}")
+    if zeros is not None and (zeros.dtype != torch.uint8 or tuple(zeros.shape) != tuple(scales.shape)):
+        raise ValueError(f"{name}: zeros must be uint8 {tuple(scales.shape)}, got {zeros.dtype} {tuple(zeros.shape)}")
+    if g_idx is not None and (g_idx.dtype != torch.int32 or tuple(g_idx.shape) != (k,)):
+        raise ValueError(f"{name}: g_idx must be int32 [K] = [{k}], got {g_idx.dtype} {tuple(g_idx.shape)}")
+    if bias is not None and tuple(bias.shape) != (n,):
+        raise ValueError(f"{name}: bias must be [N] = [{n}], got {tuple(bias.shape)}")
+    for t_name, t in (("qweight", qweight), ("scales", scales), ("zeros", zeros), ("g_idx", g_idx), ("bias", bias)):
+        if t is not None and (t.device != x.device or not t.is_contiguous()):
+            raise ValueError(f"{name}: {t_name} must be contiguous and on x's device {x.device}, got {t.device}")
+
+
+@torch.library.triton_op("quantkernels::triton_linear", mutates_args=())
+def triton_linear(
+    x: Tensor,
+    qweight: Tensor,
+    scales: Tensor,
+    zeros: Optional[Tensor],
+    g_idx: Optional[Tensor],
+    bias: Optional[Tensor],
+    bits: int,
+    group_size: int,
+) -> Tensor:
+    """``x @ W.T + bias`` for x ``[M, K]`` fp16/bf16, W in the portable layout.
+
+    ``zeros``: uint8 ``[G, N]`` real zero points, or None when all are ``2**(bits-1)``; ``g_idx``:
+    int32 ``[K]``, or None when it is ``k // group_size``; ``group_size``: -1 for per channel.
+    """
+    _check_args(x, qweight, scales, zeros, g_idx, bias, bits, group_size)
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    m, k = x.shape
+    n = qweight.shape[1]
+    family = _family(m)
+    fake = is_fake(x)
+    if INTERPRETED and fake and isinstance(x, FunctionalTensor):
+        # The interpreter runs Python on real data: it cannot be traced into a graph (a GPU can).
+        raise RuntimeError("quantkernels::triton_linear: torch.compile cannot trace the Triton interpreter; use a GPU")
+    consts = dict(
+        BITS=bits,
+        GROUP_SIZE=k if group_size == -1 else group_size,
+        HAS_ZEROS=zeros is not None,
+        HAS_GIDX=g_idx is not None,
+    )
+    z = scales if zeros is None else zeros
+    gi = qweight if g_idx is None else g_idx
+    key = (family, m_bucket(m), n, k, bits, group_size, zeros is not None, g_idx is not None, bias is not None,
+           x.dtype, scales.dtype, x.device)
+
+    if family == "dequant":
+        wt = torch.empty((k, n), dtype=x.dtype, device=x.device)
+        kernel = torch.library.wrap_triton(kernels.dequant_kernel)
+
+        def launch(c):
+            grid = (triton.cdiv(n, c.kwargs["BLOCK_N"]), triton.cdiv(k, c.kwargs["BLOCK_K"]))
+            kernel[grid](qweight, scales, z, gi, wt, n, k, **consts, **_meta(c))
+
+        if m == 0 or (INTERPRETED and fake):
+            return x.new_empty((m, n))
+        launch(_choose(family, key, launch, not fake))
+        out = torch.mm(x, wt)
+        return out if bias is None else out + bias.to(out.dtype)
+
+    out = x.new_empty((m, n))
+    if m == 0 or (INTERPRETED and fake):
+        return out
+    rows = 1 if family == "gemv" else m
+    if family == "large":
+        ws, cnt = out, qweight  # no split-K: never touched
+    else:
+        # fp32 partial sums [rows, N] then one int32 arrival counter per (16 x 16) output tile, the
+        # smallest tile any configuration uses; zero on entry (the kernels leave them zero).
+        tiles = triton.cdiv(rows, 16) * triton.cdiv(n, 16)
+        buf = torch.zeros(rows * n + tiles, dtype=torch.float32, device=x.device)
+        ws, cnt = buf[: rows * n], buf[rows * n :].view(torch.int32)
+    b = scales if bias is None else bias
+    consts["HAS_BIAS"] = bias is not None
+    if family == "gemv":
+        kernel = torch.library.wrap_triton(kernels.qgemv_kernel)
+
+        def launch(c):
+            grid = (triton.cdiv(n, c.kwargs["BLOCK_N"]), c.kwargs["SPLIT_K"])
+            kernel[grid](x, qweight, scales, z, gi, b, out, ws, cnt, n, k, **consts, **_meta(c))
+
+    else:
+        kernel = torch.library.wrap_triton(kernels.qgemm_kernel)
+
+        def launch(c):
+            grid = (triton.cdiv(m, c.kwargs["BLOCK_M"]) * triton.cdiv(n, c.kwargs["BLOCK_N"]), c.kwargs["SPLIT_K"])
+            kernel[grid](x, qweight, scales, z, gi, b, out, ws, cnt, m, n, k, x.stride(0), **consts, **_meta(c))
+
+    launch(_choose(family, key, launch, not fake))
+    return out

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# One call on the lent GPU: build the CUDA extension, run the CUDA tests, optionally the sanitizer
+# and the benchmark; logs under $OUT. Usage: bash scripts/gpu_session.sh [tests] [sanitize] [bench|quick]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
+OUT=${OUT:-/tmp/qk_out}; mkdir -p "$OUT"
+nvidia-smi -L
+t0=$(date +%s)
+TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0a} MAX_JOBS=16 QUANTKERNELS_BUILD_CUDA=1 \
+  python3 setup.py -q build_ext --inplace > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+echo "build: $(( $(date +%s) - t0 )) s"; grep -iE "warning|error" "$OUT/build.log" | grep -v "^ninja" | head -5
+python3 -c "import quantkernels, torch; from quantkernels import backends; print('cuda backend:', backends.unavailable_reason('cuda') or 'available')"
+for step in "$@"; do
+  t0=$(date +%s)
+  case $step in
+    tests) timeout 300 python3 -m pytest -q tests/test_cuda_backend.py > "$OUT/tests.log" 2>&1; echo "tests rc=$?: $(tail -1 "$OUT/tests.log")";
+           grep -E "^(FAILED|ERROR)|raised:|Error|assert" "$OUT/tests.log" | head -25 ;;
+    sanitize) timeout 400 bash scripts/sanitize_cuda.sh > "$OUT/sanitize.log" 2>&1; echo "sanitize rc=$?"; grep -E "^==|ERROR SUMMARY" "$OUT/sanitize.log" | head -10 ;;
+    quick) timeout 400 python3 benchmarks/gpu_gemm.py --quick --out "$OUT" > "$OUT/bench.log" 2>&1; echo "bench rc=$?" ;;
+    sweep) timeout 300 python3 benchmarks/gpu_gemm.py --sweep --out "$OUT" > "$OUT/sweep.log" 2>&1; echo "sweep rc=$?"; grep -E "best=|Error" "$OUT/sweep.log" | cut -c1-220 ;;
+    bench) timeout 540 python3 benchmarks/gpu_gemm.py --out "$OUT" > "$OUT/bench.log" 2>&1; echo "bench rc=$?" ;;
+  esac
+  echo "$step: $(( $(date +%s) - t0 )) s"
+done
+[ -f "$OUT/bench.log" ] && { grep -E "^#" "$OUT/bench.log"; cut -d'|' -f2-11 "$OUT/bench.log" | grep -E "^ *[0-9]" | head -120; }
+exit 0

@@ -67,7 +67,8 @@ def test_quantize_save_build_on_meta_apply_generate(tmp_path, bits, sym, act_ord
     else:
         summary = hf.quantize(model, cfg)
         assert len(summary.replaced) == 14  # 7 projections x 2 layers; lm_head is tied and stays float
-    hf.save_pretrained(model, str(tmp_path), format=fmt)
+    hf.save_pretrained(model, str(tmp_path), format=fmt, max_shard_size=40_000 if bias else "4GB")
+    assert (tmp_path / "model.safetensors.index.json").exists() == bias  # sharded in one case
     written = json.load(open(tmp_path / "config.json"))["quantization_config"]
     assert written["checkpoint_format"] == fmt and written["desc_act"] == act_order
 

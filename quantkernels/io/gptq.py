@@ -18,8 +18,9 @@ Mislabels (a v2 file labelled v1 or the reverse) are told apart where the data a
   ``2**(bits-1)``. Seeing the other one gives a warning; the label is still followed (it is what
   the writing tool's own loader does), and ``checkpoint_format=`` overrides it.
 * a "v1" file whose stored zero is ``maxq`` would mean a real zero ``maxq + 1``, which no GPTQ
-  quantizer produces and the format cannot hold: the file is v2 (or a corrupt v1 file). That is an
-  error naming the tensor, suggesting ``checkpoint_format="gptq_v2"``.
+  quantizer produces and the format cannot hold: the file is v2, or a v1 file whose packer let a
+  real zero of 0 (stored -1) spill into its neighbours. That is an error naming the tensor,
+  suggesting ``checkpoint_format="gptq_v2"``.
 """
 
 from __future__ import annotations
@@ -144,8 +145,9 @@ def read_layer(
         if bool((stored == maxq).any()):
             raise CheckpointError(
                 f"tensor {prefix}.qzeros stores zero point {maxq}, which in a v1 ('gptq') checkpoint means a real "
-                f"zero of {maxq + 1}: impossible at {bits} bits. The file is probably gptq_v2 without the label; "
-                "pass checkpoint_format='gptq_v2' to read it so"
+                f"zero of {maxq + 1}: impossible at {bits} bits. The file is probably gptq_v2 without the label "
+                "(pass checkpoint_format='gptq_v2' to read it so), or a v1 file whose writer wrapped a real zero of 0 "
+                "into the neighbouring zero points (AutoGPTQ's packer does), which cannot be recovered"
             )
         qzeros = _pack(stored + 1, bits, 1)
     else:

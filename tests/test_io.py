@@ -486,8 +486,9 @@ def test_apply_names_mismatches_with_the_model(tmp_path):
 
     with torch.device("meta"):
         extra = Extra()
-    with pytest.raises(qio.CheckpointError, match=r"no tensor for the model's \['norm\.weight', 'norm\.bias'\]"):
-        qio.apply(extra, str(tmp_path))
+    for model in (extra, Extra()):  # on meta, and initialised (where nothing would stay visibly unloaded)
+        with pytest.raises(qio.CheckpointError, match=r"no tensor for the model's \['norm\.weight', 'norm\.bias'\]"):
+            qio.apply(model, str(tmp_path))
 
     class Renamed(torch.nn.Module):
         def __init__(self):

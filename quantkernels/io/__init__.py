@@ -160,7 +160,8 @@ def apply(
     (parameters then land on ``device``, default: the model's first real tensor's device, else CPU).
     Parameters shared by several names (tied embeddings) stay shared. Raises
     :class:`CheckpointError` naming the tensor for any mismatch, and listing any model parameter the
-    checkpoint does not provide. Returns the checkpoint's config.
+    checkpoint does not provide (the model is then left partly loaded). Returns the checkpoint's
+    config.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"apply: model must be an nn.Module, got {type(model).__name__}")
@@ -207,7 +208,11 @@ def apply(
             if other != source and not any(other.startswith(p + ".") for p in layers):
                 mod_name, _, attr = other.rpartition(".")
                 (model.get_submodule(mod_name) if mod_name else model)._parameters[attr] = param
-    missing = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.device.type == "meta"]
+                loaded.add(other)
+    # Whatever the model saves (parameters, persistent buffers) must have come from the checkpoint;
+    # non-persistent buffers (computed in __init__) must at least not be left on meta.
+    missing = [n for n in model.state_dict() if n not in loaded and n not in taken]
+    missing += [n for n, t in model.named_buffers() if t.device.type == "meta" and n not in missing]
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise CheckpointError(f"{path}: the checkpoint has no tensor for the model's {missing[:5]}{more}")

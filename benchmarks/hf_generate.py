@@ -138,7 +138,7 @@ def main() -> None:
         logits_loaded = loaded(ids).logits
         same = torch.equal(quant(ids).logits, logits_loaded)
         ppl_float, ppl_quant = perplexity(base(ids).logits, ids), perplexity(logits_loaded, ids)
-    del quant
+    quant = None  # free the in-memory copy before timing
     chat = tok2.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
     gen = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
     outputs, dec = {}, {"float": [], "quant": []}

@@ -15,7 +15,6 @@ transformers = pytest.importorskip("transformers")  # in requirements-dev.txt; C
 
 import quantkernels as qk  # noqa: E402
 from quantkernels import hf  # noqa: E402
-from quantkernels import io as qio  # noqa: E402
 from quantkernels.nn import QuantLinear  # noqa: E402
 
 from test_io import awq_pack  # noqa: E402  (the independent AWQ packer)

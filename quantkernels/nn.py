@@ -192,13 +192,14 @@ class QuantLinear(nn.Module):
         self._prepare(name)
 
     def _activation_dtype_guess(self) -> torch.dtype:
-        """The activation dtype to prepare for at load: the bias's (it follows the model's dtype),
-        else float32 on the CPU and the scales' dtype elsewhere. A wrong guess costs one repack."""
+        """The activation dtype to prepare for at load. On a GPU, the scales' (half-precision models);
+        on the CPU, the bias's (it follows the model's dtype), else float32. A wrong guess costs
+        one repack at the first call."""
+        if self.qweight.device.type != "cpu":
+            return self.scales.dtype
         if self.bias is not None and self.bias.dtype in FLOAT_DTYPES:
             return self.bias.dtype
-        if self.qweight.device.type == "cpu":
-            return torch.float32
-        return self.scales.dtype
+        return torch.float32
 
     def _prepare(self, name: str):
         if name not in self._prepared:

@@ -35,6 +35,8 @@ def parameters_on_meta():
 
     Buffers stay real, so buffers a model computes in ``__init__`` and does not save (rotary
     ``inv_freq``) keep their values; parameters cost no memory and their random init does nothing.
+    It patches ``nn.Module.register_parameter`` for its duration: do not build models in other
+    threads meanwhile.
     """
     original = nn.Module.register_parameter
 

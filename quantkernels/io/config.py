@@ -110,8 +110,8 @@ def parse(d: dict, source: str = "<dict>", checkpoint_format: Optional[str] = No
         if checkpoint_format not in (None, "awq_gemm"):
             raise CheckpointError(f"checkpoint_format={checkpoint_format!r} given for an AWQ checkpoint ({source})")
         fmt = "awq_gemm"
-        # AWQ always stores integer zero points (zero_point=true); with zero_point=false the file still
-        # carries qzeros, which are what the GEMM kernels subtract, so they are read as they are.
+        # AWQ GEMM layers carry qzeros, which are what its kernels subtract: they are read as real
+        # zero points whatever zero_point says (a layer without them is a missing-tensor error).
         sym = False
         desc_act = False
     return CheckpointConfig(

@@ -101,7 +101,7 @@ def test_awq_checkpoint_into_transformers(tmp_path):
         tensors[name] = t.contiguous()
     for name, m in model.named_modules():
         if isinstance(m, QuantLinear):
-            codes = qk.reference.unpack(m.qweight, 4, 0).numpy()  # [K, N]
+            codes = qk.reference.unpack(m.portable_tensors()["qweight"], 4, 0).numpy()  # [K, N]
             zeros = qk.reference.unpack(m.qzeros, 4, 1).numpy()  # [G, N]
             tensors[f"{name}.qweight"] = awq_pack(codes)
             tensors[f"{name}.qzeros"] = awq_pack(zeros)

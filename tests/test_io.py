@@ -233,7 +233,7 @@ def test_round_trip_is_bit_exact_and_follows_layout(tmp_path, fmt, bits, group_s
     qio.save(model, str(tmp_path), format=fmt)
     # ours -> file: the file holds what the reference packer makes of our codes and zeros.
     layer = model[0]
-    codes = qk.reference.unpack(layer.qweight, bits, 0).T.numpy()  # [N, K]
+    codes = qk.reference.unpack(layer.portable_tensors()["qweight"], bits, 0).T.numpy()  # [N, K]
     zeros = qk.reference.unpack(layer.qzeros, bits, 1).numpy().astype(np.int64)
     file = load_file(str(tmp_path / "model.safetensors"))
     assert torch.equal(file["0.qweight"], gptq_qweight(codes, bits))

@@ -107,13 +107,13 @@ def test_strided_input_and_empty():
     x = wide[:, 8:136]  # row stride 200, unit column stride: the op reads it in place
     assert not x.is_contiguous()
     st = layer._prepared["triton"] if "triton" in layer._prepared else layer._prepare("triton")
-    out = torch.ops.quantkernels.triton_linear(x, layer.qweight, layer.scales, st.zeros, st.g_idx, None, 4, 32)
+    out = torch.ops.quantkernels.triton_linear(x, layer.portable_tensors()["qweight"], layer.scales, st.zeros, st.g_idx, None, 4, 32)
     assert rel_err(out, ref_out(layer, x.contiguous())) <= BOUND[torch.float16]
     xt = torch.randn(128, 6, dtype=torch.float16, device=DEVICE).t()  # column stride != 1: copied
-    out = torch.ops.quantkernels.triton_linear(xt, layer.qweight, layer.scales, st.zeros, st.g_idx, None, 4, 32)
+    out = torch.ops.quantkernels.triton_linear(xt, layer.portable_tensors()["qweight"], layer.scales, st.zeros, st.g_idx, None, 4, 32)
     assert rel_err(out, ref_out(layer, xt.contiguous())) <= BOUND[torch.float16]
     empty = torch.ops.quantkernels.triton_linear(
-        x[:0], layer.qweight, layer.scales, st.zeros, st.g_idx, None, 4, 32
+        x[:0], layer.portable_tensors()["qweight"], layer.scales, st.zeros, st.g_idx, None, 4, 32
     )
     assert empty.shape == (0, 64)
     assert layer(torch.randn(2, 0, 128, dtype=torch.float16, device=DEVICE)).shape == (2, 0, 64)
@@ -124,15 +124,15 @@ def test_bad_arguments_name_the_argument():
     x = torch.randn(2, 128, dtype=torch.float16, device=DEVICE)
     op = torch.ops.quantkernels.triton_linear
     with pytest.raises(ValueError, match="qweight"):
-        op(x, layer.qweight[:-1], layer.scales, None, None, None, 4, 32)
+        op(x, layer.portable_tensors()["qweight"][:-1], layer.scales, None, None, None, 4, 32)
     with pytest.raises(ValueError, match="scales"):
-        op(x, layer.qweight, layer.scales[:-1], None, None, None, 4, 32)
+        op(x, layer.portable_tensors()["qweight"], layer.scales[:-1], None, None, None, 4, 32)
     with pytest.raises(ValueError, match="bits"):
-        op(x, layer.qweight, layer.scales, None, None, None, 3, 32)
+        op(x, layer.portable_tensors()["qweight"], layer.scales, None, None, None, 3, 32)
     with pytest.raises(ValueError, match="x must"):
-        op(x.float(), layer.qweight, layer.scales, None, None, None, 4, 32)
+        op(x.float(), layer.portable_tensors()["qweight"], layer.scales, None, None, None, 4, 32)
     with pytest.raises(ValueError, match="bias"):
-        op(x, layer.qweight, layer.scales, None, None, torch.zeros(3, device=DEVICE), 4, 32)
+        op(x, layer.portable_tensors()["qweight"], layer.scales, None, None, torch.zeros(3, device=DEVICE), 4, 32)
 
 
 def test_backend_selection_rules():
@@ -157,7 +157,7 @@ def test_opcheck():
     layer = make_layer(128, 64, qk.QuantConfig(bits=4, group_size=32, sym=False), bias=True)
     st = layer._prepared["triton"] if "triton" in layer._prepared else layer._prepare("triton")
     x = torch.randn(3, 128, dtype=torch.float16, device=DEVICE)
-    args = (x, layer.qweight, layer.scales, st.zeros, st.g_idx, layer.bias, 4, 32)
+    args = (x, layer.portable_tensors()["qweight"], layer.scales, st.zeros, st.g_idx, layer.bias, 4, 32)
     # The interpreter cannot be traced into a graph (aot_dispatch); on a GPU every check runs.
     utils = ("test_schema", "test_faketensor") if DEVICE == "cpu" else None
     if utils is None:

@@ -7,7 +7,6 @@ saying what is missing and how to build it.
 
 from __future__ import annotations
 
-import functools
 import importlib
 from typing import Optional
 
@@ -23,9 +22,26 @@ class ExtensionUnavailable(RuntimeError):
     """The native extension cannot be used; the message says why and how to fix it."""
 
 
-@functools.lru_cache(maxsize=None)
+_LOADED = None  # (module or None, reason or None), computed once
+
+
 def _load():
-    """Returns (module or None, reason or None)."""
+    """Returns (module or None, reason or None). A plain cached global, not ``functools.lru_cache``:
+    torch.compile traces the backend checks on every call, and some dynamo versions inline an
+    lru_cache'd function, which would re-run the import inside the traced graph."""
+    global _LOADED
+    if _LOADED is None:
+        _LOADED = _import_extension()
+    return _LOADED
+
+
+def reset() -> None:
+    """Forget the cached result (tests, or after building the extension in a running process)."""
+    global _LOADED
+    _LOADED = None
+
+
+def _import_extension():
     try:
         mod = importlib.import_module("quantkernels._C")
     except (ImportError, OSError) as e:

@@ -47,14 +47,14 @@ def test_stale_extension_is_refused(monkeypatch):
             return {"torch_version": "1.0.0"}
 
     monkeypatch.setattr(_ext.importlib, "import_module", lambda name: FakeC)
-    _ext._load.cache_clear()
+    _ext.reset()
     try:
         assert _ext.extension() is None
         assert "built for torch 1.0.0" in _ext.unavailable_reason()
         with pytest.raises(_ext.ExtensionUnavailable, match="built for torch 1.0.0 but torch"):
             _ext.require()
     finally:
-        _ext._load.cache_clear()
+        _ext.reset()
 
 
 def test_info_command():

@@ -23,6 +23,7 @@ class ExtensionUnavailable(RuntimeError):
 
 
 _LOADED = None  # (module or None, reason or None), computed once
+_BUILD_INFO: dict = {}
 
 
 def _load():
@@ -37,8 +38,8 @@ def _load():
 
 def reset() -> None:
     """Forget the cached result (tests, or after building the extension in a running process)."""
-    global _LOADED
-    _LOADED = None
+    global _LOADED, _BUILD_INFO
+    _LOADED, _BUILD_INFO = None, {}
 
 
 def _import_extension():
@@ -46,7 +47,8 @@ def _import_extension():
         mod = importlib.import_module("quantkernels._C")
     except (ImportError, OSError) as e:
         return None, f"quantkernels._C could not be loaded ({type(e).__name__}: {e})"
-    info = mod.build_info()
+    global _BUILD_INFO
+    info = _BUILD_INFO = dict(mod.build_info())
     built_for = info.get("torch_version", "?")
     if built_for.split("+")[0] != torch.__version__.split("+")[0]:
         return None, f"quantkernels._C was built for torch {built_for} but torch {torch.__version__} is running"
@@ -71,5 +73,5 @@ def require() -> object:
 
 
 def build_info() -> dict:
-    mod = extension()
-    return {} if mod is None else dict(mod.build_info())
+    """How the loaded extension was built (empty when none loaded); cached, so traceable."""
+    return dict(_BUILD_INFO) if extension() is not None else {}

@@ -121,7 +121,17 @@ class CudaState:
 class CudaBackend:
     name = "cuda"
 
+    def __init__(self):
+        self._reason_cache = ()  # machine facts do not change within a process: look once
+
     def unavailable_reason(self) -> Optional[str]:
+        # Cached: the registry asks on every call, also while torch.compile traces, and dynamo
+        # cannot trace the extension or dispatcher queries below.
+        if not self._reason_cache:
+            self._reason_cache = (self._machine_reason(),)
+        return self._reason_cache[0]
+
+    def _machine_reason(self) -> Optional[str]:
         if not torch.cuda.is_available():
             return "no CUDA device (torch.cuda.is_available() is False)"
         reason = _ext.unavailable_reason()

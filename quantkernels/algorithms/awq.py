@@ -109,8 +109,10 @@ def _is_norm(mod: nn.Module, k: int) -> bool:
 def find_producers(block: nn.Module, mine: Dict[str, nn.Linear], groups: List[List[str]], probe) -> Dict[str, Tuple[str, nn.Module]]:
     """For each input group (keyed by its first linear), the op its input can be folded into:
     ``("norm", module)`` or ``("linear", module)``."""
+    # The module that produced each output address; read when a linear runs.
     outputs: Dict[int, nn.Module] = {}
-    seen_inputs: Dict[str, int] = {}
+    producer_of: Dict[str, Optional[nn.Module]] = {}
+    alive = []  # outputs kept alive during the probe so that no address is reused
     handles = []
     for _, mod in block.named_modules():
         if mod is block:
@@ -118,25 +120,27 @@ def find_producers(block: nn.Module, mine: Dict[str, nn.Linear], groups: List[Li
 
         def out_hook(m, args, out):
             if isinstance(out, torch.Tensor):
-                outputs.setdefault(out.data_ptr(), m)
+                alive.append(out)
+                outputs.setdefault(out.data_ptr(), m)  # innermost module first (its hook runs first)
         handles.append(mod.register_forward_hook(out_hook))
     for names in groups:
         def in_hook(m, args, key=names[0]):
-            seen_inputs.setdefault(key, args[0].data_ptr())
+            if key not in producer_of:
+                producer_of[key] = outputs.get(args[0].data_ptr())
         handles.append(mine[names[0]].register_forward_pre_hook(in_hook))
     try:
         B.run_block(block, [probe])
     finally:
         for hd in handles:
             hd.remove()
-    found = {}
+    candidates = {}
     named = dict(block.named_modules())
     for names in groups:
         key = names[0]
         k = mine[key].in_features
-        mod = outputs.get(seen_inputs.get(key, -1))
+        mod = producer_of.get(key)
         if mod is not None and _is_norm(mod, k):
-            found[key] = ("norm", mod)
+            candidates[key] = ("norm", mod)
             continue
         for cons, prod in LINEAR_PRODUCERS.items():
             if key == cons or key.endswith("." + cons):
@@ -144,8 +148,32 @@ def find_producers(block: nn.Module, mine: Dict[str, nn.Linear], groups: List[Li
                 pmod = named.get(pname)
                 if isinstance(pmod, nn.Linear) and pmod.out_features == k and all(
                     n == key or not n.endswith(cons) for n in names):
-                    found[key] = ("linear", pmod)
+                    candidates[key] = ("linear", pmod)
                 break
+    # A fold is only valid when the producer's output feeds nothing but this group (BERT's attention
+    # LayerNorm also feeds the residual, for one): check that the block's output is unchanged.
+    ref = B.run_block(block, [probe])[0]
+    found = {}
+    for names in groups:
+        key = names[0]
+        if key not in candidates:
+            continue
+        kind, prod = candidates[key]
+        consumers = [mine[n] for n in names]
+        params = [prod.weight] + ([prod.bias] if getattr(prod, "bias", None) is not None else []) + [c.weight for c in consumers]
+        saved = [p.detach().clone() for p in params]
+        g = torch.Generator().manual_seed(0)
+        trial = 0.5 + 1.5 * torch.rand(mine[key].in_features, generator=g)
+        fold_scale(kind, prod, consumers, trial.to(prod.weight.device))
+        out = B.run_block(block, [probe])[0]
+        with torch.no_grad():
+            for p, v in zip(params, saved):
+                p.copy_(v)
+        a, b = B.hidden_of(*out).float(), B.hidden_of(*ref).float()
+        if torch.allclose(a, b, rtol=1e-3, atol=1e-3 * float(b.abs().max())):
+            found[key] = (kind, prod)
+        else:
+            log.info("AWQ: %s's input cannot be folded into its producer (it feeds other ops too)", key)
     return found
 
 

@@ -151,12 +151,14 @@ class InputStats:
 def input_groups(block: nn.Module, linears: Dict[str, nn.Linear], probe: Tuple[tuple, dict]) -> List[List[str]]:
     """Group a block's linears by shared input tensor, in the order they run (e.g. LLaMA:
     [q, k, v], [o], [gate, up], [down]). One probe forward decides it."""
-    order: List[Tuple[str, int]] = []
+    order: List[Tuple[str, tuple]] = []
+    alive = []  # hold every input so that no address is freed and reused during the probe
     handles = []
     for name, lin in linears.items():
         def hook(mod, args, name=name):
             x = args[0]
-            order.append((name, (x.data_ptr(), tuple(x.shape))))
+            alive.append(x)
+            order.append((name, (x.data_ptr(), tuple(x.shape), tuple(x.stride()))))
         handles.append(lin.register_forward_pre_hook(hook))
     try:
         run_block(block, [probe])

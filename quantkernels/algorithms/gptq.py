@@ -108,45 +108,58 @@ def gptq_quantize(
     u, damp = cholesky_inverse_upper(h, damp_percent, name=name)
     del h
 
-    codes = torch.empty(n, k, dtype=torch.float32, device=device)
-    qw = torch.empty(n, k, dtype=torch.float32, device=device)
-    # group of each position in the processing order
-    pos_group = torch.empty(k, dtype=torch.int64, device=device)
+    # Work on the transpose so that a column of W is a contiguous row (the inner loop is column by
+    # column, on vectors of N values).
+    wt = w.t().contiguous()  # [K, N]
+    del w
+    codes = torch.empty(k, n, dtype=torch.float32, device=device)
+    qw = torch.empty(k, n, dtype=torch.float32, device=device)
+    pos_group = torch.empty(k, dtype=torch.int64, device=device)  # group of each processed position
     s_cur = z_cur = None
-    for i1 in range(0, k, blocksize):
-        i2 = min(i1 + blocksize, k)
-        w1 = w[:, i1:i2].clone()
-        err1 = torch.zeros_like(w1)
-        u1 = u[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            col = i1 + i
-            orig = int(perm[col]) if perm is not None else col
-            if static:
-                g = orig // gs
-                s_cur, z_cur = scales[g].to(torch.float32), zeros[g]
-            elif col % gs == 0:
-                # The group starts here: its parameters come from the columns as updated so far.
-                g = col // gs
-                end = col + gs
-                cur = w1[:, i:] if end >= i2 else w1[:, i : i + gs]
-                if end > i2:
-                    cur = torch.cat([cur, w[:, i2:end]], dim=1)
-                scales[g], s_cur, z_cur = group_params(cur, config)
-                zeros[g] = z_cur
-            else:
-                g = col // gs
-            pos_group[col] = orig // gs if static else g
-            x = w1[:, i]
-            q = torch.clamp(torch.round(x / s_cur) + z_cur, 0, maxq)
-            dq = (q - z_cur) * s_cur
-            codes[:, col] = q
-            qw[:, col] = dq
-            d = u1[i, i]
-            e = (x - dq) / d
-            w1[:, i:] -= e.unsqueeze(1) * u1[i, i:].unsqueeze(0)
-            err1[:, i] = e
-        if i2 < k:
-            w[:, i2:] -= err1 @ u[i1:i2, i2:]
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # the column loop is many tiny ops: threads only add sync cost
+    try:
+        for i1 in range(0, k, blocksize):
+            i2 = min(i1 + blocksize, k)
+            w1 = wt[i1:i2].clone()
+            err1 = torch.zeros_like(w1)
+            u1 = u[i1:i2, i1:i2]
+            for i in range(i2 - i1):
+                col = i1 + i
+                orig = int(perm[col]) if perm is not None else col
+                if static:
+                    g = orig // gs
+                    s_cur, z_cur = scales[g].to(torch.float32), zeros[g]
+                elif col % gs == 0:
+                    # The group starts here: its parameters come from the columns as updated so far.
+                    g = col // gs
+                    end = col + gs
+                    cur = w1[i:] if end >= i2 else w1[i : i + gs]
+                    if end > i2:
+                        cur = torch.cat([cur, wt[i2:end]], dim=0)
+                    scales[g], s_cur, z_cur = group_params(cur.t(), config)
+                    zeros[g] = z_cur
+                else:
+                    g = col // gs
+                pos_group[col] = orig // gs if static else g
+                x = w1[i]
+                q = torch.clamp(torch.round(x / s_cur) + z_cur, 0, maxq)
+                dq = (q - z_cur) * s_cur
+                codes[col] = q
+                qw[col] = dq
+                e = (x - dq) / u1[i, i]
+                w1[i:] -= u1[i, i:].unsqueeze(1) * e.unsqueeze(0)
+                err1[i] = e
+            if i2 < k:
+                if device.type == "cpu":
+                    torch.set_num_threads(threads)
+                wt[i2:] -= u[i1:i2, i2:].t() @ err1
+                if device.type == "cpu":
+                    torch.set_num_threads(1)
+    finally:
+        torch.set_num_threads(threads)
+    codes, qw = codes.t(), qw.t()
 
     if perm is not None:
         codes = codes[:, invperm]

@@ -1,0 +1,55 @@
+"""Cost of GPTQ on SmolLM2-135M: wall time and peak memory for N calibration windows of 512 tokens.
+
+    PYTHONPATH=$PWD python benchmarks/gptq_cost.py --windows 128 [--device cuda]
+
+Prints the load average before and after (the CI box is shared), wall time of quantize_ alone
+(model loading and tokenization excluded), peak RSS of the process (CPU) or peak CUDA memory.
+"""
+
+import argparse
+import os
+import resource
+import time
+
+import torch
+
+import quantkernels as qk
+from quantkernels.evaluate import read_text, token_windows
+from quantkernels.models import load_smollm2
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "text")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--windows", type=int, default=128)
+    p.add_argument("--calib-text", default=os.path.join(DATA, "pride_and_prejudice.txt"))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--bits", type=int, default=4)
+    p.add_argument("--group-size", type=int, default=64)
+    p.add_argument("--sym", action="store_true")
+    args = p.parse_args()
+    model, tok = load_smollm2()
+    model.to(args.device)
+    cal = token_windows(tok, read_text(args.calib_text), 512, args.windows)
+    cfg = qk.QuantConfig(bits=args.bits, group_size=args.group_size, sym=args.sym)
+    print(f"load average before: {os.getloadavg()}  cores: {os.cpu_count()}  torch threads: {torch.get_num_threads()}", flush=True)
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    s = qk.quantize_(model, cfg, method="gptq", calibration=cal)
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    print(f"load average after:  {os.getloadavg()}")
+    print(s)
+    rel = sum(r["error"] for r in s.report.values() if "error" in r) / sum(r["rtn_error"] for r in s.report.values() if "rtn_error" in r)
+    print(f"| windows | tokens | config | device | GPTQ wall s | peak RSS GiB | peak CUDA GiB | sum err / sum RTN err |")
+    cuda = torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else float("nan")
+    print(f"| {len(cal)} | {len(cal) * 512} | {cfg.describe()} | {args.device} | {dt:.1f} | {rss:.2f} | {cuda:.2f} | {rel:.3f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -28,10 +28,26 @@ def main():
     p.add_argument("--bits", type=int, default=4)
     p.add_argument("--group-size", type=int, default=64)
     p.add_argument("--sym", action="store_true")
+    p.add_argument("--random-weights", action="store_true",
+                   help="SmolLM2's architecture (benchmarks/smollm2_config.json, as read from its GGUF) with random "
+                        "weights and random tokens: GPTQ's cost does not depend on the values; for machines "
+                        "where the 98 MB GGUF package cannot be carried")
     args = p.parse_args()
-    model, tok = load_smollm2()
+    if args.random_weights:
+        import json
+
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        with open(os.path.join(os.path.dirname(__file__), "smollm2_config.json")) as f:
+            config = LlamaConfig(**json.load(f))
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config).eval()
+        g = torch.Generator().manual_seed(0)
+        cal = [torch.randint(0, config.vocab_size, (1, 512), generator=g) for _ in range(args.windows)]
+    else:
+        model, tok = load_smollm2()
+        cal = token_windows(tok, read_text(args.calib_text), 512, args.windows)
     model.to(args.device)
-    cal = token_windows(tok, read_text(args.calib_text), 512, args.windows)
     cfg = qk.QuantConfig(bits=args.bits, group_size=args.group_size, sym=args.sym)
     print(f"load average before: {os.getloadavg()}  cores: {os.cpu_count()}  torch threads: {torch.get_num_threads()}", flush=True)
     if args.device.startswith("cuda"):

@@ -27,3 +27,27 @@ def package_dir(package: str, what: str) -> str:
             f"pip install --no-deps {package.replace('_', '-')}"
         )
     return list(spec.submodule_search_locations)[0]
+
+
+def save_model(model, path: str, float_dtype=None) -> int:
+    """Save ``model.state_dict()`` as safetensors and return the file's size in bytes.
+
+    Quantized layers store their portable tensors; other float tensors (embeddings, norms) are cast
+    to ``float_dtype`` when given. A weight shared between modules (a tied ``lm_head``) is stored once.
+    """
+    import os
+
+    import torch
+    from safetensors.torch import save_file
+
+    seen, out = {}, {}
+    for name, t in model.state_dict().items():
+        key = (t.data_ptr(), t.dtype, tuple(t.shape))
+        if t.numel() and key in seen:
+            continue  # tied: the loader re-ties it
+        seen[key] = name
+        if float_dtype is not None and t.is_floating_point() and not name.endswith(("scales", "bias")):
+            t = t.to(float_dtype)
+        out[name] = t.detach().contiguous().cpu()
+    save_file(out, path)
+    return os.path.getsize(path)

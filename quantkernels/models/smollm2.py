@@ -90,7 +90,7 @@ def read_gguf_llama(path: str):
     for t in reader.tensors:
         arr = gguf.quants.dequantize(t.data, t.tensor_type)
         shape = tuple(int(s) for s in reversed(t.shape))  # GGUF lists dims innermost first
-        w = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).reshape(shape)
+        w = torch.from_numpy(np.array(arr, dtype=np.float32)).reshape(shape)  # a writable copy
         name = t.name
         if name == "token_embd.weight":
             state["model.embed_tokens.weight"] = w

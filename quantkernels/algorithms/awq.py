@@ -39,10 +39,30 @@ LINEAR_PRODUCERS = {
 
 
 def rtn_dequant(w: torch.Tensor, config: QuantConfig) -> torch.Tensor:
-    """``dequantize(quantize(w))`` with the reference conventions, fp32 ``[N, K]``."""
-    codes, scales, zeros = reference.quantize(w, config.bits, config.group_size, config.sym, config.scale_dtype)
-    g = trivial_g_idx(w.shape[1], config.group_size, device=w.device).long()
-    return (codes.float() - zeros.t().float()[:, g]) * scales.t().float()[:, g]
+    """``dequantize(quantize(w))`` with the reference conventions, fp32 ``[N, K]``, for consecutive
+    groups. The same arithmetic as :func:`quantkernels.reference.quantize` (range widened to contain
+    0, scale rounded to the scale dtype first), without its checks and general ``g_idx`` gathers: the
+    searches call it hundreds of times."""
+    n, k = w.shape
+    gs = config.effective_group_size(k)
+    maxq = config.maxq
+    wg = w.to(torch.float32).reshape(n, k // gs, gs)
+    gmax = wg.amax(-1).clamp(min=0)
+    gmin = wg.amin(-1).clamp(max=0)
+    if config.sym:
+        scale = 2.0 * torch.maximum(gmax, -gmin) / maxq
+    else:
+        scale = (gmax - gmin) / maxq
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale)).to(config.scale_dtype)
+    tiny = torch.finfo(config.scale_dtype).tiny
+    s32 = torch.where(scale.to(torch.float32) > 0, scale, torch.full_like(scale, tiny)).to(torch.float32)
+    if config.sym:
+        zero = torch.full_like(s32, float(1 << (config.bits - 1)))
+    else:
+        zero = torch.clamp(torch.round(-gmin / s32), 0, maxq)
+    s32, zero = s32.unsqueeze(-1), zero.unsqueeze(-1)
+    q = torch.clamp(torch.round(wg / s32) + zero, 0, maxq)
+    return ((q - zero) * s32).reshape(n, k)
 
 
 def output_error(w: torch.Tensor, wq: torch.Tensor, h: torch.Tensor) -> float:

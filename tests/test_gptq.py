@@ -141,3 +141,17 @@ def test_gptq_options_and_errors():
     s = qk.quantize_(copy.deepcopy(model), cfg, method="gptq", calibration=toy_calibration(n=2), progress=False, skip="head",
                      true_sequential=False, static_groups=True, act_order=True)
     assert s.report and all(r["error"] <= r["rtn_error"] * 1.01 for r in s.report.values() if "error" in r)
+
+
+def test_saved_gptq_model_has_every_buffer(tmp_path):
+    from safetensors.torch import load_file
+
+    from quantkernels.models import save_model
+
+    model = ToyModel(n_layers=1)
+    qk.quantize_(model, qk.QuantConfig(bits=4, group_size=32, sym=False), method="gptq",
+                 calibration=toy_calibration(n=2), progress=False, skip="head")
+    path = str(tmp_path / "m.safetensors")
+    save_model(model, path, torch.float16)
+    saved = load_file(path)
+    assert set(saved) == set(model.state_dict())  # no buffer dropped as a "duplicate" (shared g_idx)

@@ -207,7 +207,7 @@ def quantize_group(
         r = slice(row, row + wt.shape[0])
         row += wt.shape[0]
         bias = None if lin.bias is None else lin.bias.detach()
-        layer = QuantLinear.from_codes(codes[r], scales[:, r], zeros[:, r], config, g_idx=g_idx, bias=bias)
+        layer = QuantLinear.from_codes(codes[r], scales[:, r], zeros[:, r], config, g_idx=g_idx.clone(), bias=bias)
         dq = info["dequant"][r]
         report[name] = {
             "rtn_error": relative_error(wt, _rtn_dequant(wt, config), h),

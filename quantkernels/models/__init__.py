@@ -43,8 +43,8 @@ def save_model(model, path: str, float_dtype=None) -> int:
     seen, out = {}, {}
     for name, t in model.state_dict().items():
         key = (t.data_ptr(), t.dtype, tuple(t.shape))
-        if t.numel() and key in seen:
-            continue  # tied: the loader re-ties it
+        if t.is_floating_point() and t.numel() and key in seen:
+            continue  # a tied weight (lm_head = embedding): the model's constructor re-ties it
         seen[key] = name
         if float_dtype is not None and t.is_floating_point() and not name.endswith(("scales", "bias")):
             t = t.to(float_dtype)

@@ -1,0 +1,161 @@
+"""The method x config quality table on SmolLM2-135M (perplexity) and MiniLM-L6 (cosine, SQNR).
+
+    PYTHONPATH=$PWD python benchmarks/quality.py --calib-windows 16 --eval-windows 16 --out /tmp/quality.jsonl
+
+Every row is evaluated on the same windows of the evaluation text (default Emma), calibrated on a
+different text (default Pride and Prejudice). Perplexity is computed on a dequantized copy of the
+quantized model (the same function as its QuantLinear layers, without unpacking at every call).
+Rows are appended to ``--out`` as JSON lines as they finish, and a markdown table is printed at the
+end (``--table-only`` re-prints it from the file). "gap closed" = (ppl_RTN - ppl_method) /
+(ppl_RTN - ppl_float). Bytes: the saved model file (quantized linears' portable tensors, the rest
+in fp16) and the quantized linears' tensors alone.
+"""
+
+import argparse
+import copy
+import json
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import quantkernels as qk  # noqa: E402
+from quantkernels import evaluate as E  # noqa: E402
+from quantkernels.cli import DEFAULT_CALIB, DEFAULT_EVAL  # noqa: E402
+from quantkernels.models import save_model  # noqa: E402
+
+CONFIGS = {
+    "int8-ch-sym": qk.QuantConfig(bits=8, group_size=-1, sym=True),
+    "int4-g64-asym": qk.QuantConfig(bits=4, group_size=64, sym=False),
+    "int4-ch-sym": qk.QuantConfig(bits=4, group_size=-1, sym=True),
+    "int3-g64-asym": qk.QuantConfig(bits=3, group_size=64, sym=False),
+    "int4-g192-asym": qk.QuantConfig(bits=4, group_size=192, sym=False),
+    "int4-g32-asym": qk.QuantConfig(bits=4, group_size=32, sym=False),  # the GGUF grid: says nothing
+}
+
+
+def table(rows):
+    by = {(r["model"], r["config"], r["method"]): r for r in rows}
+    out = []
+    fl = by.get(("smollm2", "float", "float"))
+    if fl:
+        out.append(f"SmolLM2-135M perplexity ({fl['windows']} windows x 512 = {fl['tokens']} tokens of {fl['eval_text']}; "
+                   f"calibration {rows[-1].get('calib_windows', '?')} windows of {fl.get('calib_text')})\n")
+        out.append("| config | method | ppl | vs float | gap closed | model file MiB | quantized linears MiB | quantize s |")
+        out.append("|---|---|---|---|---|---|---|---|")
+        out.append(f"| float32 | - | {fl['ppl']:.3f} | - | - | {fl['file_bytes'] / 2**20:.1f} | - | - |")
+        for cname in CONFIGS:
+            rtn = by.get(("smollm2", cname, "rtn"))
+            for method in ("rtn", "gptq", "awq"):
+                r = by.get(("smollm2", cname, method))
+                if not r:
+                    continue
+                gap = "-"
+                if method != "rtn" and rtn and rtn["ppl"] != fl["ppl"]:
+                    gap = f"{100 * (rtn['ppl'] - r['ppl']) / (rtn['ppl'] - fl['ppl']):.0f}%"
+                out.append(f"| {r['describe']} | {method} | {r['ppl']:.3f} | {100 * (r['ppl'] / fl['ppl'] - 1):+.2f}% | {gap} | "
+                           f"{r['file_bytes'] / 2**20:.1f} | {r['linear_bytes'] / 2**20:.1f} | {r['seconds']:.0f} |")
+    ml = [r for r in rows if r["model"] == "minilm"]
+    if ml:
+        out.append(f"\nMiniLM-L6 vs float ({ml[0]['sentences']} sentences of {ml[0]['eval_text']})\n")
+        out.append("| config | method | mean cosine | hidden-state SQNR dB |")
+        out.append("|---|---|---|---|")
+        for r in ml:
+            out.append(f"| {r['describe']} | {r['method']} | {r['cosine']:.5f} | {r['sqnr_db']:.2f} |")
+    return "\n".join(out)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--calib-text", default=DEFAULT_CALIB)
+    p.add_argument("--eval-text", default=DEFAULT_EVAL)
+    p.add_argument("--calib-windows", type=int, default=16)
+    p.add_argument("--eval-windows", type=int, default=16)
+    p.add_argument("--configs", default="int8-ch-sym,int4-g64-asym,int4-ch-sym,int3-g64-asym,int4-g192-asym")
+    p.add_argument("--methods", default="rtn,gptq,awq")
+    p.add_argument("--calibrated-int8", action="store_true", help="also run gptq/awq for int8 (RTN is already near float)")
+    p.add_argument("--models", default="smollm2,minilm")
+    p.add_argument("--sentences", type=int, default=300)
+    p.add_argument("--out", default="quality.jsonl")
+    p.add_argument("--table-only", action="store_true")
+    args = p.parse_args()
+    if os.path.realpath(args.calib_text) == os.path.realpath(args.eval_text):
+        raise SystemExit("quality: calibration and evaluation texts must differ")
+    done = []
+    if os.path.exists(args.out):
+        with open(args.out) as f:
+            done = [json.loads(line) for line in f if line.strip()]
+    if args.table_only:
+        print(table(done))
+        return
+    have = {(r["model"], r["config"], r["method"]) for r in done}
+
+    def emit(row):
+        row.update(calib_text=os.path.basename(args.calib_text), eval_text=os.path.basename(args.eval_text),
+                   calib_windows=args.calib_windows, load_avg=os.getloadavg()[0])
+        done.append(row)
+        with open(args.out, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+
+    tmp = tempfile.mkdtemp()
+    configs = [c for c in args.configs.split(",") if c]
+    methods = [m for m in args.methods.split(",") if m]
+    for model_name in args.models.split(","):
+        from quantkernels import models
+
+        if model_name == "smollm2":
+            base, tok = models.load_smollm2()
+            text = E.read_text(args.eval_text)
+            windows = E.token_windows(tok, text, 512, args.eval_windows)
+            cal = E.token_windows(tok, E.read_text(args.calib_text), 512, args.calib_windows)
+            if ("smollm2", "float", "float") not in have:
+                ppl = E.perplexity(base, windows, label="float")
+                emit(dict(model="smollm2", config="float", method="float", describe="float32", ppl=ppl,
+                          windows=len(windows), tokens=len(windows) * 511,
+                          file_bytes=save_model(base, os.path.join(tmp, "f.safetensors")), linear_bytes=0, seconds=0))
+        else:
+            from quantkernels.models.minilm import encode
+
+            base, tok = models.load_minilm()
+            sents = E.sentences(E.read_text(args.eval_text), args.sentences)
+            batches = encode(base, tok, sents)
+            cal = encode(base, tok, E.sentences(E.read_text(args.calib_text), 256), batch_size=32)
+        for cname in configs:
+            cfg = CONFIGS[cname]
+            for method in methods:
+                if (model_name, cname, method) in have:
+                    continue
+                if method != "rtn" and cfg.bits == 8 and not args.calibrated_int8:
+                    continue
+                m = copy.deepcopy(base)
+                t = time.perf_counter()
+                with torch.no_grad():
+                    s = qk.quantize_(m, cfg, method=method, calibration=None if method == "rtn" else cal)
+                dt = time.perf_counter() - t
+                row = dict(model=model_name, config=cname, method=method, describe=cfg.describe(), seconds=dt,
+                           linear_bytes=s.bytes_after)
+                if model_name == "smollm2":
+                    row["file_bytes"] = save_model(m, os.path.join(tmp, "q.safetensors"), torch.float16)
+                    E.dequantized(m)
+                    row["ppl"] = E.perplexity(m, windows, label=f"{method} {cfg.describe()}")
+                    row["windows"], row["tokens"] = len(windows), len(windows) * 511
+                else:
+                    E.dequantized(m)
+                    row.update(E.embedding_fidelity(base, m, batches))
+                if s.report:
+                    errs = [v for v in s.report.values() if "error" in v]
+                    row["layer_error_ratio"] = sum(v["error"] for v in errs) / sum(v["rtn_error"] for v in errs)
+                    row["layers_better_than_rtn"] = sum(v["error"] <= v["rtn_error"] for v in errs)
+                    row["layers"] = len(errs)
+                emit(row)
+                del m
+    print(table(done))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,257 @@
+"""GPTQ (Frantar et al., ICLR 2023): quantize a weight column by column, pushing each column's
+rounding error onto the columns not yet quantized, weighted by the inverse Hessian of the layer's
+reconstruction loss ``||X W^T - X Wq^T||^2`` (``H = 2 X^T X / n``).
+
+:func:`gptq_quantize` is the per-layer algorithm; :func:`run` drives it over a model block by block
+(see :mod:`.blocks`), in true-sequential order inside each block.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+from .. import reference
+from ..formats import QuantConfig, trivial_g_idx
+from .blocks import relative_error
+
+log = logging.getLogger("quantkernels.gptq")
+
+
+def group_params(w: torch.Tensor, config: QuantConfig) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Scale and zero point of one group of columns ``w [N, cols]``, exactly as the reference
+    chooses them: ``(scale in config.scale_dtype [N], scale as fp32 [N], zero as fp32 [N])``."""
+    _, scales, zeros = reference.quantize(w, config.bits, -1, config.sym, config.scale_dtype)
+    return scales[0], scales[0].to(torch.float32), zeros[0].to(torch.float32)
+
+
+def cholesky_inverse_upper(h: torch.Tensor, damp_percent: float, max_damp: float = 10.0, name: str = "layer"):
+    """Upper Cholesky factor of ``(H + damp * mean(diag H) * I)^-1``.
+
+    The damping is multiplied by 10 and the factorization retried (with a log line) while it fails,
+    up to ``max_damp``. Returns ``(U, damp used)``."""
+    k = h.shape[0]
+    mean_diag = torch.mean(torch.diag(h)).item()
+    mean_diag = mean_diag if mean_diag > 0 else 1.0
+    damp = damp_percent
+    eye = torch.eye(k, dtype=h.dtype, device=h.device)
+    while True:
+        hd = h + (damp * mean_diag) * eye
+        lower, info = torch.linalg.cholesky_ex(hd)
+        if int(info) == 0:
+            hinv = torch.cholesky_inverse(lower)
+            upper, info = torch.linalg.cholesky_ex(hinv, upper=True)
+            if int(info) == 0 and torch.isfinite(upper).all():
+                return upper, damp
+        if damp * 10 > max_damp:
+            raise RuntimeError(f"GPTQ {name}: Hessian is not positive definite even with damp_percent={damp}")
+        log.warning("GPTQ %s: Cholesky failed with damp_percent=%g, retrying with %g", name, damp, damp * 10)
+        damp *= 10
+
+
+@torch.no_grad()
+def gptq_quantize(
+    weight: torch.Tensor,
+    h: torch.Tensor,
+    config: QuantConfig,
+    *,
+    blocksize: int = 128,
+    damp_percent: float = 0.01,
+    act_order: Optional[bool] = None,
+    static_groups: bool = False,
+    name: str = "layer",
+):
+    """Quantize ``weight [N, K]`` given the Hessian ``h [K, K]`` of its inputs.
+
+    Returns ``(codes uint8 [N, K], scales [G, N], zeros int32 [G, N], g_idx int32 [K], info dict)``
+    in the portable conventions of :mod:`quantkernels.formats` (original column order). ``info`` has
+    the damping used and the dequantized weight GPTQ chose (``dequant``), for error reports.
+
+    act_order: quantize columns in order of decreasing ``diag(H)`` (default: ``config.act_order``).
+    With groups and without ``static_groups`` the groups are then runs of consecutive columns in
+    that order, recorded in ``g_idx``; ``static_groups`` fixes every group's parameters from the
+    original consecutive columns before any update, so ``g_idx`` stays trivial.
+    """
+    if act_order is None:
+        act_order = config.act_order
+    n, k = weight.shape
+    device = weight.device
+    w = weight.detach().to(torch.float32).clone()
+    h = h.detach().to(torch.float32).clone()
+    maxq = config.maxq
+    gs = config.effective_group_size(k)
+    num_groups = config.num_groups(k)
+
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+
+    scales = torch.empty(num_groups, n, dtype=config.scale_dtype, device=device)
+    zeros = torch.empty(num_groups, n, dtype=torch.float32, device=device)
+    static = static_groups or config.group_size == -1
+    if static:
+        for g in range(num_groups):
+            scales[g], _, zeros[g] = group_params(w[:, g * gs : (g + 1) * gs], config)
+
+    perm = None
+    if act_order:
+        perm = torch.argsort(torch.diag(h), descending=True)
+        w = w[:, perm]
+        h = h[perm][:, perm]
+        invperm = torch.argsort(perm)
+
+    u, damp = cholesky_inverse_upper(h, damp_percent, name=name)
+    del h
+
+    # Work on the transpose so that a column of W is a contiguous row (the inner loop is column by
+    # column, on vectors of N values).
+    wt = w.t().contiguous()  # [K, N]
+    del w
+    codes = torch.empty(k, n, dtype=torch.float32, device=device)
+    qw = torch.empty(k, n, dtype=torch.float32, device=device)
+    pos_group = torch.empty(k, dtype=torch.int64, device=device)  # group of each processed position
+    s_cur = z_cur = None
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # the column loop is many tiny ops: threads only add sync cost
+    try:
+        for i1 in range(0, k, blocksize):
+            i2 = min(i1 + blocksize, k)
+            w1 = wt[i1:i2].clone()
+            err1 = torch.zeros_like(w1)
+            u1 = u[i1:i2, i1:i2]
+            for i in range(i2 - i1):
+                col = i1 + i
+                orig = int(perm[col]) if perm is not None else col
+                if static:
+                    g = orig // gs
+                    s_cur, z_cur = scales[g].to(torch.float32), zeros[g]
+                elif col % gs == 0:
+                    # The group starts here: its parameters come from the columns as updated so far.
+                    g = col // gs
+                    end = col + gs
+                    cur = w1[i:] if end >= i2 else w1[i : i + gs]
+                    if end > i2:
+                        cur = torch.cat([cur, wt[i2:end]], dim=0)
+                    scales[g], s_cur, z_cur = group_params(cur.t(), config)
+                    zeros[g] = z_cur
+                else:
+                    g = col // gs
+                pos_group[col] = orig // gs if static else g
+                x = w1[i]
+                q = torch.clamp(torch.round(x / s_cur) + z_cur, 0, maxq)
+                dq = (q - z_cur) * s_cur
+                codes[col] = q
+                qw[col] = dq
+                e = (x - dq) / u1[i, i]
+                w1[i:] -= u1[i, i:].unsqueeze(1) * e.unsqueeze(0)
+                err1[i] = e
+            if i2 < k:
+                if device.type == "cpu":
+                    torch.set_num_threads(threads)
+                wt[i2:] -= u[i1:i2, i2:].t() @ err1
+                if device.type == "cpu":
+                    torch.set_num_threads(1)
+    finally:
+        torch.set_num_threads(threads)
+    codes, qw = codes.t(), qw.t()
+
+    if perm is not None:
+        codes = codes[:, invperm]
+        qw = qw[:, invperm]
+        g_idx = pos_group[invperm].to(torch.int32)
+    else:
+        g_idx = pos_group.to(torch.int32)
+    if static:
+        g_idx = trivial_g_idx(k, config.group_size, device=device)
+    info = {"damp_percent": damp, "dequant": qw, "dead_columns": int(dead.sum())}
+    return codes.to(torch.uint8), scales, zeros.to(torch.int32), g_idx, info
+
+
+def _rtn_dequant(w: torch.Tensor, config: QuantConfig) -> torch.Tensor:
+    codes, scales, zeros = reference.quantize(w, config.bits, config.group_size, config.sym, config.scale_dtype)
+    g = trivial_g_idx(w.shape[1], config.group_size, device=w.device).long()
+    return (codes.float() - zeros.t().float()[:, g]) * scales.t().float()[:, g]
+
+
+def quantize_group(
+    names, linears: Dict[str, nn.Linear], h: torch.Tensor, config: QuantConfig, options: dict
+) -> Tuple[Dict[str, "QuantLinear"], Dict[str, dict]]:
+    """GPTQ for linears that share one input (and so one Hessian): rows are independent given H, so
+    their weights are stacked and quantized in one pass. Each linear's weight is overwritten by its
+    dequantized value, so later stages of the block see the quantized layer."""
+    from ..nn import QuantLinear
+
+    t0 = time.perf_counter()
+    weights = [linears[n].weight.detach().to(torch.float32) for n in names]
+    w = torch.cat(weights, dim=0)
+    label = names[0] if len(names) == 1 else f"{names[0]} (+{len(names) - 1} sharing its input)"
+    codes, scales, zeros, g_idx, info = gptq_quantize(
+        w, h, config,
+        blocksize=options.get("blocksize", 128),
+        damp_percent=options.get("damp_percent", 0.01),
+        act_order=options.get("act_order"),
+        static_groups=options.get("static_groups", False),
+        name=label,
+    )
+    elapsed = time.perf_counter() - t0
+    out, report = {}, {}
+    row = 0
+    for name, wt in zip(names, weights):
+        lin = linears[name]
+        r = slice(row, row + wt.shape[0])
+        row += wt.shape[0]
+        bias = None if lin.bias is None else lin.bias.detach()
+        layer = QuantLinear.from_codes(codes[r], scales[:, r], zeros[:, r], config, g_idx=g_idx.clone(), bias=bias)
+        dq = info["dequant"][r]
+        report[name] = {
+            "rtn_error": relative_error(wt, _rtn_dequant(wt, config), h),
+            "error": relative_error(wt, dq, h),
+            "damp_percent": info["damp_percent"],
+            "dead_columns": info["dead_columns"],
+            "seconds": elapsed / len(names),
+        }
+        lin.weight.data.copy_(dq.to(lin.weight.dtype))
+        out[name] = layer
+    return out, report
+
+
+def run(model: nn.Module, layers: Dict[str, nn.Linear], config: QuantConfig, calibration, progress: bool = True, **options):
+    """GPTQ over the whole model: block by block, stage by stage (true-sequential)."""
+    from . import blocks as B
+    from .common import BlockPlan, progress_bar, quantize_outside_blocks
+
+    known = {"blocksize", "damp_percent", "act_order", "static_groups", "true_sequential"}
+    unknown = set(options) - known
+    if unknown:
+        raise TypeError(f"gptq: unknown options {sorted(unknown)}; known: {sorted(known)}")
+    plan = BlockPlan(model, layers)
+    inputs = B.capture_block_inputs(model, plan.blocks[0], calibration)
+    new_layers, report = quantize_outside_blocks(plan, config, "not inside a repeated block: RTN")
+    true_sequential = options.get("true_sequential", True)
+    bar = progress_bar(plan.blocks, progress, "GPTQ")
+    for bi, block in enumerate(bar):
+        mine = plan.block_linears(bi)
+        if mine:
+            groups = B.input_groups(block, mine, inputs[0])
+            if true_sequential:
+                for names in groups:
+                    stats = B.collect_stats(block, inputs, mine[names[0]])
+                    q, rep = quantize_group(names, mine, stats.hessian(), config, options)
+                    new_layers.update({plan.full_name(bi, n): v for n, v in q.items()})
+                    report.update({plan.full_name(bi, n): v for n, v in rep.items()})
+            else:
+                hs = {}
+                for names in groups:
+                    hs[names[0]] = B.collect_stats(block, inputs, mine[names[0]]).hessian()
+                for names in groups:
+                    q, rep = quantize_group(names, mine, hs[names[0]], config, options)
+                    new_layers.update({plan.full_name(bi, n): v for n, v in q.items()})
+                    report.update({plan.full_name(bi, n): v for n, v in rep.items()})
+        inputs = B.run_block(block, inputs)
+    return new_layers, report

@@ -1,0 +1,104 @@
+"""Loaders on the real packages (installed by requirements-dev.txt). Kept fast: one load of each."""
+
+import os
+
+import pytest
+import torch
+
+from quantkernels import evaluate as E
+from quantkernels.models import load_minilm, load_smollm2
+from quantkernels.models.smollm2 import unpermute_rope
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tests run many tiny ops; on a shared 2-core box intra-op threads only wait on each other
+    (measured: 80 s -> 2 s for one AWQ test under load). Restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def data_file(name):
+    """The shared texts lie in ../shared beside the checkout (CI and worktrees) or in ./shared."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for root in (os.path.join(here, "..", "..", "shared"), os.path.join(here, "..", "shared")):
+        path = os.path.join(root, "data", "text", name)
+        if os.path.exists(path):
+            return path
+    raise FileNotFoundError(f"shared/data/text/{name} not found beside the checkout")
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return load_smollm2()
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return load_minilm()
+
+
+def test_smollm2_config_from_gguf(smollm2):
+    model, tok = smollm2
+    c = model.config
+    assert (c.num_hidden_layers, c.hidden_size, c.intermediate_size) == (30, 576, 1536)
+    assert (c.num_attention_heads, c.num_key_value_heads, c.vocab_size) == (9, 3, 49152)
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # tied, as in the GGUF (no output.weight)
+    assert model.model.layers[0].self_attn.k_proj.weight.shape == (192, 576)
+    w = model.model.layers[3].mlp.down_proj.weight
+    assert w.dtype == torch.float32 and torch.isfinite(w).all() and w.abs().sum() > 0
+
+
+def test_smollm2_tokenizer_roundtrip(smollm2):
+    _, tok = smollm2
+    text = "It is a truth universally acknowledged, that a single man in possession of a good fortune"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == text
+    assert len(ids) < len(text.split()) * 2  # a real BPE vocabulary, not characters
+
+
+def test_smollm2_perplexity_is_that_of_a_language_model(smollm2):
+    model, tok = smollm2
+    path = data_file("emma.txt")
+    windows = E.token_windows(tok, E.read_text(path)[50000:70000], 256, 1)
+    ppl = E.perplexity(model, windows, verbose=False)
+    # A wrong rotary permutation or tokenizer gives perplexities in the hundreds (measured: ~200 with
+    # the q/k rows left permuted); SmolLM2-135M on Austen is in the tens.
+    assert 5 < ppl < 80, ppl
+
+
+def test_unpermute_rope_inverts_llama_cpp_permutation():
+    n_head, d, k = 3, 8, 5
+    w = torch.randn(n_head * d, k)
+    # llama.cpp's conversion: per head, (2, d/2) -> (d/2, 2)
+    permuted = w.reshape(n_head, 2, d // 2, k).transpose(1, 2).reshape(n_head * d, k)
+    assert torch.equal(unpermute_rope(permuted, n_head), w)
+
+
+def test_minilm_embeddings(minilm):
+    from quantkernels.models.minilm import embed, encode
+
+    model, tok = minilm
+    assert model.config.num_hidden_layers == 6 and model.config.hidden_size == 384
+    sents = ["A man is playing a guitar.", "Someone plays the guitar.", "The stock market fell sharply today."]
+    (batch,) = encode(model, tok, sents)
+    e, h = embed(model, batch)
+    assert e.shape == (3, 384) and torch.allclose(e.norm(dim=-1), torch.ones(3), atol=1e-5)
+    sim = e @ e.t()
+    assert sim[0, 1] > 0.6 and sim[0, 1] > sim[0, 2] + 0.3  # paraphrases close, unrelated far
+
+
+def test_minilm_rtn_int8_fidelity(minilm):
+    import copy
+
+    import quantkernels as qk
+    from quantkernels.models.minilm import encode
+
+    model, tok = minilm
+    q = copy.deepcopy(model)
+    qk.quantize_(q, qk.QuantConfig(bits=8, group_size=-1, sym=True))
+    batches = encode(model, tok, ["The weather is lovely today.", "She read the letter twice before answering."])
+    r = E.embedding_fidelity(model, E.dequantized(q), batches)
+    assert r["cosine"] > 0.999 and r["sqnr_db"] > 25

@@ -11,14 +11,7 @@ from quantkernels.nn import QuantLinear
 from toy_models import ToyModel, toy_calibration
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run many tiny ops; on a shared 2-core box intra-op threads only wait on each other
-    (measured: 80 s -> 2 s for one AWQ test under load). Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny_llama(kv_heads):

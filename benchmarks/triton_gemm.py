@@ -33,6 +33,9 @@ import quantkernels as qk
 from quantkernels import reference
 from quantkernels.nn import QuantLinear
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu_gemm import time_us  # noqa: E402  (graph timing with rotated weights, as the target table)
+
 SHAPES = ["4096x4096", "4096x14336", "14336x4096", "8192x8192", "8192x28672", "28672x8192"]
 MS = [1, 4, 16, 64, 256, 1024, 4096]
 L2_BYTES = 50 * 2**20
@@ -93,9 +96,16 @@ def check(log):
         "large": tops._gemm(64, 128, 64, 1, 4, 3, False),
         "dequant": tops._cfg(BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=1),
     }
+    fixed_nk4 = {  # 4-bit layers (nk4 layout)
+        "gemv": tops._nk4(16, 64, 128, 2, 4, 3),
+        "small": tops._nk4(16, 64, 128, 2, 4, 3),
+        "medium": tops._nk4(32, 64, 64, 2, 4, 3),
+        "large": tops._nk4(64, 128, 64, 1, 4, 3),
+        "dequant": tops._nk4_dequant(64, 128),
+    }
     rows, fails = [], 0
-    with tops.force_config(fixed):
-        for cfg, k, n, dtype, bias, ms in check_cases():
+    for cfg, k, n, dtype, bias, ms in check_cases():
+        with tops.force_config(fixed_nk4 if cfg.bits == 4 else fixed):
             layer = make_layer(k, n, cfg, bias=bias, act_order=cfg.act_order)
             w = layer.dequantize(torch.float32)
             # fp16 output rounding is 2**-11 ~ 4.9e-4 relative, bf16's 2**-8 ~ 3.9e-3; the weights are
@@ -120,7 +130,7 @@ def check(log):
         for fam, m in (("gemv", 1), ("small", 16), ("medium", 64), ("large", 200), ("dequant", 300)):
             x = torch.randn(m, 4096, device="cuda", dtype=torch.float16)
             ref = x.float() @ w.t()
-            for c in tops._configs(fam):
+            for c in tops._configs(fam, nk4=cfg.bits == 4):
                 with tops.force_config(c):
                     try:
                         err = rel_err(layer(x), ref)
@@ -168,13 +178,17 @@ class Rotating:
         state = get("triton").prepare(layer)
         self.args = []
         for _ in range(self.copies):
-            self.args.append((base["qweight"].clone(), base["scales"].clone().to(dtype), state.zeros, state.g_idx))
+            qw = base["qweight"] if state.qweight is None else state.qweight  # nk4 layout for 4 bits
+            self.args.append((qw.clone(), base["scales"].clone().to(dtype), state.zeros, state.g_idx))
         self.i = 0
         self.bits, self.gs = cfg.bits, cfg.group_size
 
     def __call__(self, x):
-        qw, s, z, g = self.args[self.i]
         self.i = (self.i + 1) % self.copies
+        return self.at(self.i, x)
+
+    def at(self, i, x):
+        qw, s, z, g = self.args[i]
         return torch.ops.quantkernels.triton_linear(x, qw, s, z, g, None, self.bits, self.gs)
 
 
@@ -185,32 +199,12 @@ class RotatingDense:
         self.i = 0
 
     def __call__(self, x):
-        w = self.ws[self.i]
         self.i = (self.i + 1) % len(self.ws)
-        return torch.mm(x, w)
+        return torch.mm(x, self.ws[self.i])
 
 
 def bench(fn):
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
-
-
-def bench_graph(fn, calls):
-    """Median ms per call of ``calls`` back-to-back calls replayed as one CUDA graph (no CPU launch cost)."""
-    fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(calls):
-            fn()
-    times = []
-    for _ in range(20):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) / calls)
-    return sorted(times)[len(times) // 2]
 
 
 def sweep(shapes, ms, log):
@@ -225,10 +219,10 @@ def sweep(shapes, ms, log):
             x = torch.randn(m, k, device="cuda", dtype=torch.float16)
             fam = tops._family(m)
             res = []
-            for c in tops._configs(fam):
+            for c in tops._configs(fam, nk4=True):
                 with tops.force_config(c):
                     try:
-                        t = bench(lambda: rot(x))
+                        t = time_us([lambda i=i: rot.at(i, x) for i in range(rot.copies)], target_ms=4.0, replays=5)[0] * 1e-3
                     except Exception as e:  # a config the GPU cannot run (shared memory): skip it
                         log.write(f"{s} m={m} {c} failed: {type(e).__name__}: {str(e)[:200]}\n")
                         continue
@@ -254,8 +248,9 @@ def table(shapes, ms, log):
             rot(x)  # autotune outside the timing
             t_q = bench(lambda: rot(x))
             t_d = bench(lambda: dense(x))
-            t_qg = bench_graph(lambda: rot(x), rot.copies)
-            t_dg = bench_graph(lambda: dense(x), len(dense.ws))
+            # The target table's method (benchmarks/gpu_gemm.py): a CUDA graph cycling the copies.
+            t_qg = time_us([lambda i=i: rot.at(i, x) for i in range(rot.copies)])[0] * 1e-3
+            t_dg = time_us([lambda w=w: torch.mm(x, w) for w in dense.ws])[0] * 1e-3
             gb = (cfg.nbytes(k, n) + 2 * m * (k + n)) / (t_q * 1e-3) / 1e9
             tf = 2 * m * k * n / (t_q * 1e-3) / 1e12
             rows.append((s, m, t_q * 1e3, t_d * 1e3, t_d / t_q, gb, tf, t_qg * 1e3, t_dg * 1e3))

@@ -83,10 +83,24 @@ def test_every_tuned_config(family, m):
         layer = make_layer(128, 40, qk.QuantConfig(bits=bits, group_size=gs, sym=sym), bias=True, seed=bits)
         x = torch.randn(m, 128, dtype=torch.float16, device=DEVICE)
         ref = ref_out(layer, x)
-        for cfg in tops._configs(family):
+        for cfg in tops._configs(family, nk4=bits == 4):
             with tops.force_config(cfg):
                 err = rel_err(layer(x), ref)
             assert err <= BOUND[torch.float16], (family, bits, gs, cfg, err)
+
+
+def test_nk4_layout_replaces_qweight_exactly():
+    # 4-bit layers keep their codes in the nk4 layout only; the portable form comes back bit-exact.
+    layer = make_layer(144, 24, qk.QuantConfig(bits=4, group_size=16, sym=False), seed=3)
+    portable = layer.portable_tensors()["qweight"].clone()
+    st = layer._prepare("triton")
+    assert st.replaces_qweight and st.qweight.dtype == torch.uint8 and st.qweight.shape == (24, 72)
+    assert layer.qweight.numel() == 0
+    assert torch.equal(layer.portable_tensors()["qweight"], portable)
+    codes = reference.unpack(portable, 4, dim=0).t()  # [N, K]
+    assert torch.equal(st.qweight & 15, codes[:, 0::2]) and torch.equal(st.qweight >> 4, codes[:, 1::2])
+    assert torch.equal(layer.dequantize(torch.float32), reference.dequantize(
+        portable, layer.qzeros, layer.scales, layer.g_idx, 4, torch.float32))
 
 
 @pytest.mark.parametrize("bits", [4, 8])

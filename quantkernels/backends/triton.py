@@ -35,10 +35,34 @@ def _interpreter_on() -> bool:
 
 @dataclasses.dataclass
 class TritonState:
-    """What ``prepare`` computed once: the kernels read ``qweight`` and ``scales`` as they are."""
+    """What ``prepare`` computed once.
+
+    4-bit layers: ``qweight`` holds the codes in the kernels' nk4 layout (uint8 ``[N, K/2]``, row n =
+    output n's codes along K, two per byte, even k in the low nibble) and *replaces* the portable
+    qweight (the layer keeps a placeholder; :meth:`TritonBackend.to_portable` rebuilds it exactly).
+    8-bit layers: ``qweight`` is None and the kernels read the portable one.
+    """
 
     zeros: Optional[torch.Tensor]  # uint8 [G, N] real zero points; None when all are 2**(bits-1)
     g_idx: Optional[torch.Tensor]  # int32 [K]; None when it is k // group_size
+    qweight: Optional[torch.Tensor] = None  # uint8 [N, K/2] (4-bit) or None
+    replaces_qweight: bool = False
+
+
+def nk4_from_portable(qweight: torch.Tensor) -> torch.Tensor:
+    """Portable 4-bit int32 ``[K/8, N]`` -> nk4 uint8 ``[N, K/2]``."""
+    from ..reference import unpack
+
+    codes = unpack(qweight, 4, dim=0).t()  # uint8 [N, K]
+    return (codes[:, 0::2] | (codes[:, 1::2] << 4)).contiguous()
+
+
+def nk4_to_portable(qt: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`nk4_from_portable`."""
+    from ..reference import pack
+
+    codes = torch.stack((qt & 15, qt >> 4), dim=-1).reshape(qt.shape[0], qt.shape[1] * 2)  # [N, K]
+    return pack(codes.t().contiguous(), 4, dim=0)
 
 
 _UNSET = object()
@@ -105,14 +129,28 @@ class TritonBackend:
         if bool((zeros == (1 << (bits - 1))).all()):
             zeros = None  # symmetric: the kernels use the constant zero point
         g_idx = None if is_trivial_g_idx(layer.g_idx, layer.config.group_size) else layer.g_idx.contiguous()
-        return TritonState(zeros=None if zeros is None else zeros.contiguous(), g_idx=g_idx)
+        state = TritonState(zeros=None if zeros is None else zeros.contiguous(), g_idx=g_idx)
+        if bits == 4:
+            state.qweight = nk4_from_portable(layer.qweight)
+            state.replaces_qweight = True
+            # The nk4 copy replaces the portable one: a placeholder keeps the device and dtype.
+            layer.qweight = torch.empty(0, dtype=torch.int32, device=state.qweight.device)
+        return state
+
+    def to_portable(self, layer, state: TritonState) -> dict:
+        qweight = nk4_to_portable(state.qweight) if state.replaces_qweight else layer.qweight
+        return {"qweight": qweight, "qzeros": layer.qzeros, "scales": layer.scales, "g_idx": layer.g_idx}
+
+    def dequantize(self, layer, state: TritonState, dtype) -> torch.Tensor:
+        t = self.to_portable(layer, state)
+        return torch.ops.quantkernels.dequantize(t["qweight"], t["qzeros"], t["scales"], t["g_idx"], layer.config.bits, dtype)
 
     def linear(self, layer, state: TritonState, x2d: torch.Tensor) -> torch.Tensor:
         import quantkernels.triton  # noqa: F401  (defines quantkernels::triton_linear; imports triton)
 
         return torch.ops.quantkernels.triton_linear(
             x2d,
-            layer.qweight,
+            layer.qweight if state.qweight is None else state.qweight,
             layer.scales,
             state.zeros,
             state.g_idx,

@@ -331,3 +331,208 @@ def dequant_kernel(
         sj, zfj = _slice_zero_scale(s_ptr, z_ptr, gidx_ptr, kk, offs_n, n_mask, N, K, BITS, GROUP_SIZE, HAS_ZEROS, HAS_GIDX)
         w = (_slice(words, j, BITS) - zfj) * sj
         tl.store(wt_ptr + kk[:, None] * N + offs_n[None, :], w.to(wt_ptr.dtype.element_ty), mask=(kk[:, None] < K) & n_mask[None, :])
+
+
+# ---------------------------------------------------------------------------------------------------
+# 4-bit weights in the Triton layout ("nk4", made once by the backend's ``prepare``):
+#
+#   ``qt`` uint8 ``[N, K / 2]``: row n holds output column n's codes along K, two per byte, even k in
+#   the low nibble (byte j = code[n, 2j] | code[n, 2j + 1] << 4).
+#
+# A K tile of a row is then contiguous bytes, and the weight tile ``[BLOCK_N, BLOCK_K]`` is the left
+# operand of ``tl.dot`` as it is (swap-AB: out.T = W @ x.T; Hopper's wgmma takes it from registers,
+# and a small m only pads the MMA's narrow side). Codes become floats with the "magic number" trick:
+# OR the code into the mantissa of 1024.0 (fp16, 0x6400) or 128.0 (bf16, 0x4300), reinterpret, and
+# one fused multiply-add by 1 with -(magic + z) leaves ``q - z`` exactly. On NVIDIA GPUs one inline
+# PTX block does that for 8 codes (one byte permute, three shifts, four ``lop3``, four packed
+# ``fma.x2``: 1.5 instructions per weight, against about 4 for shift/mask/int-to-float/subtract,
+# whose int-to-float conversion runs at a quarter of the FMA rate); elsewhere (the interpreter, ROCm)
+# plain Triton computes the same values.
+
+@triton.jit
+def _nibbles(p, nzf, DTYPE: tl.constexpr, USE_ASM: tl.constexpr):
+    """uint8 ``p`` -> ``(lo + nzf, hi + nzf)`` in DTYPE, lo/hi = the low/high nibble (code) of each byte.
+
+    ``nzf`` (DTYPE, broadcast to p's shape) is ``-(magic + z)``: the results are ``q - z``, exact.
+    """
+    if USE_ASM:
+        # Per 4 bytes [B0, B1, B2, B3] (one register): permute to [B0, B2, B1, B3], so that each
+        # lop3 on a shift by 0/8 (low nibbles) or 4/12 (high nibbles) yields two fp16/bf16 values,
+        # elements (0, 1) or (2, 3) of the output, packed as one register, as Triton expects.
+        if DTYPE == tl.float16:
+            lo, hi = tl.inline_asm_elementwise(
+                asm="""{
+                .reg .b32 t, u, one;
+                mov.b32 one, 0x3c003c00;
+                prmt.b32 t, $4, 0, 0x3120;
+                lop3.b32 $0, t, 0x000f000f, 0x64006400, 0xea;
+                shr.b32 u, t, 8;
+                lop3.b32 $1, u, 0x000f000f, 0x64006400, 0xea;
+                shr.b32 u, t, 4;
+                lop3.b32 $2, u, 0x000f000f, 0x64006400, 0xea;
+                shr.b32 u, t, 12;
+                lop3.b32 $3, u, 0x000f000f, 0x64006400, 0xea;
+                fma.rn.f16x2 $0, $0, one, $5;
+                fma.rn.f16x2 $1, $1, one, $6;
+                fma.rn.f16x2 $2, $2, one, $5;
+                fma.rn.f16x2 $3, $3, one, $6;
+                }""",
+                constraints="=r,=r,=r,=r,r,r,r",
+                args=[p, nzf], dtype=(tl.float16, tl.float16), is_pure=True, pack=4,
+            )
+        else:
+            lo, hi = tl.inline_asm_elementwise(
+                asm="""{
+                .reg .b32 t, u, one;
+                mov.b32 one, 0x3f803f80;
+                prmt.b32 t, $4, 0, 0x3120;
+                lop3.b32 $0, t, 0x000f000f, 0x43004300, 0xea;
+                shr.b32 u, t, 8;
+                lop3.b32 $1, u, 0x000f000f, 0x43004300, 0xea;
+                shr.b32 u, t, 4;
+                lop3.b32 $2, u, 0x000f000f, 0x43004300, 0xea;
+                shr.b32 u, t, 12;
+                lop3.b32 $3, u, 0x000f000f, 0x43004300, 0xea;
+                fma.rn.bf16x2 $0, $0, one, $5;
+                fma.rn.bf16x2 $1, $1, one, $6;
+                fma.rn.bf16x2 $2, $2, one, $5;
+                fma.rn.bf16x2 $3, $3, one, $6;
+                }""",
+                constraints="=r,=r,=r,=r,r,r,r",
+                args=[p, nzf], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4,
+            )
+    else:
+        # Same values in fp32 arithmetic (exact: |magic + q| < 2**11), no reinterpretation.
+        MAGIC_F: tl.constexpr = 1024.0 if DTYPE == tl.float16 else 128.0
+        lo = ((p & 15).to(tl.float32) + (nzf.to(tl.float32) + MAGIC_F)).to(DTYPE)
+        hi = ((p >> 4).to(tl.float32) + (nzf.to(tl.float32) + MAGIC_F)).to(DTYPE)
+    return lo, hi
+
+
+@triton.jit
+def _nk4_tile(
+    qt_ptr, s_ptr, z_ptr, gidx_ptr, k0, offs_n, n_mask, N, K, stride_qn,
+    GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_GIDX: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, DTYPE: tl.constexpr, USE_ASM: tl.constexpr, EVEN_K: tl.constexpr,
+):
+    """The weight tile ``W[offs_n, k0:k0+BLOCK_K]`` (``[BLOCK_N, BLOCK_K]``) of an nk4 layout.
+
+    Returns ``(w, s)`` as ``_load_weight_tile``: inside one group, ``w = q - z`` (exact) and ``s`` the
+    group's fp32 scales ``[BLOCK_N]``; otherwise ``w = (q - z) * s`` rounded once, ``s`` all ones.
+    """
+    MAGIC_F: tl.constexpr = 1024.0 if DTYPE == tl.float16 else 128.0
+    HALF_K: tl.constexpr = BLOCK_K // 2
+    offs_b = k0 // 2 + tl.arange(0, HALF_K)
+    ptrs = qt_ptr + offs_n[:, None] * stride_qn + offs_b[None, :]
+    if EVEN_K:
+        p = tl.load(ptrs, mask=n_mask[:, None], other=0)
+    else:
+        p = tl.load(ptrs, mask=n_mask[:, None] & (offs_b[None, :] < K // 2), other=0)
+    if (BLOCK_K <= GROUP_SIZE) and (not HAS_GIDX):
+        g = k0 // GROUP_SIZE
+        s = tl.load(s_ptr + g * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+        if HAS_ZEROS:
+            nzf = -(tl.load(z_ptr + g * N + offs_n, mask=n_mask, other=0).to(tl.float32) + MAGIC_F)
+        else:
+            nzf = tl.full((BLOCK_N,), -(MAGIC_F + 8.0), tl.float32)
+        lo, hi = _nibbles(p, nzf.to(DTYPE)[:, None], DTYPE, USE_ASM)
+        return tl.reshape(tl.join(lo, hi), (BLOCK_N, BLOCK_K)), s
+    else:
+        # Per-weight groups: the codes q come out exact, then (q - z) * s per element, in fp32.
+        lo, hi = _nibbles(p, tl.full((BLOCK_N, HALF_K), -MAGIC_F, DTYPE), DTYPE, USE_ASM)
+        k_lo = k0 + 2 * tl.arange(0, HALF_K)
+        s_lo, zf_lo = _slice_zero_scale(s_ptr, z_ptr, gidx_ptr, k_lo, offs_n, n_mask, N, K, 4, GROUP_SIZE, HAS_ZEROS, HAS_GIDX)
+        s_hi, zf_hi = _slice_zero_scale(s_ptr, z_ptr, gidx_ptr, k_lo + 1, offs_n, n_mask, N, K, 4, GROUP_SIZE, HAS_ZEROS, HAS_GIDX)
+        # _slice_zero_scale gives [HALF_K, BLOCK_N] and zero points as 2**23 + z.
+        w_lo = ((lo.to(tl.float32) - (tl.trans(zf_lo) - _MAGIC_F)) * tl.trans(s_lo)).to(DTYPE)
+        w_hi = ((hi.to(tl.float32) - (tl.trans(zf_hi) - _MAGIC_F)) * tl.trans(s_hi)).to(DTYPE)
+        return tl.reshape(tl.join(w_lo, w_hi), (BLOCK_N, BLOCK_K)), tl.full((BLOCK_N,), 1.0, tl.float32)
+
+
+@triton.jit
+def qgemm_nk4_kernel(
+    x_ptr,  # [M, K] fp16/bf16, row stride stride_xm
+    qt_ptr,  # [N, K / 2] uint8, row stride stride_qn (nk4 layout)
+    s_ptr,  # [G, N] fp16/bf16/fp32
+    z_ptr,  # [G, N] uint8 (HAS_ZEROS)
+    gidx_ptr,  # [K] int32 (HAS_GIDX)
+    bias_ptr,  # [N] (HAS_BIAS)
+    out_ptr,  # [M, N] x dtype, contiguous
+    ws_ptr,  # [M, N] fp32, zero on entry and exit (SPLIT_K > 1)
+    cnt_ptr,  # [cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N)] int32, zero on entry and exit (SPLIT_K > 1)
+    M, N, K, stride_xm, stride_qn,
+    GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_GIDX: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    GROUP_M: tl.constexpr, USE_ASM: tl.constexpr, EVEN_K: tl.constexpr, DOT_F32: tl.constexpr,
+):
+    """``out = x @ W.T (+ bias)`` for 4-bit nk4 weights: swap-AB ``tl.dot(W tile, x tile.T)``.
+
+    DOT_F32 (the interpreter only: numpy has no bfloat16 and mangles bf16 dot operands) upcasts the
+    operands; the values are the same, the products exact either way.
+    """
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    num_pid_m = (M + BLOCK_M - 1) // BLOCK_M
+    num_pid_n = (N + BLOCK_N - 1) // BLOCK_N
+    width = GROUP_M * num_pid_n
+    first_m = (pid // width) * GROUP_M
+    group_rows = tl.minimum(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % group_rows
+    pid_n = (pid % width) // group_rows
+
+    DTYPE: tl.constexpr = x_ptr.dtype.element_ty
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    k_tiles = (K + BLOCK_K - 1) // BLOCK_K
+    per_split = (k_tiles + SPLIT_K - 1) // SPLIT_K
+    kt_begin = pid_k * per_split
+    kt_end = tl.minimum(kt_begin + per_split, k_tiles)
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    for kt in range(kt_begin, kt_end):
+        k0 = kt * BLOCK_K
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        if EVEN_K:
+            x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=m_mask[:, None], other=0.0)
+        else:
+            x = tl.load(
+                x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+                mask=m_mask[:, None] & (offs_k[None, :] < K),
+                other=0.0,
+            )
+        w, s = _nk4_tile(
+            qt_ptr, s_ptr, z_ptr, gidx_ptr, k0, offs_n, n_mask, N, K, stride_qn,
+            GROUP_SIZE, HAS_ZEROS, HAS_GIDX, BLOCK_K, BLOCK_N, DTYPE, USE_ASM, EVEN_K,
+        )
+        if DOT_F32:
+            acc += tl.dot(w.to(tl.float32), tl.trans(x).to(tl.float32)) * s[:, None]
+        else:
+            acc += tl.dot(w, tl.trans(x)) * s[:, None]
+    tile_id = pid_m * num_pid_n + pid_n
+    _finish_tile(tl.trans(acc), offs_m, offs_n, tile_id, M, N, out_ptr, bias_ptr, ws_ptr, cnt_ptr, HAS_BIAS, SPLIT_K)
+
+
+@triton.jit
+def dequant_nk4_kernel(
+    qt_ptr,  # [N, K / 2] uint8 (nk4 layout), row stride stride_qn
+    s_ptr,  # [G, N] fp16/bf16/fp32
+    z_ptr,  # [G, N] uint8 (HAS_ZEROS)
+    gidx_ptr,  # [K] int32 (HAS_GIDX)
+    w_ptr,  # [N, K] output dtype: W, contiguous
+    N, K, stride_qn,
+    GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_GIDX: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_ASM: tl.constexpr, EVEN_K: tl.constexpr,
+):
+    """``W [N, K]`` from nk4 weights (then ``x @ W.T`` on cuBLAS): rows of 2 * BLOCK_K contiguous bytes."""
+    DTYPE: tl.constexpr = w_ptr.dtype.element_ty
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    k0 = tl.program_id(1) * BLOCK_K
+    w, s = _nk4_tile(
+        qt_ptr, s_ptr, z_ptr, gidx_ptr, k0, offs_n, n_mask, N, K, stride_qn,
+        GROUP_SIZE, HAS_ZEROS, HAS_GIDX, BLOCK_K, BLOCK_N, DTYPE, USE_ASM, EVEN_K,
+    )
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    w = (w.to(tl.float32) * s[:, None]).to(DTYPE)
+    tl.store(w_ptr + offs_n[:, None] * K + offs_k[None, :], w, mask=n_mask[:, None] & (offs_k[None, :] < K))

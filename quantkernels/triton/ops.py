@@ -30,6 +30,8 @@ from torch._subclasses.functional_tensor import FunctionalTensor
 from . import kernels
 
 INTERPRETED = not isinstance(kernels.qgemm_kernel, triton.runtime.JITFunction)
+# Inline PTX for the 4-bit unpacking: NVIDIA GPUs only (not the interpreter, not ROCm).
+_USE_ASM = not INTERPRETED and torch.version.hip is None
 
 SPLIT_K_MAX_M = 64  # split-K only for m <= this; larger m has enough output tiles to fill the GPU
 DEQUANT_MIN_M = 256  # from here on: dequantize to W.T, then cuBLAS (measured faster on the H100)
@@ -95,6 +97,57 @@ CONFIGS: Dict[str, List[triton.Config]] = {
     "dequant": [_cfg(BLOCK_N=bn, BLOCK_K=bk, num_warps=4, num_stages=1) for (bn, bk) in [(128, 64), (256, 64)]],
 }
 
+
+def _nk4(bm, bn, bk, sk, w, st, gm=8) -> triton.Config:
+    return _cfg(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, GROUP_M=gm, num_warps=w, num_stages=st)
+
+
+def _nk4_dequant(bn, bk, w=4) -> triton.Config:
+    return _cfg(BLOCK_N=bn, BLOCK_K=bk, DEQUANT=True, num_warps=w, num_stages=1)
+
+
+# 4-bit weights in the nk4 layout (qgemm_nk4_kernel; m = 1 pads to the 16-row MMA tile). Swap-AB
+# always: the weight tile is the MMA's 64-row side, the activations the narrow one. "dequant" mixes
+# dequantize + cuBLAS (DEQUANT) with big fused tiles; the tuner keeps the faster per shape.
+CONFIGS_NK4: Dict[str, List[triton.Config]] = {
+    "gemv": [
+        _nk4(16, 64, 128, 4, 4, 4),
+        _nk4(16, 64, 128, 2, 4, 4),
+        _nk4(16, 128, 128, 4, 4, 4),
+        _nk4(16, 64, 256, 2, 4, 3),
+        _nk4(16, 64, 128, 8, 4, 4),
+        _nk4(16, 128, 128, 2, 8, 4),
+    ],
+    "small": [
+        _nk4(16, 64, 128, 4, 4, 4),
+        _nk4(16, 64, 128, 2, 4, 4),
+        _nk4(16, 128, 128, 4, 4, 4),
+        _nk4(16, 64, 256, 2, 4, 3),
+        _nk4(16, 64, 128, 8, 4, 4),
+        _nk4(16, 128, 128, 2, 8, 4),
+    ],
+    "medium": [
+        _nk4(64, 64, 128, 4, 4, 4),
+        _nk4(64, 64, 128, 2, 4, 4),
+        _nk4(32, 64, 128, 4, 4, 4),
+        _nk4(64, 128, 128, 2, 8, 4),
+        _nk4(64, 64, 64, 4, 4, 5),
+        _nk4(64, 128, 64, 1, 4, 4),
+    ],
+    "large": [
+        _nk4(128, 64, 128, 1, 4, 4),
+        _nk4(128, 128, 64, 1, 8, 4),
+        _nk4(64, 128, 128, 1, 4, 4),
+        _nk4(128, 128, 128, 1, 8, 3),
+    ],
+    "dequant": [
+        _nk4_dequant(64, 128),
+        _nk4_dequant(128, 128, 8),
+        _nk4(128, 128, 64, 1, 8, 4),
+        _nk4(128, 64, 128, 1, 4, 4),
+    ],
+}
+
 CHOSEN: Dict[Tuple, triton.Config] = {}
 _forced = None
 
@@ -109,8 +162,8 @@ def _family(m: int) -> str:
     return "large" if m < DEQUANT_MIN_M else "dequant"
 
 
-def _configs(family: str) -> List[triton.Config]:
-    return CONFIGS[family]
+def _configs(family: str, nk4: bool = False) -> List[triton.Config]:
+    return (CONFIGS_NK4 if nk4 else CONFIGS)[family]
 
 
 @contextlib.contextmanager
@@ -134,14 +187,15 @@ def _forced_config(family: str) -> Optional[triton.Config]:
     return _forced
 
 
+def _launch_opts(cfg: triton.Config) -> dict:
+    return {} if INTERPRETED else dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
 def _meta(cfg: triton.Config) -> dict:
-    meta = dict(cfg.kwargs)
-    if not INTERPRETED:
-        meta.update(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    return meta
+    return dict(cfg.kwargs, **_launch_opts(cfg))
 
 
-def _choose(family: str, key: Tuple, launch, real: bool) -> triton.Config:
+def _choose(family: str, key: Tuple, launch, real: bool, nk4: bool) -> triton.Config:
     """The configuration for ``key``: forced, cached, or timed now (eager calls on a GPU only)."""
     cfg = _forced_config(family)
     if cfg is not None:
@@ -149,13 +203,15 @@ def _choose(family: str, key: Tuple, launch, real: bool) -> triton.Config:
     cfg = CHOSEN.get(key)
     if cfg is not None:
         return cfg
-    candidates = _configs(family)
+    candidates = _configs(family, nk4)
     if INTERPRETED or not real or len(candidates) == 1:
         return candidates[0]
     best, best_t = candidates[0], float("inf")
     for c in candidates:
         try:
-            t = triton.testing.do_bench(lambda: launch(c), warmup=5, rep=25, return_mode="median")
+            launch(c)  # compile outside the capture
+            # Replayed from a CUDA graph: the kernel's time, not the Python launch path's.
+            t = triton.testing.do_bench_cudagraph(lambda: launch(c), rep=20, return_mode="median")
         except triton.runtime.errors.OutOfResources:
             continue
         if t < best_t:
@@ -172,11 +228,17 @@ def _check_args(x, qweight, scales, zeros, g_idx, bias, bits, group_size) -> Non
     if x.dim() != 2 or x.dtype not in (torch.float16, torch.bfloat16):
         raise ValueError(f"{name}: x must be 2-D float16/bfloat16 [M, K], got {x.dtype} {tuple(x.shape)}")
     k = x.shape[1]
-    if qweight.dtype != torch.int32 or qweight.dim() != 2 or qweight.shape[0] * 32 != k * bits:
+    if qweight.dtype == torch.uint8 and bits == 4:  # nk4 layout (see kernels.py)
+        if qweight.dim() != 2 or qweight.shape[1] * 2 != k:
+            raise ValueError(f"{name}: 4-bit nk4 qweight must be uint8 [N, K/2] = [N, {k // 2}], got {tuple(qweight.shape)}")
+        n = qweight.shape[0]
+    elif qweight.dtype != torch.int32 or qweight.dim() != 2 or qweight.shape[0] * 32 != k * bits:
         raise ValueError(
-            f"{name}: qweight must be int32 [K*bits/32, N] = [{k * bits // 32}, N], got {qweight.dtype} {tuple(qweight.shape)}"
+            f"{name}: qweight must be int32 [K*bits/32, N] = [{k * bits // 32}, N] (or uint8 [N, K/2] for 4 bits), "
+            f"got {qweight.dtype} {tuple(qweight.shape)}"
         )
-    n = qweight.shape[1]
+    else:
+        n = qweight.shape[1]
     if group_size != -1 and (group_size <= 0 or k % group_size):
         raise ValueError(f"{name}: group_size must be -1 or divide K={k}, got {group_size}")
     g = 1 if group_size == -1 else k // group_size
@@ -206,7 +268,8 @@ def triton_linear(
     bits: int,
     group_size: int,
 ) -> Tensor:
-    """``x @ W.T + bias`` for x ``[M, K]`` fp16/bf16, W in the portable layout.
+    """``x @ W.T + bias`` for x ``[M, K]`` fp16/bf16, W in the portable layout (int32 ``qweight``
+    ``[K*bits/32, N]``) or, for 4 bits, the nk4 layout (uint8 ``[N, K/2]``, see kernels.py).
 
     ``zeros``: uint8 ``[G, N]`` real zero points, or None when all are ``2**(bits-1)``; ``g_idx``:
     int32 ``[K]``, or None when it is ``k // group_size``; ``group_size``: -1 for per channel.
@@ -215,22 +278,28 @@ def triton_linear(
     if x.stride(1) != 1:
         x = x.contiguous()
     m, k = x.shape
-    n = qweight.shape[1]
+    nk4 = qweight.dtype == torch.uint8
+    n = qweight.shape[0] if nk4 else qweight.shape[1]
     family = _family(m)
     fake = is_fake(x)
     if INTERPRETED and fake and isinstance(x, FunctionalTensor):
         # The interpreter runs Python on real data: it cannot be traced into a graph (a GPU can).
         raise RuntimeError("quantkernels::triton_linear: torch.compile cannot trace the Triton interpreter; use a GPU")
     consts = dict(
-        BITS=bits,
         GROUP_SIZE=k if group_size == -1 else group_size,
         HAS_ZEROS=zeros is not None,
         HAS_GIDX=g_idx is not None,
     )
+    if not nk4:
+        consts["BITS"] = bits
     z = scales if zeros is None else zeros
-    gi = qweight if g_idx is None else g_idx
-    key = (family, m_bucket(m), n, k, bits, group_size, zeros is not None, g_idx is not None, bias is not None,
+    gi = scales if g_idx is None else g_idx
+    key = (family, m_bucket(m), n, k, bits, nk4, group_size, zeros is not None, g_idx is not None, bias is not None,
            x.dtype, scales.dtype, x.device)
+    if m == 0 or (INTERPRETED and fake):
+        return x.new_empty((m, n))
+    if nk4:
+        return _linear_nk4(x, qweight, scales, z, gi, bias, consts, family, key, fake)
 
     if family == "dequant":
         wt = torch.empty((k, n), dtype=x.dtype, device=x.device)
@@ -240,24 +309,13 @@ def triton_linear(
             grid = (triton.cdiv(n, c.kwargs["BLOCK_N"]), triton.cdiv(k, c.kwargs["BLOCK_K"]))
             kernel[grid](qweight, scales, z, gi, wt, n, k, **consts, **_meta(c))
 
-        if m == 0 or (INTERPRETED and fake):
-            return x.new_empty((m, n))
-        launch(_choose(family, key, launch, not fake))
+        launch(_choose(family, key, launch, not fake, False))
         out = torch.mm(x, wt)
         return out if bias is None else out + bias.to(out.dtype)
 
     out = x.new_empty((m, n))
-    if m == 0 or (INTERPRETED and fake):
-        return out
     rows = 1 if family == "gemv" else m
-    if family == "large":
-        ws, cnt = out, qweight  # no split-K: never touched
-    else:
-        # fp32 partial sums [rows, N] then one int32 arrival counter per (16 x 16) output tile, the
-        # smallest tile any configuration uses; zero on entry (the kernels leave them zero).
-        tiles = triton.cdiv(rows, 16) * triton.cdiv(n, 16)
-        buf = torch.zeros(rows * n + tiles, dtype=torch.float32, device=x.device)
-        ws, cnt = buf[: rows * n], buf[rows * n :].view(torch.int32)
+    ws, cnt = _split_k_buffers(rows, n, x.device, family != "large", out)
     b = scales if bias is None else bias
     consts["HAS_BIAS"] = bias is not None
     if family == "gemv":
@@ -274,5 +332,51 @@ def triton_linear(
             grid = (triton.cdiv(m, c.kwargs["BLOCK_M"]) * triton.cdiv(n, c.kwargs["BLOCK_N"]), c.kwargs["SPLIT_K"])
             kernel[grid](x, qweight, scales, z, gi, b, out, ws, cnt, m, n, k, x.stride(0), **consts, **_meta(c))
 
-    launch(_choose(family, key, launch, not fake))
+    launch(_choose(family, key, launch, not fake, False))
     return out
+
+
+def _split_k_buffers(rows: int, n: int, device, needed: bool, dummy: Tensor):
+    """fp32 partial sums ``[rows, N]`` then one int32 arrival counter per (16 x 16) output tile (the
+    smallest tile any configuration uses), zero on entry (the kernels leave them zero); when no
+    configuration splits K, ``dummy`` stands in for both (never touched)."""
+    if not needed:
+        return dummy, dummy
+    tiles = triton.cdiv(rows, 16) * triton.cdiv(n, 16)
+    buf = torch.zeros(rows * n + tiles, dtype=torch.float32, device=device)
+    return buf[: rows * n], buf[rows * n :].view(torch.int32)
+
+
+def _linear_nk4(x, qt, scales, z, gi, bias, consts, family, key, fake):
+    """4-bit weights in the nk4 layout: qgemm_nk4_kernel, or dequant_nk4_kernel + cuBLAS."""
+    m, k = x.shape
+    n = qt.shape[0]
+    consts["USE_ASM"] = _USE_ASM and x.device.type == "cuda"
+    out = x.new_empty((m, n))
+    ws, cnt = _split_k_buffers(m, n, x.device, m <= SPLIT_K_MAX_M, out)
+    b = scales if bias is None else bias
+    gemm = torch.library.wrap_triton(kernels.qgemm_nk4_kernel)
+    deq = torch.library.wrap_triton(kernels.dequant_nk4_kernel)
+    result = [out]
+
+    def launch(c):
+        kw = dict(c.kwargs)
+        even_k = k % kw["BLOCK_K"] == 0
+        if kw.pop("DEQUANT", False):
+            w = torch.empty((n, k), dtype=x.dtype, device=x.device)
+            grid = (triton.cdiv(n, kw["BLOCK_N"]), triton.cdiv(k, kw["BLOCK_K"]))
+            deq[grid](qt, scales, z, gi, w, n, k, qt.stride(0), **consts, **kw, EVEN_K=even_k, **_launch_opts(c))
+            mm = torch.mm(x, w.t())
+            result[0] = mm if bias is None else mm + bias.to(mm.dtype)
+        else:
+            grid = (triton.cdiv(m, kw["BLOCK_M"]) * triton.cdiv(n, kw["BLOCK_N"]), kw["SPLIT_K"])
+            gemm[grid](x, qt, scales, z, gi, b, out, ws, cnt, m, n, k, x.stride(0), qt.stride(0),
+                       **consts, HAS_BIAS=bias is not None, **kw, EVEN_K=even_k, DOT_F32=INTERPRETED,
+                       **_launch_opts(c))
+            result[0] = out
+
+    cfg = _choose(family, key, launch, not fake, True)
+    if (SPLIT_K_MAX_M < m) and cfg.kwargs.get("SPLIT_K", 1) > 1:
+        raise ValueError(f"quantkernels::triton_linear: split-K configuration {cfg} for m = {m} > {SPLIT_K_MAX_M}")
+    launch(cfg)
+    return result[0]

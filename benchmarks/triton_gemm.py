@@ -173,9 +173,9 @@ class Rotating:
         nbytes = cfg.nbytes(k, n)
         self.copies = max(2, math.ceil(2 * L2_BYTES / nbytes))
         base = layer.portable_tensors()
-        from quantkernels.backends import get
+        import quantkernels.triton  # noqa: F401  (defines torch.ops.quantkernels.triton_linear)
 
-        state = get("triton").prepare(layer)
+        state = layer._prepare("triton")  # the layer may have prepared already (on .to / at load)
         self.args = []
         for _ in range(self.copies):
             qw = base["qweight"] if state.qweight is None else state.qweight  # nk4 layout for 4 bits

@@ -94,11 +94,15 @@ def test_nk4_layout_replaces_qweight_exactly():
     layer = make_layer(144, 24, qk.QuantConfig(bits=4, group_size=16, sym=False), seed=3)
     portable = layer.portable_tensors()["qweight"].clone()
     st = layer._prepare("triton")
-    assert st.replaces_qweight and st.qweight.dtype == torch.uint8 and st.qweight.shape == (24, 72)
+    assert st.replaces_qweight and st.qweight.dtype == torch.uint8 and st.qweight.shape == (24, 80)  # Kp = 160
     assert layer.qweight.numel() == 0
     assert torch.equal(layer.portable_tensors()["qweight"], portable)
-    codes = reference.unpack(portable, 4, dim=0).t()  # [N, K]
-    assert torch.equal(st.qweight & 15, codes[:, 0::2]) and torch.equal(st.qweight >> 4, codes[:, 1::2])
+    # The documented order: nibble p of word 4q + c is column 32q + 16((p%4)//2) + 8(p%2) + 2c + p//4.
+    codes = reference.unpack(portable, 4, dim=0).t().to(torch.int64)  # [N, K]
+    words = st.qweight.view(torch.int32).to(torch.int64)
+    for n, q, c, p in ((0, 0, 0, 0), (5, 1, 3, 4), (23, 4, 2, 7), (7, 2, 1, 3)):
+        col = 32 * q + 16 * ((p % 4) // 2) + 8 * (p % 2) + 2 * c + p // 4
+        assert ((words[n, 4 * q + c] >> (4 * p)) & 15) == (codes[n, col] if col < 144 else 0)
     assert torch.equal(layer.dequantize(torch.float32), reference.dequantize(
         portable, layer.qzeros, layer.scales, layer.g_idx, 4, torch.float32))
 

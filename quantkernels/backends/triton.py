@@ -37,32 +37,48 @@ def _interpreter_on() -> bool:
 class TritonState:
     """What ``prepare`` computed once.
 
-    4-bit layers: ``qweight`` holds the codes in the kernels' nk4 layout (uint8 ``[N, K/2]``, row n =
-    output n's codes along K, two per byte, even k in the low nibble) and *replaces* the portable
+    4-bit layers: ``qweight`` holds the codes in the kernels' nk4 layout (uint8 ``[N, Kp/2]``, the
+    bytes of int32 words ``[N, Kp/8]``; see quantkernels/triton/kernels.py) and *replaces* the portable
     qweight (the layer keeps a placeholder; :meth:`TritonBackend.to_portable` rebuilds it exactly).
     8-bit layers: ``qweight`` is None and the kernels read the portable one.
     """
 
     zeros: Optional[torch.Tensor]  # uint8 [G, N] real zero points; None when all are 2**(bits-1)
     g_idx: Optional[torch.Tensor]  # int32 [K]; None when it is k // group_size
-    qweight: Optional[torch.Tensor] = None  # uint8 [N, K/2] (4-bit) or None
+    qweight: Optional[torch.Tensor] = None  # uint8 [N, Kp/2] (4-bit) or None
     replaces_qweight: bool = False
 
 
+# NK4_COLUMN[c, p]: the input column (within a 32-column chunk) of nibble p of the chunk's word c.
+NK4_COLUMN = torch.tensor([[16 * ((p % 4) // 2) + 8 * (p % 2) + 2 * c + p // 4 for p in range(8)] for c in range(4)])
+
+
 def nk4_from_portable(qweight: torch.Tensor) -> torch.Tensor:
-    """Portable 4-bit int32 ``[K/8, N]`` -> nk4 uint8 ``[N, K/2]``."""
+    """Portable 4-bit int32 ``[K/8, N]`` -> nk4 uint8 ``[N, Kp/2]``: the bytes of the int32 words
+    ``[N, Kp/8]`` described in quantkernels/triton/kernels.py (Kp = K rounded up to 32, zero codes)."""
     from ..reference import unpack
 
     codes = unpack(qweight, 4, dim=0).t()  # uint8 [N, K]
-    return (codes[:, 0::2] | (codes[:, 1::2] << 4)).contiguous()
+    n, k = codes.shape
+    kp = -(-k // 32) * 32
+    codes = torch.nn.functional.pad(codes, (0, kp - k)).view(n, kp // 32, 32).to(torch.int64)
+    nib = codes[:, :, NK4_COLUMN.to(codes.device)]  # [N, Kp/32, 4 words, 8 nibbles]
+    shifts = 4 * torch.arange(8, device=codes.device)
+    words = (nib << shifts).sum(-1)  # [N, Kp/32, 4], each < 2**32
+    words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+    return words.view(n, kp // 8).view(torch.uint8)
 
 
-def nk4_to_portable(qt: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`nk4_from_portable`."""
+def nk4_to_portable(qt: torch.Tensor, k: int) -> torch.Tensor:
+    """Inverse of :func:`nk4_from_portable` for ``k`` input columns."""
     from ..reference import pack
 
-    codes = torch.stack((qt & 15, qt >> 4), dim=-1).reshape(qt.shape[0], qt.shape[1] * 2)  # [N, K]
-    return pack(codes.t().contiguous(), 4, dim=0)
+    n = qt.shape[0]
+    words = qt.view(torch.int32).to(torch.int64).view(n, -1, 4)  # [N, Kp/32, 4]
+    nib = (words[..., None] >> (4 * torch.arange(8, device=qt.device))) & 15  # [N, Kp/32, 4, 8]
+    codes = torch.empty(n, words.shape[1], 32, dtype=torch.int64, device=qt.device)
+    codes[:, :, NK4_COLUMN.to(qt.device)] = nib
+    return pack(codes.view(n, -1)[:, :k].t().contiguous(), 4, dim=0)
 
 
 _UNSET = object()
@@ -138,7 +154,7 @@ class TritonBackend:
         return state
 
     def to_portable(self, layer, state: TritonState) -> dict:
-        qweight = nk4_to_portable(state.qweight) if state.replaces_qweight else layer.qweight
+        qweight = nk4_to_portable(state.qweight, layer.in_features) if state.replaces_qweight else layer.qweight
         return {"qweight": qweight, "qzeros": layer.qzeros, "scales": layer.scales, "g_idx": layer.g_idx}
 
     def dequantize(self, layer, state: TritonState, dtype) -> torch.Tensor:

@@ -336,77 +336,93 @@ def dequant_kernel(
 # ---------------------------------------------------------------------------------------------------
 # 4-bit weights in the Triton layout ("nk4", made once by the backend's ``prepare``):
 #
-#   ``qt`` uint8 ``[N, K / 2]``: row n holds output column n's codes along K, two per byte, even k in
-#   the low nibble (byte j = code[n, 2j] | code[n, 2j + 1] << 4).
+#   ``qt`` int32 ``[N, Kp / 8]``, Kp = K rounded up to 32 (codes past K are 0): row n holds output
+#   column n's codes along K. Each 32-column chunk q of a row is 4 words; word ``4q + c`` holds, at
+#   nibble p (bits 4p..4p+3), the code of input column ``32q + 16 * ((p % 4) // 2) + 8 * (p % 2)
+#   + 2c + p // 4``  (see ``NK4_COLUMN`` in quantkernels/backends/triton.py).
 #
-# A K tile of a row is then contiguous bytes, and the weight tile ``[BLOCK_N, BLOCK_K]`` is the left
-# operand of ``tl.dot`` as it is (swap-AB: out.T = W @ x.T; Hopper's wgmma takes it from registers,
-# and a small m only pads the MMA's narrow side). Codes become floats with the "magic number" trick:
-# OR the code into the mantissa of 1024.0 (fp16, 0x6400) or 128.0 (bf16, 0x4300), reinterpret, and
-# one fused multiply-add by 1 with -(magic + z) leaves ``q - z`` exactly. On NVIDIA GPUs one inline
-# PTX block does that for 8 codes (one byte permute, three shifts, four ``lop3``, four packed
-# ``fma.x2``: 1.5 instructions per weight, against about 4 for shift/mask/int-to-float/subtract,
-# whose int-to-float conversion runs at a quarter of the FMA rate); elsewhere (the interpreter, ROCm)
-# plain Triton computes the same values.
+# Why that order: the weight tile ``[BLOCK_N, BLOCK_K]`` is the left operand of ``tl.dot`` (swap-AB:
+# out.T = W @ x.T; Hopper's wgmma reads it from registers, and a small m only pads the MMA's narrow
+# side). There, thread c of each quad holds, per row and 16-column slice, columns (2c, 2c+1) and
+# (2c+8, 2c+9) as two fp16x2 registers: word 4q + c is exactly that thread's 8 codes of chunk q, and
+# nibbles (p, p+4) are one register's pair. So a thread loads whole words (16-byte vectors through
+# shared memory) and one ``lop3`` per register turns two codes into two fp16/bf16 values with the
+# "magic number" trick: OR the code into the mantissa of 1024.0 (fp16, 0x6400) or 128.0 (bf16,
+# 0x4300); one packed fma (x1, minus magic + z) then leaves ``q - z`` exactly. That is 1.5
+# instructions per weight, against about 4 for shift/mask/int-to-float/subtract (int-to-float runs
+# at a quarter of the FMA rate), and no byte shuffles. The kernels only state the column order
+# (reshape, join, permute); Triton's layout propagation puts each word in the thread that needs it
+# (checked in the SASS: LDS.128, no PRMT between the unpacking and the HGMMAs). On GPUs without
+# inline PTX (the interpreter, ROCm) plain Triton computes the same values.
 
 @triton.jit
-def _nibbles(p, nzf, DTYPE: tl.constexpr, USE_ASM: tl.constexpr):
-    """uint8 ``p`` -> ``(lo + nzf, hi + nzf)`` in DTYPE, lo/hi = the low/high nibble (code) of each byte.
-
-    ``nzf`` (DTYPE, broadcast to p's shape) is ``-(magic + z)``: the results are ``q - z``, exact.
-    """
+def _unpack_words(wd, nzf, DTYPE: tl.constexpr, USE_ASM: tl.constexpr):
+    """int32 nk4 words -> 8 tensors ``o_j`` (DTYPE, wd's shape): magic + nibble ``P[j]`` + nzf, with
+    P = 0, 4, 1, 5, 2, 6, 3, 7 and ``nzf`` (fp32, broadcast to wd's shape) = ``-(magic + z)``."""
     if USE_ASM:
-        # Per 4 bytes [B0, B1, B2, B3] (one register): permute to [B0, B2, B1, B3], so that each
-        # lop3 on a shift by 0/8 (low nibbles) or 4/12 (high nibbles) yields two fp16/bf16 values,
-        # elements (0, 1) or (2, 3) of the output, packed as one register, as Triton expects.
+        half = nzf.to(DTYPE).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+        nzf2 = half | (half << 16)  # the packed operand of the fma.x2
         if DTYPE == tl.float16:
-            lo, hi = tl.inline_asm_elementwise(
+            o0, o1, o2, o3, o4, o5, o6, o7 = tl.inline_asm_elementwise(
                 asm="""{
-                .reg .b32 t, u, one;
+                .reg .b32 t, a, b, c, d, one;
                 mov.b32 one, 0x3c003c00;
-                prmt.b32 t, $4, 0, 0x3120;
-                lop3.b32 $0, t, 0x000f000f, 0x64006400, 0xea;
-                shr.b32 u, t, 8;
-                lop3.b32 $1, u, 0x000f000f, 0x64006400, 0xea;
-                shr.b32 u, t, 4;
-                lop3.b32 $2, u, 0x000f000f, 0x64006400, 0xea;
-                shr.b32 u, t, 12;
-                lop3.b32 $3, u, 0x000f000f, 0x64006400, 0xea;
-                fma.rn.f16x2 $0, $0, one, $5;
-                fma.rn.f16x2 $1, $1, one, $6;
-                fma.rn.f16x2 $2, $2, one, $5;
-                fma.rn.f16x2 $3, $3, one, $6;
+                lop3.b32 a, $8, 0x000f000f, 0x64006400, 0xea;
+                shr.b32 t, $8, 4;
+                lop3.b32 b, t, 0x000f000f, 0x64006400, 0xea;
+                shr.b32 t, $8, 8;
+                lop3.b32 c, t, 0x000f000f, 0x64006400, 0xea;
+                shr.b32 t, $8, 12;
+                lop3.b32 d, t, 0x000f000f, 0x64006400, 0xea;
+                fma.rn.f16x2 a, a, one, $9;
+                fma.rn.f16x2 b, b, one, $9;
+                fma.rn.f16x2 c, c, one, $9;
+                fma.rn.f16x2 d, d, one, $9;
+                mov.b32 {$0, $1}, a;
+                mov.b32 {$2, $3}, b;
+                mov.b32 {$4, $5}, c;
+                mov.b32 {$6, $7}, d;
                 }""",
-                constraints="=r,=r,=r,=r,r,r,r",
-                args=[p, nzf], dtype=(tl.float16, tl.float16), is_pure=True, pack=4,
+                constraints="=h,=h,=h,=h,=h,=h,=h,=h,r,r",
+                args=[wd, nzf2], dtype=(tl.float16,) * 8, is_pure=True, pack=1,
             )
         else:
-            lo, hi = tl.inline_asm_elementwise(
+            o0, o1, o2, o3, o4, o5, o6, o7 = tl.inline_asm_elementwise(
                 asm="""{
-                .reg .b32 t, u, one;
+                .reg .b32 t, a, b, c, d, one;
                 mov.b32 one, 0x3f803f80;
-                prmt.b32 t, $4, 0, 0x3120;
-                lop3.b32 $0, t, 0x000f000f, 0x43004300, 0xea;
-                shr.b32 u, t, 8;
-                lop3.b32 $1, u, 0x000f000f, 0x43004300, 0xea;
-                shr.b32 u, t, 4;
-                lop3.b32 $2, u, 0x000f000f, 0x43004300, 0xea;
-                shr.b32 u, t, 12;
-                lop3.b32 $3, u, 0x000f000f, 0x43004300, 0xea;
-                fma.rn.bf16x2 $0, $0, one, $5;
-                fma.rn.bf16x2 $1, $1, one, $6;
-                fma.rn.bf16x2 $2, $2, one, $5;
-                fma.rn.bf16x2 $3, $3, one, $6;
+                lop3.b32 a, $8, 0x000f000f, 0x43004300, 0xea;
+                shr.b32 t, $8, 4;
+                lop3.b32 b, t, 0x000f000f, 0x43004300, 0xea;
+                shr.b32 t, $8, 8;
+                lop3.b32 c, t, 0x000f000f, 0x43004300, 0xea;
+                shr.b32 t, $8, 12;
+                lop3.b32 d, t, 0x000f000f, 0x43004300, 0xea;
+                fma.rn.bf16x2 a, a, one, $9;
+                fma.rn.bf16x2 b, b, one, $9;
+                fma.rn.bf16x2 c, c, one, $9;
+                fma.rn.bf16x2 d, d, one, $9;
+                mov.b32 {$0, $1}, a;
+                mov.b32 {$2, $3}, b;
+                mov.b32 {$4, $5}, c;
+                mov.b32 {$6, $7}, d;
                 }""",
-                constraints="=r,=r,=r,=r,r,r,r",
-                args=[p, nzf], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4,
+                constraints="=h,=h,=h,=h,=h,=h,=h,=h,r,r",
+                args=[wd, nzf2], dtype=(tl.bfloat16,) * 8, is_pure=True, pack=1,
             )
     else:
-        # Same values in fp32 arithmetic (exact: |magic + q| < 2**11), no reinterpretation.
+        # Same values in fp32 arithmetic (exact: magic + q < 2**11), no reinterpretation.
         MAGIC_F: tl.constexpr = 1024.0 if DTYPE == tl.float16 else 128.0
-        lo = ((p & 15).to(tl.float32) + (nzf.to(tl.float32) + MAGIC_F)).to(DTYPE)
-        hi = ((p >> 4).to(tl.float32) + (nzf.to(tl.float32) + MAGIC_F)).to(DTYPE)
-    return lo, hi
+        off = nzf + MAGIC_F
+        o0 = ((wd & 15).to(tl.float32) + off).to(DTYPE)
+        o1 = (((wd >> 16) & 15).to(tl.float32) + off).to(DTYPE)
+        o2 = (((wd >> 4) & 15).to(tl.float32) + off).to(DTYPE)
+        o3 = (((wd >> 20) & 15).to(tl.float32) + off).to(DTYPE)
+        o4 = (((wd >> 8) & 15).to(tl.float32) + off).to(DTYPE)
+        o5 = (((wd >> 24) & 15).to(tl.float32) + off).to(DTYPE)
+        o6 = (((wd >> 12) & 15).to(tl.float32) + off).to(DTYPE)
+        o7 = (((wd >> 28) & 15).to(tl.float32) + off).to(DTYPE)
+    return o0, o1, o2, o3, o4, o5, o6, o7
 
 
 @triton.jit
@@ -419,40 +435,56 @@ def _nk4_tile(
 
     Returns ``(w, s)`` as ``_load_weight_tile``: inside one group, ``w = q - z`` (exact) and ``s`` the
     group's fp32 scales ``[BLOCK_N]``; otherwise ``w = (q - z) * s`` rounded once, ``s`` all ones.
+    EVEN_K: the padded K is a multiple of BLOCK_K (no column mask on the words).
     """
     MAGIC_F: tl.constexpr = 1024.0 if DTYPE == tl.float16 else 128.0
-    HALF_K: tl.constexpr = BLOCK_K // 2
-    offs_b = k0 // 2 + tl.arange(0, HALF_K)
-    ptrs = qt_ptr + offs_n[:, None] * stride_qn + offs_b[None, :]
+    Q: tl.constexpr = BLOCK_K // 32
+    offs_w = k0 // 8 + tl.arange(0, BLOCK_K // 8)
+    ptrs = qt_ptr.to(tl.pointer_type(tl.int32)) + offs_n[:, None] * stride_qn + offs_w[None, :]
     if EVEN_K:
-        p = tl.load(ptrs, mask=n_mask[:, None], other=0)
+        wd = tl.load(ptrs, mask=n_mask[:, None], other=0)
     else:
-        p = tl.load(ptrs, mask=n_mask[:, None] & (offs_b[None, :] < K // 2), other=0)
-    if (BLOCK_K <= GROUP_SIZE) and (not HAS_GIDX):
+        wd = tl.load(ptrs, mask=n_mask[:, None] & (offs_w[None, :] < stride_qn), other=0)
+    wd = tl.reshape(wd, (BLOCK_N, Q, 4))  # (row, chunk q, thread c)
+    TILE_IN_GROUP: tl.constexpr = (BLOCK_K <= GROUP_SIZE) and (not HAS_GIDX)
+    if TILE_IN_GROUP:
         g = k0 // GROUP_SIZE
         s = tl.load(s_ptr + g * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)
         if HAS_ZEROS:
             nzf = -(tl.load(z_ptr + g * N + offs_n, mask=n_mask, other=0).to(tl.float32) + MAGIC_F)
         else:
             nzf = tl.full((BLOCK_N,), -(MAGIC_F + 8.0), tl.float32)
-        lo, hi = _nibbles(p, nzf.to(DTYPE)[:, None], DTYPE, USE_ASM)
-        return tl.reshape(tl.join(lo, hi), (BLOCK_N, BLOCK_K)), s
     else:
-        # Per-weight groups: the codes q come out exact, then (q - z) * s per element, in fp32.
-        lo, hi = _nibbles(p, tl.full((BLOCK_N, HALF_K), -MAGIC_F, DTYPE), DTYPE, USE_ASM)
-        k_lo = k0 + 2 * tl.arange(0, HALF_K)
-        s_lo, zf_lo = _slice_zero_scale(s_ptr, z_ptr, gidx_ptr, k_lo, offs_n, n_mask, N, K, 4, GROUP_SIZE, HAS_ZEROS, HAS_GIDX)
-        s_hi, zf_hi = _slice_zero_scale(s_ptr, z_ptr, gidx_ptr, k_lo + 1, offs_n, n_mask, N, K, 4, GROUP_SIZE, HAS_ZEROS, HAS_GIDX)
-        # _slice_zero_scale gives [HALF_K, BLOCK_N] and zero points as 2**23 + z.
-        w_lo = ((lo.to(tl.float32) - (tl.trans(zf_lo) - _MAGIC_F)) * tl.trans(s_lo)).to(DTYPE)
-        w_hi = ((hi.to(tl.float32) - (tl.trans(zf_hi) - _MAGIC_F)) * tl.trans(s_hi)).to(DTYPE)
-        return tl.reshape(tl.join(w_lo, w_hi), (BLOCK_N, BLOCK_K)), tl.full((BLOCK_N,), 1.0, tl.float32)
+        nzf = tl.full((BLOCK_N,), -MAGIC_F, tl.float32)  # the codes q themselves
+    o0, o1, o2, o3, o4, o5, o6, o7 = _unpack_words(wd, nzf[:, None, None], DTYPE, USE_ASM)
+    # o_(4s + 2h + e) holds column 32q + 16s + 8h + 2c + e: stack (e, h, s), then order the columns.
+    t = tl.join(tl.join(tl.join(o0, o1), tl.join(o2, o3)), tl.join(tl.join(o4, o5), tl.join(o6, o7)))
+    w = tl.reshape(tl.permute(t, (0, 1, 5, 4, 2, 3)), (BLOCK_N, BLOCK_K))
+    if TILE_IN_GROUP:
+        return w, s
+    else:
+        # Per-weight groups: (q - z) * s per element, in fp32, rounded once.
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_mask = offs_k < K
+        if HAS_GIDX:
+            gk = tl.load(gidx_ptr + offs_k, mask=k_mask, other=0)
+        else:
+            gk = offs_k // GROUP_SIZE
+        idx = gk[None, :] * N + offs_n[:, None]
+        gmask = n_mask[:, None] & k_mask[None, :]
+        sk = tl.load(s_ptr + idx, mask=gmask, other=0.0).to(tl.float32)
+        if HAS_ZEROS:
+            zk = tl.load(z_ptr + idx, mask=gmask, other=0).to(tl.float32)
+        else:
+            zk = 8.0
+        w = ((w.to(tl.float32) - zk) * sk).to(DTYPE)
+        return w, tl.full((BLOCK_N,), 1.0, tl.float32)
 
 
 @triton.jit
 def qgemm_nk4_kernel(
     x_ptr,  # [M, K] fp16/bf16, row stride stride_xm
-    qt_ptr,  # [N, K / 2] uint8, row stride stride_qn (nk4 layout)
+    qt_ptr,  # [N, Kp / 2] uint8: the bytes of the nk4 int32 words [N, Kp / 8]; stride_qn = Kp / 8
     s_ptr,  # [G, N] fp16/bf16/fp32
     z_ptr,  # [G, N] uint8 (HAS_ZEROS)
     gidx_ptr,  # [K] int32 (HAS_GIDX)
@@ -515,7 +547,7 @@ def qgemm_nk4_kernel(
 
 @triton.jit
 def dequant_nk4_kernel(
-    qt_ptr,  # [N, K / 2] uint8 (nk4 layout), row stride stride_qn
+    qt_ptr,  # [N, Kp / 2] uint8: the bytes of the nk4 int32 words [N, Kp / 8]; stride_qn = Kp / 8
     s_ptr,  # [G, N] fp16/bf16/fp32
     z_ptr,  # [G, N] uint8 (HAS_ZEROS)
     gidx_ptr,  # [K] int32 (HAS_GIDX)
@@ -524,7 +556,7 @@ def dequant_nk4_kernel(
     GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_GIDX: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_ASM: tl.constexpr, EVEN_K: tl.constexpr,
 ):
-    """``W [N, K]`` from nk4 weights (then ``x @ W.T`` on cuBLAS): rows of 2 * BLOCK_K contiguous bytes."""
+    """``W [N, K]`` from nk4 weights (then ``x @ W.T`` on cuBLAS)."""
     DTYPE: tl.constexpr = w_ptr.dtype.element_ty
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N

@@ -229,12 +229,16 @@ def _check_args(x, qweight, scales, zeros, g_idx, bias, bits, group_size) -> Non
         raise ValueError(f"{name}: x must be 2-D float16/bfloat16 [M, K], got {x.dtype} {tuple(x.shape)}")
     k = x.shape[1]
     if qweight.dtype == torch.uint8 and bits == 4:  # nk4 layout (see kernels.py)
-        if qweight.dim() != 2 or qweight.shape[1] * 2 != k:
-            raise ValueError(f"{name}: 4-bit nk4 qweight must be uint8 [N, K/2] = [N, {k // 2}], got {tuple(qweight.shape)}")
+        kp = -(-k // 32) * 32
+        if qweight.dim() != 2 or qweight.shape[1] * 2 != kp:
+            raise ValueError(
+                f"{name}: 4-bit nk4 qweight must be uint8 [N, Kp/2] = [N, {kp // 2}] (Kp = K rounded up to 32), "
+                f"got {tuple(qweight.shape)}"
+            )
         n = qweight.shape[0]
     elif qweight.dtype != torch.int32 or qweight.dim() != 2 or qweight.shape[0] * 32 != k * bits:
         raise ValueError(
-            f"{name}: qweight must be int32 [K*bits/32, N] = [{k * bits // 32}, N] (or uint8 [N, K/2] for 4 bits), "
+            f"{name}: qweight must be int32 [K*bits/32, N] = [{k * bits // 32}, N] (or nk4 uint8 for 4 bits), "
             f"got {qweight.dtype} {tuple(qweight.shape)}"
         )
     else:
@@ -269,7 +273,7 @@ def triton_linear(
     group_size: int,
 ) -> Tensor:
     """``x @ W.T + bias`` for x ``[M, K]`` fp16/bf16, W in the portable layout (int32 ``qweight``
-    ``[K*bits/32, N]``) or, for 4 bits, the nk4 layout (uint8 ``[N, K/2]``, see kernels.py).
+    ``[K*bits/32, N]``) or, for 4 bits, the nk4 layout (uint8 ``[N, Kp/2]``, see kernels.py).
 
     ``zeros``: uint8 ``[G, N]`` real zero points, or None when all are ``2**(bits-1)``; ``g_idx``:
     int32 ``[K]``, or None when it is ``k // group_size``; ``group_size``: -1 for per channel.
@@ -359,18 +363,21 @@ def _linear_nk4(x, qt, scales, z, gi, bias, consts, family, key, fake):
     deq = torch.library.wrap_triton(kernels.dequant_nk4_kernel)
     result = [out]
 
+    stride_qn = qt.stride(0) // 4  # in int32 words
+    kp = stride_qn * 8
+
     def launch(c):
         kw = dict(c.kwargs)
-        even_k = k % kw["BLOCK_K"] == 0
+        even_k = kp % kw["BLOCK_K"] == 0
         if kw.pop("DEQUANT", False):
             w = torch.empty((n, k), dtype=x.dtype, device=x.device)
             grid = (triton.cdiv(n, kw["BLOCK_N"]), triton.cdiv(k, kw["BLOCK_K"]))
-            deq[grid](qt, scales, z, gi, w, n, k, qt.stride(0), **consts, **kw, EVEN_K=even_k, **_launch_opts(c))
+            deq[grid](qt, scales, z, gi, w, n, k, stride_qn, **consts, **kw, EVEN_K=even_k, **_launch_opts(c))
             mm = torch.mm(x, w.t())
             result[0] = mm if bias is None else mm + bias.to(mm.dtype)
         else:
             grid = (triton.cdiv(m, kw["BLOCK_M"]) * triton.cdiv(n, kw["BLOCK_N"]), kw["SPLIT_K"])
-            gemm[grid](x, qt, scales, z, gi, b, out, ws, cnt, m, n, k, x.stride(0), qt.stride(0),
+            gemm[grid](x, qt, scales, z, gi, b, out, ws, cnt, m, n, k, x.stride(0), stride_qn,
                        **consts, HAS_BIAS=bias is not None, **kw, EVEN_K=even_k, DOT_F32=INTERPRETED,
                        **_launch_opts(c))
             result[0] = out

@@ -99,8 +99,8 @@ def check(log):
     fixed_nk4 = {  # 4-bit layers (nk4 layout)
         "gemv": tops._nk4(16, 64, 128, 2, 4, 3),
         "small": tops._nk4(16, 64, 128, 2, 4, 3),
-        "medium": tops._nk4(32, 64, 64, 2, 4, 3),
-        "large": tops._nk4(64, 128, 64, 1, 4, 3),
+        "medium": tops._nk4(32, 64, 128, 2, 4, 3),
+        "large": tops._nk4(64, 128, 128, 1, 4, 3),
         "dequant": tops._nk4_dequant(64, 128),
     }
     rows, fails = [], 0

@@ -49,22 +49,24 @@ class TritonState:
     replaces_qweight: bool = False
 
 
-# NK4_COLUMN[c, p]: the input column (within a 32-column chunk) of nibble p of the chunk's word c.
-NK4_COLUMN = torch.tensor([[16 * ((p % 4) // 2) + 8 * (p % 2) + 2 * c + p // 4 for p in range(8)] for c in range(4)])
+# NK4_COLUMN[w, p]: the input column, within a 128-column block, of nibble p of the block's word w.
+NK4_COLUMN = torch.tensor(
+    [[32 * (w % 4) + 16 * ((p % 4) // 2) + 8 * (p % 2) + 2 * (w // 4) + p // 4 for p in range(8)] for w in range(16)]
+)
 
 
 def nk4_from_portable(qweight: torch.Tensor) -> torch.Tensor:
     """Portable 4-bit int32 ``[K/8, N]`` -> nk4 uint8 ``[N, Kp/2]``: the bytes of the int32 words
-    ``[N, Kp/8]`` described in quantkernels/triton/kernels.py (Kp = K rounded up to 32, zero codes)."""
+    ``[N, Kp/8]`` described in quantkernels/triton/kernels.py (Kp = K rounded up to 128, zero codes)."""
     from ..reference import unpack
 
     codes = unpack(qweight, 4, dim=0).t()  # uint8 [N, K]
     n, k = codes.shape
-    kp = -(-k // 32) * 32
-    codes = torch.nn.functional.pad(codes, (0, kp - k)).view(n, kp // 32, 32).to(torch.int64)
-    nib = codes[:, :, NK4_COLUMN.to(codes.device)]  # [N, Kp/32, 4 words, 8 nibbles]
+    kp = -(-k // 128) * 128
+    codes = torch.nn.functional.pad(codes, (0, kp - k)).view(n, kp // 128, 128).to(torch.int64)
+    nib = codes[:, :, NK4_COLUMN.to(codes.device)]  # [N, Kp/128, 16 words, 8 nibbles]
     shifts = 4 * torch.arange(8, device=codes.device)
-    words = (nib << shifts).sum(-1)  # [N, Kp/32, 4], each < 2**32
+    words = (nib << shifts).sum(-1)  # [N, Kp/128, 16], each < 2**32
     words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
     return words.view(n, kp // 8).view(torch.uint8)
 
@@ -74,9 +76,9 @@ def nk4_to_portable(qt: torch.Tensor, k: int) -> torch.Tensor:
     from ..reference import pack
 
     n = qt.shape[0]
-    words = qt.view(torch.int32).to(torch.int64).view(n, -1, 4)  # [N, Kp/32, 4]
-    nib = (words[..., None] >> (4 * torch.arange(8, device=qt.device))) & 15  # [N, Kp/32, 4, 8]
-    codes = torch.empty(n, words.shape[1], 32, dtype=torch.int64, device=qt.device)
+    words = qt.view(torch.int32).to(torch.int64).view(n, -1, 16)  # [N, Kp/128, 16]
+    nib = (words[..., None] >> (4 * torch.arange(8, device=qt.device))) & 15  # [N, Kp/128, 16, 8]
+    codes = torch.empty(n, words.shape[1], 128, dtype=torch.int64, device=qt.device)
     codes[:, :, NK4_COLUMN.to(qt.device)] = nib
     return pack(codes.view(n, -1)[:, :k].t().contiguous(), 4, dim=0)
 

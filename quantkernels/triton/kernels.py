@@ -336,17 +336,17 @@ def dequant_kernel(
 # ---------------------------------------------------------------------------------------------------
 # 4-bit weights in the Triton layout ("nk4", made once by the backend's ``prepare``):
 #
-#   ``qt`` int32 ``[N, Kp / 8]``, Kp = K rounded up to 32 (codes past K are 0): row n holds output
-#   column n's codes along K. Each 32-column chunk q of a row is 4 words; word ``4q + c`` holds, at
-#   nibble p (bits 4p..4p+3), the code of input column ``32q + 16 * ((p % 4) // 2) + 8 * (p % 2)
-#   + 2c + p // 4``  (see ``NK4_COLUMN`` in quantkernels/backends/triton.py).
+#   ``qt`` int32 ``[N, Kp / 8]``, Kp = K rounded up to 128 (codes past K are 0): row n holds output
+#   column n's codes along K. Each 128-column block b of a row is 16 words; word ``16b + 4c + q``
+#   holds, at nibble p (bits 4p..4p+3), the code of input column ``128b + 32q + 16 * ((p % 4) // 2)
+#   + 8 * (p % 2) + 2c + p // 4``  (see ``NK4_COLUMN`` in quantkernels/backends/triton.py).
 #
 # Why that order: the weight tile ``[BLOCK_N, BLOCK_K]`` is the left operand of ``tl.dot`` (swap-AB:
 # out.T = W @ x.T; Hopper's wgmma reads it from registers, and a small m only pads the MMA's narrow
 # side). There, thread c of each quad holds, per row and 16-column slice, columns (2c, 2c+1) and
-# (2c+8, 2c+9) as two fp16x2 registers: word 4q + c is exactly that thread's 8 codes of chunk q, and
-# nibbles (p, p+4) are one register's pair. So a thread loads whole words (16-byte vectors through
-# shared memory) and one ``lop3`` per register turns two codes into two fp16/bf16 values with the
+# (2c+8, 2c+9) as two fp16x2 registers: word 4c + q is exactly that thread's 8 codes of the 32
+# columns 32q.., its 4 words of a block are adjacent, and nibbles (p, p+4) are one register's pair.
+# So a thread loads whole words (16-byte vectors through shared memory) and one ``lop3`` per register turns two codes into two fp16/bf16 values with the
 # "magic number" trick: OR the code into the mantissa of 1024.0 (fp16, 0x6400) or 128.0 (bf16,
 # 0x4300); one packed fma (x1, minus magic + z) then leaves ``q - z`` exactly. That is 1.5
 # instructions per weight, against about 4 for shift/mask/int-to-float/subtract (int-to-float runs
@@ -356,12 +356,17 @@ def dequant_kernel(
 # inline PTX (the interpreter, ROCm) plain Triton computes the same values.
 
 @triton.jit
-def _unpack_words(wd, nzf, DTYPE: tl.constexpr, USE_ASM: tl.constexpr):
+def _unpack_words(wd, nzf, NZF_BITS: tl.constexpr, DTYPE: tl.constexpr, USE_ASM: tl.constexpr):
     """int32 nk4 words -> 8 tensors ``o_j`` (DTYPE, wd's shape): magic + nibble ``P[j]`` + nzf, with
-    P = 0, 4, 1, 5, 2, 6, 3, 7 and ``nzf`` (fp32, broadcast to wd's shape) = ``-(magic + z)``."""
+    P = 0, 4, 1, 5, 2, 6, 3, 7 and ``nzf`` (fp32, broadcast to wd's shape) = ``-(magic + z)``.
+    NZF_BITS: 0, or the bit pattern of a constant nzf in DTYPE (lets Triton place the words freely)."""
     if USE_ASM:
-        half = nzf.to(DTYPE).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-        nzf2 = half | (half << 16)  # the packed operand of the fma.x2
+        # The packed operand of the fma.x2: a constant when NZF_BITS (nzf's DTYPE bits) is given.
+        if NZF_BITS != 0:
+            nzf2 = tl.full(wd.shape, NZF_BITS * 65537 - (1 << 32), tl.int32)
+        else:
+            half = nzf.to(DTYPE).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+            nzf2 = half | (half << 16)
         if DTYPE == tl.float16:
             o0, o1, o2, o3, o4, o5, o6, o7 = tl.inline_asm_elementwise(
                 asm="""{
@@ -435,31 +440,35 @@ def _nk4_tile(
 
     Returns ``(w, s)`` as ``_load_weight_tile``: inside one group, ``w = q - z`` (exact) and ``s`` the
     group's fp32 scales ``[BLOCK_N]``; otherwise ``w = (q - z) * s`` rounded once, ``s`` all ones.
-    EVEN_K: the padded K is a multiple of BLOCK_K (no column mask on the words).
+    EVEN_K: K is a multiple of BLOCK_K (no column masks; then the padded K is K).
     """
     MAGIC_F: tl.constexpr = 1024.0 if DTYPE == tl.float16 else 128.0
-    Q: tl.constexpr = BLOCK_K // 32
+    tl.static_assert(BLOCK_K % 128 == 0, "nk4: BLOCK_K must be a multiple of the layout's 128-column block")
+    B: tl.constexpr = BLOCK_K // 128
     offs_w = k0 // 8 + tl.arange(0, BLOCK_K // 8)
     ptrs = qt_ptr.to(tl.pointer_type(tl.int32)) + offs_n[:, None] * stride_qn + offs_w[None, :]
     if EVEN_K:
         wd = tl.load(ptrs, mask=n_mask[:, None], other=0)
     else:
         wd = tl.load(ptrs, mask=n_mask[:, None] & (offs_w[None, :] < stride_qn), other=0)
-    wd = tl.reshape(wd, (BLOCK_N, Q, 4))  # (row, chunk q, thread c)
+    wd = tl.reshape(wd, (BLOCK_N, B, 4, 4))  # (row, block b, thread c, chunk q)
     TILE_IN_GROUP: tl.constexpr = (BLOCK_K <= GROUP_SIZE) and (not HAS_GIDX)
     if TILE_IN_GROUP:
         g = k0 // GROUP_SIZE
         s = tl.load(s_ptr + g * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)
         if HAS_ZEROS:
             nzf = -(tl.load(z_ptr + g * N + offs_n, mask=n_mask, other=0).to(tl.float32) + MAGIC_F)
+            NZF_BITS: tl.constexpr = 0
         else:
             nzf = tl.full((BLOCK_N,), -(MAGIC_F + 8.0), tl.float32)
+            NZF_BITS: tl.constexpr = 0xE408 if DTYPE == tl.float16 else 0xC308  # -1032.0 / -136.0
     else:
         nzf = tl.full((BLOCK_N,), -MAGIC_F, tl.float32)  # the codes q themselves
-    o0, o1, o2, o3, o4, o5, o6, o7 = _unpack_words(wd, nzf[:, None, None], DTYPE, USE_ASM)
-    # o_(4s + 2h + e) holds column 32q + 16s + 8h + 2c + e: stack (e, h, s), then order the columns.
+        NZF_BITS: tl.constexpr = 0xE400 if DTYPE == tl.float16 else 0xC300  # -1024.0 / -128.0
+    o0, o1, o2, o3, o4, o5, o6, o7 = _unpack_words(wd, nzf[:, None, None, None], NZF_BITS, DTYPE, USE_ASM)
+    # o_(4s + 2h + e) holds column 128b + 32q + 16s + 8h + 2c + e: stack (e, h, s), order the columns.
     t = tl.join(tl.join(tl.join(o0, o1), tl.join(o2, o3)), tl.join(tl.join(o4, o5), tl.join(o6, o7)))
-    w = tl.reshape(tl.permute(t, (0, 1, 5, 4, 2, 3)), (BLOCK_N, BLOCK_K))
+    w = tl.reshape(tl.permute(t, (0, 1, 3, 6, 5, 2, 4)), (BLOCK_N, BLOCK_K))
     if TILE_IN_GROUP:
         return w, s
     else:

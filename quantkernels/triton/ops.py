@@ -109,21 +109,21 @@ def _nk4_dequant(bn, bk, w=4) -> triton.Config:
 # 4-bit weights in the nk4 layout (qgemm_nk4_kernel; m = 1 pads to the 16-row MMA tile). Swap-AB
 # always: the weight tile is the MMA's 64-row side, the activations the narrow one. "dequant" mixes
 # dequantize + cuBLAS (DEQUANT) with big fused tiles; the tuner keeps the faster per shape.
-CONFIGS_NK4: Dict[str, List[triton.Config]] = {
+CONFIGS_NK4: Dict[str, List[triton.Config]] = {  # BLOCK_K: a multiple of the layout's 128 columns
     "gemv": [
+        _nk4(16, 64, 128, 8, 4, 4),
         _nk4(16, 64, 128, 4, 4, 4),
         _nk4(16, 64, 128, 2, 4, 4),
         _nk4(16, 128, 128, 4, 4, 4),
-        _nk4(16, 64, 256, 2, 4, 3),
-        _nk4(16, 64, 128, 8, 4, 4),
+        _nk4(16, 64, 256, 4, 4, 3),
         _nk4(16, 128, 128, 2, 8, 4),
     ],
     "small": [
         _nk4(16, 64, 128, 4, 4, 4),
+        _nk4(16, 64, 128, 8, 4, 4),
         _nk4(16, 64, 128, 2, 4, 4),
         _nk4(16, 128, 128, 4, 4, 4),
-        _nk4(16, 64, 256, 2, 4, 3),
-        _nk4(16, 64, 128, 8, 4, 4),
+        _nk4(16, 64, 256, 4, 4, 3),
         _nk4(16, 128, 128, 2, 8, 4),
     ],
     "medium": [
@@ -131,19 +131,19 @@ CONFIGS_NK4: Dict[str, List[triton.Config]] = {
         _nk4(64, 64, 128, 2, 4, 4),
         _nk4(32, 64, 128, 4, 4, 4),
         _nk4(64, 128, 128, 2, 8, 4),
-        _nk4(64, 64, 64, 4, 4, 5),
-        _nk4(64, 128, 64, 1, 4, 4),
+        _nk4(64, 128, 128, 1, 4, 4),
+        _nk4(64, 64, 256, 2, 4, 3),
     ],
     "large": [
         _nk4(128, 64, 128, 1, 4, 4),
-        _nk4(128, 128, 64, 1, 8, 4),
         _nk4(64, 128, 128, 1, 4, 4),
         _nk4(128, 128, 128, 1, 8, 3),
+        _nk4(64, 64, 128, 1, 4, 4),
     ],
     "dequant": [
         _nk4_dequant(64, 128),
         _nk4_dequant(128, 128, 8),
-        _nk4(128, 128, 64, 1, 8, 4),
+        _nk4(128, 128, 128, 1, 8, 3),
         _nk4(128, 64, 128, 1, 4, 4),
     ],
 }
@@ -229,10 +229,10 @@ def _check_args(x, qweight, scales, zeros, g_idx, bias, bits, group_size) -> Non
         raise ValueError(f"{name}: x must be 2-D float16/bfloat16 [M, K], got {x.dtype} {tuple(x.shape)}")
     k = x.shape[1]
     if qweight.dtype == torch.uint8 and bits == 4:  # nk4 layout (see kernels.py)
-        kp = -(-k // 32) * 32
+        kp = -(-k // 128) * 128
         if qweight.dim() != 2 or qweight.shape[1] * 2 != kp:
             raise ValueError(
-                f"{name}: 4-bit nk4 qweight must be uint8 [N, Kp/2] = [N, {kp // 2}] (Kp = K rounded up to 32), "
+                f"{name}: 4-bit nk4 qweight must be uint8 [N, Kp/2] = [N, {kp // 2}] (Kp = K rounded up to 128), "
                 f"got {tuple(qweight.shape)}"
             )
         n = qweight.shape[0]
@@ -368,7 +368,7 @@ def _linear_nk4(x, qt, scales, z, gi, bias, consts, family, key, fake):
 
     def launch(c):
         kw = dict(c.kwargs)
-        even_k = kp % kw["BLOCK_K"] == 0
+        even_k = k % kw["BLOCK_K"] == 0 and kp == k
         if kw.pop("DEQUANT", False):
             w = torch.empty((n, k), dtype=x.dtype, device=x.device)
             grid = (triton.cdiv(n, kw["BLOCK_N"]), triton.cdiv(k, kw["BLOCK_K"]))

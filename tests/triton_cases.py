@@ -94,15 +94,16 @@ def test_nk4_layout_replaces_qweight_exactly():
     layer = make_layer(144, 24, qk.QuantConfig(bits=4, group_size=16, sym=False), seed=3)
     portable = layer.portable_tensors()["qweight"].clone()
     st = layer._prepare("triton")
-    assert st.replaces_qweight and st.qweight.dtype == torch.uint8 and st.qweight.shape == (24, 80)  # Kp = 160
+    assert st.replaces_qweight and st.qweight.dtype == torch.uint8 and st.qweight.shape == (24, 128)  # Kp = 256
     assert layer.qweight.numel() == 0
     assert torch.equal(layer.portable_tensors()["qweight"], portable)
-    # The documented order: nibble p of word 4q + c is column 32q + 16((p%4)//2) + 8(p%2) + 2c + p//4.
+    # The documented order: nibble p of word 16b + 4c + q is column 128b + 32q + 16((p%4)//2) + 8(p%2)
+    # + 2c + p//4; columns past K (144) hold 0.
     codes = reference.unpack(portable, 4, dim=0).t().to(torch.int64)  # [N, K]
     words = st.qweight.view(torch.int32).to(torch.int64)
-    for n, q, c, p in ((0, 0, 0, 0), (5, 1, 3, 4), (23, 4, 2, 7), (7, 2, 1, 3)):
-        col = 32 * q + 16 * ((p % 4) // 2) + 8 * (p % 2) + 2 * c + p // 4
-        assert ((words[n, 4 * q + c] >> (4 * p)) & 15) == (codes[n, col] if col < 144 else 0)
+    for n, b, c, q, p in ((0, 0, 0, 0, 0), (5, 0, 3, 1, 4), (23, 1, 2, 0, 7), (7, 0, 1, 3, 3), (9, 1, 0, 0, 5)):
+        col = 128 * b + 32 * q + 16 * ((p % 4) // 2) + 8 * (p % 2) + 2 * c + p // 4
+        assert ((words[n, 16 * b + 4 * c + q] >> (4 * p)) & 15) == (codes[n, col] if col < 144 else 0)
     assert torch.equal(layer.dequantize(torch.float32), reference.dequantize(
         portable, layer.qzeros, layer.scales, layer.g_idx, 4, torch.float32))
 

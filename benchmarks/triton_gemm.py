@@ -3,16 +3,18 @@
     PYTHONPATH=$PWD python benchmarks/triton_gemm.py            # check + sweep + table
     PYTHONPATH=$PWD python benchmarks/triton_gemm.py --only table --shapes 8192x28672
 
-Method (as benchmarks/gpu_gemm.py): ``triton.testing.do_bench`` median (it flushes L2 before each
-run), plus each call reads the next of several weight copies totalling > 2x L2, so no weight is
-L2-resident; the baseline is ``torch.mm`` (cuBLAS) on dense fp16 weights, timed in the same run.
+Method: the "graph" columns (the ones the targets are about) use ``time_us`` from
+benchmarks/gpu_gemm.py: a CUDA graph of many calls cycling through weight copies totalling > 2x L2
+(every call reads its weights from HBM), median over replays; the eager columns are
+``triton.testing.do_bench`` medians (L2 flushed, same copies) and include the Python launch path.
+The baseline is ``torch.mm`` (cuBLAS) on dense fp16 weights, timed the same way in the same run.
 Shapes are K x N (in_features x out_features).
 
 * ``check``: every format (4/8 bits, groups 32/64/128/channel, sym/asym, act_order g_idx,
   fp16/bf16, with/without bias) at real sizes through ``QuantLinear`` with the backend forced,
   against the fp32 reference; also under ``torch.compile``.
-* ``sweep``: times every candidate configuration of each m bucket (int4 g128 sym fp16) and prints
-  the fastest, which is how the lists in quantkernels/triton/ops.py were chosen.
+* ``sweep``: times (graph method) every candidate configuration of each m bucket (int4 g128 sym
+  fp16) and prints the fastest, which is how the lists in quantkernels/triton/ops.py were chosen.
 * ``table``: the autotuned op against cuBLAS, the numbers the issue's targets are about.
 """
 
@@ -286,8 +288,8 @@ def main():
     if "table" in parts:
         with open(os.path.join(a.out, "triton_table.log"), "w") as log:
             rows = table(a.shapes, a.ms, log)
-        print("\nint4 g128 sym fp16, median us (do_bench, rotated weights), speedup = cuBLAS / triton")
-        print("(graph columns: the same calls replayed from one CUDA graph, i.e. without CPU launch cost)")
+        print("\nint4 g128 sym fp16, median us, rotated weights, speedup = cuBLAS / triton")
+        print("(eager: do_bench, includes the Python launch path; graph: gpu_gemm.time_us, the target method)")
         print(f"{'KxN':>11} {'m':>5} {'triton':>9} {'cuBLAS':>9} {'speedup':>7} {'graph tr':>9} {'graph cb':>9} {'speedup':>7}")
         for s, m, tq, td, sp, gb, tf, tqg, tdg in rows:
             print(f"{s:>11} {m:>5} {tq:9.1f} {td:9.1f} {sp:6.2f}x {tqg:9.1f} {tdg:9.1f} {tdg / tqg:6.2f}x")

@@ -1,6 +1,8 @@
-"""Triton kernels for W4A16 / W8A16 linear layers on the portable format: ``out = x @ W.T + bias``.
+"""Triton kernels for W4A16 / W8A16 linear layers: ``out = x @ W.T + bias``.
 
-Layout expected (no repacking; see :mod:`quantkernels.formats`):
+4-bit weights use the Triton layout "nk4" (``qgemm_nk4_kernel``, ``dequant_nk4_kernel``; described
+with them below). The other kernels read the portable layout (8-bit layers; see
+:mod:`quantkernels.formats`):
 
 * ``qw``   int32 ``[K * BITS / 32, N]``: codes packed along K, LSB first: value j of word row r is
   input column ``PER_WORD * r + j`` (``PER_WORD = 32 / BITS``). Consecutive n are consecutive words,

@@ -3,13 +3,17 @@
 ``triton_op`` makes the op's body visible to ``torch.compile`` (Inductor sees the kernel launches
 through ``wrap_triton``), and the same body, run on fake tensors, is the op's fake implementation.
 
-Dispatch by m: ``qgemv_kernel`` for m = 1, ``qgemm_kernel`` (tiled ``tl.dot``) up to
-``DEQUANT_MIN_M``, and above it ``dequant_kernel`` then cuBLAS (``torch.mm``), which measured faster
-for compute-bound sizes on the H100 (see docs/triton.md).
+Two weight layouts. 4-bit layers arrive in the backend's nk4 layout (uint8 ``qweight``, see
+kernels.py): ``qgemm_nk4_kernel`` serves every m below ``DEQUANT_MIN_M`` (m = 1 pads to the 16-row
+MMA tile), and from there on ``dequant_nk4_kernel`` + cuBLAS or big fused tiles, whichever the tuner
+measures faster. 8-bit layers use the portable int32 ``qweight``: ``qgemv_kernel`` for m = 1,
+``qgemm_kernel`` (tiled ``tl.dot``) up to ``DEQUANT_MIN_M``, and above it ``dequant_kernel`` then
+cuBLAS (``torch.mm``), which measured faster for compute-bound sizes on the H100 (docs/triton.md).
 
 Tuning: each family has a short list of candidate configurations. The first eager call of a key
-``(family, m bucket, N, K, format, dtypes)`` times every candidate on the real tensors and caches the
-fastest in :data:`CHOSEN`; later calls, and ``torch.compile`` traces, launch that choice directly.
+``(family, m bucket, N, K, format, dtypes)`` times every candidate on the real tensors (replayed from
+a CUDA graph, so the Python launch path does not hide the kernel time) and caches the fastest in
+:data:`CHOSEN`; later calls, and ``torch.compile`` traces, launch that choice directly.
 (``triton.autotune`` does the same, but its per-call bookkeeping cost about 100 us of CPU time per
 launch with triton 3.6 on the H100 host, more than a whole m = 1 kernel.) Under
 ``TRITON_INTERPRET=1`` (CPU tests) nothing is timed: the first candidate runs, or one set by
@@ -34,7 +38,7 @@ INTERPRETED = not isinstance(kernels.qgemm_kernel, triton.runtime.JITFunction)
 _USE_ASM = not INTERPRETED and torch.version.hip is None
 
 SPLIT_K_MAX_M = 64  # split-K only for m <= this; larger m has enough output tiles to fill the GPU
-DEQUANT_MIN_M = 256  # from here on: dequantize to W.T, then cuBLAS (measured faster on the H100)
+DEQUANT_MIN_M = 256  # from here on: dequantize, then cuBLAS (measured faster on the H100)
 
 
 def m_bucket(m: int) -> int:
@@ -110,29 +114,28 @@ def _nk4_dequant(bn, bk, w=4) -> triton.Config:
 # always: the weight tile is the MMA's 64-row side, the activations the narrow one. "dequant" mixes
 # dequantize + cuBLAS (DEQUANT) with big fused tiles; the tuner keeps the faster per shape.
 CONFIGS_NK4: Dict[str, List[triton.Config]] = {  # BLOCK_K: a multiple of the layout's 128 columns
+    # Order: the best of the 2026-11-23 H100 sweep first (what a torch.compile trace launches before
+    # any eager call has tuned). BLOCK_K = 256 measured 3x slower than 128 everywhere: not listed.
     "gemv": [
-        _nk4(16, 64, 128, 8, 4, 4),
         _nk4(16, 64, 128, 4, 4, 4),
-        _nk4(16, 64, 128, 2, 4, 4),
-        _nk4(16, 128, 128, 4, 4, 4),
-        _nk4(16, 64, 256, 4, 4, 3),
+        _nk4(16, 64, 128, 8, 4, 4),
         _nk4(16, 128, 128, 2, 8, 4),
+        _nk4(16, 128, 128, 4, 4, 4),
+        _nk4(16, 64, 128, 2, 4, 4),
     ],
     "small": [
         _nk4(16, 64, 128, 4, 4, 4),
         _nk4(16, 64, 128, 8, 4, 4),
-        _nk4(16, 64, 128, 2, 4, 4),
         _nk4(16, 128, 128, 4, 4, 4),
-        _nk4(16, 64, 256, 4, 4, 3),
         _nk4(16, 128, 128, 2, 8, 4),
+        _nk4(16, 64, 128, 2, 4, 4),
     ],
     "medium": [
-        _nk4(64, 64, 128, 4, 4, 4),
         _nk4(64, 64, 128, 2, 4, 4),
-        _nk4(32, 64, 128, 4, 4, 4),
-        _nk4(64, 128, 128, 2, 8, 4),
         _nk4(64, 128, 128, 1, 4, 4),
-        _nk4(64, 64, 256, 2, 4, 3),
+        _nk4(64, 64, 128, 4, 4, 4),
+        _nk4(64, 128, 128, 2, 8, 4),
+        _nk4(32, 64, 128, 4, 4, 4),
     ],
     "large": [
         _nk4(128, 64, 128, 1, 4, 4),
@@ -140,6 +143,8 @@ CONFIGS_NK4: Dict[str, List[triton.Config]] = {  # BLOCK_K: a multiple of the la
         _nk4(128, 128, 128, 1, 8, 3),
         _nk4(64, 64, 128, 1, 4, 4),
     ],
+    # m >= 256: dequantize to W [N, K] + cuBLAS won every measured shape; the fused tiles stay as
+    # candidates for shapes and GPUs where they may not.
     "dequant": [
         _nk4_dequant(64, 128),
         _nk4_dequant(128, 128, 8),

@@ -181,13 +181,90 @@ def sweep_tiles(shapes, out_dir):
             f.write("\n".join(lines) + "\n")
 
 
+def dequant_and_threshold(shapes, out_dir):
+    """The large-m path in parts: the dequantize kernel alone (GB/s against a device-to-device copy
+    timed in the same run), and at m = 64 .. 4096 the fused kernel, dequantize + cuBLAS, and
+    dequantize + cuBLAS in N-slices overlapped on a side stream, against cuBLAS: sets GEMM_MAX_M
+    and the large-m path in quantkernels/backends/cuda.py."""
+    nbytes = 1 << 30
+    src = torch.empty(nbytes // 2, dtype=torch.float16, device="cuda").normal_()
+    dst = torch.empty_like(src)
+    copy_us, _ = time_us([lambda: dst.copy_(src)], target_ms=20)
+    copy_gbs = 2 * nbytes / copy_us / 1e3
+    del src, dst
+    lines = [f"# device-to-device copy of 1 GiB: {copy_us:.0f} us = {copy_gbs:.0f} GB/s (read + write)"]
+    print(lines[0], flush=True)
+    side = torch.cuda.Stream()
+    for k, n in shapes:
+        codes, scales, zeros = make_quant(k, n, 4, 128)
+        cfg = QuantConfig(bits=4, group_size=128, sym=True)
+        qbytes = n * k // 2 + scales.numel() * 2
+        layer, states = prepared_copies(codes, scales, zeros, cfg, copies_for(qbytes))
+        dt = torch.float16
+        dq = [lambda s=s: torch.ops.quantkernels.cuda_wxa16_dequantize(s.qweight, s.scales[dt], None, None, 128, 4)
+              for s in states]
+        dq_us, _ = time_us(dq)
+        moved = qbytes + n * k * 2
+        line = f"{k}x{n} dequant int4-g128 f16: {dq_us:.1f} us, {moved / dq_us / 1e3:.0f} GB/s"
+        print(line, flush=True)
+        lines.append(line)
+        w = reference.dequantize(layer.portable_tensors()["qweight"], layer.qzeros, scales, layer.g_idx, 4, dt)
+        dense = [w] + [w.clone() for _ in range(copies_for(n * k * 2) - 1)]
+        nslices = 4
+        per = (n // 16 + nslices - 1) // nslices
+        sliced = [[(s.qweight[a:a + per], s.scales[dt][:, a:a + per].contiguous(), 16 * a, 16 * min(a + per, n // 16))
+                   for a in range(0, n // 16, per)] for s in states]
+
+        def overlapped(x, parts):
+            cur = torch.cuda.current_stream()
+            out = torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device)
+            side.wait_stream(cur)
+            for qw, sc, c0, c1 in parts:
+                with torch.cuda.stream(side):
+                    ws = torch.ops.quantkernels.cuda_wxa16_dequantize(qw, sc, None, None, 128, 4)
+                cur.wait_stream(side)
+                ws.record_stream(cur)
+                torch.mm(x, ws.t(), out=out[:, c0:c1])
+            return out
+
+        for m in (64, 128, 256, 1024, 4096):
+            x = torch.randn(m, k, device="cuda", dtype=dt)
+            res = {"cublas": time_us([lambda w=w: torch.nn.functional.linear(x, w) for w in dense])[0]}
+            if m <= 256:
+                res["fused"] = time_us([lambda s=s: torch.ops.quantkernels.cuda_wxa16_gemm(
+                    x, s.qweight, s.scales[dt], None, None, 128, None, 4) for s in states])[0]
+            res["dq+cublas"] = time_us([lambda s=s: torch.nn.functional.linear(x, torch.ops.quantkernels.cuda_wxa16_dequantize(
+                s.qweight, s.scales[dt], None, None, 128, 4)) for s in states])[0]
+            if m >= 256:
+                ref = torch.nn.functional.linear(x, w)
+                got = overlapped(x, sliced[0])
+                err = ((got.float() - ref.float()).norm() / ref.float().norm()).item()
+                res["overlap4"] = time_us([lambda p=p: overlapped(x, p) for p in sliced])[0]
+            line = f"{k}x{n} m={m}: " + " ".join(f"{key}={v:.1f}" for key, v in res.items())
+            line += "  vs cublas: " + " ".join(f"{key}={res['cublas'] / v:.2f}" for key, v in res.items() if key != "cublas")
+            if m >= 256:
+                line += f"  overlap err={err:.1e}"
+            print(line, flush=True)
+            lines.append(line)
+        del states, dense, sliced
+        torch.cuda.empty_cache()
+    if out_dir:
+        with open(os.path.join(out_dir, "dequant.txt"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="two shapes, m in 1,16,64,256,1024")
     ap.add_argument("--out", default=os.environ.get("OUT"), help="directory for gpu_gemm.md/.csv")
     ap.add_argument("--no-triton", action="store_true")
     ap.add_argument("--sweep", action="store_true", help="time every GEMM tile shape instead (tuning)")
+    ap.add_argument("--dequant", action="store_true", help="time the large-m path in parts instead")
     args = ap.parse_args()
+    if args.dequant:
+        print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
+        dequant_and_threshold(SHAPES, args.out)
+        return
     if args.sweep:
         print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
         sweep_tiles(SHAPES, args.out)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the lent GPU: build the CUDA extension, run the CUDA tests, optionally the sanitizer
-# and the benchmark; logs under $OUT. Usage: bash scripts/gpu_session.sh [tests] [sanitize] [bench|quick]
+# and the benchmark; logs under $OUT. Usage: bash scripts/gpu_session.sh [tests] [sanitize] [dequant] [sweep] [bench|quick]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
@@ -19,6 +19,7 @@ for step in "$@"; do
     sanitize) timeout 400 bash scripts/sanitize_cuda.sh > "$OUT/sanitize.log" 2>&1; echo "sanitize rc=$?"; grep -E "^==|ERROR SUMMARY" "$OUT/sanitize.log" | head -10 ;;
     quick) timeout 400 python3 benchmarks/gpu_gemm.py --quick --out "$OUT" > "$OUT/bench.log" 2>&1; echo "bench rc=$?" ;;
     sweep) timeout 300 python3 benchmarks/gpu_gemm.py --sweep --out "$OUT" > "$OUT/sweep.log" 2>&1; echo "sweep rc=$?"; grep -E "best=|Error" "$OUT/sweep.log" | cut -c1-220 ;;
+    dequant) timeout 300 python3 benchmarks/gpu_gemm.py --dequant --out "$OUT" > "$OUT/dequant.log" 2>&1; echo "dequant rc=$?"; grep -vE "^#|^ " "$OUT/dequant.log" | cut -c1-220; grep "^# device" "$OUT/dequant.log" ;;
     bench) timeout 540 python3 benchmarks/gpu_gemm.py --out "$OUT" > "$OUT/bench.log" 2>&1; echo "bench rc=$?" ;;
   esac
   echo "$step: $(( $(date +%s) - t0 )) s"

@@ -235,10 +235,14 @@ def test_real_layer_shapes(k, n):
 @needs_gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("bits,group_size,sym", [(4, 128, True), (4, 32, False), (8, -1, True), (8, 64, False)])
-def test_dequantize_is_exact(bits, group_size, sym, dtype):
-    layer = _layer(384, 144, QuantConfig(bits=bits, group_size=group_size, sym=sym), dtype, bias=False)
+@pytest.mark.parametrize("k,n", [(384, 144), (1152, 208)])
+def test_dequantize_is_exact(bits, group_size, sym, dtype, k, n):
+    """K = 384 and 1152 end in a partial 256-column warp tile (the kernel's unit), 4-bit and 8-bit."""
+    layer = _layer(k, n, QuantConfig(bits=bits, group_size=group_size, sym=sym), dtype, bias=False)
     portable = _portable(layer)
     state = layer._prepared["cuda"]
+    poison = torch.full((n, k), float("nan"), dtype=dtype, device="cuda")
+    del poison
     w = torch.ops.quantkernels.cuda_wxa16_dequantize(
         state.qweight, state.scales[dtype], state.zeros[dtype], None, state.group_size, bits
     )

@@ -67,14 +67,13 @@ __global__ void __launch_bounds__(kDqWarps * 32) wxa16_dequant_kernel(
     if (c0 + cc >= NC) break;
     const int col0 = (c0 + cc) * KC + t * KSPAN;
     const int64_t si = (static_cast<int64_t>(group_of(kgroup, col0, gs16)) * n_tiles + nt) * 8 + g;
-    const uint32_t zm = prepare_zero<BITS, T>(zeros != nullptr ? __ldg(zeros + si) : zsym);
-    const uint32_t sc = __ldg(scales + si);
+    const DequantConsts dc = make_consts<BITS, T>(__ldg(scales + si), zeros != nullptr ? __ldg(zeros + si) : zsym);
     const uint32_t* words = reinterpret_cast<const uint32_t*>(&q[cc]);
     uint32_t r0[RUNS * 2], r1[RUNS * 2];  // KSPAN values of rows g and g + 8, as pairs
 #pragma unroll
     for (int j = 0; j < RUNS; ++j) {
       uint32_t a[4];
-      dequant_run<BITS, T>(words + j * WPR, sc, zm, a);
+      dequant_run<BITS, T>(words + j * WPR, dc, a);
       r0[2 * j] = a[0];      // (r0; i0, i1)
       r0[2 * j + 1] = a[2];  // (r0; i2, i3)
       r1[2 * j] = a[1];

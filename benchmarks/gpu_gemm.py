@@ -144,7 +144,7 @@ def tinygemm_copies(codes, k, n, ncopies):
 def sweep_tiles(shapes, out_dir):
     """Time every GEMM tile shape (the kernel's `tile` argument) per (shape, m) to set auto_tile in
     csrc/cuda/wxa16_gemm_sm80.cu, and dequantize + cuBLAS to set GEMM_MAX_M."""
-    n_tiles_total = 11
+    n_tiles_total = 7
     lines = []
     for k, n in shapes:
         for bits, gs in ((4, 128), (8, -1)):

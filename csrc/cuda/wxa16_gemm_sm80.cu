@@ -2,19 +2,25 @@
 //
 // Computes out^T = W x^T so that the quantized weights are the mma's A operand (16 output rows per
 // tile) and the few activation rows are its B operand (8 per tile): small m wastes no weight reads
-// and every weight byte is read from memory exactly once per pass of up to 64 rows. Each lane
-// streams its 16-byte slices of the mma-shuffled weight (layout in wxa16.h), with its scales and
-// zeros, into its own shared-memory slots with cp.async, S chunks ahead (lane-private slots need
-// no barrier: cp.async.wait_group makes a thread's own copies visible to it), dequantizes them
-// with magic-number arithmetic and accumulates in fp32. Activations are re-read through L1/L2
-// (small, shared by all warps); their loads are issued before the dequantization to overlap it. A block is 8 warps: WN n-slices x WK k-slices (WN * WK = 8); the k-slices
-// are summed through shared memory in a fixed order (deterministic), so no workspace and no
-// atomics: every launch is CUDA-graph safe.
+// and every weight byte is read from memory once per pass of up to 32 rows. Each lane streams its
+// 16-byte slices of the mma-shuffled weight (layout in wxa16.h), with its scales and zeros, into
+// its own shared-memory slots with cp.async, S chunks ahead (lane-private slots need no barrier:
+// cp.async.wait_group makes a thread's own copies visible to it), dequantizes them with
+// magic-number arithmetic and accumulates in fp32. Activations are re-read through L1/L2 (small,
+// shared by all warps); their loads are issued before the dequantization to overlap it.
+//
+// Small m is bound by instruction issue, not memory (Nsight Compute on an H100, NOTES_gpu.md), so
+// the loop keeps per-weight work low: addresses are loop-invariant pointers plus the chunk offset
+// (edge tiles and rows are clamped rather than branched around), groups advance by comparison,
+// and the MT = 1 tiles multiply the fp32 result of each chunk by its scale instead of every weight.
+// A block is 8 warps: WN n-slices x WK k-slices (WN * WK = 8); the k-slices are summed through
+// shared memory in a fixed order (deterministic), so no workspace and no atomics: every launch is
+// CUDA-graph safe.
 //
 // Limits: N % 16 == 0, K % KC == 0 (KC = 64 for 4 bits, 32 for 8 bits), group size % 16 == 0,
 // x rows 16-byte aligned; any M >= 1 (passes of 8 * MT rows (at most 32) along grid.x).
 // Test: PYTHONPATH=$PWD python -m pytest -q tests/test_cuda_backend.py (on a GPU);
-// benchmark: PYTHONPATH=$PWD python benchmarks/gpu_gemm.py.
+// benchmark: PYTHONPATH=$PWD python benchmarks/gpu_gemm.py [--sweep].
 #include "cuda/wxa16.h"
 #include "cuda/wxa16_common.cuh"
 
@@ -387,24 +393,24 @@ cudaError_t launch(const void* x, int64_t ldx, const int32_t* qweight, const uin
 }
 
 // The bounded list of tile shapes: (MT m-tiles of 8 rows, NT n-tiles of 16 rows per warp, S
-// pipeline stages). Wide NT re-uses each activation load for more weights and keeps more bytes in
-// flight per warp; narrow NT gives more warps when N is small. kTiles[i] is tile id i.
+// pipeline stages, SCALE_AFTER allowed). Wide NT re-uses each activation load for more weights
+// and keeps more bytes in flight per warp; narrow NT gives more warps when N is small; SCALE_AFTER
+// only where its fp32 partial sums cost no occupancy. kTiles[i] is tile id i.
 struct TileShape {
   int mt, nt, s;
-  bool after;  // scale after the mma where the grouping allows (SCALE_AFTER)
+  bool after;
 };
-constexpr TileShape kTiles[] = {{1, 1, 8, true}, {1, 2, 8, true}, {1, 4, 4, true}, {2, 1, 8, false},
-                                {2, 4, 3, false}, {4, 2, 4, false}, {4, 2, 3, false}, {2, 1, 8, true},
-                                {2, 4, 3, true},  {2, 2, 4, true},  {1, 4, 3, true}};
+constexpr TileShape kTiles[] = {{1, 1, 8, true},  {1, 2, 8, true}, {1, 4, 3, true}, {2, 1, 8, false},
+                                {2, 4, 3, false}, {2, 2, 4, true}, {4, 2, 3, false}};
 constexpr int kNumTiles = sizeof(kTiles) / sizeof(kTiles[0]);
 
 // The fastest tile measured on an H100 (benchmarks/NOTES_gpu.md, `gpu_gemm.py --sweep`) by rows
-// m and n-tiles: wide tiles once N gives every SM 4+ n-tiles (2+ for long K), else narrow ones
-// that keep more warps busy; beyond 16 rows, passes of 32 rows beat one 64-row tile everywhere.
-int auto_tile(int M, int n_tiles, int K, int num_sms) {
-  if (M <= 8) return n_tiles >= 4 * num_sms ? 2 : (n_tiles >= 2 * num_sms && K >= 16384) ? 1 : 0;
+// m and n-tiles: wide tiles once N gives every SM 4+ n-tiles, middle ones from 2+, else narrow
+// ones that keep more warps busy; beyond 16 rows, passes of 32 rows.
+int auto_tile(int M, int n_tiles, int num_sms) {
+  if (M <= 8) return n_tiles >= 4 * num_sms ? 2 : n_tiles >= 2 * num_sms ? 1 : 0;
   if (M <= 16) return n_tiles >= 4 * num_sms ? 4 : n_tiles >= 2 * num_sms ? 5 : 3;
-  return 5;
+  return 6;
 }
 
 template <int BITS, typename T>
@@ -415,7 +421,7 @@ cudaError_t dispatch_tile(int tile, const void* x, int64_t ldx, const int32_t* q
   case I:                                                                                                            \
     return launch<BITS, T, kTiles[I].mt, kTiles[I].nt, kTiles[I].s, kTiles[I].after>(x, ldx, qweight, scales, zeros, kgroup,         \
                                                                    group_size, bias, out, M, N, K, num_sms, split, stream);
-  switch (tile < 0 ? auto_tile(M, N / 16, K, num_sms) : tile) {
+  switch (tile < 0 ? auto_tile(M, N / 16, num_sms) : tile) {
     QK_TILE(0)
     QK_TILE(1)
     QK_TILE(2)
@@ -423,16 +429,12 @@ cudaError_t dispatch_tile(int tile, const void* x, int64_t ldx, const int32_t* q
     QK_TILE(4)
     QK_TILE(5)
     QK_TILE(6)
-    QK_TILE(7)
-    QK_TILE(8)
-    QK_TILE(9)
-    QK_TILE(10)
     default:
       return cudaErrorInvalidValue;
   }
 #undef QK_TILE
 }
-static_assert(kNumTiles == 11, "dispatch_tile lists every tile");
+static_assert(kNumTiles == 7, "dispatch_tile lists every tile");
 
 }  // namespace
 

@@ -33,7 +33,7 @@ from ..reference import pack, unpack
 
 ACT_DTYPES = (torch.float16, torch.bfloat16)
 GEMM_MAX_M = 128  # largest m for the fused kernel: on an H100 it wins at 128 on 4 of the 6 benchmark
-# layers (loses by 5-10% on the two with K = 4096) and loses at 256 on all (benchmarks/NOTES_gpu.md)
+# layers (loses by 7-11% on the two with K = 4096) and loses at 256 on all (benchmarks/NOTES_gpu.md)
 
 
 def workspace_floats(m: int, n: int) -> int:

@@ -9,6 +9,8 @@ Error bounds (||out - ref|| / ||ref||, ref = the fp32 reference on the same inpu
   K), and round the output once more (rms about 2.8e-4). For random data the errors are
   independent, so the relative norm error is about 4e-4: bound 1e-3.
 * bfloat16: the same two roundings with unit roundoff 2**-8 instead of 2**-11, 8x larger: bound 8e-3.
+The small-m tiles that scale after the mma (one group per chunk) skip the first rounding (q - z is
+exact and the scale multiplies the fp32 sum), so their error is below these bounds.
 The dequantize kernel rounds (q - z) * s once, exactly as the reference's fp32 result cast to the
 dtype does, so it must match bit for bit.
 """

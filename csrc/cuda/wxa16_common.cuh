@@ -91,10 +91,13 @@ __device__ __forceinline__ DequantConsts make_consts(uint32_t sc, uint32_t zraw)
 
 // One lane's run of one k-tile -> the four mma A registers (rows r0/r1 x logical k pairs), each
 // (q - z) * s with q - z exact and the product rounded once to T (so every path rounds alike).
-// `w` points at the run's 1 (4-bit) or 2 (8-bit) words.
-template <int BITS, typename T>
+// With SCALE = false the registers hold q - z itself (exact in T: |q - z| < 256), for a caller
+// that applies the scale to the fp32 result instead. `w` points at the run's 1 (4-bit) or 2
+// (8-bit) words.
+template <int BITS, typename T, bool SCALE = true>
 __device__ __forceinline__ void dequant_run(const uint32_t* w, const DequantConsts& c, uint32_t a[4]) {
   using T2 = typename ActTraits<T>::T2;
+  const auto mul = [](T2 v, T2 s) { return SCALE ? __hmul2(v, s) : v; };
   const T2 s_r0 = as_t2<T2>(c.s0), s_r1 = as_t2<T2>(c.s1);
   const T2 z_r0 = as_t2<T2>(c.z0), z_r1 = as_t2<T2>(c.z1);
   if constexpr (BITS == 4 && std::is_same<T, __half>::value) {
@@ -103,27 +106,27 @@ __device__ __forceinline__ void dequant_run(const uint32_t* w, const DequantCons
     // per run instead of three). 1024 + 16 q is exact in fp16 and so is the fma below.
     const uint32_t w8 = w[0] >> 8;
     const T2 sixteenth = as_t2<T2>(0x2C002C00u);  // (1/16, 1/16)
-    a[0] = as_u32(__hmul2(__hsub2(as_t2<T2>(and_or(w[0], 0x000F000Fu, ActTraits<T>::kMagic2)), z_r0), s_r0));
-    a[1] = as_u32(__hmul2(__hfma2(as_t2<T2>(and_or(w[0], 0x00F000F0u, ActTraits<T>::kMagic2)), sixteenth, z_r1), s_r1));
-    a[2] = as_u32(__hmul2(__hsub2(as_t2<T2>(and_or(w8, 0x000F000Fu, ActTraits<T>::kMagic2)), z_r0), s_r0));
-    a[3] = as_u32(__hmul2(__hfma2(as_t2<T2>(and_or(w8, 0x00F000F0u, ActTraits<T>::kMagic2)), sixteenth, z_r1), s_r1));
+    a[0] = as_u32(mul(__hsub2(as_t2<T2>(and_or(w[0], 0x000F000Fu, ActTraits<T>::kMagic2)), z_r0), s_r0));
+    a[1] = as_u32(mul(__hfma2(as_t2<T2>(and_or(w[0], 0x00F000F0u, ActTraits<T>::kMagic2)), sixteenth, z_r1), s_r1));
+    a[2] = as_u32(mul(__hsub2(as_t2<T2>(and_or(w8, 0x000F000Fu, ActTraits<T>::kMagic2)), z_r0), s_r0));
+    a[3] = as_u32(mul(__hfma2(as_t2<T2>(and_or(w8, 0x00F000F0u, ActTraits<T>::kMagic2)), sixteenth, z_r1), s_r1));
   } else if constexpr (BITS == 4) {
     // bf16 has 7 mantissa bits: a nibble cannot stay 4 bits up, so each register shifts.
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const T2 v = as_t2<T2>(and_or(w[0] >> (4 * e), 0x000F000Fu, ActTraits<T>::kMagic2));
-      a[e] = as_u32(__hmul2(__hsub2(v, (e & 1) ? z_r1 : z_r0), (e & 1) ? s_r1 : s_r0));
+      a[e] = as_u32(mul(__hsub2(v, (e & 1) ? z_r1 : z_r0), (e & 1) ? s_r1 : s_r0));
     }
   } else if constexpr (std::is_same<T, __half>::value) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const T2 v = as_t2<T2>(__byte_perm(w[e >> 1], 0x64646464u, (e & 1) ? 0x4342 : 0x4140));
-      a[e] = as_u32(__hmul2(__hsub2(v, (e & 1) ? z_r1 : z_r0), (e & 1) ? s_r1 : s_r0));
+      a[e] = as_u32(mul(__hsub2(v, (e & 1) ? z_r1 : z_r0), (e & 1) ? s_r1 : s_r0));
     }
   } else {
     // 8-bit codes with bf16: 128 + v is not exact in bf16 for v >= 128, so go through fp32
     // (2**23 + v is exact), then round the product once to bf16.
-    const float s0 = __low2float(s_r0), s1 = __low2float(s_r1);
+    const float s0 = SCALE ? __low2float(s_r0) : 1.0f, s1 = SCALE ? __low2float(s_r1) : 1.0f;
     const float z0 = __low2float(z_r0) + 8388608.0f, z1 = __low2float(z_r1) + 8388608.0f;
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
@@ -134,37 +137,6 @@ __device__ __forceinline__ void dequant_run(const uint32_t* w, const DequantCons
       const float z = (e & 1) ? z1 : z0, s = (e & 1) ? s1 : s0;
       a[e] = as_u32(__floats2bfloat162_rn((lo - z) * s, (hi - z) * s));
     }
-  }
-}
-
-// The codes of one lane's run as mma A registers without zero or scale: register e of row r
-// holds kBias + kMult[r] * q exactly (magic-number form), so that a caller can apply
-// (q - z) * s to the fp32 product instead: sum (q - z) s x = s / kMult * sum(reg * x)
-// - s (kBias / kMult + z) * sum(x). Not for 8-bit codes with bf16 (128 + q is not exact there).
-template <int BITS, typename T>
-struct RawCodes {
-  static constexpr bool kFp16x4 = BITS == 4 && std::is_same<T, __half>::value;
-  static constexpr float kBias = ActTraits<T>::kMagic;
-  static constexpr float kMultR1 = kFp16x4 ? 16.0f : 1.0f;  // kMult of row r1 (row r0: 1)
-  static constexpr uint32_t kOne2 = std::is_same<T, __half>::value ? 0x3C003C00u : 0x3F803F80u;  // (1, 1)
-};
-
-template <int BITS, typename T>
-__device__ __forceinline__ void raw_run(const uint32_t* w, uint32_t a[4]) {
-  static_assert(BITS == 4 || std::is_same<T, __half>::value, "8-bit codes with bf16 have no raw form");
-  constexpr uint32_t kMagic2 = ActTraits<T>::kMagic2;
-  if constexpr (RawCodes<BITS, T>::kFp16x4) {  // as in dequant_run: one shift, r1 nibbles in place
-    const uint32_t w8 = w[0] >> 8;
-    a[0] = and_or(w[0], 0x000F000Fu, kMagic2);
-    a[1] = and_or(w[0], 0x00F000F0u, kMagic2);
-    a[2] = and_or(w8, 0x000F000Fu, kMagic2);
-    a[3] = and_or(w8, 0x00F000F0u, kMagic2);
-  } else if constexpr (BITS == 4) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) a[e] = and_or(w[0] >> (4 * e), 0x000F000Fu, kMagic2);
-  } else {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) a[e] = __byte_perm(w[e >> 1], 0x64646464u, (e & 1) ? 0x4342 : 0x4140);
   }
 }
 

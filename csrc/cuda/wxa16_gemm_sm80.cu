@@ -86,11 +86,10 @@ __device__ __forceinline__ void for_each_output(float (&acc)[NT][MT][4], const b
   }
 }
 
-// SCALE_AFTER (one group per chunk: group size % KC == 0 and no group table; not 8-bit codes with
-// bf16): the mma runs on the raw magic-number codes and the zero point and scale are applied once
-// per output element and chunk in fp32, rather than to every weight in half precision: fewer
-// instructions per weight, for the issue-bound small-m tiles (MT = 1) whose extra fp32 registers
-// cost no occupancy.
+// SCALE_AFTER (one group per chunk: group size % KC == 0 and no group table): the mma runs on the
+// exact q - z and the chunk's fp32 result is scaled once per output element, rather than every
+// weight being scaled in half precision: fewer instructions per weight, for the memory-bound
+// small-m tiles (MT = 1) whose extra fp32 registers cost no occupancy.
 template <int BITS, typename T, int MT, int NT, int S, bool SCALE_AFTER>
 __global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
     const T* __restrict__ x,               // [M, ldx]
@@ -218,84 +217,55 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
     cp_async_wait<S - 1>();  // this thread's copies of chunk c have landed
     const int slot = it % S;
     uint4 w[NT];
+    DequantConsts dc[NT];
+    float srow[NT][2];  // SCALE_AFTER: (s[r0], s[r1]) in fp32
 #pragma unroll
-    for (int n = 0; n < NT; ++n) w[n] = lds128(wbuf + (slot * NT + n) * kThreads + tid);
-    if constexpr (!SCALE_AFTER) {
-      DequantConsts dc[NT];
-#pragma unroll
-      for (int n = 0; n < NT; ++n) {
-        const int sl = (slot * NT + n) * kThreads + tid;
-        dc[n] = make_consts<BITS, T>(sbuf[sl], zeros != nullptr ? zbuf[sl] : zsym);
+    for (int n = 0; n < NT; ++n) {
+      const int sl = (slot * NT + n) * kThreads + tid;
+      w[n] = lds128(wbuf + sl);
+      const uint32_t sc = sbuf[sl];
+      dc[n] = make_consts<BITS, T>(sc, zeros != nullptr ? zbuf[sl] : zsym);
+      if constexpr (SCALE_AFTER) {
+        const T2 s2 = as_t2<T2>(sc);
+        srow[n][0] = ActTraits<T>::to_float(s2.x);
+        srow[n][1] = ActTraits<T>::to_float(s2.y);
       }
-#pragma unroll
-      for (int j = 0; j < RUNS; ++j) {
-        uint32_t a[NT][4];
-#pragma unroll
-        for (int n = 0; n < NT; ++n)
-          dequant_run<BITS, T>(reinterpret_cast<const uint32_t*>(&w[n]) + j * WPR, dc[n], a[n]);
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-          if (m0 + mt * 8 >= M) break;  // block-uniform
-          const uint32_t* xb = reinterpret_cast<const uint32_t*>(xv[mt]);
-#pragma unroll
-          for (int n = 0; n < NT; ++n) mma_16816<T>(acc[n][mt], a[n], xb[2 * j], xb[2 * j + 1]);
-        }
-      }
-    } else {
-      // The mma runs on the raw magic-number codes (RawCodes); a second mma with an all-ones A
-      // sums the chunk's activations, and per output element
-      //   acc += s / mult * sum(code * x) - s * (bias / mult + z) * sum(x).
-      using RC = RawCodes<BITS, T>;
-      constexpr float kZsym = static_cast<float>(1 << (BITS - 1));
-      float ca[NT][2], cb[NT][2];  // per row r0 / r1: the two factors above
-#pragma unroll
-      for (int n = 0; n < NT; ++n) {
-        const int sl = (slot * NT + n) * kThreads + tid;
-        const T2 s2 = as_t2<T2>(sbuf[sl]);
-        // -(bias / mult + z) per row; a compile-time constant for the symmetric zero.
-        float nz0 = -(RC::kBias + kZsym), nz1 = -(RC::kBias / RC::kMultR1 + kZsym);
-        if (zeros != nullptr) {
-          const T2 z2 = as_t2<T2>(zbuf[sl]);
-          nz0 = -(RC::kBias + ActTraits<T>::to_float(z2.x));
-          nz1 = -(RC::kBias / RC::kMultR1 + ActTraits<T>::to_float(z2.y));
-        }
-        const float s0 = ActTraits<T>::to_float(s2.x), s1 = ActTraits<T>::to_float(s2.y);
-        ca[n][0] = s0;
-        cb[n][0] = s0 * nz0;
-        ca[n][1] = s1 * (1.0f / RC::kMultR1);
-        cb[n][1] = s1 * nz1;
-      }
-      float part[NT][MT][4], xsum[MT][4];
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          xsum[mt][q] = 0.0f;
-#pragma unroll
-          for (int n = 0; n < NT; ++n) part[n][mt][q] = 0.0f;
-        }
-      const uint32_t ones[4] = {RC::kOne2, RC::kOne2, RC::kOne2, RC::kOne2};
-#pragma unroll
-      for (int j = 0; j < RUNS; ++j) {
-        uint32_t a[NT][4];
-#pragma unroll
-        for (int n = 0; n < NT; ++n) raw_run<BITS, T>(reinterpret_cast<const uint32_t*>(&w[n]) + j * WPR, a[n]);
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-          if (m0 + mt * 8 >= M) break;  // block-uniform
-          const uint32_t* xb = reinterpret_cast<const uint32_t*>(xv[mt]);
-          mma_16816<T>(xsum[mt], ones, xb[2 * j], xb[2 * j + 1]);
-#pragma unroll
-          for (int n = 0; n < NT; ++n) mma_16816<T>(part[n][mt], a[n], xb[2 * j], xb[2 * j + 1]);
-        }
-      }
+    }
+    float part[NT][MT][4];  // SCALE_AFTER: this chunk's unscaled sums
+    if constexpr (SCALE_AFTER) {
 #pragma unroll
       for (int n = 0; n < NT; ++n)
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-          for (int q = 0; q < 4; ++q)
-            acc[n][mt][q] = fmaf(ca[n][q >> 1], part[n][mt][q], fmaf(cb[n][q >> 1], xsum[mt][q], acc[n][mt][q]));
+          for (int q = 0; q < 4; ++q) part[n][mt][q] = 0.0f;
+    }
+#pragma unroll
+    for (int j = 0; j < RUNS; ++j) {
+      uint32_t a[NT][4];
+#pragma unroll
+      for (int n = 0; n < NT; ++n)
+        dequant_run<BITS, T, !SCALE_AFTER>(reinterpret_cast<const uint32_t*>(&w[n]) + j * WPR, dc[n], a[n]);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        if (m0 + mt * 8 >= M) break;  // block-uniform
+        const uint32_t* xb = reinterpret_cast<const uint32_t*>(xv[mt]);
+#pragma unroll
+        for (int n = 0; n < NT; ++n) {
+          if constexpr (SCALE_AFTER)
+            mma_16816<T>(part[n][mt], a[n], xb[2 * j], xb[2 * j + 1]);
+          else
+            mma_16816<T>(acc[n][mt], a[n], xb[2 * j], xb[2 * j + 1]);
+        }
+      }
+    }
+    if constexpr (SCALE_AFTER) {
+#pragma unroll
+      for (int n = 0; n < NT; ++n)
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int q = 0; q < 4; ++q) acc[n][mt][q] = fmaf(srow[n][q >> 1], part[n][mt][q], acc[n][mt][q]);
     }
   }
   cp_async_wait<0>();
@@ -371,10 +341,9 @@ cudaError_t launch(const void* x, int64_t ldx, const int32_t* qweight, const uin
                    int M, int N, int K, int num_sms, const SplitK& split, cudaStream_t stream) {
   constexpr int KC = BITS == 4 ? 64 : 32;
   constexpr int kSmem = smem_bytes<MT, NT, S>();
-  constexpr bool kRaw = BITS == 4 || std::is_same<T, __half>::value;  // RawCodes exists
-  const bool after = AFTER_OK && kRaw && kgroup == nullptr && group_size % KC == 0;
+  const bool after = AFTER_OK && kgroup == nullptr && group_size % KC == 0;
   auto kernel = wxa16_gemm_kernel<BITS, T, MT, NT, S, false>;
-  if constexpr (AFTER_OK && kRaw)
+  if constexpr (AFTER_OK)
     if (after) kernel = wxa16_gemm_kernel<BITS, T, MT, NT, S, true>;
   // Not a stream operation (legal while capturing a graph); per device, so set it every launch.
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);

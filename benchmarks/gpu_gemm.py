@@ -144,7 +144,7 @@ def tinygemm_copies(codes, k, n, ncopies):
 def sweep_tiles(shapes, out_dir):
     """Time every GEMM tile shape (the kernel's `tile` argument) per (shape, m) to set auto_tile in
     csrc/cuda/wxa16_gemm_sm80.cu, and dequantize + cuBLAS to set GEMM_MAX_M."""
-    n_tiles_total = 6
+    n_tiles_total = 7
     lines = []
     for k, n in shapes:
         for bits, gs in ((4, 128), (8, -1)):
@@ -153,10 +153,10 @@ def sweep_tiles(shapes, out_dir):
             qbytes = n * k * bits // 8 + scales.numel() * 2
             _, states = prepared_copies(codes, scales, zeros, cfg, copies_for(qbytes))
             gsz = states[0].group_size
-            for m in ((1, 4, 8, 16, 32, 64, 128, 256) if bits == 4 else (1, 16)):
+            for m in ((1, 16, 32, 64, 96, 128) if bits == 4 else (1, 16)):
                 x = torch.randn(m, k, device="cuda", dtype=torch.float16)
                 res = {}
-                tiles = range(n_tiles_total) if m <= 16 else (3, 4, 5)
+                tiles = range(n_tiles_total) if m <= 16 else (4, 5, 6)
                 ws = None  # no split over blocks (see csrc/cuda/wxa16_gemm_sm80.cu, launch)
                 for tile in tiles:
                     res[f"t{tile}"], _ = time_us([
@@ -165,7 +165,7 @@ def sweep_tiles(shapes, out_dir):
                 res["auto"], _ = time_us([
                     lambda s=s: torch.ops.quantkernels.cuda_wxa16_gemm(
                         x, s.qweight, s.scales[x.dtype], None, None, gsz, None, bits, ws) for s in states])
-                if m >= 64:
+                if m >= 96:
                     res["dq+cublas"], _ = time_us([
                         lambda s=s: torch.nn.functional.linear(x, torch.ops.quantkernels.cuda_wxa16_dequantize(
                             s.qweight, s.scales[x.dtype], None, None, gsz, bits)) for s in states])
@@ -181,13 +181,81 @@ def sweep_tiles(shapes, out_dir):
             f.write("\n".join(lines) + "\n")
 
 
+def dequant_and_threshold(shapes, out_dir):
+    """The large-m path in parts: the dequantize kernel alone (GB/s against a device-to-device copy
+    timed in the same run), and at m = 64 .. 4096 the fused kernel (m <= 256) and dequantize +
+    cuBLAS against cuBLAS: sets GEMM_MAX_M in quantkernels/backends/cuda.py."""
+    nbytes = 1 << 30
+    src = torch.empty(nbytes // 2, dtype=torch.float16, device="cuda").normal_()
+    dst = torch.empty_like(src)
+    copy_us, _ = time_us([lambda: dst.copy_(src)], target_ms=20)
+    copy_gbs = 2 * nbytes / copy_us / 1e3
+    del src, dst
+    lines = [f"# device-to-device copy of 1 GiB: {copy_us:.0f} us = {copy_gbs:.0f} GB/s (read + write)"]
+    print(lines[0], flush=True)
+    for k, n in shapes:
+        codes, scales, zeros = make_quant(k, n, 4, 128)
+        cfg = QuantConfig(bits=4, group_size=128, sym=True)
+        qbytes = n * k // 2 + scales.numel() * 2
+        layer, states = prepared_copies(codes, scales, zeros, cfg, copies_for(qbytes))
+        dt = torch.float16
+        dq = [lambda s=s: torch.ops.quantkernels.cuda_wxa16_dequantize(s.qweight, s.scales[dt], None, None, 128, 4)
+              for s in states]
+        dq_us, _ = time_us(dq)
+        moved = qbytes + n * k * 2
+        line = f"{k}x{n} dequant int4-g128 f16: {dq_us:.1f} us, {moved / dq_us / 1e3:.0f} GB/s"
+        print(line, flush=True)
+        lines.append(line)
+        w = reference.dequantize(layer.portable_tensors()["qweight"], layer.qzeros, scales, layer.g_idx, 4, dt)
+        dense = [w] + [w.clone() for _ in range(copies_for(n * k * 2) - 1)]
+        for m in (64, 96, 128, 256, 1024, 4096):
+            x = torch.randn(m, k, device="cuda", dtype=dt)
+            res = {"cublas": time_us([lambda w=w: torch.nn.functional.linear(x, w) for w in dense])[0]}
+            if m <= 256:
+                res["fused"] = time_us([lambda s=s: torch.ops.quantkernels.cuda_wxa16_gemm(
+                    x, s.qweight, s.scales[dt], None, None, 128, None, 4) for s in states])[0]
+            res["dq+cublas"] = time_us([lambda s=s: torch.nn.functional.linear(x, torch.ops.quantkernels.cuda_wxa16_dequantize(
+                s.qweight, s.scales[dt], None, None, 128, 4)) for s in states])[0]
+            line = f"{k}x{n} m={m}: " + " ".join(f"{key}={v:.1f}" for key, v in res.items())
+            line += "  vs cublas: " + " ".join(f"{key}={res['cublas'] / v:.2f}" for key, v in res.items() if key != "cublas")
+            print(line, flush=True)
+            lines.append(line)
+        del states, dense
+        torch.cuda.empty_cache()
+    if out_dir:
+        with open(os.path.join(out_dir, "dequant.txt"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+def profile_once(out_dir):
+    """One launch of the fused kernel per case, nothing else, for Nsight Compute
+    (`ncu -k regex:wxa16_gemm_kernel --section ... python3 benchmarks/gpu_gemm.py --profile`)."""
+    k, n = 8192, 28672
+    codes, scales, zeros = make_quant(k, n, 4, 128)
+    layer, states = prepared_copies(codes, scales, zeros, QuantConfig(bits=4, group_size=128, sym=True), 1)
+    s = states[0]
+    for m in (1, 16, 64):
+        x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+        torch.ops.quantkernels.cuda_wxa16_gemm(x, s.qweight, s.scales[x.dtype], None, None, 128, None, 4)
+    torch.cuda.synchronize()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="two shapes, m in 1,16,64,256,1024")
     ap.add_argument("--out", default=os.environ.get("OUT"), help="directory for gpu_gemm.md/.csv")
     ap.add_argument("--no-triton", action="store_true")
     ap.add_argument("--sweep", action="store_true", help="time every GEMM tile shape instead (tuning)")
+    ap.add_argument("--dequant", action="store_true", help="time the large-m path in parts instead")
+    ap.add_argument("--profile", action="store_true", help="one launch per case, for ncu")
     args = ap.parse_args()
+    if args.profile:
+        profile_once(args.out)
+        return
+    if args.dequant:
+        print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
+        dequant_and_threshold(SHAPES, args.out)
+        return
     if args.sweep:
         print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
         sweep_tiles(SHAPES, args.out)

@@ -19,7 +19,7 @@ from quantkernels.nn import QuantLinear
 torch.manual_seed(0)
 cases = [(4, 128, True, False), (4, 32, False, False), (8, -1, True, False), (8, 64, False, False), (4, 64, True, True)]
 for bits, gs, sym, act_order in cases:
-    k, n = 256, 48  # 3 n-tiles: partial blocks; 4 or 8 k-chunks
+    k, n = 384, 48  # 3 n-tiles: partial blocks; 6 or 12 k-chunks, a partial 256-column dequantize tile
     g_idx = None
     if act_order:
         order = torch.randperm(k)

@@ -9,6 +9,8 @@ Error bounds (||out - ref|| / ||ref||, ref = the fp32 reference on the same inpu
   K), and round the output once more (rms about 2.8e-4). For random data the errors are
   independent, so the relative norm error is about 4e-4: bound 1e-3.
 * bfloat16: the same two roundings with unit roundoff 2**-8 instead of 2**-11, 8x larger: bound 8e-3.
+The small-m tiles that scale after the mma (one group per chunk) skip the first rounding (q - z is
+exact and the scale multiplies the fp32 sum), so their error is below these bounds.
 The dequantize kernel rounds (q - z) * s once, exactly as the reference's fp32 result cast to the
 dtype does, so it must match bit for bit.
 """
@@ -153,7 +155,7 @@ def test_gemm_kernel_at_every_m(bits, m):
 @needs_gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("bits", [4, 8])
-@pytest.mark.parametrize("tile", range(6))
+@pytest.mark.parametrize("tile", range(7))
 def test_every_gemm_tile(tile, bits, dtype):
     """Each tile shape of the kernel's list (auto picks some only for large N), forced."""
     k, n = 640, 336  # 21 n-tiles: partial NT groups for NT = 2 and 4
@@ -235,10 +237,14 @@ def test_real_layer_shapes(k, n):
 @needs_gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("bits,group_size,sym", [(4, 128, True), (4, 32, False), (8, -1, True), (8, 64, False)])
-def test_dequantize_is_exact(bits, group_size, sym, dtype):
-    layer = _layer(384, 144, QuantConfig(bits=bits, group_size=group_size, sym=sym), dtype, bias=False)
+@pytest.mark.parametrize("k,n", [(384, 144), (1152, 208)])
+def test_dequantize_is_exact(bits, group_size, sym, dtype, k, n):
+    """K = 384 and 1152 end in a partial 256-column warp tile (the kernel's unit), 4-bit and 8-bit."""
+    layer = _layer(k, n, QuantConfig(bits=bits, group_size=group_size, sym=sym), dtype, bias=False)
     portable = _portable(layer)
     state = layer._prepared["cuda"]
+    poison = torch.full((n, k), float("nan"), dtype=dtype, device="cuda")
+    del poison
     w = torch.ops.quantkernels.cuda_wxa16_dequantize(
         state.qweight, state.scales[dtype], state.zeros[dtype], None, state.group_size, bits
     )

@@ -57,7 +57,7 @@ inline int64_t wxa16_gemm_workspace_floats(int M, int N) {
 }
 
 // out[M, N] = x[M, K] @ W^T + bias, fp32 accumulation on the tensor cores (mma.sync m16n8k16,
-// weights as the A operand). Serves any M >= 1 (in passes of up to 64 rows). Returns
+// weights as the A operand). Serves any M >= 1 (in passes of up to 32 rows). Returns
 // cudaSuccess, cudaErrorInvalidValue for an unsupported combination, or the launch error.
 cudaError_t wxa16_gemm(const void* x,          // [M, K] act dtype, row stride ldx elements
                        int64_t ldx,

@@ -57,42 +57,77 @@ __device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t b, uint32_t c) {
   return d;
 }
 
-// The zero operand a run's dequantization subtracts, prepared once per (chunk, n-tile).
-// `zraw` is (z[r0], z[r1]) as T values; the half2 paths subtract magic + z, the fp32 path (8-bit
-// codes with bf16, whose 128 + v would not be exact) subtracts z as a float.
+// The operands of one (chunk, n-tile)'s dequantization, prepared once and shared by its runs:
+// the row scales and zero terms, each broadcast to both halves of a pair. `sc` is (s[r0], s[r1])
+// and `zraw` is (z[r0], z[r1]), both as T values.
+struct DequantConsts {
+  uint32_t s0, s1;  // (s[r0], s[r0]), (s[r1], s[r1])
+  uint32_t z0, z1;  // what the r0 / r1 registers subtract (see make_consts)
+};
+
 template <int BITS, typename T>
-__device__ __forceinline__ uint32_t prepare_zero(uint32_t zraw) {
+__device__ __forceinline__ DequantConsts make_consts(uint32_t sc, uint32_t zraw) {
   using T2 = typename ActTraits<T>::T2;
-  if constexpr (BITS == 8 && !std::is_same<T, __half>::value) return zraw;
-  return as_u32(__hadd2(as_t2<T2>(zraw), as_t2<T2>(ActTraits<T>::kMagic2)));
+  const T2 s2 = as_t2<T2>(sc), z2 = as_t2<T2>(zraw);
+  DequantConsts c;
+  c.s0 = as_u32(bcast_lo(s2));
+  c.s1 = as_u32(bcast_hi(s2));
+  if constexpr (BITS == 8 && !std::is_same<T, __half>::value) {
+    // 8-bit codes with bf16 go through fp32 (dequant_run): the raw zeros.
+    c.z0 = as_u32(bcast_lo(z2));
+    c.z1 = as_u32(bcast_hi(z2));
+  } else if constexpr (BITS == 4 && std::is_same<T, __half>::value) {
+    // r0 registers hold magic + q: subtract magic + z. r1 registers hold magic + 16 q (their
+    // nibbles sit 4 bits higher and are not shifted down): fma with 1/16 and -(magic/16 + z).
+    c.z0 = as_u32(bcast_lo(__hadd2(z2, as_t2<T2>(ActTraits<T>::kMagic2))));
+    c.z1 = as_u32(bcast_hi(__hneg2(__hadd2(z2, as_t2<T2>(0x54005400u)))));  // (64, 64)
+  } else {
+    const T2 zm = __hadd2(z2, as_t2<T2>(ActTraits<T>::kMagic2));
+    c.z0 = as_u32(bcast_lo(zm));
+    c.z1 = as_u32(bcast_hi(zm));
+  }
+  return c;
 }
 
 // One lane's run of one k-tile -> the four mma A registers (rows r0/r1 x logical k pairs), each
-// (q - z) * s rounded once to T. `w` points at the run's 1 (4-bit) or 2 (8-bit) words; `sc` is
-// (s[r0], s[r1]) and `zm` comes from prepare_zero.
-template <int BITS, typename T>
-__device__ __forceinline__ void dequant_run(const uint32_t* w, uint32_t sc, uint32_t zm, uint32_t a[4]) {
+// (q - z) * s with q - z exact and the product rounded once to T (so every path rounds alike).
+// With SCALE = false the registers hold q - z itself (exact in T: |q - z| < 256), for a caller
+// that applies the scale to the fp32 result instead. `w` points at the run's 1 (4-bit) or 2
+// (8-bit) words.
+template <int BITS, typename T, bool SCALE = true>
+__device__ __forceinline__ void dequant_run(const uint32_t* w, const DequantConsts& c, uint32_t a[4]) {
   using T2 = typename ActTraits<T>::T2;
-  const T2 s2 = as_t2<T2>(sc), z2 = as_t2<T2>(zm);
-  const T2 s_r0 = bcast_lo(s2), s_r1 = bcast_hi(s2);
-  const T2 z_r0 = bcast_lo(z2), z_r1 = bcast_hi(z2);
-  if constexpr (BITS == 4) {
+  const auto mul = [](T2 v, T2 s) { return SCALE ? __hmul2(v, s) : v; };
+  const T2 s_r0 = as_t2<T2>(c.s0), s_r1 = as_t2<T2>(c.s1);
+  const T2 z_r0 = as_t2<T2>(c.z0), z_r1 = as_t2<T2>(c.z1);
+  if constexpr (BITS == 4 && std::is_same<T, __half>::value) {
+    // Register e takes nibbles e and e + 4: e = 0, 2 (row r0) from bits 0-3 / 16-19 of w and of
+    // w >> 8; e = 1, 3 (row r1) from bits 4-7 / 20-23 of the same words, left in place (one shift
+    // per run instead of three). 1024 + 16 q is exact in fp16 and so is the fma below.
+    const uint32_t w8 = w[0] >> 8;
+    const T2 sixteenth = as_t2<T2>(0x2C002C00u);  // (1/16, 1/16)
+    a[0] = as_u32(mul(__hsub2(as_t2<T2>(and_or(w[0], 0x000F000Fu, ActTraits<T>::kMagic2)), z_r0), s_r0));
+    a[1] = as_u32(mul(__hfma2(as_t2<T2>(and_or(w[0], 0x00F000F0u, ActTraits<T>::kMagic2)), sixteenth, z_r1), s_r1));
+    a[2] = as_u32(mul(__hsub2(as_t2<T2>(and_or(w8, 0x000F000Fu, ActTraits<T>::kMagic2)), z_r0), s_r0));
+    a[3] = as_u32(mul(__hfma2(as_t2<T2>(and_or(w8, 0x00F000F0u, ActTraits<T>::kMagic2)), sixteenth, z_r1), s_r1));
+  } else if constexpr (BITS == 4) {
+    // bf16 has 7 mantissa bits: a nibble cannot stay 4 bits up, so each register shifts.
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const T2 v = as_t2<T2>(and_or(w[0] >> (4 * e), 0x000F000Fu, ActTraits<T>::kMagic2));
-      a[e] = as_u32(__hmul2(__hsub2(v, (e & 1) ? z_r1 : z_r0), (e & 1) ? s_r1 : s_r0));
+      a[e] = as_u32(mul(__hsub2(v, (e & 1) ? z_r1 : z_r0), (e & 1) ? s_r1 : s_r0));
     }
   } else if constexpr (std::is_same<T, __half>::value) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const T2 v = as_t2<T2>(__byte_perm(w[e >> 1], 0x64646464u, (e & 1) ? 0x4342 : 0x4140));
-      a[e] = as_u32(__hmul2(__hsub2(v, (e & 1) ? z_r1 : z_r0), (e & 1) ? s_r1 : s_r0));
+      a[e] = as_u32(mul(__hsub2(v, (e & 1) ? z_r1 : z_r0), (e & 1) ? s_r1 : s_r0));
     }
   } else {
     // 8-bit codes with bf16: 128 + v is not exact in bf16 for v >= 128, so go through fp32
     // (2**23 + v is exact), then round the product once to bf16.
-    const float s0 = __low2float(s2), s1 = __high2float(s2);
-    const float z0 = __low2float(z2) + 8388608.0f, z1 = __high2float(z2) + 8388608.0f;
+    const float s0 = SCALE ? __low2float(s_r0) : 1.0f, s1 = SCALE ? __low2float(s_r1) : 1.0f;
+    const float z0 = __low2float(z_r0) + 8388608.0f, z1 = __low2float(z_r1) + 8388608.0f;
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const uint32_t word = w[e >> 1];

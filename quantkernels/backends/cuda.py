@@ -13,8 +13,9 @@ Dispatch by the number of rows m of the activation:
 
 * ``m <= GEMM_MAX_M``: ``quantkernels::cuda_wxa16_gemm``, one tensor-core kernel (mma.sync
   m16n8k16, weights as the A operand, dequantized in registers, fp32 accumulation) that reads the
-  weights once per 64 rows; its tile shape (8..64 rows a pass) is chosen by m inside the kernel.
-* larger m: ``quantkernels::cuda_wxa16_dequantize`` to a dense fp16/bf16 weight, then cuBLAS.
+  weights once per 32 rows; its tile shape (8..32 rows a pass) is chosen by m inside the kernel.
+* larger m: ``quantkernels::cuda_wxa16_dequantize`` to a dense fp16/bf16 weight (a bandwidth-bound
+  kernel, ~2.85 TB/s on an H100), then cuBLAS.
 
 ``GEMM_MAX_M`` comes from ``benchmarks/gpu_gemm.py`` on an H100 (see ``benchmarks/NOTES_gpu.md``).
 """
@@ -31,7 +32,8 @@ from ..formats import is_trivial_g_idx
 from ..reference import pack, unpack
 
 ACT_DTYPES = (torch.float16, torch.bfloat16)
-GEMM_MAX_M = 128  # largest m for the fused kernel: it wins at 128 and loses at 256 on an H100
+GEMM_MAX_M = 128  # largest m for the fused kernel: on an H100 it wins at 128 on 4 of the 6 benchmark
+# layers (loses by 7-11% on the two with K = 4096) and loses at 256 on all (benchmarks/NOTES_gpu.md)
 
 
 def workspace_floats(m: int, n: int) -> int:

@@ -76,11 +76,65 @@ void float_tile(const FloatLinearArgs& a, int64_t t, int64_t m0) {
   }
 }
 
+// One row (a GEMV) over two tiles at once: each broadcast activation feeds both tiles' FMAs, and
+// the two weight streams are prefetched ahead of use. 4 accumulators per tile keep 8 FMA chains
+// in flight.
+template <int BITS>
+void float_tile_pair_row(const FloatLinearArgs& a, int64_t t, int64_t m) {
+  constexpr int P = 32 / BITS;
+  constexpr uint32_t kMask = (1u << BITS) - 1;
+  constexpr int NA = 4;
+  constexpr int64_t kAhead = 32;  // word rows (1 KiB per tile) prefetched ahead
+  const int64_t rows = a.K / P, grows = rows / a.G;
+  const uint32_t* w0 = a.w + t * rows * kTileN;
+  const uint32_t* w1 = w0 + rows * kTileN;
+  const float* xr = a.xs + m * a.ldx;
+  __m256 out[2];
+  for (int h = 0; h < 2; ++h) out[h] = a.bias ? _mm256_loadu_ps(a.bias + (t + h) * kTileN) : _mm256_setzero_ps();
+  for (int64_t g = 0; g < a.G; ++g) {
+    __m256 acc[2][NA];
+    for (int h = 0; h < 2; ++h)
+      for (int c = 0; c < NA; ++c) acc[h][c] = _mm256_setzero_ps();
+    for (int64_t r = g * grows; r < (g + 1) * grows; ++r) {
+      if (r % 2 == 0) {
+        _mm_prefetch(reinterpret_cast<const char*>(w0 + (r + kAhead) * kTileN), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(w1 + (r + kAhead) * kTileN), _MM_HINT_T0);
+      }
+      const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w0 + r * kTileN));
+      const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w1 + r * kTileN));
+      const float* x = xr + r * P;
+#pragma GCC unroll 8
+      for (int j = 0; j < P; ++j) {
+        const __m256 xb = _mm256_broadcast_ss(x + j);
+        const __m256i m = _mm256_set1_epi32(static_cast<int>(kMask << (BITS * j)));
+        const __m256i q0 = j == P - 1 ? _mm256_srli_epi32(v0, BITS * j) : _mm256_and_si256(v0, m);
+        const __m256i q1 = j == P - 1 ? _mm256_srli_epi32(v1, BITS * j) : _mm256_and_si256(v1, m);
+        acc[0][j % NA] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q0), xb, acc[0][j % NA]);
+        acc[1][j % NA] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q1), xb, acc[1][j % NA]);
+      }
+    }
+    const __m256 xsum = _mm256_set1_ps(a.xsum[m * a.G + g]);
+    for (int h = 0; h < 2; ++h) {
+      const __m256 s = _mm256_loadu_ps(a.scales + g * a.N + (t + h) * kTileN);
+      const __m256 z = _mm256_loadu_ps(a.zeros + g * a.N + (t + h) * kTileN);
+      const __m256 A = _mm256_add_ps(_mm256_add_ps(acc[h][0], acc[h][1]), _mm256_add_ps(acc[h][2], acc[h][3]));
+      out[h] = _mm256_fmadd_ps(s, _mm256_fnmadd_ps(z, xsum, A), out[h]);
+    }
+  }
+  for (int h = 0; h < 2; ++h) _mm256_storeu_ps(a.out + m * a.N + (t + h) * kTileN, out[h]);
+}
+
 template <int BITS>
 void float_tiles(const FloatLinearArgs& a, int64_t t0, int64_t t1) {
   const int64_t tg = l2_tile_group(a.K * kTileN * BITS / 8);
   for (int64_t g0 = t0; g0 < t1; g0 += tg) {
     const int64_t g1 = std::min(t1, g0 + tg);
+    if (a.M == 1) {  // GEMV: tiles in pairs
+      int64_t t = g0;
+      for (; t + 2 <= g1; t += 2) float_tile_pair_row<BITS>(a, t, 0);
+      if (t < g1) float_tile<BITS, 1>(a, t, 0);
+      continue;
+    }
     int64_t m = 0;
     for (; m + 8 <= a.M; m += 8)
       for (int64_t t = g0; t < g1; ++t) float_tile<BITS, 8>(a, t, m);

@@ -43,12 +43,13 @@ Fn kernel_at_or_below(Isa isa, Fn (*table)(Isa)) {
 
 // Runs fn(t0, t1) over [0, tiles) in chunks handed to the threads on demand (an atomic counter)
 // rather than one equal slice per thread: on a shared machine a thread that loses its core for a
-// while then takes fewer chunks instead of holding up the whole call. ~16 chunks per thread keeps
-// each chunk long enough for the kernels' L2 tile groups and prefetch.
+// while then takes fewer chunks instead of holding up the whole call. ~16 chunks per thread (at
+// least 4 tiles each) keeps each chunk long enough for the kernels' tile pairs, L2 tile groups and
+// prefetch.
 template <class Fn>
 void parallel_over_tiles(int64_t tiles, const Fn& fn) {
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  const int64_t chunk = std::max<int64_t>(1, tiles / (threads * 16)), chunks = (tiles + chunk - 1) / chunk;
+  const int64_t chunk = std::max<int64_t>(4, tiles / (threads * 16)), chunks = (tiles + chunk - 1) / chunk;
   std::atomic<int64_t> next{0};
   at::parallel_for(0, std::min(threads, chunks), 1, [&](int64_t, int64_t) {
     for (int64_t c = next.fetch_add(1); c < chunks; c = next.fetch_add(1)) fn(c * chunk, std::min(tiles, (c + 1) * chunk));

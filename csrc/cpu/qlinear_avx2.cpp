@@ -3,11 +3,14 @@
 //
 // * float activations: one tile = 8 output channels = one fp32 vector. Per packed word row the 8
 //   codes of each channel are masked in place and converted (pre-shifted nibbles/bytes, see
-//   qlinear.h), then FMA'd with broadcast activations of up to kMaxRows rows (register tile
-//   rows x 8 channels); group scales and zero points are applied once per group.
-// * int8 activations: vpmaddubsw (u8 x s8 -> s16 pairs) + vpmaddwd against ones (-> s32). Int4
-//   codes are unsigned and small (15 * 127 * 2 fits s16); int8 codes use the sign trick
-//   (|w| as u8 times sign(x, w)), so no product pair can saturate.
+//   qlinear.h), then FMA'd with broadcast activations of up to 8 rows (register tile rows x 8
+//   channels); group scales and zero points are applied once per group. A single row (GEMV) runs
+//   two tiles per pass so that each broadcast feeds both, with software prefetch of both streams.
+// * int8 activations: int4 codes are the unsigned operand of vpmaddubsw (15 * 127 * 2 fits s16,
+//   and 4 blocks of pair sums still fit) + vpmaddwd against ones; int8 codes and activations are
+//   widened to s16 and multiplied with vpmaddwd (the sign trick's vpsignb competes with the
+//   multiplies for the same two pipes on Zen 3). The next L2-sized group of tiles is prefetched
+//   into L2 while the current one is computed.
 // Limits: N % 8 == 0; K as the layouts state. Test: tests/test_cpu_backend.py (isa="avx2");
 // benchmark: benchmarks/cpu_gemm.py.
 #include <algorithm>

@@ -5,6 +5,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <atomic>
 #include <string>
 
 #include "cpu/cpu_features.h"
@@ -37,6 +39,21 @@ Fn kernel_at_or_below(Isa isa, Fn (*table)(Isa)) {
     if (reached && table(cand)) return table(cand);
   }
   return table(Isa::kScalar);
+}
+
+// Runs fn(t0, t1) over [0, tiles) in chunks handed to the threads on demand (an atomic counter)
+// rather than one equal slice per thread: on a shared machine a thread that loses its core for a
+// while then takes fewer chunks instead of holding up the whole call. ~16 chunks per thread (at
+// least 4 tiles each) keeps each chunk long enough for the kernels' tile pairs, L2 tile groups and
+// prefetch.
+template <class Fn>
+void parallel_over_tiles(int64_t tiles, const Fn& fn) {
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t chunk = std::max<int64_t>(4, tiles / (threads * 16)), chunks = (tiles + chunk - 1) / chunk;
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min(threads, chunks), 1, [&](int64_t, int64_t) {
+    for (int64_t c = next.fetch_add(1); c < chunks; c = next.fetch_add(1)) fn(c * chunk, std::min(tiles, (c + 1) * chunk));
+  });
 }
 
 void check_common(const at::Tensor& x, const at::Tensor& scales, const at::Tensor& zeros,
@@ -92,7 +109,7 @@ at::Tensor linear_float(const at::Tensor& x_in, const at::Tensor& w, const at::T
   a.out = out.data_ptr<float>();
   a.M = M, a.N = N, a.K = K, a.G = G, a.ldx = ldxs, a.bits = static_cast<int>(bits);
   const auto fn = kernel_at_or_below(isa, qk::cpu::float_tiles_for);
-  at::parallel_for(0, N / qk::cpu::kTileN, 1, [&](int64_t t0, int64_t t1) { fn(a, t0, t1); });
+  parallel_over_tiles(N / qk::cpu::kTileN, [&](int64_t t0, int64_t t1) { fn(a, t0, t1); });
   return out;
 }
 
@@ -143,7 +160,7 @@ at::Tensor linear_int8(const at::Tensor& x_in, const at::Tensor& w, const at::Te
   a.bits = static_cast<int>(bits);
   a.act_per_block = per_block;
   const auto fn = kernel_at_or_below(isa, qk::cpu::int8_tiles_for);
-  at::parallel_for(0, N / qk::cpu::kTileN, 1, [&](int64_t t0, int64_t t1) { fn(a, t0, t1); });
+  parallel_over_tiles(N / qk::cpu::kTileN, [&](int64_t t0, int64_t t1) { fn(a, t0, t1); });
   return out;
 }
 

@@ -1,0 +1,68 @@
+// Torch-free, single-thread timing of the AVX2 quantized-linear kernels (x86 only): isolates the
+// kernel from activation preparation, threading and the dispatcher, for A/B comparisons of kernel
+// variants. Random codes and activations; prints the best of `reps` calls.
+//
+//   python setup.py -q build_ext --inplace     # builds the objects linked below
+//   B=build/temp.linux-x86_64-cpython-311/qk_cpu
+//   g++ -O2 -std=c++17 -Icsrc tests/cpu_harness/qlinear_bench.cpp $B/*.o -o /tmp/qlinear_bench
+//   flock /work/bench.lock /tmp/qlinear_bench w4a8 32 11008 4096 32 5   # kind M N K G reps
+//
+// kind: w4a16 (float activations, 4-bit), w4a8 / w8a8 (int8 activations per row).
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "cpu/qlinear.h"
+
+using namespace qk::cpu;
+
+int main(int argc, char** argv) {
+  if (argc != 7) {
+    std::fprintf(stderr, "usage: %s w4a16|w4a8|w8a8 M N K G reps\n", argv[0]);
+    return 2;
+  }
+  const char* kind = argv[1];
+  const int64_t M = std::atol(argv[2]), N = std::atol(argv[3]), K = std::atol(argv[4]), G = std::atol(argv[5]);
+  const int reps = std::atoi(argv[6]);
+  std::mt19937 rng(1);
+  std::vector<float> scales(G * N, 0.01f), zeros(G * N, 8.0f), out(M * N), x(M * K);
+  for (auto& v : x) v = std::uniform_real_distribution<float>(-1, 1)(rng);
+  double best = 1e9;
+  auto time_it = [&](auto&& call) {
+    call();
+    for (int r = 0; r < reps; ++r) {
+      const auto t0 = std::chrono::steady_clock::now();
+      call();
+      best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+  };
+  if (!std::strcmp(kind, "w4a16")) {
+    std::vector<uint32_t> w(N * K / 8);
+    for (auto& v : w) v = rng();
+    const int64_t ld = staggered_stride(K, sizeof(float));
+    std::vector<float> xs(M * ld), xsum(M * G);
+    prepare_float_activations(x.data(), K, M, K, G, 4, xs.data(), ld, xsum.data());
+    FloatLinearArgs a{w.data(), scales.data(), zeros.data(), nullptr, xs.data(), xsum.data(), out.data(), M, N, K, G, ld, 4};
+    time_it([&] { linear_float_tiles_avx2(a, 0, N / kTileN); });
+  } else {
+    const int bits = std::strcmp(kind, "w4a8") ? 8 : 4;
+    const int64_t Kp = (K + kBlockK - 1) / kBlockK * kBlockK, ldq = staggered_stride(Kp, 1);
+    std::vector<uint8_t> w(N * Kp * bits / 8);
+    for (auto& v : w) v = static_cast<uint8_t>(rng());
+    std::vector<int8_t> xq(M * ldq);
+    std::vector<float> xscale(M);
+    std::vector<int32_t> xblock(M * Kp / kBlockK);
+    quantize_activations_int8(x.data(), K, M, K, Kp, false, xq.data(), ldq, xscale.data(), xblock.data());
+    Int8LinearArgs a{w.data(), scales.data(), zeros.data(), nullptr, xq.data(), xscale.data(), xblock.data(),
+                     out.data(), M, N, K, Kp, G, ldq, int8_segment_length(K, Kp, G, false), bits, false};
+    time_it([&] { linear_int8_tiles_avx2(a, 0, N / kTileN); });
+  }
+  const double mac = double(M) * N * K;
+  std::printf("%s M=%ld N=%ld K=%ld G=%ld: %.3f ms  %.1f GMAC/s  %.2f Gweights/s\n", kind, long(M), long(N), long(K),
+              long(G), best * 1e3, mac / best / 1e9, double(N) * K / best / 1e9);
+  return 0;
+}

@@ -86,8 +86,10 @@ def check_cases():
     return cases
 
 
-def check(log):
-    """Fixed configurations (no autotuning: one compile per kernel and format) on every format."""
+def check(log, only_ms=None):
+    """Fixed configurations (no autotuning: one compile per kernel and format) on every format.
+
+    ``only_ms``: check only these m (and only their families' candidate configurations)."""
     from quantkernels.triton import ops as tops
 
     # Modest tiles (every format compiles within shared memory), split-K on to exercise the reduce.
@@ -99,7 +101,7 @@ def check(log):
         "dequant": tops._cfg(BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=1),
     }
     fixed_nk4 = {  # 4-bit layers (nk4 layout)
-        "gemv": tops._nk4(16, 64, 128, 2, 4, 3),
+        "gemv": tops._nk4_gemv(64, 128, 2),
         "small": tops._nk4(16, 64, 128, 2, 4, 3),
         "medium": tops._nk4(32, 64, 128, 2, 4, 3),
         "large": tops._nk4(64, 128, 128, 1, 4, 3),
@@ -107,6 +109,7 @@ def check(log):
     }
     rows, fails = [], 0
     for cfg, k, n, dtype, bias, ms in check_cases():
+        ms = [m for m in ms if only_ms is None or m in only_ms]
         with tops.force_config(fixed_nk4 if cfg.bits == 4 else fixed):
             layer = make_layer(k, n, cfg, bias=bias, act_order=cfg.act_order)
             w = layer.dequantize(torch.float32)
@@ -130,6 +133,8 @@ def check(log):
         layer = make_layer(4096, 14336, cfg)
         w = layer.dequantize(torch.float32)
         for fam, m in (("gemv", 1), ("small", 16), ("medium", 64), ("large", 200), ("dequant", 300)):
+            if only_ms is not None and m not in only_ms:
+                continue
             x = torch.randn(m, 4096, device="cuda", dtype=torch.float16)
             ref = x.float() @ w.t()
             for c in tops._configs(fam, nk4=cfg.bits == 4):
@@ -149,7 +154,7 @@ def check(log):
     # eager call has tuned, so it uses each family's first candidate).
     layer = make_layer(4096, 4096, qk.QuantConfig(bits=4, group_size=128), bias=True)
     f = torch.compile(lambda t: layer(t) * 2.0, fullgraph=True)
-    for m in (1, 16, 64, 200, 300):
+    for m in (1, 16, 64, 200, 300) if only_ms is None else only_ms:
         x = torch.randn(m, 4096, device="cuda", dtype=torch.float16)
         try:
             err = rel_err(f(x), x.float() @ layer.dequantize(torch.float32).t() * 2.0 + layer.bias.float() * 2.0)
@@ -269,6 +274,7 @@ def main():
     p.add_argument("--only", choices=["check", "sweep", "table"], action="append")
     p.add_argument("--shapes", nargs="*", default=SHAPES)
     p.add_argument("--ms", nargs="*", type=int, default=MS)
+    p.add_argument("--check-ms", nargs="*", type=int, default=None, help="check: only these m")
     p.add_argument("--sweep-ms", nargs="*", type=int, default=[1, 16, 64, 1024])
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     a = p.parse_args()
@@ -278,7 +284,7 @@ def main():
     if "check" in parts:
         with open(os.path.join(a.out, "triton_check.log"), "w") as log:
             t0 = time.time()
-            fails = check(log)
+            fails = check(log, a.check_ms)
             print(f"check took {time.time() - t0:.0f}s", flush=True)
     if "sweep" in parts:
         with open(os.path.join(a.out, "triton_sweep.log"), "w") as log:

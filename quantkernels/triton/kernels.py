@@ -27,7 +27,7 @@ pads the MMA's narrow side.
 
 ``dequant_kernel`` writes ``W.T`` ``[K, N]`` in the activation dtype, for large m (then cuBLAS).
 
-When a K tile lies inside one group (``BLOCK_K <= GROUP_SIZE``, no g_idx), the integer ``q - z`` is
+When a K tile lies inside one group (``GROUP_SIZE % BLOCK_K == 0``, no g_idx), the integer ``q - z`` is
 exact in fp16/bf16 (|q - z| <= 255), the dots run on it, and the group's scale multiplies the fp32
 partial product: one rounding fewer than dequantizing each weight. Otherwise each weight is
 dequantized as ``(q - z) * s`` in fp32 and rounded once to the activation dtype.
@@ -209,7 +209,7 @@ def qgemv_kernel(
 ):
     PER_WORD: tl.constexpr = 32 // BITS
     BKW: tl.constexpr = BLOCK_K // PER_WORD
-    TILE_IN_GROUP: tl.constexpr = (BLOCK_K <= GROUP_SIZE) and (not HAS_GIDX)
+    TILE_IN_GROUP: tl.constexpr = (GROUP_SIZE % BLOCK_K == 0) and (not HAS_GIDX)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -271,7 +271,7 @@ def qgemm_kernel(
     pid_n = (pid % width) // group_rows
 
     DTYPE: tl.constexpr = x_ptr.dtype.element_ty
-    TILE_IN_GROUP: tl.constexpr = (BLOCK_K <= GROUP_SIZE) and (not HAS_GIDX)
+    TILE_IN_GROUP: tl.constexpr = (GROUP_SIZE % BLOCK_K == 0) and (not HAS_GIDX)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_mask = offs_m < M
@@ -454,7 +454,7 @@ def _nk4_tile(
     else:
         wd = tl.load(ptrs, mask=n_mask[:, None] & (offs_w[None, :] < stride_qn), other=0)
     wd = tl.reshape(wd, (BLOCK_N, B, 4, 4))  # (row, block b, thread c, chunk q)
-    TILE_IN_GROUP: tl.constexpr = (BLOCK_K <= GROUP_SIZE) and (not HAS_GIDX)
+    TILE_IN_GROUP: tl.constexpr = (GROUP_SIZE % BLOCK_K == 0) and (not HAS_GIDX)
     if TILE_IN_GROUP:
         g = k0 // GROUP_SIZE
         s = tl.load(s_ptr + g * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)
@@ -579,3 +579,138 @@ def dequant_nk4_kernel(
     offs_k = k0 + tl.arange(0, BLOCK_K)
     w = (w.to(tl.float32) * s[:, None]).to(DTYPE)
     tl.store(w_ptr + offs_n[:, None] * K + offs_k[None, :], w, mask=n_mask[:, None] & (offs_k[None, :] < K))
+
+
+@triton.jit
+def qgemv_nk4_kernel(
+    x_ptr,  # [1, K] fp16/bf16
+    qt_ptr,  # [N, Kp / 2] uint8: the bytes of the nk4 int32 words [N, Kp / 8]; stride_qn = Kp / 8
+    s_ptr,  # [G, N] fp16/bf16/fp32
+    z_ptr,  # [G, N] uint8 (HAS_ZEROS)
+    gidx_ptr,  # [K] int32 (HAS_GIDX)
+    bias_ptr,  # [N] (HAS_BIAS)
+    out_ptr,  # [1, N] x dtype
+    ws_ptr,  # [1, N] fp32, zero on entry and exit (SPLIT_K > 1)
+    cnt_ptr,  # [>= cdiv(N, BLOCK_N)] int32, zero on entry and exit (SPLIT_K > 1)
+    N, K, stride_qn,
+    GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_GIDX: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, USE_ASM: tl.constexpr,
+    EVEN_K: tl.constexpr,
+):
+    """``out = x @ W.T (+ bias)`` for one row x and 4-bit nk4 weights, without the MMA.
+
+    A matrix unit would pad m = 1 to 16 rows; here each thread multiplies its own words: it loads
+    them as 16-byte vectors along its row, unpacks each word into 8 values with the magic-number
+    PTX (``_unpack_words``) and accumulates ``x_k * (q_k - z)`` in fp32. The nk4 order only changes
+    which x_k goes with which nibble: ``o_(4s + 2h + e)`` of word ``16b + 4c + q`` is column
+    ``128b + 32q + 16s + 8h + 2c + e``, so x is gathered at those columns (from L1, shared by all
+    the rows a thread holds). A word's 8 columns lie in one 32-column chunk, so when groups are
+    whole chunks (GROUP_SIZE % 32 == 0, no g_idx) each word has one scale and zero point: the
+    unpacking leaves ``q - z`` exactly and the scale multiplies the word's partial sum (once per
+    row and tile when the tile lies in one group). Otherwise each weight is ``(q - z) * s`` in fp32.
+    EVEN_K: the padded K is a multiple of BLOCK_K (no column mask on the words, which would stop
+    their 16-byte vector loads).
+    """
+    DTYPE: tl.constexpr = x_ptr.dtype.element_ty
+    MAGIC_F: tl.constexpr = 1024.0 if DTYPE == tl.float16 else 128.0
+    tl.static_assert(BLOCK_K % 128 == 0, "nk4: BLOCK_K must be a multiple of the layout's 128-column block")
+    BKW: tl.constexpr = BLOCK_K // 8
+    TILE_IN_GROUP: tl.constexpr = (GROUP_SIZE % BLOCK_K == 0) and (not HAS_GIDX)
+    WORD_IN_GROUP: tl.constexpr = (GROUP_SIZE % 32 == 0) and (not HAS_GIDX)
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    k_tiles = (K + BLOCK_K - 1) // BLOCK_K
+    per_split = (k_tiles + SPLIT_K - 1) // SPLIT_K
+    kt_begin = pid_k * per_split
+    kt_end = tl.minimum(kt_begin + per_split, k_tiles)
+    # Word i of a tile: block b = i // 16, thread c = (i // 4) % 4, chunk q = i % 4.
+    wi = tl.arange(0, BKW)
+    col_w = 128 * (wi // 16) + 32 * (wi % 4) + 2 * ((wi // 4) % 4)
+    qt32 = qt_ptr.to(tl.pointer_type(tl.int32))
+    acc = tl.zeros((BLOCK_N, BKW), dtype=tl.float32)
+    # The next tile's words are loaded before this tile's arithmetic (two tiles in flight per thread).
+    wd_next = _gemv_nk4_words(qt32, kt_begin, kt_end, offs_n, n_mask, wi, stride_qn, BLOCK_K, EVEN_K)
+    for kt in range(kt_begin, kt_end):
+        k0 = kt * BLOCK_K
+        wd = wd_next
+        wd_next = _gemv_nk4_words(qt32, kt + 1, kt_end, offs_n, n_mask, wi, stride_qn, BLOCK_K, EVEN_K)
+        if TILE_IN_GROUP:
+            g = k0 // GROUP_SIZE
+            s = tl.load(s_ptr + g * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)[:, None]
+            if HAS_ZEROS:
+                nzf = -(tl.load(z_ptr + g * N + offs_n, mask=n_mask, other=0).to(tl.float32) + MAGIC_F)[:, None]
+        elif WORD_IN_GROUP:
+            gmask = n_mask[:, None] & (k0 + col_w < K)[None, :]
+            idx = ((k0 + col_w) // GROUP_SIZE)[None, :] * N + offs_n[:, None]
+            s = tl.load(s_ptr + idx, mask=gmask, other=0.0).to(tl.float32)
+            if HAS_ZEROS:
+                nzf = -(tl.load(z_ptr + idx, mask=gmask, other=0).to(tl.float32) + MAGIC_F)
+        if WORD_IN_GROUP and HAS_ZEROS:
+            NZF_BITS: tl.constexpr = 0
+        elif WORD_IN_GROUP:
+            nzf = tl.full((BLOCK_N, 1), -(MAGIC_F + 8.0), tl.float32)
+            NZF_BITS: tl.constexpr = 0xE408 if DTYPE == tl.float16 else 0xC308  # -1032.0 / -136.0
+        else:
+            nzf = tl.full((BLOCK_N, 1), -MAGIC_F, tl.float32)  # the codes q themselves
+            NZF_BITS: tl.constexpr = 0xE400 if DTYPE == tl.float16 else 0xC300  # -1024.0 / -128.0
+        o0, o1, o2, o3, o4, o5, o6, o7 = _unpack_words(wd, nzf, NZF_BITS, DTYPE, USE_ASM)
+        part = tl.zeros((BLOCK_N, BKW), dtype=tl.float32)
+        part = _gemv_nk4_part(part, o0, 0, x_ptr, s_ptr, z_ptr, gidx_ptr, k0 + col_w, offs_n, n_mask, N, K,
+                              GROUP_SIZE, HAS_ZEROS, HAS_GIDX, WORD_IN_GROUP)
+        part = _gemv_nk4_part(part, o1, 1, x_ptr, s_ptr, z_ptr, gidx_ptr, k0 + col_w, offs_n, n_mask, N, K,
+                              GROUP_SIZE, HAS_ZEROS, HAS_GIDX, WORD_IN_GROUP)
+        part = _gemv_nk4_part(part, o2, 2, x_ptr, s_ptr, z_ptr, gidx_ptr, k0 + col_w, offs_n, n_mask, N, K,
+                              GROUP_SIZE, HAS_ZEROS, HAS_GIDX, WORD_IN_GROUP)
+        part = _gemv_nk4_part(part, o3, 3, x_ptr, s_ptr, z_ptr, gidx_ptr, k0 + col_w, offs_n, n_mask, N, K,
+                              GROUP_SIZE, HAS_ZEROS, HAS_GIDX, WORD_IN_GROUP)
+        part = _gemv_nk4_part(part, o4, 4, x_ptr, s_ptr, z_ptr, gidx_ptr, k0 + col_w, offs_n, n_mask, N, K,
+                              GROUP_SIZE, HAS_ZEROS, HAS_GIDX, WORD_IN_GROUP)
+        part = _gemv_nk4_part(part, o5, 5, x_ptr, s_ptr, z_ptr, gidx_ptr, k0 + col_w, offs_n, n_mask, N, K,
+                              GROUP_SIZE, HAS_ZEROS, HAS_GIDX, WORD_IN_GROUP)
+        part = _gemv_nk4_part(part, o6, 6, x_ptr, s_ptr, z_ptr, gidx_ptr, k0 + col_w, offs_n, n_mask, N, K,
+                              GROUP_SIZE, HAS_ZEROS, HAS_GIDX, WORD_IN_GROUP)
+        part = _gemv_nk4_part(part, o7, 7, x_ptr, s_ptr, z_ptr, gidx_ptr, k0 + col_w, offs_n, n_mask, N, K,
+                              GROUP_SIZE, HAS_ZEROS, HAS_GIDX, WORD_IN_GROUP)
+        if WORD_IN_GROUP:
+            acc += part * s
+        else:
+            acc += part
+    out = tl.sum(acc, axis=1)[None, :]
+    _finish_tile(out, tl.arange(0, 1), offs_n, pid_n, 1, N, out_ptr, bias_ptr, ws_ptr, cnt_ptr, HAS_BIAS, SPLIT_K)
+
+
+@triton.jit
+def _gemv_nk4_words(qt32, kt, kt_end, offs_n, n_mask, wi, stride_qn, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
+    """The int32 words ``[BLOCK_N, BLOCK_K / 8]`` of K tile kt (zeros when kt >= kt_end)."""
+    offs_w = kt * (BLOCK_K // 8) + wi
+    mask = n_mask[:, None] & (offs_w[None, :] < kt_end * (BLOCK_K // 8))
+    if not EVEN_K:
+        mask = mask & (offs_w[None, :] < stride_qn)
+    return tl.load(qt32 + offs_n[:, None] * stride_qn + offs_w[None, :], mask=mask, other=0)
+
+
+@triton.jit
+def _gemv_nk4_part(
+    part, o, j: tl.constexpr, x_ptr, s_ptr, z_ptr, gidx_ptr, kw, offs_n, n_mask, N, K,
+    GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_GIDX: tl.constexpr, WORD_IN_GROUP: tl.constexpr,
+):
+    """``part + x_k * w_k`` for nibble group j (``o_j`` of ``_unpack_words``) of words whose first
+    column is ``kw``: w = o (``q - z``) when WORD_IN_GROUP, else ``(o - z) * s`` per weight (o = q)."""
+    kk = kw + (16 * (j // 4) + 8 * ((j // 2) % 2) + j % 2)
+    xj = tl.load(x_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)[None, :]
+    if WORD_IN_GROUP:
+        return part + o.to(tl.float32) * xj
+    if HAS_GIDX:
+        gk = tl.load(gidx_ptr + kk, mask=kk < K, other=0)
+    else:
+        gk = kk // GROUP_SIZE
+    idx = gk[None, :] * N + offs_n[:, None]
+    gmask = n_mask[:, None] & (kk < K)[None, :]
+    sk = tl.load(s_ptr + idx, mask=gmask, other=0.0).to(tl.float32)
+    if HAS_ZEROS:
+        zk = tl.load(z_ptr + idx, mask=gmask, other=0).to(tl.float32)
+    else:
+        zk = 8.0
+    return part + (o.to(tl.float32) - zk) * sk * xj

@@ -150,6 +150,17 @@ def check(log, only_ms=None):
                     print("FAIL", rows[-1], flush=True)
     log.write("\n".join(map(str, rows)) + "\n")
     log.flush()
+    fails += check_compile(log, rows, only_ms)
+    worst = max(r[6] for r in rows)
+    msg = f"check: {len(rows)} cases, {fails} failures, worst rel err {worst:.2e}"
+    print(msg, flush=True)
+    log.write(msg + "\n" + "\n".join(map(str, rows[-5:])) + "\n")
+    return fails
+
+
+def check_compile(log, rows, only_ms=None):
+    """torch.compile traces through the triton_op; appends its cases to rows, returns the failures."""
+    fails = 0
     # torch.compile traces through the triton_op (tuned path; the first call is traced before any
     # eager call has tuned, so it uses each family's first candidate).
     layer = make_layer(4096, 4096, qk.QuantConfig(bits=4, group_size=128), bias=True)
@@ -164,10 +175,7 @@ def check(log, only_ms=None):
         ok = err <= 1e-3
         fails += not ok
         rows.append(("compile int4 g128", 4096, 4096, "float16", True, m, err, ok))
-    worst = max(r[6] for r in rows)
-    msg = f"check: {len(rows)} cases, {fails} failures, worst rel err {worst:.2e}"
-    print(msg, flush=True)
-    log.write(msg + "\n" + "\n".join(map(str, rows[-5:])) + "\n")
+        print(f"compile m={m}: rel err {err:.2e} {'ok' if ok else 'FAIL'}", flush=True)
     return fails
 
 
@@ -271,7 +279,7 @@ def table(shapes, ms, log):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", choices=["check", "sweep", "table"], action="append")
+    p.add_argument("--only", choices=["check", "compile", "sweep", "table"], action="append")
     p.add_argument("--shapes", nargs="*", default=SHAPES)
     p.add_argument("--ms", nargs="*", type=int, default=MS)
     p.add_argument("--check-ms", nargs="*", type=int, default=None, help="check: only these m")
@@ -286,6 +294,9 @@ def main():
             t0 = time.time()
             fails = check(log, a.check_ms)
             print(f"check took {time.time() - t0:.0f}s", flush=True)
+    if "compile" in parts:  # only the torch.compile cases of check
+        with open(os.path.join(a.out, "triton_compile.log"), "w") as log:
+            fails += check_compile(log, [], a.check_ms)
     if "sweep" in parts:
         with open(os.path.join(a.out, "triton_sweep.log"), "w") as log:
             t0 = time.time()

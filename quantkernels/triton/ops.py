@@ -120,18 +120,18 @@ def _nk4_dequant(bn, bk, w=4) -> triton.Config:
 CONFIGS_NK4: Dict[str, List[triton.Config]] = {  # BLOCK_K: a multiple of the layout's 128 columns
     # Order: the best of the 2026-11-23 H100 sweep first (what a torch.compile trace launches before
     # any eager call has tuned). BLOCK_K = 256 measured 3x slower than 128 everywhere: not listed.
-    # m = 1: qgemv_nk4_kernel (GEMV, no MMA) against the m = 16 MMA tiles.
+    # m = 1: the m = 16 MMA tiles against qgemv_nk4_kernel (GEMV, no MMA; 75-77 us against the
+    # tiles' 65-73 us on the two large shapes in the first sweep of 2026-11-23 04:2x).
     "gemv": [
-        _nk4(16, 64, 128, 4, 4, 4),
-        _nk4_gemv(64, 128, 4),
-        _nk4_gemv(64, 256, 4),
-        _nk4_gemv(128, 128, 4, 8),
-        _nk4_gemv(32, 256, 8),
-        _nk4_gemv(64, 256, 8, 4, 4),
-        _nk4_gemv(128, 256, 2, 8),
-        _nk4_gemv(16, 512, 8, 4),
         _nk4(16, 64, 128, 8, 4, 4),
+        _nk4(16, 64, 128, 16, 4, 4),
+        _nk4(16, 64, 128, 8, 4, 6),
         _nk4(16, 128, 128, 2, 8, 4),
+        _nk4(16, 128, 128, 4, 8, 4),
+        _nk4_gemv(64, 128, 4),
+        _nk4_gemv(128, 128, 4, 8),
+        _nk4_gemv(64, 128, 8),
+        _nk4_gemv(256, 128, 4, 8),
     ],
     "small": [
         _nk4(16, 64, 128, 4, 4, 4),
@@ -140,19 +140,15 @@ CONFIGS_NK4: Dict[str, List[triton.Config]] = {  # BLOCK_K: a multiple of the la
         _nk4(16, 128, 128, 2, 8, 4),
         _nk4(16, 64, 128, 2, 4, 4),
     ],
-    # 17 <= m <= 64: wider weight tiles (BLOCK_N 128/256 on 8 warps) read the activation tile from
-    # L2 fewer times; split-K keeps the grid full when that leaves few tiles.
+    # 17 <= m <= 64: still mostly memory-bound (BLOCK_N = 256 measured slower: 110-336 us).
     "medium": [
         _nk4(64, 64, 128, 2, 4, 4),
         _nk4(64, 128, 128, 1, 4, 4),
         _nk4(64, 64, 128, 4, 4, 4),
         _nk4(64, 128, 128, 2, 8, 4),
-        _nk4(32, 64, 128, 4, 4, 4),
-        _nk4(64, 256, 128, 1, 8, 3),
-        _nk4(64, 256, 128, 2, 8, 3),
-        _nk4(64, 128, 128, 2, 8, 3),
-        _nk4(64, 128, 128, 4, 8, 4),
-        _nk4(64, 128, 128, 2, 4, 4),
+        _nk4(64, 64, 128, 2, 4, 6),
+        _nk4(64, 128, 128, 1, 4, 6),
+        _nk4(64, 64, 128, 1, 4, 5),
     ],
     "large": [
         _nk4(128, 64, 128, 1, 4, 4),

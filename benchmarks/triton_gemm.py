@@ -101,7 +101,7 @@ def check(log, only_ms=None):
         "dequant": tops._cfg(BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=1),
     }
     fixed_nk4 = {  # 4-bit layers (nk4 layout)
-        "gemv": tops._nk4_gemv(64, 128, 2),
+        "gemv": tops._nk4(16, 64, 128, 2, 4, 3),
         "small": tops._nk4(16, 64, 128, 2, 4, 3),
         "medium": tops._nk4(32, 64, 128, 2, 4, 3),
         "large": tops._nk4(64, 128, 128, 1, 4, 3),

@@ -106,10 +106,6 @@ def _nk4(bm, bn, bk, sk, w, st, gm=8) -> triton.Config:
     return _cfg(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, GROUP_M=gm, num_warps=w, num_stages=st)
 
 
-def _nk4_gemv(bn, bk, sk, w=4, st=3) -> triton.Config:
-    return _cfg(BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, GEMV=True, num_warps=w, num_stages=st)
-
-
 def _nk4_dequant(bn, bk, w=4) -> triton.Config:
     return _cfg(BLOCK_N=bn, BLOCK_K=bk, DEQUANT=True, num_warps=w, num_stages=1)
 
@@ -120,18 +116,12 @@ def _nk4_dequant(bn, bk, w=4) -> triton.Config:
 CONFIGS_NK4: Dict[str, List[triton.Config]] = {  # BLOCK_K: a multiple of the layout's 128 columns
     # Order: the best of the 2026-11-23 H100 sweep first (what a torch.compile trace launches before
     # any eager call has tuned). BLOCK_K = 256 measured 3x slower than 128 everywhere: not listed.
-    # m = 1: the m = 16 MMA tiles against qgemv_nk4_kernel (GEMV, no MMA; 75-77 us against the
-    # tiles' 65-73 us on the two large shapes in the first sweep of 2026-11-23 04:2x).
     "gemv": [
+        _nk4(16, 64, 128, 4, 4, 4),
         _nk4(16, 64, 128, 8, 4, 4),
-        _nk4(16, 64, 128, 16, 4, 4),
-        _nk4(16, 64, 128, 8, 4, 6),
         _nk4(16, 128, 128, 2, 8, 4),
-        _nk4(16, 128, 128, 4, 8, 4),
-        _nk4_gemv(64, 128, 4),
-        _nk4_gemv(128, 128, 4, 8),
-        _nk4_gemv(64, 128, 8),
-        _nk4_gemv(256, 128, 4, 8),
+        _nk4(16, 128, 128, 4, 4, 4),
+        _nk4(16, 64, 128, 2, 4, 4),
     ],
     "small": [
         _nk4(16, 64, 128, 4, 4, 4),
@@ -140,15 +130,12 @@ CONFIGS_NK4: Dict[str, List[triton.Config]] = {  # BLOCK_K: a multiple of the la
         _nk4(16, 128, 128, 2, 8, 4),
         _nk4(16, 64, 128, 2, 4, 4),
     ],
-    # 17 <= m <= 64: still mostly memory-bound (BLOCK_N = 256 measured slower: 110-336 us).
     "medium": [
         _nk4(64, 64, 128, 2, 4, 4),
         _nk4(64, 128, 128, 1, 4, 4),
         _nk4(64, 64, 128, 4, 4, 4),
         _nk4(64, 128, 128, 2, 8, 4),
-        _nk4(64, 64, 128, 2, 4, 6),
-        _nk4(64, 128, 128, 1, 4, 6),
-        _nk4(64, 64, 128, 1, 4, 5),
+        _nk4(32, 64, 128, 4, 4, 4),
     ],
     "large": [
         _nk4(128, 64, 128, 1, 4, 4),
@@ -379,7 +366,6 @@ def _linear_nk4(x, qt, scales, z, gi, bias, consts, family, key, fake):
     ws, cnt = _split_k_buffers(m, n, x.device, m <= SPLIT_K_MAX_M, out)
     b = scales if bias is None else bias
     gemm = torch.library.wrap_triton(kernels.qgemm_nk4_kernel)
-    gemv = torch.library.wrap_triton(kernels.qgemv_nk4_kernel)
     deq = torch.library.wrap_triton(kernels.dequant_nk4_kernel)
     result = [out]
 
@@ -389,13 +375,7 @@ def _linear_nk4(x, qt, scales, z, gi, bias, consts, family, key, fake):
     def launch(c):
         kw = dict(c.kwargs)
         even_k = k % kw["BLOCK_K"] == 0 and kp == k
-        if kw.pop("GEMV", False):
-            grid = (triton.cdiv(n, kw["BLOCK_N"]), kw["SPLIT_K"])
-            gemv[grid](x, qt, scales, z, gi, b, out, ws, cnt, n, k, stride_qn,
-                       **consts, HAS_BIAS=bias is not None, **kw, EVEN_K=kp % kw["BLOCK_K"] == 0,
-                       **_launch_opts(c))
-            result[0] = out
-        elif kw.pop("DEQUANT", False):
+        if kw.pop("DEQUANT", False):
             w = torch.empty((n, k), dtype=x.dtype, device=x.device)
             grid = (triton.cdiv(n, kw["BLOCK_N"]), triton.cdiv(k, kw["BLOCK_K"]))
             deq[grid](qt, scales, z, gi, w, n, k, stride_qn, **consts, **kw, EVEN_K=even_k, **_launch_opts(c))

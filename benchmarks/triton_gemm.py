@@ -86,8 +86,10 @@ def check_cases():
     return cases
 
 
-def check(log):
-    """Fixed configurations (no autotuning: one compile per kernel and format) on every format."""
+def check(log, only_ms=None):
+    """Fixed configurations (no autotuning: one compile per kernel and format) on every format.
+
+    ``only_ms``: check only these m (and only their families' candidate configurations)."""
     from quantkernels.triton import ops as tops
 
     # Modest tiles (every format compiles within shared memory), split-K on to exercise the reduce.
@@ -107,6 +109,7 @@ def check(log):
     }
     rows, fails = [], 0
     for cfg, k, n, dtype, bias, ms in check_cases():
+        ms = [m for m in ms if only_ms is None or m in only_ms]
         with tops.force_config(fixed_nk4 if cfg.bits == 4 else fixed):
             layer = make_layer(k, n, cfg, bias=bias, act_order=cfg.act_order)
             w = layer.dequantize(torch.float32)
@@ -130,6 +133,8 @@ def check(log):
         layer = make_layer(4096, 14336, cfg)
         w = layer.dequantize(torch.float32)
         for fam, m in (("gemv", 1), ("small", 16), ("medium", 64), ("large", 200), ("dequant", 300)):
+            if only_ms is not None and m not in only_ms:
+                continue
             x = torch.randn(m, 4096, device="cuda", dtype=torch.float16)
             ref = x.float() @ w.t()
             for c in tops._configs(fam, nk4=cfg.bits == 4):
@@ -145,11 +150,22 @@ def check(log):
                     print("FAIL", rows[-1], flush=True)
     log.write("\n".join(map(str, rows)) + "\n")
     log.flush()
+    fails += check_compile(log, rows, only_ms)
+    worst = max(r[6] for r in rows)
+    msg = f"check: {len(rows)} cases, {fails} failures, worst rel err {worst:.2e}"
+    print(msg, flush=True)
+    log.write(msg + "\n" + "\n".join(map(str, rows[-5:])) + "\n")
+    return fails
+
+
+def check_compile(log, rows, only_ms=None):
+    """torch.compile traces through the triton_op; appends its cases to rows, returns the failures."""
+    fails = 0
     # torch.compile traces through the triton_op (tuned path; the first call is traced before any
     # eager call has tuned, so it uses each family's first candidate).
     layer = make_layer(4096, 4096, qk.QuantConfig(bits=4, group_size=128), bias=True)
     f = torch.compile(lambda t: layer(t) * 2.0, fullgraph=True)
-    for m in (1, 16, 64, 200, 300):
+    for m in (1, 16, 64, 200, 300) if only_ms is None else only_ms:
         x = torch.randn(m, 4096, device="cuda", dtype=torch.float16)
         try:
             err = rel_err(f(x), x.float() @ layer.dequantize(torch.float32).t() * 2.0 + layer.bias.float() * 2.0)
@@ -159,10 +175,7 @@ def check(log):
         ok = err <= 1e-3
         fails += not ok
         rows.append(("compile int4 g128", 4096, 4096, "float16", True, m, err, ok))
-    worst = max(r[6] for r in rows)
-    msg = f"check: {len(rows)} cases, {fails} failures, worst rel err {worst:.2e}"
-    print(msg, flush=True)
-    log.write(msg + "\n" + "\n".join(map(str, rows[-5:])) + "\n")
+        print(f"compile m={m}: rel err {err:.2e} {'ok' if ok else 'FAIL'}", flush=True)
     return fails
 
 
@@ -266,9 +279,10 @@ def table(shapes, ms, log):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", choices=["check", "sweep", "table"], action="append")
+    p.add_argument("--only", choices=["check", "compile", "sweep", "table"], action="append")
     p.add_argument("--shapes", nargs="*", default=SHAPES)
     p.add_argument("--ms", nargs="*", type=int, default=MS)
+    p.add_argument("--check-ms", nargs="*", type=int, default=None, help="check: only these m")
     p.add_argument("--sweep-ms", nargs="*", type=int, default=[1, 16, 64, 1024])
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     a = p.parse_args()
@@ -278,8 +292,11 @@ def main():
     if "check" in parts:
         with open(os.path.join(a.out, "triton_check.log"), "w") as log:
             t0 = time.time()
-            fails = check(log)
+            fails = check(log, a.check_ms)
             print(f"check took {time.time() - t0:.0f}s", flush=True)
+    if "compile" in parts:  # only the torch.compile cases of check
+        with open(os.path.join(a.out, "triton_compile.log"), "w") as log:
+            fails += check_compile(log, [], a.check_ms)
     if "sweep" in parts:
         with open(os.path.join(a.out, "triton_sweep.log"), "w") as log:
             t0 = time.time()

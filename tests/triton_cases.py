@@ -89,6 +89,17 @@ def test_every_tuned_config(family, m):
             assert err <= BOUND[torch.float16], (family, bits, gs, cfg, err)
 
 
+@pytest.mark.parametrize("bits", [4, 8])
+def test_group_not_a_multiple_of_the_k_tile(bits):
+    # Group 192: a 128-column K tile straddles two groups, so it must not take one group's scale
+    # (the kernels' TILE_IN_GROUP needs GROUP_SIZE % BLOCK_K == 0).
+    layer = make_layer(384, 40, qk.QuantConfig(bits=bits, group_size=192, sym=False), seed=5)
+    for m in (1, 5, 40):
+        x = torch.randn(m, 384, dtype=torch.float16, device=DEVICE)
+        err = rel_err(layer(x), ref_out(layer, x))
+        assert err <= BOUND[torch.float16], (bits, m, err)
+
+
 def test_nk4_layout_replaces_qweight_exactly():
     # 4-bit layers keep their codes in the nk4 layout only; the portable form comes back bit-exact.
     layer = make_layer(144, 24, qk.QuantConfig(bits=4, group_size=16, sym=False), seed=3)

@@ -27,7 +27,7 @@ pads the MMA's narrow side.
 
 ``dequant_kernel`` writes ``W.T`` ``[K, N]`` in the activation dtype, for large m (then cuBLAS).
 
-When a K tile lies inside one group (``BLOCK_K <= GROUP_SIZE``, no g_idx), the integer ``q - z`` is
+When a K tile lies inside one group (``GROUP_SIZE % BLOCK_K == 0``, no g_idx), the integer ``q - z`` is
 exact in fp16/bf16 (|q - z| <= 255), the dots run on it, and the group's scale multiplies the fp32
 partial product: one rounding fewer than dequantizing each weight. Otherwise each weight is
 dequantized as ``(q - z) * s`` in fp32 and rounded once to the activation dtype.
@@ -209,7 +209,7 @@ def qgemv_kernel(
 ):
     PER_WORD: tl.constexpr = 32 // BITS
     BKW: tl.constexpr = BLOCK_K // PER_WORD
-    TILE_IN_GROUP: tl.constexpr = (BLOCK_K <= GROUP_SIZE) and (not HAS_GIDX)
+    TILE_IN_GROUP: tl.constexpr = (GROUP_SIZE % BLOCK_K == 0) and (not HAS_GIDX)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -271,7 +271,7 @@ def qgemm_kernel(
     pid_n = (pid % width) // group_rows
 
     DTYPE: tl.constexpr = x_ptr.dtype.element_ty
-    TILE_IN_GROUP: tl.constexpr = (BLOCK_K <= GROUP_SIZE) and (not HAS_GIDX)
+    TILE_IN_GROUP: tl.constexpr = (GROUP_SIZE % BLOCK_K == 0) and (not HAS_GIDX)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_mask = offs_m < M
@@ -454,7 +454,7 @@ def _nk4_tile(
     else:
         wd = tl.load(ptrs, mask=n_mask[:, None] & (offs_w[None, :] < stride_qn), other=0)
     wd = tl.reshape(wd, (BLOCK_N, B, 4, 4))  # (row, block b, thread c, chunk q)
-    TILE_IN_GROUP: tl.constexpr = (BLOCK_K <= GROUP_SIZE) and (not HAS_GIDX)
+    TILE_IN_GROUP: tl.constexpr = (GROUP_SIZE % BLOCK_K == 0) and (not HAS_GIDX)
     if TILE_IN_GROUP:
         g = k0 // GROUP_SIZE
         s = tl.load(s_ptr + g * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)

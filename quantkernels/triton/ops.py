@@ -295,7 +295,8 @@ def triton_linear(
         # The interpreter runs Python on real data: it cannot be traced into a graph (a GPU can).
         raise RuntimeError("quantkernels::triton_linear: torch.compile cannot trace the Triton interpreter; use a GPU")
     consts = dict(
-        GROUP_SIZE=k if group_size == -1 else group_size,
+        # Per channel: one group as long as K, rounded up so that every K tile lies inside it.
+        GROUP_SIZE=triton.cdiv(k, 512) * 512 if group_size == -1 else group_size,
         HAS_ZEROS=zeros is not None,
         HAS_GIDX=g_idx is not None,
     )

@@ -626,13 +626,14 @@ constexpr int kNumTiles = sizeof(kTiles) / sizeof(kTiles[0]);
 // The fastest tile measured on an H100 (benchmarks/NOTES_gpu.md, `gpu_gemm.py --sweep` and
 // `--small`) by rows m, n-tiles and chunks nc: wide tiles once N gives every SM 4+ n-tiles, middle
 // ones from 2+, else narrow ones that keep more warps busy; beyond 16 rows, passes of 32 rows. Up
-// to 8 rows, with a workspace, tall layers (K/KC at least twice the slices of 4 n-tiles:
+// to 8 rows, with a workspace, tall layers (K/KC more than twice the slices of 4 n-tiles:
 // 14336x4096, 28672x8192) take the wide stream-K tile: their few slices leave the plain kernel
 // with narrow tiles or idle SMs (28672x8192 m=1: 57.3 -> 53.3 us); on the others it measured
-// slower than the plain tiles (8192x28672 m=1: 55.7 against 50.4 us).
+// slower than the plain tiles (8192x28672 m=1: 55.7 against 50.4 us; 4096x4096 8-bit, exactly
+// twice: 13.6 against 12.8 us).
 int auto_tile(int M, int n_tiles, int nc, bool have_ws, int num_sms) {
   if (M <= 8) {
-    if (have_ws && nc >= 2 * ((n_tiles + 3) / 4)) return 7;
+    if (have_ws && nc > 2 * ((n_tiles + 3) / 4)) return 7;
     return n_tiles >= 4 * num_sms ? 2 : n_tiles >= 2 * num_sms ? 1 : 0;
   }
   if (M <= 16) return n_tiles >= 4 * num_sms ? 4 : n_tiles >= 2 * num_sms ? 5 : 3;

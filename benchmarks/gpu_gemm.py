@@ -181,6 +181,47 @@ def sweep_tiles(shapes, out_dir):
             f.write("\n".join(lines) + "\n")
 
 
+def small_m(shapes, m_list, out_dir):
+    """m <= 16, the memory-bound cells: per shape and m, cuBLAS and the GEMM without a workspace
+    (`plain`: the plain tiles), with one (`auto`: what QuantLinear runs) and each stream-K tile
+    forced (`sk7`..`sk9`, m <= 8), for int4 g128 fp16 / bf16 and int8 per-channel fp16."""
+    lines = []
+    for k, n in shapes:
+        for bits, gs, dts in ((4, 128, (torch.float16, torch.bfloat16)), (8, -1, (torch.float16,))):
+            codes, scales, zeros = make_quant(k, n, bits, gs)
+            cfg = QuantConfig(bits=bits, group_size=gs, sym=True)
+            qbytes = n * k * bits // 8 + scales.numel() * 2
+            _, states = prepared_copies(codes, scales, zeros, cfg, copies_for(qbytes))
+            gsz = states[0].group_size
+            dense = torch.randn(n, k, device="cuda", dtype=torch.float16)
+            for m in m_list:
+                for dt in dts:
+                    x = torch.randn(m, k, device="cuda", dtype=dt)
+                    copies = [dense.to(dt).clone() for _ in range(copies_for(n * k * 2))]
+                    res = {}
+                    res["cublas"], _ = time_us([lambda w=w: torch.nn.functional.linear(x, w) for w in copies])
+                    del copies
+                    ws = torch.zeros(qk_cuda.workspace_floats(m, n), dtype=torch.float32, device="cuda")
+                    variants = [("plain", -1, None)]
+                    if m <= qk_cuda.STREAMK_MAX_M:
+                        variants.append(("auto", -1, ws))
+                    variants += [(f"sk{t}", t, ws) for t in ((7, 8, 9) if m <= 8 else ())]  # stream-K tiles
+                    for name, tile, w in variants:
+                        res[name], _ = time_us([
+                            lambda s=s, tile=tile, w=w: torch.ops.quantkernels.cuda_wxa16_gemm(
+                                x, s.qweight, s.scales[dt], None, None, gsz, None, bits, w, tile) for s in states])
+                    line = f"{k}x{n} m={m} int{bits} {str(dt).split('.')[-1]}: " + " ".join(
+                        f"{key}={v:.1f}" for key, v in res.items())
+                    line += " | x" + " ".join(f"{key}={res['cublas'] / v:.2f}" for key, v in res.items() if key != "cublas")
+                    print(line, flush=True)
+                    lines.append(line)
+            del states
+            torch.cuda.empty_cache()
+    if out_dir:
+        with open(os.path.join(out_dir, "small_m.txt"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
 def dequant_and_threshold(shapes, out_dir):
     """The large-m path in parts: the dequantize kernel alone (GB/s against a device-to-device copy
     timed in the same run), and at m = 64 .. 4096 the fused kernel (m <= 256) and dequantize +
@@ -248,7 +289,17 @@ def main():
     ap.add_argument("--sweep", action="store_true", help="time every GEMM tile shape instead (tuning)")
     ap.add_argument("--dequant", action="store_true", help="time the large-m path in parts instead")
     ap.add_argument("--profile", action="store_true", help="one launch per case, for ncu")
+    ap.add_argument("--small", action="store_true", help="m <= 16 variants (plain / stream-K tiles) instead")
+    ap.add_argument("--shapes", help="subset of KxN shapes, comma-separated (default: all six)")
+    ap.add_argument("--ms", help="subset of m values, comma-separated")
     args = ap.parse_args()
+    shape_sel = SHAPES if not args.shapes else [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    m_sel = None if not args.ms else [int(v) for v in args.ms.split(",")]
+    if args.small:
+        print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, "
+              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
+        small_m(shape_sel, m_sel or [1, 4, 16], args.out)
+        return
     if args.profile:
         profile_once(args.out)
         return
@@ -260,8 +311,8 @@ def main():
         print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
         sweep_tiles(SHAPES, args.out)
         return
-    shapes = [(4096, 4096), (8192, 28672)] if args.quick else SHAPES
-    m_list = [1, 16, 64, 256, 1024] if args.quick else M_LIST
+    shapes = [(4096, 4096), (8192, 28672)] if args.quick else shape_sel
+    m_list = [1, 16, 64, 256, 1024] if args.quick else m_sel or M_LIST
     dev = torch.cuda.get_device_name()
     print(f"# {dev}, torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
     triton_reason = "disabled" if args.no_triton else backends.unavailable_reason("triton")

@@ -25,6 +25,7 @@ from quantkernels.backends import cuda as cuda_backend
 from quantkernels.nn import QuantLinear
 
 BOUND = {torch.float16: 1e-3, torch.bfloat16: 8e-3}
+NUM_TILES = 10  # the GEMM's tile list (csrc/cuda/wxa16_gemm_sm80.cu, kTiles)
 M_LIST = (1, 2, 3, 7, 16, 33, 64, 100, 256, 1000, 4096)
 
 _REASON = backends.unavailable_reason("cuda")
@@ -155,22 +156,55 @@ def test_gemm_kernel_at_every_m(bits, m):
 @needs_gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("bits", [4, 8])
-@pytest.mark.parametrize("tile", range(7))
+@pytest.mark.parametrize("tile", range(NUM_TILES))
 def test_every_gemm_tile(tile, bits, dtype):
-    """Each tile shape of the kernel's list (auto picks some only for large N), forced."""
+    """Each tile shape of the kernel's list (auto picks some only for large N), forced, with and
+    without a workspace (the stream-K tiles 7-9 use it for m <= 8, else run as their plain
+    twins)."""
     k, n = 640, 336  # 21 n-tiles: partial NT groups for NT = 2 and 4
     layer = _layer(k, n, QuantConfig(bits=bits, group_size=128, sym=False), dtype, seed=tile)
     st = layer._prepared["cuda"]
     portable = _portable(layer)
-    for m in (1, 7, 16, 33, 70):
+    ws = torch.zeros(cuda_backend.workspace_floats(8, n), dtype=torch.float32, device="cuda")
+    for m in (1, 7, 8, 16, 33, 70):
         x = torch.randn(m, k, device="cuda", dtype=dtype)
-        poison = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
-        del poison
-        out = torch.ops.quantkernels.cuda_wxa16_gemm(
-            x, st.qweight, st.scales[dtype], st.zeros[dtype], None, st.group_size, st.bias[dtype], bits, None, tile
-        )
-        err = _rel(out, _ref(portable, x, bits))
-        assert err < BOUND[dtype], f"tile={tile} m={m}: {err:.2e}"
+        for w in (None, ws if m <= 8 else None):
+            poison = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
+            del poison
+            out = torch.ops.quantkernels.cuda_wxa16_gemm(
+                x, st.qweight, st.scales[dtype], st.zeros[dtype], None, st.group_size, st.bias[dtype], bits, w, tile
+            )
+            err = _rel(out, _ref(portable, x, bits))
+            assert err < BOUND[dtype], f"tile={tile} m={m} workspace={w is not None}: {err:.2e}"
+    assert not ws.any(), "the workspace must be all zeros after a launch"
+
+
+@needs_gpu
+@pytest.mark.parametrize("tile", [7, 8, 9])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("k,n", [(128, 33808), (4096, 1040), (1152, 272)])
+def test_streamk_tiles(k, n, bits, dtype, tile):
+    """Stream-K: every warp takes an equal range of (n-slice, chunk) items. (128, 33808): 2113
+    n-tiles of 2 or 4 chunks, so warps hold whole slices (direct store) as well as parts; the others
+    split every slice over several warps (workspace sums). Repeated launches rely on the previous
+    one having zeroed the workspace; asymmetric zeros, group 64."""
+    layer = _layer(k, n, QuantConfig(bits=bits, group_size=64, sym=False), dtype, seed=k + tile)
+    st = layer._prepared["cuda"]
+    portable = _portable(layer)
+    ws = torch.zeros(cuda_backend.workspace_floats(8, n), dtype=torch.float32, device="cuda")
+    for m in (1, 3, 8):
+        x = torch.randn(m, k, device="cuda", dtype=dtype)
+        ref = _ref(portable, x, bits)
+        for _ in range(3):
+            poison = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
+            del poison
+            out = torch.ops.quantkernels.cuda_wxa16_gemm(
+                x, st.qweight, st.scales[dtype], st.zeros[dtype], None, st.group_size, st.bias[dtype], bits, ws, tile
+            )
+            err = _rel(out, ref)
+            assert err < BOUND[dtype], f"m={m}: {err:.2e}"
+        assert not ws.any(), "the workspace must be all zeros after a launch"
 
 
 @needs_gpu
@@ -379,7 +413,10 @@ def test_unsupported_grouping_falls_back_to_reference():
     g_idx = torch.tensor([0] * 24 + [1] * 40, dtype=torch.int32)  # group sizes 24 and 40
     layer = _layer(k, n, QuantConfig(bits=4, group_size=32, act_order=True), torch.float16, g_idx=g_idx.cuda())
     x = torch.randn(3, k, device="cuda", dtype=torch.float16)
+    # The reason is asked first: a backend that serves the layer afterwards with a layout that
+    # replaces qweight (triton's) drops the other backends' prepared states.
+    layer._prepare("cuda")
+    assert "multiple of 16" in cuda_backend.BACKEND.supports(layer, x)
     out = layer(x)
     assert layer._last_backend != "cuda"
-    assert "multiple of 16" in cuda_backend.BACKEND.supports(layer, x)
     assert _rel(out, _ref(_portable(layer), x, 4)) < BOUND[torch.float16]

@@ -42,10 +42,11 @@ enum class ActDtype { kF16 = 0, kBF16 = 1 };
 
 inline int chunk_cols(int bits) { return bits == 4 ? 64 : 32; }
 
-// Optional split of K over blocks (more blocks for layers with few output tiles). Partial sums go
-// through `ws`: fp32 [M, N] followed by int counters, all zero before a launch and all zero again
-// after it (the last block of each tile cleans up), so one zeroed buffer serves every launch on
-// one stream. Launches on concurrent streams need a buffer each.
+// Workspace for partial sums: the stream-K tiles (m <= 8) and the optional split of K over blocks
+// (`ksplit`, tuning). Partial sums go through `ws`: fp32 [M, N] followed by int counters, all
+// zero before a launch and all zero again after it (the last block or warp of each tile cleans
+// up), so one zeroed buffer serves every launch on one stream. Launches on concurrent streams need
+// a buffer each. Without one, the stream-K tiles run as their plain twins.
 struct SplitK {
   float* ws = nullptr;   // zeroed, wxa16_gemm_workspace_floats(M, N) floats at least, or null
   int64_t ws_numel = 0;

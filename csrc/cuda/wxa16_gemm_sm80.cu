@@ -15,7 +15,9 @@
 // and the MT = 1 tiles multiply the fp32 result of each chunk by its scale instead of every weight.
 // A block is 8 warps: WN n-slices x WK k-slices (WN * WK = 8); the k-slices are summed through
 // shared memory in a fixed order (deterministic), so no workspace and no atomics: every launch is
-// CUDA-graph safe.
+// CUDA-graph safe. Up to 8 rows, given the caller's zeroed workspace, tall layers run the stream-K
+// variant (wxa16_gemm_streamk_kernel): equal ranges of the weight stream per warp, partial tiles
+// summed with fp32 atomics in the workspace, which the kernel leaves zeroed again.
 //
 // Limits: N % 16 == 0, K % KC == 0 (KC = 64 for 4 bits, 32 for 8 bits), group size % 16 == 0,
 // x rows 16-byte aligned; any M >= 1 (passes of 8 * MT rows (at most 32) along grid.x).
@@ -86,6 +88,191 @@ __device__ __forceinline__ void for_each_output(float (&acc)[NT][MT][4], const b
   }
 }
 
+// acc = 0.
+template <int NT, int MT>
+__device__ __forceinline__ void zero_acc(float (&acc)[NT][MT][4]) {
+#pragma unroll
+  for (int n = 0; n < NT; ++n)
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) acc[n][mt][q] = 0.0f;
+}
+
+// The symmetric zero point 2**(bits-1), twice, as T values (a T2 bit pattern).
+template <int BITS, typename T>
+__device__ __forceinline__ uint32_t sym_zero2() {
+  using T2 = typename ActTraits<T>::T2;
+  const T zs = ActTraits<T>::from_float(static_cast<float>(1 << (BITS - 1)));
+  return as_u32(T2{zs, zs});
+}
+
+// Partial sums through the fp32 workspace ws [M, N]: add this lane's outputs ...
+template <int NT, int MT>
+__device__ __forceinline__ void add_to_ws(float (&acc)[NT][MT][4], const bool (&valid)[NT], int nt0, int m0, int M,
+                                          int N, int g, int t, float* ws) {
+  for_each_output(acc, valid, nt0, m0, M, g, t, [&](float& v, int m, int n) {
+    atomicAdd(ws + static_cast<int64_t>(m) * N + n, v);
+  });
+}
+
+// ... and, by the last contributor, take the totals back into acc, leaving zeros behind.
+template <int NT, int MT>
+__device__ __forceinline__ void take_from_ws(float (&acc)[NT][MT][4], const bool (&valid)[NT], int nt0, int m0,
+                                             int M, int N, int g, int t, float* ws) {
+  for_each_output(acc, valid, nt0, m0, M, g, t, [&](float& v, int m, int n) {
+    float* p = ws + static_cast<int64_t>(m) * N + n;
+    v = __ldcg(p);
+    __stcg(p, 0.0f);
+  });
+}
+
+// out = acc + bias, rounded once to T.
+template <typename T, int NT, int MT>
+__device__ __forceinline__ void store_out(float (&acc)[NT][MT][4], const bool (&valid)[NT], int nt0, int m0, int M,
+                                          int N, int g, int t, const T* bias, T* out) {
+  for_each_output(acc, valid, nt0, m0, M, g, t, [&](float& v, int m, int n) {
+    const float b = bias != nullptr ? ActTraits<T>::to_float(bias[n]) : 0.0f;
+    out[static_cast<int64_t>(m) * N + n] = ActTraits<T>::from_float(v + b);
+  });
+}
+
+// A warp's weight stream: for each of its NT n-tiles the lane's source at chunk 0 and the
+// lane's scale/zero slot, and the group of the columns it copies next. An n-tile past N (in a
+// partial last group) is clamped to the last real one: it streams real memory and its results
+// are never stored, so the loops have no per-tile branches. Chunks are copied in increasing
+// order, so without a group table the group advances by comparison, not by a division per chunk.
+template <int NT, int KC>
+struct ChunkSource {
+  const uint4* wsrc[NT];  // [N/16, K/KC, 32] lane slices of the n-tile, chunk 0
+  int soff[NT];           // n-tile * 8 + g
+  int group, group_end;   // group of the next copy (no group table)
+
+  __device__ __forceinline__ void start(const uint4* qw, int nt0, int n_tiles, int nc, int lane, int c, int gsize) {
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+      const int nt = min(nt0 + n, n_tiles - 1);
+      wsrc[n] = qw + static_cast<int64_t>(nt) * nc * 32 + lane;
+      soff[n] = nt * 8 + (lane >> 2);
+    }
+    group = (c * KC + (lane & 3) * (KC / 4)) / gsize;
+    group_end = (group + 1) * gsize;
+  }
+
+  // Copy chunk c's weights, scales and zeros into stage `slot` of the lane's slots.
+  template <int S>
+  __device__ __forceinline__ void copy(uint4* smem, int slot, int tid, int c, const uint32_t* scales,
+                                       const uint32_t* zeros, const int32_t* kgroup, int gsize, int n_tiles) {
+    uint4* wbuf = smem;
+    uint32_t* sbuf = reinterpret_cast<uint32_t*>(wbuf + S * NT * kThreads);
+    uint32_t* zbuf = sbuf + S * NT * kThreads;
+    const int col = c * KC + (tid & 3) * (KC / 4);
+    int gi;
+    if (kgroup != nullptr) {
+      gi = __ldg(kgroup + (col >> 4));
+    } else {
+      while (col >= group_end) {
+        ++group;
+        group_end += gsize;
+      }
+      gi = group;
+    }
+    const int64_t goff = static_cast<int64_t>(gi) * n_tiles * 8;
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+      const int sl = (slot * NT + n) * kThreads + tid;
+      cp_async16(wbuf + sl, wsrc[n] + c * 32);
+      cp_async4(sbuf + sl, scales + goff + soff[n]);
+      if (zeros != nullptr) cp_async4(zbuf + sl, zeros + goff + soff[n]);
+    }
+  }
+};
+
+// One chunk of the main loop, once its copies have landed in stage `slot`: load this lane's
+// weights, scales and zeros from its slots, dequantize, and accumulate x (xv: this lane's
+// activations of the chunk, MT m-tiles) times the weights into acc. Shared by both GEMM kernels.
+template <int BITS, typename T, int MT, int NT, int S, bool SCALE_AFTER>
+__device__ __forceinline__ void consume_chunk(const uint4* smem, int slot, int tid, bool has_zeros, uint32_t zsym,
+                                              const uint4 (&xv)[MT][BITS == 4 ? 2 : 1], int m0, int M,
+                                              float (&acc)[NT][MT][4]) {
+  using T2 = typename ActTraits<T>::T2;
+  constexpr int RUNS = BITS == 4 ? 4 : 2;  // k-tiles per chunk
+  constexpr int WPR = BITS == 4 ? 1 : 2;   // words per run
+  const uint4* wbuf = smem;
+  const uint32_t* sbuf = reinterpret_cast<const uint32_t*>(wbuf + S * NT * kThreads);
+  const uint32_t* zbuf = sbuf + S * NT * kThreads;
+  uint4 w[NT];
+  DequantConsts dc[NT];
+  float srow[NT][2];  // SCALE_AFTER: (s[r0], s[r1]) in fp32
+#pragma unroll
+  for (int n = 0; n < NT; ++n) {
+    const int sl = (slot * NT + n) * kThreads + tid;
+    w[n] = lds128(wbuf + sl);
+    const uint32_t sc = sbuf[sl];
+    dc[n] = make_consts<BITS, T>(sc, has_zeros ? zbuf[sl] : zsym);
+    if constexpr (SCALE_AFTER) {
+      const T2 s2 = as_t2<T2>(sc);
+      srow[n][0] = ActTraits<T>::to_float(s2.x);
+      srow[n][1] = ActTraits<T>::to_float(s2.y);
+    }
+  }
+  float part[NT][MT][4];  // SCALE_AFTER: this chunk's unscaled sums
+  if constexpr (SCALE_AFTER) {
+#pragma unroll
+    for (int n = 0; n < NT; ++n)
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) part[n][mt][q] = 0.0f;
+  }
+#pragma unroll
+  for (int j = 0; j < RUNS; ++j) {
+    uint32_t a[NT][4];
+#pragma unroll
+    for (int n = 0; n < NT; ++n)
+      dequant_run<BITS, T, !SCALE_AFTER>(reinterpret_cast<const uint32_t*>(&w[n]) + j * WPR, dc[n], a[n]);
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      if (m0 + mt * 8 >= M) break;  // block-uniform
+      const uint32_t* xb = reinterpret_cast<const uint32_t*>(xv[mt]);
+#pragma unroll
+      for (int n = 0; n < NT; ++n) {
+        if constexpr (SCALE_AFTER)
+          mma_16816<T>(part[n][mt], a[n], xb[2 * j], xb[2 * j + 1]);
+        else
+          mma_16816<T>(acc[n][mt], a[n], xb[2 * j], xb[2 * j + 1]);
+      }
+    }
+  }
+  if constexpr (SCALE_AFTER) {
+#pragma unroll
+    for (int n = 0; n < NT; ++n)
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) acc[n][mt][q] = fmaf(srow[n][q >> 1], part[n][mt][q], acc[n][mt][q]);
+  }
+}
+
+// This lane's activations of chunk c (XV 16-byte loads per m-tile; zeros for m-tiles past M).
+template <int BITS, typename T, int MT>
+__device__ __forceinline__ void load_x(const T* const (&xsrc)[MT], int c, int m0, int M,
+                                       uint4 (&xv)[MT][BITS == 4 ? 2 : 1]) {
+  constexpr int KC = BITS == 4 ? 64 : 32;
+  constexpr int XV = BITS == 4 ? 2 : 1;
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    if (m0 + mt * 8 < M) {  // block-uniform; m-tiles wholly past M skip their mma
+      const uint4* xp = reinterpret_cast<const uint4*>(xsrc[mt] + c * KC);
+#pragma unroll
+      for (int v = 0; v < XV; ++v) xv[mt][v] = __ldg(xp + v);
+    } else {
+#pragma unroll
+      for (int v = 0; v < XV; ++v) xv[mt][v] = make_uint4(0, 0, 0, 0);
+    }
+  }
+}
+
 // SCALE_AFTER (one group per chunk: group size % KC == 0 and no group table): the mma runs on the
 // exact q - z and the chunk's fp32 result is scaled once per output element, rather than every
 // weight being scaled in half precision: fewer instructions per weight, for the memory-bound
@@ -103,17 +290,12 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
     T* __restrict__ out,                   // [M, N]
     float* __restrict__ ws,                // [M, N] fp32 zeros, then grid.x * grid.y int counters
     int M, int N, int K, int wk_log2) {
-  using T2 = typename ActTraits<T>::T2;
   constexpr int KC = BITS == 4 ? 64 : 32;   // columns per chunk
-  constexpr int RUNS = BITS == 4 ? 4 : 2;   // k-tiles per chunk
   constexpr int KSPAN = KC / 4;             // consecutive columns a lane owns per chunk
-  constexpr int WPR = BITS == 4 ? 1 : 2;    // words per run
   constexpr int XV = KSPAN / 8;             // 16-byte activation loads per row per chunk
 
   extern __shared__ uint4 smem[];
-  uint4* wbuf = smem;                                                    // [S][NT][kThreads]
-  uint32_t* sbuf = reinterpret_cast<uint32_t*>(wbuf + S * NT * kThreads);  // [S][NT][kThreads]
-  uint32_t* zbuf = sbuf + S * NT * kThreads;                             // [S][NT][kThreads]
+  // smem: weights, scales, zeros, each [S][NT][kThreads] (ChunkSource::copy, consume_chunk)
   float* red = reinterpret_cast<float*>(smem);  // [4][NT*MT*4][32], after the main loop
 
   const int tid = threadIdx.x;
@@ -135,64 +317,22 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
 #pragma unroll
   for (int n = 0; n < NT; ++n) valid[n] = nt0 + n < n_tiles;
 
-  uint32_t zsym;  // the symmetric zero (2**(bits-1), twice) as T values
-  {
-    const T zs = ActTraits<T>::from_float(static_cast<float>(1 << (BITS - 1)));
-    zsym = as_u32(T2{zs, zs});
-  }
+  const uint32_t zsym = sym_zero2<BITS, T>();
 
   float acc[NT][MT][4];
-#pragma unroll
-  for (int n = 0; n < NT; ++n)
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-      for (int q = 0; q < 4; ++q) acc[n][mt][q] = 0.0f;
+  zero_acc(acc);
 
-  // Loop-invariant parts of the addresses. An n-tile past N (in a partial last group) is clamped
-  // to the last real one, and a row past M to row M - 1: they stream real memory and their results
-  // are never stored, so the loop has no per-tile branches.
-  const uint4* wsrc[NT];
-  int soff[NT];
-#pragma unroll
-  for (int n = 0; n < NT; ++n) {
-    const int nt = min(nt0 + n, n_tiles - 1);
-    wsrc[n] = qw + static_cast<int64_t>(nt) * NC * 32 + lane;
-    soff[n] = nt * 8 + g;
-  }
+  // Loop-invariant parts of the addresses (ChunkSource); a row past M is clamped to row M - 1.
+  const int gsize = gs16 * 16;
+  ChunkSource<NT, KC> src;
+  src.start(qw, nt0, n_tiles, NC, lane, c_begin, gsize);
   const T* xsrc[MT];
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) xsrc[mt] = x + min(m0 + mt * 8 + g, M - 1) * ldx + t * KSPAN;
 
-  // Group of the chunk `issue` copies next. Chunks are issued in order, so without a group table
-  // the group advances by comparison rather than by a division per chunk.
-  const int gsize = gs16 * 16;
-  int igroup = (c_begin * KC + t * KSPAN) / gsize;
-  int igroup_end = (igroup + 1) * gsize;
-
-  // Copy chunk c's weights, scales and zeros into stage `slot` (one group per call, maybe empty).
+  // Copy chunk c into stage `slot` (one group per call, maybe empty).
   auto issue = [&](int c, int slot) {
-    if (c < c_end) {
-      const int col = c * KC + t * KSPAN;
-      int gi;
-      if (kgroup != nullptr) {
-        gi = __ldg(kgroup + (col >> 4));
-      } else {
-        while (col >= igroup_end) {
-          ++igroup;
-          igroup_end += gsize;
-        }
-        gi = igroup;
-      }
-      const int64_t goff = static_cast<int64_t>(gi) * n_tiles * 8;
-#pragma unroll
-      for (int n = 0; n < NT; ++n) {
-        const int sl = (slot * NT + n) * kThreads + tid;
-        cp_async16(wbuf + sl, wsrc[n] + c * 32);
-        cp_async4(sbuf + sl, scales + goff + soff[n]);
-        if (zeros != nullptr) cp_async4(zbuf + sl, zeros + goff + soff[n]);
-      }
-    }
+    if (c < c_end) src.template copy<S>(smem, slot, tid, c, scales, zeros, kgroup, gsize, n_tiles);
     cp_async_commit();
   };
 
@@ -203,70 +343,9 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
     issue(c + S - 1, (it + S - 1) % S);
     // Activations for this chunk first: their latency overlaps the wait and the dequantization.
     uint4 xv[MT][XV];
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-      if (m0 + mt * 8 < M) {  // block-uniform; m-tiles wholly past M skip their mma below
-        const uint4* xp = reinterpret_cast<const uint4*>(xsrc[mt] + c * KC);
-#pragma unroll
-        for (int v = 0; v < XV; ++v) xv[mt][v] = __ldg(xp + v);
-      } else {
-#pragma unroll
-        for (int v = 0; v < XV; ++v) xv[mt][v] = make_uint4(0, 0, 0, 0);
-      }
-    }
+    load_x<BITS, T, MT>(xsrc, c, m0, M, xv);
     cp_async_wait<S - 1>();  // this thread's copies of chunk c have landed
-    const int slot = it % S;
-    uint4 w[NT];
-    DequantConsts dc[NT];
-    float srow[NT][2];  // SCALE_AFTER: (s[r0], s[r1]) in fp32
-#pragma unroll
-    for (int n = 0; n < NT; ++n) {
-      const int sl = (slot * NT + n) * kThreads + tid;
-      w[n] = lds128(wbuf + sl);
-      const uint32_t sc = sbuf[sl];
-      dc[n] = make_consts<BITS, T>(sc, zeros != nullptr ? zbuf[sl] : zsym);
-      if constexpr (SCALE_AFTER) {
-        const T2 s2 = as_t2<T2>(sc);
-        srow[n][0] = ActTraits<T>::to_float(s2.x);
-        srow[n][1] = ActTraits<T>::to_float(s2.y);
-      }
-    }
-    float part[NT][MT][4];  // SCALE_AFTER: this chunk's unscaled sums
-    if constexpr (SCALE_AFTER) {
-#pragma unroll
-      for (int n = 0; n < NT; ++n)
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-          for (int q = 0; q < 4; ++q) part[n][mt][q] = 0.0f;
-    }
-#pragma unroll
-    for (int j = 0; j < RUNS; ++j) {
-      uint32_t a[NT][4];
-#pragma unroll
-      for (int n = 0; n < NT; ++n)
-        dequant_run<BITS, T, !SCALE_AFTER>(reinterpret_cast<const uint32_t*>(&w[n]) + j * WPR, dc[n], a[n]);
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        if (m0 + mt * 8 >= M) break;  // block-uniform
-        const uint32_t* xb = reinterpret_cast<const uint32_t*>(xv[mt]);
-#pragma unroll
-        for (int n = 0; n < NT; ++n) {
-          if constexpr (SCALE_AFTER)
-            mma_16816<T>(part[n][mt], a[n], xb[2 * j], xb[2 * j + 1]);
-          else
-            mma_16816<T>(acc[n][mt], a[n], xb[2 * j], xb[2 * j + 1]);
-        }
-      }
-    }
-    if constexpr (SCALE_AFTER) {
-#pragma unroll
-      for (int n = 0; n < NT; ++n)
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-          for (int q = 0; q < 4; ++q) acc[n][mt][q] = fmaf(srow[n][q >> 1], part[n][mt][q], acc[n][mt][q]);
-    }
+    consume_chunk<BITS, T, MT, NT, S, SCALE_AFTER>(smem, it % S, tid, zeros != nullptr, zsym, xv, m0, M, acc);
   }
   cp_async_wait<0>();
 
@@ -306,10 +385,7 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
     // for this output tile (counter) converts it, zeroes the workspace and resets the counter, so
     // the workspace is all zeros again for the next launch (graph safe, no memset).
     __shared__ int s_last;
-    if (wk == 0)
-      for_each_output(acc, valid, nt0, m0, M, g, t, [&](float& v, int m, int n) {
-        atomicAdd(ws + static_cast<int64_t>(m) * N + n, v);
-      });
+    if (wk == 0) add_to_ws(acc, valid, nt0, m0, M, N, g, t, ws);
     __threadfence();
     __syncthreads();
     if (tid == 0) {
@@ -321,27 +397,167 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
     __syncthreads();
     if (!s_last) return;
     __threadfence();
-    if (wk == 0)
-      for_each_output(acc, valid, nt0, m0, M, g, t, [&](float& v, int m, int n) {
-        float* p = ws + static_cast<int64_t>(m) * N + n;
-        v = __ldcg(p);
-        __stcg(p, 0.0f);
-      });
+    if (wk == 0) take_from_ws(acc, valid, nt0, m0, M, N, g, t, ws);
   }
   if (wk != 0) return;
-  for_each_output(acc, valid, nt0, m0, M, g, t, [&](float& v, int m, int n) {
-    const float b = bias != nullptr ? ActTraits<T>::to_float(bias[n]) : 0.0f;
-    out[static_cast<int64_t>(m) * N + n] = ActTraits<T>::from_float(v + b);
-  });
+  store_out(acc, valid, nt0, m0, M, N, g, t, bias, out);
 }
 
+// Stream-K variant for one pass of rows (M <= 8 * MT): the (n-slice of NT n-tiles, chunk) work
+// items, slice by slice, are cut into one equal contiguous range per warp of the whole grid, so
+// every SM streams the same number of weight bytes whatever N / (NT * 16) is (the plain kernel's
+// whole-slice blocks leave SMs with unequal work when the slice count is not a multiple of the SM
+// count: 448 slices on 132 SMs is 4 against 3.4 on average). A warp whose range holds a whole
+// slice stores it; partial slices are summed in the fp32 workspace, and the warp that completes a
+// slice's count of chunks converts it and zeroes its workspace entries and counter again (graph
+// safe, no memset; the sum order, hence the last bits, can vary between launches).
+template <int BITS, typename T, int MT, int NT, int S, bool SCALE_AFTER>
+__global__ void __launch_bounds__(kThreads) wxa16_gemm_streamk_kernel(
+    const T* __restrict__ x,               // [M, ldx]
+    int64_t ldx,
+    const uint4* __restrict__ qw,          // [N/16, K/KC, 32] (16 bytes per lane)
+    const uint32_t* __restrict__ scales,   // [G, N/16, 8]
+    const uint32_t* __restrict__ zeros,    // [G, N/16, 8] or null
+    const int32_t* __restrict__ kgroup,    // [K/16] or null
+    int gs16,                              // group size / 16
+    const T* __restrict__ bias,            // [N] or null
+    T* __restrict__ out,                   // [M, N]
+    float* __restrict__ ws,                // [M, N] fp32 zeros, then one int counter per n-slice (zeros)
+    int M, int N, int K) {
+  constexpr int KC = BITS == 4 ? 64 : 32;
+  constexpr int KSPAN = KC / 4;
+  constexpr int XV = KSPAN / 8;
+
+  extern __shared__ uint4 smem[];  // as in wxa16_gemm_kernel
+  int* counters = reinterpret_cast<int*>(ws + static_cast<int64_t>(M) * N);
+
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int g = lane >> 2, t = lane & 3;
+  const int n_tiles = N >> 4, NC = K / KC;
+  const int n_slices = (n_tiles + NT - 1) / NT;
+  const int64_t items = static_cast<int64_t>(n_slices) * NC;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarps;
+  const int64_t gw = static_cast<int64_t>(blockIdx.x) * kWarps + (tid >> 5);
+  // int: the launcher keeps items below 2**31
+  const int u_begin = static_cast<int>(gw * items / warps), u_end = static_cast<int>((gw + 1) * items / warps);
+  if (u_begin >= u_end) return;  // warp-uniform; no block-wide barrier follows
+
+  const uint32_t zsym = sym_zero2<BITS, T>();
+  const T* xsrc[MT];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) xsrc[mt] = x + min(mt * 8 + g, M - 1) * ldx + t * KSPAN;
+  const int gsize = gs16 * 16;
+
+  // Issue side: the next item to copy (slice is, chunk ic) and that slice's addresses.
+  int is = u_begin / NC, ic = u_begin % NC;
+  int left = u_end - u_begin;  // items still to issue
+  ChunkSource<NT, KC> src;
+  src.start(qw, is * NT, n_tiles, NC, lane, ic, gsize);
+  auto issue = [&](int slot) {
+    if (left > 0) {
+      src.template copy<S>(smem, slot, tid, ic, scales, zeros, kgroup, gsize, n_tiles);
+      --left;
+      if (++ic == NC) {
+        ic = 0;
+        ++is;
+        if (left > 0) src.start(qw, is * NT, n_tiles, NC, lane, 0, gsize);
+      }
+    }
+    cp_async_commit();
+  };
+
+#pragma unroll
+  for (int s = 0; s < S - 1; ++s) issue(s);
+
+  float acc[NT][MT][4];
+  zero_acc(acc);
+
+  // Consume side: slice cs, chunk cc; the current slice's items began at chunk c0.
+  int cs = u_begin / NC, cc = u_begin % NC, c0 = cc;
+  for (int u = u_begin, it = 0; u < u_end; ++u, ++it) {
+    issue((it + S - 1) % S);
+    uint4 xv[MT][XV];
+    load_x<BITS, T, MT>(xsrc, cc, 0, M, xv);
+    cp_async_wait<S - 1>();
+    consume_chunk<BITS, T, MT, NT, S, SCALE_AFTER>(smem, it % S, tid, zeros != nullptr, zsym, xv, 0, M, acc);
+    ++cc;
+    if (cc < NC && u + 1 < u_end) continue;
+    // End of this warp's part of slice cs: chunks [c0, cc).
+    bool valid[NT];
+#pragma unroll
+    for (int n = 0; n < NT; ++n) valid[n] = cs * NT + n < n_tiles;
+    bool store = c0 == 0 && cc == NC;  // the whole slice: no other warp touches it
+    if (!store) {
+      add_to_ws(acc, valid, cs * NT, 0, M, N, g, t, ws);
+      __threadfence();
+      __syncwarp();
+      int last = 0;
+      if (lane == 0) {
+        const int prev = atomicAdd(counters + cs, cc - c0);
+        last = prev + (cc - c0) == NC;
+        if (last) counters[cs] = 0;
+      }
+      store = __shfl_sync(0xffffffffu, last, 0) != 0;
+      if (store) {
+        __threadfence();
+        take_from_ws(acc, valid, cs * NT, 0, M, N, g, t, ws);
+      }
+    }
+    if (store) store_out(acc, valid, cs * NT, 0, M, N, g, t, bias, out);
+    zero_acc(acc);
+    ++cs;
+    cc = c0 = 0;
+  }
+  cp_async_wait<0>();
+}
+
+// The stream-K kernel over the whole grid: num_sms times as many blocks per SM as are resident,
+// fewer when that would leave a warp under kMinItems work items (a pipeline worth filling).
 template <int BITS, typename T, int MT, int NT, int S, bool AFTER_OK>
+cudaError_t launch_streamk(bool after, const void* x, int64_t ldx, const int32_t* qweight, const uint32_t* scales,
+                           const uint32_t* zeros, const int32_t* kgroup, int group_size, const void* bias, void* out,
+                           int M, int N, int K, int num_sms, float* ws, cudaStream_t stream) {
+  constexpr int KC = BITS == 4 ? 64 : 32;
+  constexpr int kSmem = smem_bytes<MT, NT, S>();
+  constexpr int kMinItems = 4;
+  auto kernel = wxa16_gemm_streamk_kernel<BITS, T, MT, NT, S, false>;
+  if constexpr (AFTER_OK)
+    if (after) kernel = wxa16_gemm_streamk_kernel<BITS, T, MT, NT, S, true>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  if (err != cudaSuccess) return err;
+  static int blocks_per_sm_of[2] = {0, 0};
+  int& blocks_per_sm = blocks_per_sm_of[after ? 1 : 0];
+  if (blocks_per_sm == 0) {
+    int b = 0;
+    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, kernel, kThreads, kSmem);
+    if (err != cudaSuccess) return err;
+    blocks_per_sm = b > 0 ? b : 1;
+  }
+  const int64_t items = static_cast<int64_t>((N / 16 + NT - 1) / NT) * (K / KC);
+  const int64_t per_sm = items / (static_cast<int64_t>(kWarps) * kMinItems * num_sms);
+  const int b = static_cast<int>(per_sm < 1 ? 1 : per_sm < blocks_per_sm ? per_sm : blocks_per_sm);
+  kernel<<<b * num_sms, kThreads, kSmem, stream>>>(static_cast<const T*>(x), ldx,
+                                                   reinterpret_cast<const uint4*>(qweight), scales, zeros, kgroup,
+                                                   group_size / 16, static_cast<const T*>(bias), static_cast<T*>(out),
+                                                   ws, M, N, K);
+  return cudaGetLastError();
+}
+
+template <int BITS, typename T, int MT, int NT, int S, bool AFTER_OK, bool STREAMK>
 cudaError_t launch(const void* x, int64_t ldx, const int32_t* qweight, const uint32_t* scales,
                    const uint32_t* zeros, const int32_t* kgroup, int group_size, const void* bias, void* out,
                    int M, int N, int K, int num_sms, const SplitK& split, cudaStream_t stream) {
   constexpr int KC = BITS == 4 ? 64 : 32;
   constexpr int kSmem = smem_bytes<MT, NT, S>();
   const bool after = AFTER_OK && kgroup == nullptr && group_size % KC == 0;
+  // Stream-K needs one pass of rows and the caller's workspace; otherwise the plain kernel serves.
+  if constexpr (STREAMK)
+    if (M <= 8 * MT && split.ksplit <= 0 && split.ws != nullptr &&
+        static_cast<int64_t>(N / 16) * (K / KC) < (int64_t{1} << 31) &&
+        split.ws_numel >= wxa16_gemm_workspace_floats(M, N))
+      return launch_streamk<BITS, T, MT, NT, S, AFTER_OK>(after, x, ldx, qweight, scales, zeros, kgroup, group_size, bias, out,
+                                                M, N, K, num_sms, split.ws, stream);
   auto kernel = wxa16_gemm_kernel<BITS, T, MT, NT, S, false>;
   if constexpr (AFTER_OK)
     if (after) kernel = wxa16_gemm_kernel<BITS, T, MT, NT, S, true>;
@@ -393,22 +609,33 @@ cudaError_t launch(const void* x, int64_t ldx, const int32_t* qweight, const uin
 }
 
 // The bounded list of tile shapes: (MT m-tiles of 8 rows, NT n-tiles of 16 rows per warp, S
-// pipeline stages, SCALE_AFTER allowed). Wide NT re-uses each activation load for more weights
-// and keeps more bytes in flight per warp; narrow NT gives more warps when N is small; SCALE_AFTER
-// only where its fp32 partial sums cost no occupancy. kTiles[i] is tile id i.
+// pipeline stages, SCALE_AFTER allowed, stream-K when the caller gives a workspace and m fits one
+// pass). Wide NT re-uses each activation load for more weights and keeps more bytes in flight per
+// warp; narrow NT gives more warps when N is small; SCALE_AFTER only where its fp32 partial sums
+// cost no occupancy. kTiles[i] is tile id i.
 struct TileShape {
   int mt, nt, s;
-  bool after;
+  bool after, streamk;
 };
-constexpr TileShape kTiles[] = {{1, 1, 8, true},  {1, 2, 8, true}, {1, 4, 3, true}, {2, 1, 8, false},
-                                {2, 4, 3, false}, {2, 2, 4, true}, {4, 2, 3, false}};
+constexpr TileShape kTiles[] = {{1, 1, 8, true, false}, {1, 2, 8, true, false}, {1, 4, 3, true, false},
+                                {2, 1, 8, false, false}, {2, 4, 3, false, false}, {2, 2, 4, true, false},
+                                {4, 2, 3, false, false}, {1, 4, 3, true, true},  {1, 2, 8, true, true},
+                                {1, 1, 8, true, true}};
 constexpr int kNumTiles = sizeof(kTiles) / sizeof(kTiles[0]);
 
-// The fastest tile measured on an H100 (benchmarks/NOTES_gpu.md, `gpu_gemm.py --sweep`) by rows
-// m and n-tiles: wide tiles once N gives every SM 4+ n-tiles, middle ones from 2+, else narrow
-// ones that keep more warps busy; beyond 16 rows, passes of 32 rows.
-int auto_tile(int M, int n_tiles, int num_sms) {
-  if (M <= 8) return n_tiles >= 4 * num_sms ? 2 : n_tiles >= 2 * num_sms ? 1 : 0;
+// The fastest tile measured on an H100 (benchmarks/NOTES_gpu.md, `gpu_gemm.py --sweep` and
+// `--small`) by rows m, n-tiles and chunks nc: wide tiles once N gives every SM 4+ n-tiles, middle
+// ones from 2+, else narrow ones that keep more warps busy; beyond 16 rows, passes of 32 rows. Up
+// to 8 rows, with a workspace, tall layers (K/KC more than twice the slices of 4 n-tiles:
+// 14336x4096, 28672x8192) take the wide stream-K tile: their few slices leave the plain kernel
+// with narrow tiles or idle SMs (28672x8192 m=1: 57.3 -> 53.3 us); on the others it measured
+// slower than the plain tiles (8192x28672 m=1: 55.7 against 50.4 us; 4096x4096 8-bit, exactly
+// twice: 13.6 against 12.8 us).
+int auto_tile(int M, int n_tiles, int nc, bool have_ws, int num_sms) {
+  if (M <= 8) {
+    if (have_ws && nc > 2 * ((n_tiles + 3) / 4)) return 7;
+    return n_tiles >= 4 * num_sms ? 2 : n_tiles >= 2 * num_sms ? 1 : 0;
+  }
   if (M <= 16) return n_tiles >= 4 * num_sms ? 4 : n_tiles >= 2 * num_sms ? 5 : 3;
   return 6;
 }
@@ -419,9 +646,9 @@ cudaError_t dispatch_tile(int tile, const void* x, int64_t ldx, const int32_t* q
                           int M, int N, int K, int num_sms, const SplitK& split, cudaStream_t stream) {
 #define QK_TILE(I)                                                                                                   \
   case I:                                                                                                            \
-    return launch<BITS, T, kTiles[I].mt, kTiles[I].nt, kTiles[I].s, kTiles[I].after>(x, ldx, qweight, scales, zeros, kgroup,         \
+    return launch<BITS, T, kTiles[I].mt, kTiles[I].nt, kTiles[I].s, kTiles[I].after, kTiles[I].streamk>(x, ldx, qweight, scales, zeros, kgroup,         \
                                                                    group_size, bias, out, M, N, K, num_sms, split, stream);
-  switch (tile < 0 ? auto_tile(M, N / 16, num_sms) : tile) {
+  switch (tile < 0 ? auto_tile(M, N / 16, K / chunk_cols(BITS), split.ws != nullptr, num_sms) : tile) {
     QK_TILE(0)
     QK_TILE(1)
     QK_TILE(2)
@@ -429,12 +656,15 @@ cudaError_t dispatch_tile(int tile, const void* x, int64_t ldx, const int32_t* q
     QK_TILE(4)
     QK_TILE(5)
     QK_TILE(6)
+    QK_TILE(7)
+    QK_TILE(8)
+    QK_TILE(9)
     default:
       return cudaErrorInvalidValue;
   }
 #undef QK_TILE
 }
-static_assert(kNumTiles == 7, "dispatch_tile lists every tile");
+static_assert(kNumTiles == 10, "dispatch_tile lists every tile");
 
 }  // namespace
 

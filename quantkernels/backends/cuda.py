@@ -14,6 +14,8 @@ Dispatch by the number of rows m of the activation:
 * ``m <= GEMM_MAX_M``: ``quantkernels::cuda_wxa16_gemm``, one tensor-core kernel (mma.sync
   m16n8k16, weights as the A operand, dequantized in registers, fp32 accumulation) that reads the
   weights once per 32 rows; its tile shape (8..32 rows a pass) is chosen by m inside the kernel.
+  Up to ``STREAMK_MAX_M`` rows it gets the layer's workspace, so that its stream-K tiles can share
+  the weight stream equally among all SMs.
 * larger m: ``quantkernels::cuda_wxa16_dequantize`` to a dense fp16/bf16 weight (a bandwidth-bound
   kernel, ~2.85 TB/s on an H100), then cuBLAS.
 
@@ -36,11 +38,13 @@ GEMM_MAX_M = 128  # largest m for the fused kernel: on an H100 it wins at 128 on
 # layers (loses by 7-11% on the two with K = 4096) and loses at 256 on all (benchmarks/NOTES_gpu.md)
 
 
-def workspace_floats(m: int, n: int) -> int:
-    """Size of the zeroed float32 workspace the GEMM needs to split K over blocks (``ksplit > 1``).
+STREAMK_MAX_M = 8  # rows up to which the GEMM gets the layer's workspace (its stream-K tiles serve one pass of 8)
 
-    The backend does not split (it measured slower on an H100, benchmarks/NOTES_gpu.md); the
-    option stays for tuning on other GPUs."""
+
+def workspace_floats(m: int, n: int) -> int:
+    """Size of the zeroed float32 workspace the GEMM needs for m rows: for its stream-K tiles (one
+    pass of rows; the backend gives each layer one for m <= STREAMK_MAX_M) and to split K over
+    blocks (``ksplit > 1``, for tuning: it measured slower on an H100, benchmarks/NOTES_gpu.md)."""
     return m * n + (n // 16) * ((m + 7) // 8)
 
 
@@ -118,6 +122,9 @@ class CudaState:
     group_size: int = 0  # effective group size (K for per-channel)
     perm: Optional[torch.Tensor] = None  # sorted column -> original column (act_order)
     unsupported: Optional[str] = None  # found at prepare: the reference serves instead
+    # float32 zeros for the stream-K GEMM at m <= STREAMK_MAX_M (the kernel leaves it zeroed): one
+    # per layer, so one layer must not run on two streams at once.
+    workspace: Optional[torch.Tensor] = None
 
 
 class CudaBackend:
@@ -198,6 +205,7 @@ class CudaBackend:
             state.scales[dt] = shuffle_pairs(t["scales"].to(dt))
             state.zeros[dt] = None if symmetric else shuffle_pairs(zeros.to(dt))
             state.bias[dt] = None if layer.bias is None else layer.bias.to(dt).contiguous()
+        state.workspace = torch.zeros(workspace_floats(STREAMK_MAX_M, n), dtype=torch.float32, device=codes.device)
         # The shuffled copy replaces the portable one: a placeholder keeps the device and dtype.
         layer.qweight = torch.empty(0, dtype=torch.int32, device=state.qweight.device)
         return state
@@ -232,9 +240,10 @@ class CudaBackend:
             x2d = x2d.index_select(1, state.perm)
         bits = layer.config.bits
         if x2d.shape[0] <= GEMM_MAX_M:
+            ws = state.workspace if x2d.shape[0] <= STREAMK_MAX_M else None
             return torch.ops.quantkernels.cuda_wxa16_gemm(
                 x2d, state.qweight, state.scales[dt], state.zeros[dt], state.kgroup, state.group_size,
-                state.bias[dt], bits,
+                state.bias[dt], bits, ws,
             )
         w = torch.ops.quantkernels.cuda_wxa16_dequantize(
             state.qweight, state.scales[dt], state.zeros[dt], state.kgroup, state.group_size, bits

@@ -27,6 +27,7 @@ from .. import reference
 from ..formats import QuantConfig, trivial_g_idx
 from . import blocks as B
 from .blocks import relative_error
+from .common import range_params
 
 log = logging.getLogger("quantkernels.awq")
 
@@ -47,19 +48,7 @@ def rtn_dequant(w: torch.Tensor, config: QuantConfig) -> torch.Tensor:
     gs = config.effective_group_size(k)
     maxq = config.maxq
     wg = w.to(torch.float32).reshape(n, k // gs, gs)
-    gmax = wg.amax(-1).clamp(min=0)
-    gmin = wg.amin(-1).clamp(max=0)
-    if config.sym:
-        scale = 2.0 * torch.maximum(gmax, -gmin) / maxq
-    else:
-        scale = (gmax - gmin) / maxq
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale)).to(config.scale_dtype)
-    tiny = torch.finfo(config.scale_dtype).tiny
-    s32 = torch.where(scale.to(torch.float32) > 0, scale, torch.full_like(scale, tiny)).to(torch.float32)
-    if config.sym:
-        zero = torch.full_like(s32, float(1 << (config.bits - 1)))
-    else:
-        zero = torch.clamp(torch.round(-gmin / s32), 0, maxq)
+    _, s32, zero = range_params(wg.amin(-1).clamp(max=0), wg.amax(-1).clamp(min=0), config)
     s32, zero = s32.unsqueeze(-1), zero.unsqueeze(-1)
     q = torch.clamp(torch.round(wg / s32) + zero, 0, maxq)
     return ((q - zero) * s32).reshape(n, k)

@@ -219,11 +219,13 @@ def collect_all(block, inputs, firsts: Dict[str, nn.Linear]) -> Dict[str, B.Inpu
 
 
 def run(model: nn.Module, layers: Dict[str, nn.Linear], config: QuantConfig, calibration, progress: bool = True, **options):
-    """AWQ over the whole model, block by block."""
+    """AWQ over the whole model, block by block. Options: ``n_grid`` (alpha grid), ``clip``,
+    ``clip_grid``, ``min_clip``, ``scale``; ``batch_tokens``: calibration sequences are concatenated
+    into batches of at most this many tokens (fewer, larger block calls)."""
     from ..nn import QuantLinear
     from .common import BlockPlan, progress_bar, quantize_outside_blocks
 
-    known = {"n_grid", "clip", "clip_grid", "min_clip", "scale"}
+    known = {"n_grid", "clip", "clip_grid", "min_clip", "scale", "batch_tokens"}
     unknown = set(options) - known
     if unknown:
         raise TypeError(f"awq: unknown options {sorted(unknown)}; known: {sorted(known)}")
@@ -232,12 +234,14 @@ def run(model: nn.Module, layers: Dict[str, nn.Linear], config: QuantConfig, cal
     do_scale = options.get("scale", True)
     plan = BlockPlan(model, layers)
     inputs = B.capture_block_inputs(model, plan.blocks[0], calibration)
+    inputs = B.batch_inputs(inputs, options.get("batch_tokens", 65536))
     new_layers, report = quantize_outside_blocks(plan, config, "not inside a repeated block: RTN")
     for bi, block in enumerate(progress_bar(plan.blocks, progress, "AWQ")):
         mine = plan.block_linears(bi)
         if mine:
-            groups = B.input_groups(block, mine, inputs[0])
-            producers = find_producers(block, mine, groups, inputs[0]) if do_scale else {}
+            probe = B.probe_input(inputs[0])
+            groups = B.input_groups(block, mine, probe)
+            producers = find_producers(block, mine, groups, probe) if do_scale else {}
             stats = collect_all(block, inputs, {g[0]: mine[g[0]] for g in groups})
             originals = {n: l.weight.detach().float().clone() for n, l in mine.items()}
             hs = {}

@@ -50,7 +50,8 @@ def table(rows):
         out.append(f"| float32 | - | {fl['ppl']:.3f} | - | - | {fl['file_bytes'] / 2**20:.1f} | - | - |")
         for cname in CONFIGS:
             rtn = by.get(("smollm2", cname, "rtn"))
-            for method in ("rtn", "gptq", "awq"):
+            variants = sorted(m for (mo, c, m) in by if mo == "smollm2" and c == cname and m.startswith("gptq:"))
+            for method in ["rtn", "gptq"] + variants + ["awq"]:
                 r = by.get(("smollm2", cname, method))
                 if not r:
                     continue
@@ -82,6 +83,9 @@ def main():
     p.add_argument("--sentences", type=int, default=300)
     p.add_argument("--out", default="quality.jsonl")
     p.add_argument("--table-only", action="store_true")
+    p.add_argument("--gptq-options", default="",
+                   help="GPTQ options other than the defaults, e.g. 'mse=0,act_order=0,damp_percent=0.1'; the rows "
+                        "are then labelled gptq:<options> (ablations of the defaults)")
     args = p.parse_args()
     if os.path.realpath(args.calib_text) == os.path.realpath(args.eval_text):
         raise SystemExit("quality: calibration and evaluation texts must differ")
@@ -93,6 +97,10 @@ def main():
         print(table(done))
         return
     have = {(r["model"], r["config"], r["method"]) for r in done}
+    gptq_options = {}
+    for item in filter(None, args.gptq_options.split(",")):
+        key, value = item.split("=")
+        gptq_options[key] = float(value) if "." in value else int(value)
 
     def emit(row):
         row.update(calib_text=os.path.basename(args.calib_text), eval_text=os.path.basename(args.eval_text),
@@ -128,16 +136,18 @@ def main():
         for cname in configs:
             cfg = CONFIGS[cname]
             for method in methods:
-                if (model_name, cname, method) in have:
+                label = f"gptq:{args.gptq_options}" if method == "gptq" and gptq_options else method
+                if (model_name, cname, label) in have:
                     continue
                 if method != "rtn" and cfg.bits == 8 and not args.calibrated_int8:
                     continue
                 m = copy.deepcopy(base)
                 t = time.perf_counter()
                 with torch.no_grad():
-                    s = qk.quantize_(m, cfg, method=method, calibration=None if method == "rtn" else cal)
+                    s = qk.quantize_(m, cfg, method=method, calibration=None if method == "rtn" else cal,
+                                     **(gptq_options if method == "gptq" else {}))
                 dt = time.perf_counter() - t
-                row = dict(model=model_name, config=cname, method=method, describe=cfg.describe(), seconds=dt,
+                row = dict(model=model_name, config=cname, method=label, describe=cfg.describe(), seconds=dt,
                            linear_bytes=s.bytes_after)
                 if model_name == "smollm2":
                     row["file_bytes"] = save_model(m, os.path.join(tmp, "q.safetensors"), torch.float16)

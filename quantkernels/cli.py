@@ -56,7 +56,23 @@ DEFAULT_PROMPT = "Once upon a time, in a small village by the sea,"
 def _config(args):
     from quantkernels import QuantConfig
 
-    return QuantConfig(bits=args.bits, group_size=args.group_size, sym=args.sym, act_order=args.act_order)
+    return QuantConfig(bits=args.bits, group_size=args.group_size, sym=args.sym)
+
+
+def _method_options(args) -> dict:
+    """GPTQ options that differ from its defaults (quantkernels.algorithms.gptq.DEFAULTS)."""
+    if args.method != "gptq":
+        return {}
+    opts = {}
+    if args.no_act_order:
+        opts["act_order"] = False
+    if args.permuted_groups:
+        opts["static_groups"] = False
+    if args.no_mse:
+        opts["mse"] = False
+    if args.damp_percent is not None:
+        opts["damp_percent"] = args.damp_percent
+    return opts
 
 
 def _check_texts(args):
@@ -114,7 +130,13 @@ def _add_model_args(p, method_default="gptq"):
     p.add_argument("--bits", type=int, default=4, choices=[2, 3, 4, 8])
     p.add_argument("--group-size", type=int, default=64, help="-1 for one scale per output channel")
     p.add_argument("--sym", action="store_true", help="symmetric (default asymmetric)")
-    p.add_argument("--act-order", action="store_true", help="GPTQ: quantize columns by decreasing Hessian diagonal")
+    p.add_argument("--no-act-order", action="store_true",
+                   help="GPTQ: quantize columns left to right (default: by decreasing Hessian diagonal)")
+    p.add_argument("--permuted-groups", action="store_true",
+                   help="GPTQ with act_order: groups are runs of columns in that order, recorded in g_idx "
+                        "(default: static groups of consecutive columns, trivial g_idx)")
+    p.add_argument("--no-mse", action="store_true", help="GPTQ: group ranges from min/max (default: MSE grid search)")
+    p.add_argument("--damp-percent", type=float, default=None, help="GPTQ: Hessian damping (default 0.01)")
     p.add_argument("--calib-text", default=DEFAULT_CALIB, help="text to calibrate on (gptq/awq)")
     p.add_argument("--calib-windows", type=int, default=32, help="512-token calibration windows (MiniLM: x8 sentences)")
     p.add_argument("--no-progress", action="store_true")
@@ -127,7 +149,7 @@ def cmd_quantize(args) -> int:
     _check_texts(args)
     model, tok = load_model(args.model)
     quantize_model(model, args.model, tok, args.method, _config(args), args.calib_text, args.calib_windows,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, **_method_options(args))
     size = save_model(model, args.out, float_dtype=None if args.keep_fp32 else __import__("torch").float16)
     print(f"saved {args.out}: {size / 2**20:.2f} MiB")
     return 0
@@ -157,7 +179,7 @@ def cmd_eval(args) -> int:
     base = copy.deepcopy(model)
     f = _eval_one(args.model, base, tok, args, "float")
     quantize_model(model, args.model, tok, args.method, _config(args), args.calib_text, args.calib_windows,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, **_method_options(args))
     dequantized(model)  # same function as the QuantLinear layers; avoids unpacking at every call
     q = _eval_one(args.model, model, tok, args, args.method, reference=base)
     cfg = _config(args).describe()
@@ -180,7 +202,7 @@ def cmd_bench(args) -> int:
     model, tok = load_model(args.model)
     base = copy.deepcopy(model)
     quantize_model(model, args.model, tok, args.method, _config(args), args.calib_text, args.calib_windows,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, **_method_options(args))
     tf = E.tokens_per_second(base, tok, args.prompt, args.new_tokens, args.repeats)
     tq = E.tokens_per_second(model, tok, args.prompt, args.new_tokens, args.repeats)
     backends = sorted({m._last_backend for m in model.modules() if getattr(m, "_last_backend", None)})

@@ -49,6 +49,14 @@ def test_parser_defaults_and_choices():
         p.parse_args(["quantize"])  # --out is required
 
 
+def test_gptq_options_reach_quantize():
+    p = cli.build_parser()
+    assert cli._method_options(p.parse_args(["eval"])) == {}  # the library's defaults
+    a = p.parse_args(["eval", "--no-act-order", "--no-mse", "--permuted-groups", "--damp-percent", "0.1"])
+    assert cli._method_options(a) == {"act_order": False, "mse": False, "static_groups": False, "damp_percent": 0.1}
+    assert cli._method_options(p.parse_args(["eval", "--method", "awq", "--no-mse"])) == {}
+
+
 def test_same_text_for_calibration_and_evaluation_is_refused():
     path = _text("emma.txt")
     with pytest.raises(SystemExit, match="calibrate on one text"):

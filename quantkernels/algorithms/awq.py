@@ -27,6 +27,7 @@ from .. import reference
 from ..formats import QuantConfig, trivial_g_idx
 from . import blocks as B
 from .blocks import relative_error
+from .common import range_params
 
 log = logging.getLogger("quantkernels.awq")
 
@@ -47,19 +48,7 @@ def rtn_dequant(w: torch.Tensor, config: QuantConfig) -> torch.Tensor:
     gs = config.effective_group_size(k)
     maxq = config.maxq
     wg = w.to(torch.float32).reshape(n, k // gs, gs)
-    gmax = wg.amax(-1).clamp(min=0)
-    gmin = wg.amin(-1).clamp(max=0)
-    if config.sym:
-        scale = 2.0 * torch.maximum(gmax, -gmin) / maxq
-    else:
-        scale = (gmax - gmin) / maxq
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale)).to(config.scale_dtype)
-    tiny = torch.finfo(config.scale_dtype).tiny
-    s32 = torch.where(scale.to(torch.float32) > 0, scale, torch.full_like(scale, tiny)).to(torch.float32)
-    if config.sym:
-        zero = torch.full_like(s32, float(1 << (config.bits - 1)))
-    else:
-        zero = torch.clamp(torch.round(-gmin / s32), 0, maxq)
+    _, s32, zero = range_params(wg.amin(-1).clamp(max=0), wg.amax(-1).clamp(min=0), config)
     s32, zero = s32.unsqueeze(-1), zero.unsqueeze(-1)
     q = torch.clamp(torch.round(wg / s32) + zero, 0, maxq)
     return ((q - zero) * s32).reshape(n, k)
@@ -230,11 +219,13 @@ def collect_all(block, inputs, firsts: Dict[str, nn.Linear]) -> Dict[str, B.Inpu
 
 
 def run(model: nn.Module, layers: Dict[str, nn.Linear], config: QuantConfig, calibration, progress: bool = True, **options):
-    """AWQ over the whole model, block by block."""
+    """AWQ over the whole model, block by block. Options: ``n_grid`` (alpha grid), ``clip``,
+    ``clip_grid``, ``min_clip``, ``scale``; ``batch_tokens``: calibration sequences are concatenated
+    into batches of at most this many tokens (fewer, larger block calls)."""
     from ..nn import QuantLinear
     from .common import BlockPlan, progress_bar, quantize_outside_blocks
 
-    known = {"n_grid", "clip", "clip_grid", "min_clip", "scale"}
+    known = {"n_grid", "clip", "clip_grid", "min_clip", "scale", "batch_tokens"}
     unknown = set(options) - known
     if unknown:
         raise TypeError(f"awq: unknown options {sorted(unknown)}; known: {sorted(known)}")
@@ -243,12 +234,14 @@ def run(model: nn.Module, layers: Dict[str, nn.Linear], config: QuantConfig, cal
     do_scale = options.get("scale", True)
     plan = BlockPlan(model, layers)
     inputs = B.capture_block_inputs(model, plan.blocks[0], calibration)
+    inputs = B.batch_inputs(inputs, options.get("batch_tokens", 65536))
     new_layers, report = quantize_outside_blocks(plan, config, "not inside a repeated block: RTN")
     for bi, block in enumerate(progress_bar(plan.blocks, progress, "AWQ")):
         mine = plan.block_linears(bi)
         if mine:
-            groups = B.input_groups(block, mine, inputs[0])
-            producers = find_producers(block, mine, groups, inputs[0]) if do_scale else {}
+            probe = B.probe_input(inputs[0])
+            groups = B.input_groups(block, mine, probe)
+            producers = find_producers(block, mine, groups, probe) if do_scale else {}
             stats = collect_all(block, inputs, {g[0]: mine[g[0]] for g in groups})
             originals = {n: l.weight.detach().float().clone() for n, l in mine.items()}
             hs = {}

@@ -105,6 +105,76 @@ def with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor):
     return args, kwargs
 
 
+def _batch_free(obj) -> bool:
+    """True when ``obj`` holds no tensor with a batch dimension above 1 (it broadcasts over any batch)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.dim() == 0 or obj.shape[0] == 1
+    if isinstance(obj, (tuple, list)):
+        return all(_batch_free(v) for v in obj)
+    if isinstance(obj, dict):
+        return all(_batch_free(v) for v in obj.values())
+    return obj is None or isinstance(obj, (bool, int, float, str))
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a == b
+
+
+def _rest(args: tuple, kwargs: dict):
+    """Everything a block call gets besides its hidden states."""
+    return args[1:], {k: v for k, v in kwargs.items() if k != "hidden_states"}
+
+
+def batch_inputs(inputs: List[Tuple[tuple, dict]], max_tokens: int) -> List[Tuple[tuple, dict]]:
+    """Concatenate consecutive stored block inputs along the batch dimension, at most ``max_tokens``
+    tokens per entry, where their other arguments (position embeddings, masks) are identical and
+    broadcast over the batch (batch dimension 1 or none). One large call runs the block's matmuls
+    far faster than many 512-token ones; inputs that differ (padded batches of different masks) stay
+    as they are."""
+    out: List[Tuple[tuple, dict]] = []
+    pending: List[torch.Tensor] = []
+    head = None
+
+    def flush():
+        if pending:
+            h = pending[0] if len(pending) == 1 else torch.cat(pending, dim=0)
+            out.append(with_hidden(*head, h))
+            pending.clear()
+
+    for args, kwargs in inputs:
+        h = hidden_of(args, kwargs)
+        rest = _rest(args, kwargs)
+        mergeable = h.dim() == 3 and _batch_free(rest)
+        if not mergeable:
+            flush()
+            out.append((args, kwargs))
+            head = None
+            continue
+        fits = pending and sum(p.shape[0] * p.shape[1] for p in pending) + h.shape[0] * h.shape[1] <= max_tokens
+        if not (head is not None and fits and pending[0].shape[1:] == h.shape[1:] and _same(_rest(*head), rest)):
+            flush()
+            head = (args, kwargs)
+        pending.append(h)
+    flush()
+    return out
+
+
+def probe_input(entry: Tuple[tuple, dict]) -> Tuple[tuple, dict]:
+    """One sequence of a stored block input (all of it when its other arguments carry a batch), for
+    cheap probe passes that only look at which modules run on which tensors."""
+    args, kwargs = entry
+    h = hidden_of(args, kwargs)
+    if h.dim() == 3 and h.shape[0] > 1 and _batch_free(_rest(args, kwargs)):
+        return with_hidden(args, kwargs, h[:1])
+    return entry
+
+
 def _first(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Tuple
 
+import torch
 from torch import nn
 
 from .blocks import find_blocks
@@ -58,3 +59,25 @@ def progress_bar(blocks, enabled: bool, label: str):
                 yield b
         return gen()
     return tqdm(blocks, desc=f"{label} blocks", unit="block")
+
+
+def range_params(lo: torch.Tensor, hi: torch.Tensor, config) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Scale and zero point for weights in ``[lo, hi]`` (``lo <= 0 <= hi``, any shape), with the
+    conventions of :func:`quantkernels.reference.quantize`: ``(scale in config.scale_dtype, the same
+    scale as fp32, zero as fp32)``. The searches (GPTQ's MSE grid, AWQ's clipping) call it with
+    shrunk ranges."""
+    maxq = config.maxq
+    if config.sym:
+        scale = 2.0 * torch.maximum(hi, -lo) / maxq
+    else:
+        scale = (hi - lo) / maxq
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale)).to(config.scale_dtype)
+    # A scale that underflows in a 16-bit dtype would divide by zero: use the smallest normal.
+    tiny = torch.finfo(config.scale_dtype).tiny
+    scale = torch.where(scale.to(torch.float32) > 0, scale, torch.full_like(scale, tiny))
+    s32 = scale.to(torch.float32)
+    if config.sym:
+        zero = torch.full_like(s32, float(1 << (config.bits - 1)))
+    else:
+        zero = torch.clamp(torch.round(-lo / s32), 0, maxq)
+    return scale, s32, zero

@@ -205,6 +205,22 @@ def test_torch_compile_traces_through():
     assert rel_err(f(x), eager) <= 1e-3
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="torch.compile traces wrap_triton launches only on a GPU")
+def test_torch_compile_split_k_repeated_calls():
+    """Split-K at m = 1 under torch.compile, called again and again on fresh inputs: the compiled
+    graph must start every call with a zero workspace and arrival counter. A regression test for
+    torch 2.11, where one zeroed buffer viewed as fp32 partial sums and int32 counters compiled into
+    a copy that read out of bounds (first call right by luck, later calls unwritten outputs)."""
+    from torch._inductor import config as inductor_config
+
+    layer = make_layer(4096, 4096, qk.QuantConfig(bits=4, group_size=128), bias=True)
+    with inductor_config.patch(force_disable_caches=True):
+        f = torch.compile(lambda t: layer(t) * 2.0, fullgraph=True)
+        for _ in range(4):
+            x = torch.randn(1, 4096, dtype=torch.float16, device=DEVICE)
+            assert rel_err(f(x), ref_out(layer, x) * 2.0) <= BOUND[torch.float16]
+
+
 def test_import_does_not_import_triton():
     code = (
         "import sys, torch, quantkernels as qk\n"

@@ -347,14 +347,19 @@ def triton_linear(
 
 
 def _split_k_buffers(rows: int, n: int, device, needed: bool, dummy: Tensor):
-    """fp32 partial sums ``[rows, N]`` then one int32 arrival counter per (16 x 16) output tile (the
+    """fp32 partial sums ``[rows, N]`` and one int32 arrival counter per (16 x 16) output tile (the
     smallest tile any configuration uses), zero on entry (the kernels leave them zero); when no
-    configuration splits K, ``dummy`` stands in for both (never touched)."""
+    configuration splits K, ``dummy`` stands in for both (never touched).
+
+    Two separate tensors, not two views of one buffer: Inductor in torch 2.11 lowered the int32
+    ``view`` of a slice of one zeroed fp32 buffer into a copy that read past its source, so compiled
+    calls started with a garbage counter and returned unwritten outputs (seen on an H100)."""
     if not needed:
         return dummy, dummy
     tiles = triton.cdiv(rows, 16) * triton.cdiv(n, 16)
-    buf = torch.zeros(rows * n + tiles, dtype=torch.float32, device=device)
-    return buf[: rows * n], buf[rows * n :].view(torch.int32)
+    ws = torch.zeros(rows * n, dtype=torch.float32, device=device)
+    cnt = torch.zeros(tiles, dtype=torch.int32, device=device)
+    return ws, cnt
 
 
 def _linear_nk4(x, qt, scales, z, gi, bias, consts, family, key, fake):

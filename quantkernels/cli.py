@@ -225,7 +225,7 @@ def cmd_demo(args) -> int:
     model, tok = load_model("smollm2")
     windows = E.token_windows(tok, E.read_text(args.eval_text), 512, args.eval_windows)
     print(f"evaluation: {os.path.basename(args.eval_text)}, {len(windows)} windows x 512 tokens "
-          f"(--eval-windows sets how many; docs/EVAL.md's method table used 8)", flush=True)
+          f"(--eval-windows sets how many; docs/EVAL.md's method table uses 16, with 128 calibration windows)", flush=True)
     rows = []
 
     def evaluate(label, bits, m, size, ppl_model):

@@ -26,6 +26,7 @@ import os
 import platform
 import shlex
 import subprocess
+import sys
 import sysconfig
 
 from setuptools import find_packages, setup
@@ -108,11 +109,19 @@ def make_ext_modules():
         f'-DQK_CPU_ISAS="{",".join(["scalar", *isas])}"',
     ]
     extra = {"cxx": ["-O3", "-std=c++20", *defines]}
+    # at::parallel_for is a header template: without -fopenmp in *this* build it compiles to a
+    # serial loop, and the CPU kernels would ignore torch.get_num_threads(). Link the same OpenMP
+    # runtime torch uses (GCC's libgomp, whose soname torch's wheel ships), only where torch itself
+    # was built with OpenMP.
+    openmp = torch._C.has_openmp and sys.platform.startswith("linux")
+    if openmp:
+        extra["cxx"].append("-fopenmp")
     kwargs = dict(
         name="quantkernels._C",
         sources=rel(bindings),
         include_dirs=[os.path.join(ROOT, "csrc")],
         extra_compile_args=extra,
+        extra_link_args=["-fopenmp"] if openmp else [],
         extra_objects=[],  # filled in by BuildExt with the ISA objects
     )
     if with_cuda:

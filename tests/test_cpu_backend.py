@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+import sys
 
 import pytest
 import torch
@@ -182,9 +183,13 @@ def test_m_zero(isa):
     assert call_op(layer8, torch.empty(0, 256), isa).shape == (0, 72)
 
 
-def test_thread_count_does_not_change_results():
-    layer, _ = make_layer(QuantConfig(4, 128), 384, 136)
-    x = torch.randn(17, 384)
+@pytest.mark.parametrize("m", [1, 17])
+@pytest.mark.parametrize("n", [136, 1600])
+def test_thread_count_does_not_change_results(m, n):
+    # N = 1600 (200 tiles) gives the threads different chunk sizes for 1 and 2 threads; the chunks
+    # stay multiples of 4 tiles so the kernels' 4-tile passes cover the same tiles either way.
+    layer, _ = make_layer(QuantConfig(4, 128), 384, n)
+    x = torch.randn(m, 384)
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -194,6 +199,13 @@ def test_thread_count_does_not_change_results():
     finally:
         torch.set_num_threads(old)
     assert torch.equal(one, two)  # tiles are computed identically whichever thread runs them
+
+
+@pytest.mark.skipif(not (torch._C.has_openmp and sys.platform.startswith("linux")), reason="torch without OpenMP")
+def test_extension_is_built_with_openmp():
+    # Without -fopenmp in the extension's own build, at::parallel_for is a serial loop and the CPU
+    # kernels ignore torch.get_num_threads() (it happened: every "2 threads" timing ran on one).
+    assert _ext.require().build_info()["openmp"] is True
 
 
 # ---- QuantLinear through the registry ----------------------------------------------------------

@@ -49,7 +49,9 @@ Fn kernel_at_or_below(Isa isa, Fn (*table)(Isa)) {
 template <class Fn>
 void parallel_over_tiles(int64_t tiles, const Fn& fn) {
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  const int64_t chunk = std::max<int64_t>(4, tiles / (threads * 16)), chunks = (tiles + chunk - 1) / chunk;
+  // A multiple of 4 tiles: the kernels' 2- and 4-tile passes then cover the same tiles whatever the
+  // thread count, so results are bit-identical for any torch.get_num_threads().
+  const int64_t chunk = (std::max<int64_t>(4, tiles / (threads * 16)) + 3) / 4 * 4, chunks = (tiles + chunk - 1) / chunk;
   std::atomic<int64_t> next{0};
   at::parallel_for(0, std::min(threads, chunks), 1, [&](int64_t, int64_t) {
     for (int64_t c = next.fetch_add(1); c < chunks; c = next.fetch_add(1)) fn(c * chunk, std::min(tiles, (c + 1) * chunk));

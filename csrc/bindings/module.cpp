@@ -12,6 +12,11 @@ pybind11::dict build_info() {
   d["cpu_isas_compiled"] = QK_CPU_ISAS;
   d["cpu_isa_best"] = qk::cpu::isa_name(qk::cpu::best_supported_isa());
   d["cpu_isa_selected"] = qk::cpu::isa_name(qk::cpu::selected_isa());
+#ifdef _OPENMP
+  d["openmp"] = true;  // at::parallel_for in the bindings runs on torch's OpenMP threads
+#else
+  d["openmp"] = false;  // at::parallel_for compiles to a serial loop: one thread whatever torch says
+#endif
 #ifdef QK_WITH_CUDA
   d["cuda"] = true;
   d["cuda_archs"] = QK_CUDA_ARCHS;

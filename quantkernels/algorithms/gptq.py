@@ -129,6 +129,9 @@ def gptq_quantize(
         w = w[:, perm]
         h = h[perm][:, perm]
         invperm = torch.argsort(perm)
+    # The column loop reads the permutation as Python ints: indexing a CUDA tensor would wait for
+    # the device at every column.
+    perm_list = perm.tolist() if perm is not None else None
 
     u, damp = cholesky_inverse_upper(h, damp_percent, name=name)
     del h
@@ -139,7 +142,7 @@ def gptq_quantize(
     del w
     codes = torch.empty(k, n, dtype=torch.float32, device=device)
     qw = torch.empty(k, n, dtype=torch.float32, device=device)
-    pos_group = torch.empty(k, dtype=torch.int64, device=device)  # group of each processed position
+    pos_group = [0] * k  # group of each processed position (Python ints, like perm_list)
     s_cur = z_cur = None
     threads = torch.get_num_threads()
     if device.type == "cpu":
@@ -152,7 +155,7 @@ def gptq_quantize(
             u1 = u[i1:i2, i1:i2]
             for i in range(i2 - i1):
                 col = i1 + i
-                orig = int(perm[col]) if perm is not None else col
+                orig = perm_list[col] if perm is not None else col
                 if static:
                     g = orig // gs
                     s_cur, z_cur = scales[g].to(torch.float32), zeros[g]
@@ -185,6 +188,7 @@ def gptq_quantize(
     finally:
         torch.set_num_threads(threads)
     codes, qw = codes.t(), qw.t()
+    pos_group = torch.tensor(pos_group, dtype=torch.int64, device=device)
 
     if perm is not None:
         codes = codes[:, invperm]

@@ -85,9 +85,15 @@ def _check_texts(args):
             raise SystemExit("quantkernels: calibrate on one text and evaluate on another (--calib-text == --eval-text)")
 
 
-def load_model(name: str):
+def load_model(name: str, device: str = "cpu"):
+    """``(model, tokenizer)`` of a real model, on ``device`` (quantization and evaluation follow the
+    model's device; files are saved from CPU copies)."""
+    import torch
+
     from quantkernels import models
 
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("quantkernels: --device cuda, but torch sees no CUDA device")
     t = time.perf_counter()
     print(f"loading {name} ...", flush=True)
     if name == "smollm2":
@@ -97,7 +103,7 @@ def load_model(name: str):
     else:
         raise SystemExit(f"quantkernels: unknown model {name!r} (smollm2, minilm)")
     print(f"loaded {name} in {time.perf_counter() - t:.1f} s", flush=True)
-    return model, tok
+    return model.to(device), tok
 
 
 def calibration_batches(model_name: str, tok, path: str, windows: int, window: int = 512):
@@ -139,6 +145,8 @@ def _add_model_args(p, method_default="gptq"):
     p.add_argument("--damp-percent", type=float, default=None, help="GPTQ: Hessian damping (default 0.01)")
     p.add_argument("--calib-text", default=DEFAULT_CALIB, help="text to calibrate on (gptq/awq)")
     p.add_argument("--calib-windows", type=int, default=32, help="512-token calibration windows (MiniLM: x8 sentences)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="where the model is quantized and evaluated (the reference backend serves either)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -147,7 +155,7 @@ def cmd_quantize(args) -> int:
     from quantkernels.models import save_model
 
     _check_texts(args)
-    model, tok = load_model(args.model)
+    model, tok = load_model(args.model, args.device)
     quantize_model(model, args.model, tok, args.method, _config(args), args.calib_text, args.calib_windows,
                    progress=not args.no_progress, **_method_options(args))
     size = save_model(model, args.out, float_dtype=None if args.keep_fp32 else __import__("torch").float16)
@@ -175,7 +183,7 @@ def cmd_eval(args) -> int:
     from quantkernels.evaluate import dequantized
 
     _check_texts(args)
-    model, tok = load_model(args.model)
+    model, tok = load_model(args.model, args.device)
     base = copy.deepcopy(model)
     f = _eval_one(args.model, base, tok, args, "float")
     quantize_model(model, args.model, tok, args.method, _config(args), args.calib_text, args.calib_windows,
@@ -199,7 +207,7 @@ def cmd_bench(args) -> int:
     if args.model != "smollm2":
         raise SystemExit("quantkernels bench: only --model smollm2 (a generator)")
     _check_texts(args)
-    model, tok = load_model(args.model)
+    model, tok = load_model(args.model, args.device)
     base = copy.deepcopy(model)
     quantize_model(model, args.model, tok, args.method, _config(args), args.calib_text, args.calib_windows,
                    progress=not args.no_progress, **_method_options(args))

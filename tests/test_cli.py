@@ -47,6 +47,12 @@ def test_parser_defaults_and_choices():
         p.parse_args(["eval", "--bits", "5"])
     with pytest.raises(SystemExit):
         p.parse_args(["quantize"])  # --out is required
+    assert a.device == "cpu" and p.parse_args(["bench", "--device", "cuda"]).device == "cuda"
+    with pytest.raises(SystemExit):
+        p.parse_args(["eval", "--device", "tpu"])
+    if not torch.cuda.is_available():  # on a GPU machine the same call would simply run there
+        with pytest.raises(SystemExit, match="no CUDA device"):
+            cli.main(["eval", "--model", "minilm", "--device", "cuda", "--no-progress"])
 
 
 def test_gptq_options_reach_quantize():

@@ -507,8 +507,11 @@ def qgemm_nk4_kernel(
     GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_GIDX: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
     GROUP_M: tl.constexpr, USE_ASM: tl.constexpr, EVEN_K: tl.constexpr, DOT_F32: tl.constexpr,
+    SWAP_AB: tl.constexpr = True,
 ):
-    """``out = x @ W.T (+ bias)`` for 4-bit nk4 weights: swap-AB ``tl.dot(W tile, x tile.T)``.
+    """``out = x @ W.T (+ bias)`` for 4-bit nk4 weights: swap-AB ``tl.dot(W tile, x tile.T)``, or
+    with SWAP_AB False ``tl.dot(x tile, W tile.T)`` (x is the MMA's 64-row side; for m >= 64, where
+    the weight tile may then be as wide as the MMA's 256-column N).
 
     DOT_F32 (the interpreter only: numpy has no bfloat16 and mangles bf16 dot operands) upcasts the
     operands; the values are the same, the products exact either way.
@@ -532,7 +535,10 @@ def qgemm_nk4_kernel(
     per_split = (k_tiles + SPLIT_K - 1) // SPLIT_K
     kt_begin = pid_k * per_split
     kt_end = tl.minimum(kt_begin + per_split, k_tiles)
-    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    if SWAP_AB:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for kt in range(kt_begin, kt_end):
         k0 = kt * BLOCK_K
         offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -549,11 +555,16 @@ def qgemm_nk4_kernel(
             GROUP_SIZE, HAS_ZEROS, HAS_GIDX, BLOCK_K, BLOCK_N, DTYPE, USE_ASM, EVEN_K,
         )
         if DOT_F32:
-            acc += tl.dot(w.to(tl.float32), tl.trans(x).to(tl.float32)) * s[:, None]
-        else:
+            w = w.to(tl.float32)
+            x = x.to(tl.float32)
+        if SWAP_AB:
             acc += tl.dot(w, tl.trans(x)) * s[:, None]
+        else:
+            acc += tl.dot(x, tl.trans(w)) * s[None, :]
+    if SWAP_AB:
+        acc = tl.trans(acc)
     tile_id = pid_m * num_pid_n + pid_n
-    _finish_tile(tl.trans(acc), offs_m, offs_n, tile_id, M, N, out_ptr, bias_ptr, ws_ptr, cnt_ptr, HAS_BIAS, SPLIT_K)
+    _finish_tile(acc, offs_m, offs_n, tile_id, M, N, out_ptr, bias_ptr, ws_ptr, cnt_ptr, HAS_BIAS, SPLIT_K)
 
 
 @triton.jit

@@ -111,8 +111,11 @@ CONFIGS: Dict[str, List[triton.Config]] = {
 }
 
 
-def _nk4(bm, bn, bk, sk, w, st, gm=8, swap=True) -> triton.Config:
-    return _cfg(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, GROUP_M=gm, SWAP_AB=swap, num_warps=w, num_stages=st)
+def _nk4(bm, bn, bk, sk, w, st, gm=8, swap=True, scale_w=False) -> triton.Config:
+    return _cfg(
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, GROUP_M=gm, SWAP_AB=swap, SCALE_W=scale_w,
+        num_warps=w, num_stages=st,
+    )
 
 
 def _nk4_dequant(bn, bk, w=4) -> triton.Config:
@@ -137,6 +140,8 @@ CONFIGS_NK4: Dict[str, List[triton.Config]] = {  # BLOCK_K: a multiple of the la
         _nk4(16, 64, 128, 16, 4, 4),
         _nk4(16, 64, 128, 8, 2, 4),
         _nk4(16, 64, 128, 4, 2, 6),
+        _nk4(16, 64, 128, 4, 4, 4, scale_w=True),
+        _nk4(16, 64, 128, 8, 4, 4, scale_w=True),
     ],
     "small": [
         _nk4(16, 64, 128, 4, 4, 4),
@@ -160,6 +165,13 @@ CONFIGS_NK4: Dict[str, List[triton.Config]] = {  # BLOCK_K: a multiple of the la
         _nk4(64, 256, 128, 4, 8, 3, swap=False),
         _nk4(64, 64, 128, 2, 4, 4, swap=False),
         _nk4(64, 64, 128, 4, 4, 4, swap=False),
+        _nk4(64, 64, 128, 2, 4, 4, scale_w=True),
+        _nk4(64, 128, 128, 2, 8, 4, scale_w=True),
+        _nk4(64, 128, 128, 4, 8, 4, scale_w=True),
+        _nk4(64, 128, 128, 1, 8, 4, swap=False, scale_w=True),
+        _nk4(64, 128, 128, 2, 8, 4, swap=False, scale_w=True),
+        _nk4(64, 256, 128, 1, 8, 3, swap=False, scale_w=True),
+        _nk4(64, 256, 128, 2, 8, 3, swap=False, scale_w=True),
     ],
     "large": [
         _nk4(128, 64, 128, 1, 4, 4),

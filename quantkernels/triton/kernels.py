@@ -507,11 +507,9 @@ def qgemm_nk4_kernel(
     GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_GIDX: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
     GROUP_M: tl.constexpr, USE_ASM: tl.constexpr, EVEN_K: tl.constexpr, DOT_F32: tl.constexpr,
-    SWAP_AB: tl.constexpr = True, SCALE_W: tl.constexpr = False,
+    SCALE_W: tl.constexpr = False,
 ):
-    """``out = x @ W.T (+ bias)`` for 4-bit nk4 weights: swap-AB ``tl.dot(W tile, x tile.T)``, or
-    with SWAP_AB False ``tl.dot(x tile, W tile.T)`` (x is the MMA's 64-row side; for m >= 64, where
-    the weight tile may then be as wide as the MMA's 256-column N).
+    """``out = x @ W.T (+ bias)`` for 4-bit nk4 weights: swap-AB ``tl.dot(W tile, x tile.T)``.
 
     SCALE_W: multiply the weight tile by its group's scales before the dot (one more rounding per
     weight, to the activation dtype) so that the dot accumulates in place: one accumulator instead of
@@ -539,10 +537,7 @@ def qgemm_nk4_kernel(
     per_split = (k_tiles + SPLIT_K - 1) // SPLIT_K
     kt_begin = pid_k * per_split
     kt_end = tl.minimum(kt_begin + per_split, k_tiles)
-    if SWAP_AB:
-        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     for kt in range(kt_begin, kt_end):
         k0 = kt * BLOCK_K
         offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -564,18 +559,11 @@ def qgemm_nk4_kernel(
             w = w.to(tl.float32)
             x = x.to(tl.float32)
         if SCALE_W:
-            if SWAP_AB:
-                acc = tl.dot(w, tl.trans(x), acc)
-            else:
-                acc = tl.dot(x, tl.trans(w), acc)
-        elif SWAP_AB:
-            acc += tl.dot(w, tl.trans(x)) * s[:, None]
+            acc = tl.dot(w, tl.trans(x), acc)
         else:
-            acc += tl.dot(x, tl.trans(w)) * s[None, :]
-    if SWAP_AB:
-        acc = tl.trans(acc)
+            acc += tl.dot(w, tl.trans(x)) * s[:, None]
     tile_id = pid_m * num_pid_n + pid_n
-    _finish_tile(acc, offs_m, offs_n, tile_id, M, N, out_ptr, bias_ptr, ws_ptr, cnt_ptr, HAS_BIAS, SPLIT_K)
+    _finish_tile(tl.trans(acc), offs_m, offs_n, tile_id, M, N, out_ptr, bias_ptr, ws_ptr, cnt_ptr, HAS_BIAS, SPLIT_K)
 
 
 @triton.jit

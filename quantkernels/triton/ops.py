@@ -111,10 +111,9 @@ CONFIGS: Dict[str, List[triton.Config]] = {
 }
 
 
-def _nk4(bm, bn, bk, sk, w, st, gm=8, swap=True, scale_w=False) -> triton.Config:
+def _nk4(bm, bn, bk, sk, w, st, gm=8, scale_w=False) -> triton.Config:
     return _cfg(
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, GROUP_M=gm, SWAP_AB=swap, SCALE_W=scale_w,
-        num_warps=w, num_stages=st,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, GROUP_M=gm, SCALE_W=scale_w, num_warps=w, num_stages=st
     )
 
 
@@ -129,19 +128,11 @@ CONFIGS_NK4: Dict[str, List[triton.Config]] = {  # BLOCK_K: a multiple of the la
     # Order: the best of the 2026-11-23 H100 sweep first (what a torch.compile trace launches before
     # any eager call has tuned). BLOCK_K = 256 measured 3x slower than 128 everywhere: not listed.
     "gemv": [
-        _nk4(16, 64, 128, 4, 4, 4),
         _nk4(16, 64, 128, 8, 4, 4),
-        _nk4(16, 128, 128, 2, 8, 4),
-        _nk4(16, 128, 128, 4, 4, 4),
-        _nk4(16, 64, 128, 2, 4, 4),
-        _nk4(16, 128, 128, 4, 8, 4),
-        _nk4(16, 128, 128, 8, 8, 4),
-        _nk4(16, 64, 128, 8, 4, 6),
         _nk4(16, 64, 128, 16, 4, 4),
-        _nk4(16, 64, 128, 8, 2, 4),
-        _nk4(16, 64, 128, 4, 2, 6),
-        _nk4(16, 64, 128, 4, 4, 4, scale_w=True),
-        _nk4(16, 64, 128, 8, 4, 4, scale_w=True),
+        _nk4(16, 64, 128, 4, 4, 4),
+        _nk4(16, 128, 128, 4, 8, 4),
+        _nk4(16, 64, 128, 2, 4, 4),
     ],
     "small": [
         _nk4(16, 64, 128, 4, 4, 4),
@@ -150,28 +141,13 @@ CONFIGS_NK4: Dict[str, List[triton.Config]] = {  # BLOCK_K: a multiple of the la
         _nk4(16, 128, 128, 2, 8, 4),
         _nk4(16, 64, 128, 2, 4, 4),
     ],
+    # 17 <= m <= 64: SCALE_W (weights scaled before an in-place dot) won with 8 warps, lost with 4.
     "medium": [
-        _nk4(64, 64, 128, 2, 4, 4),
-        _nk4(64, 128, 128, 1, 4, 4),
-        _nk4(64, 64, 128, 4, 4, 4),
-        _nk4(64, 128, 128, 2, 8, 4),
-        _nk4(32, 64, 128, 4, 4, 4),
-        _nk4(64, 128, 128, 4, 8, 4),
-        _nk4(64, 128, 128, 1, 8, 4, swap=False),
-        _nk4(64, 128, 128, 2, 8, 4, swap=False),
-        _nk4(64, 128, 128, 4, 8, 4, swap=False),
-        _nk4(64, 256, 128, 1, 8, 3, swap=False),
-        _nk4(64, 256, 128, 2, 8, 3, swap=False),
-        _nk4(64, 256, 128, 4, 8, 3, swap=False),
-        _nk4(64, 64, 128, 2, 4, 4, swap=False),
-        _nk4(64, 64, 128, 4, 4, 4, swap=False),
-        _nk4(64, 64, 128, 2, 4, 4, scale_w=True),
-        _nk4(64, 128, 128, 2, 8, 4, scale_w=True),
         _nk4(64, 128, 128, 4, 8, 4, scale_w=True),
-        _nk4(64, 128, 128, 1, 8, 4, swap=False, scale_w=True),
-        _nk4(64, 128, 128, 2, 8, 4, swap=False, scale_w=True),
-        _nk4(64, 256, 128, 1, 8, 3, swap=False, scale_w=True),
-        _nk4(64, 256, 128, 2, 8, 3, swap=False, scale_w=True),
+        _nk4(64, 128, 128, 1, 4, 4),
+        _nk4(64, 128, 128, 2, 8, 4, scale_w=True),
+        _nk4(64, 64, 128, 2, 4, 4),
+        _nk4(64, 64, 128, 4, 4, 4),
     ],
     "large": [
         _nk4(128, 64, 128, 1, 4, 4),

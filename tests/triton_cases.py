@@ -36,7 +36,7 @@ BOUND = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
 
 @pytest.fixture(autouse=True)
-def _untuned():
+def untuned():
     # Each family's first candidate, untimed: timing every candidate at every format's first call
     # made the GPU run of this file spend minutes tuning. test_every_tuned_config runs every
     # candidate; test_tuning_caches_the_fastest covers the timing itself.
@@ -224,7 +224,9 @@ def test_opcheck():
     layer = make_layer(128, 64, qk.QuantConfig(bits=4, group_size=32, sym=False), bias=True)
     st = layer._prepared["triton"] if "triton" in layer._prepared else layer._prepare("triton")
     x = torch.randn(3, 128, dtype=torch.float16, device=DEVICE)
-    args = (x, layer.portable_tensors()["qweight"], layer.scales, st.zeros, st.g_idx, layer.bias, 4, 32)
+    # With the layer's workspace: the kernels write to it but leave it as found (zero), so the schema
+    # does not declare it mutated; opcheck's schema test compares it before and after the call.
+    args = (x, layer.portable_tensors()["qweight"], layer.scales, st.zeros, st.g_idx, layer.bias, 4, 32, st.workspace)
     # The interpreter cannot be traced into a graph (aot_dispatch); on a GPU every check runs.
     utils = ("test_schema", "test_faketensor") if DEVICE == "cpu" else None
     if utils is None:

@@ -134,9 +134,9 @@ CONFIGS_NK4: Dict[str, List[triton.Config]] = {  # BLOCK_K: a multiple of the la
         _nk4(16, 128, 128, 4, 8, 4),
         _nk4(16, 64, 128, 2, 4, 4),
     ],
-    "small": [
-        _nk4(16, 64, 128, 4, 4, 4),
+    "small": [  # the same first candidate as "gemv": one compile serves both untuned
         _nk4(16, 64, 128, 8, 4, 4),
+        _nk4(16, 64, 128, 4, 4, 4),
         _nk4(16, 128, 128, 4, 4, 4),
         _nk4(16, 128, 128, 2, 8, 4),
         _nk4(16, 64, 128, 2, 4, 4),

@@ -194,7 +194,9 @@ class Rotating:
         self.args = []
         for _ in range(self.copies):
             qw = base["qweight"] if state.qweight is None else state.qweight  # nk4 layout for 4 bits
-            self.args.append((qw.clone(), base["scales"].clone().to(dtype), state.zeros, state.g_idx))
+            # Each copy stands for another layer, with its own split-K workspace (as the backend gives it).
+            ws = torch.zeros_like(state.workspace)
+            self.args.append((qw.clone(), base["scales"].clone().to(dtype), state.zeros, state.g_idx, ws))
         self.i = 0
         self.bits, self.gs = cfg.bits, cfg.group_size
 
@@ -203,8 +205,8 @@ class Rotating:
         return self.at(self.i, x)
 
     def at(self, i, x):
-        qw, s, z, g = self.args[i]
-        return torch.ops.quantkernels.triton_linear(x, qw, s, z, g, None, self.bits, self.gs)
+        qw, s, z, g, ws = self.args[i]
+        return torch.ops.quantkernels.triton_linear(x, qw, s, z, g, None, self.bits, self.gs, ws)
 
 
 class RotatingDense:

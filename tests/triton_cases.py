@@ -35,6 +35,15 @@ if DEVICE == "cpu" and not tops.INTERPRETED:
 BOUND = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
 
+@pytest.fixture(autouse=True)
+def untuned():
+    # Each family's first candidate, untimed: timing every candidate at every format's first call
+    # made the GPU run of this file spend minutes tuning. test_every_tuned_config runs every
+    # candidate; test_tuning_caches_the_fastest covers the timing itself.
+    with tops.tuning(False):
+        yield
+
+
 def rel_err(out, ref):
     return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
 
@@ -87,6 +96,32 @@ def test_every_tuned_config(family, m):
             with tops.force_config(cfg):
                 err = rel_err(layer(x), ref)
             assert err <= BOUND[torch.float16], (family, bits, gs, cfg, err)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_workspace_is_left_zero(bits):
+    # Split-K calls of up to WORKSPACE_ROWS rows sum into the layer's persistent workspace instead of
+    # fresh zeros; the kernels must leave it zero, or the next call adds stale partial sums.
+    layer = make_layer(256, 72, qk.QuantConfig(bits=bits, group_size=64, sym=False), bias=True, seed=7)
+    st = layer._prepare("triton")
+    assert st.workspace is not None and not st.workspace.any()
+    for m in (1, 5, 16, 1, 40, 16):  # 40 > WORKSPACE_ROWS: fresh buffers
+        x = torch.randn(m, 256, dtype=torch.float16, device=DEVICE)
+        assert rel_err(layer(x), ref_out(layer, x)) <= BOUND[torch.float16], (bits, m)
+        assert not st.workspace.any(), (bits, m)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="the interpreter times nothing: tuning needs a GPU")
+def test_tuning_caches_the_fastest():
+    layer = make_layer(1024, 320, qk.QuantConfig(bits=4, group_size=128), seed=11)
+    x = torch.randn(16, 1024, dtype=torch.float16, device=DEVICE)
+    before = set(tops.CHOSEN)
+    with tops.tuning(True):
+        out = layer(x)
+    new = [key for key in tops.CHOSEN if key not in before]
+    assert len(new) == 1 and new[0][:4] == ("small", 16, 320, 1024), new
+    assert tops.CHOSEN[new[0]] in tops._configs("small", nk4=True)
+    assert rel_err(out, ref_out(layer, x)) <= BOUND[torch.float16]
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -163,6 +198,8 @@ def test_bad_arguments_name_the_argument():
         op(x.float(), layer.portable_tensors()["qweight"], layer.scales, None, None, None, 4, 32)
     with pytest.raises(ValueError, match="bias"):
         op(x, layer.portable_tensors()["qweight"], layer.scales, None, None, torch.zeros(3, device=DEVICE), 4, 32)
+    with pytest.raises(ValueError, match="workspace"):
+        op(x, layer.portable_tensors()["qweight"], layer.scales, None, None, None, 4, 32, torch.zeros(3, device=DEVICE))
 
 
 def test_backend_selection_rules():
@@ -187,7 +224,9 @@ def test_opcheck():
     layer = make_layer(128, 64, qk.QuantConfig(bits=4, group_size=32, sym=False), bias=True)
     st = layer._prepared["triton"] if "triton" in layer._prepared else layer._prepare("triton")
     x = torch.randn(3, 128, dtype=torch.float16, device=DEVICE)
-    args = (x, layer.portable_tensors()["qweight"], layer.scales, st.zeros, st.g_idx, layer.bias, 4, 32)
+    # With the layer's workspace: the kernels write to it but leave it as found (zero), so the schema
+    # does not declare it mutated; opcheck's schema test compares it before and after the call.
+    args = (x, layer.portable_tensors()["qweight"], layer.scales, st.zeros, st.g_idx, layer.bias, 4, 32, st.workspace)
     # The interpreter cannot be traced into a graph (aot_dispatch); on a GPU every check runs.
     utils = ("test_schema", "test_faketensor") if DEVICE == "cpu" else None
     if utils is None:

@@ -47,6 +47,9 @@ class TritonState:
     g_idx: Optional[torch.Tensor]  # int32 [K]; None when it is k // group_size
     qweight: Optional[torch.Tensor] = None  # uint8 [N, Kp/2] (4-bit) or None
     replaces_qweight: bool = False
+    # fp32 zeros [workspace_floats(N)] (16 N + N / 16 floats): split-K partial sums and arrival
+    # counters for calls of up to 16 rows, so that they launch no zero-fills (the kernels leave it zero)
+    workspace: Optional[torch.Tensor] = None
 
 
 # NK4_COLUMN[w, p]: the input column, within a 128-column block, of nibble p of the block's word w.
@@ -148,6 +151,9 @@ class TritonBackend:
             zeros = None  # symmetric: the kernels use the constant zero point
         g_idx = None if is_trivial_g_idx(layer.g_idx, layer.config.group_size) else layer.g_idx.contiguous()
         state = TritonState(zeros=None if zeros is None else zeros.contiguous(), g_idx=g_idx)
+        from ..triton.ops import workspace_floats
+
+        state.workspace = torch.zeros(workspace_floats(layer.out_features), dtype=torch.float32, device=layer.scales.device)
         if bits == 4:
             state.qweight = nk4_from_portable(layer.qweight)
             state.replaces_qweight = True
@@ -175,6 +181,7 @@ class TritonBackend:
             layer.bias,
             layer.config.bits,
             layer.config.group_size,
+            state.workspace,
         )
 
 

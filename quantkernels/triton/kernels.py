@@ -507,8 +507,13 @@ def qgemm_nk4_kernel(
     GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_GIDX: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
     GROUP_M: tl.constexpr, USE_ASM: tl.constexpr, EVEN_K: tl.constexpr, DOT_F32: tl.constexpr,
+    SCALE_W: tl.constexpr = False,
 ):
     """``out = x @ W.T (+ bias)`` for 4-bit nk4 weights: swap-AB ``tl.dot(W tile, x tile.T)``.
+
+    SCALE_W: multiply the weight tile by its group's scales before the dot (one more rounding per
+    weight, to the activation dtype) so that the dot accumulates in place: one accumulator instead of
+    a product tile plus the accumulator, and no wait for the MMA before the fp32 scaling of its result.
 
     DOT_F32 (the interpreter only: numpy has no bfloat16 and mangles bf16 dot operands) upcasts the
     operands; the values are the same, the products exact either way.
@@ -548,8 +553,13 @@ def qgemm_nk4_kernel(
             qt_ptr, s_ptr, z_ptr, gidx_ptr, k0, offs_n, n_mask, N, K, stride_qn,
             GROUP_SIZE, HAS_ZEROS, HAS_GIDX, BLOCK_K, BLOCK_N, DTYPE, USE_ASM, EVEN_K,
         )
+        if SCALE_W:
+            w = w * s[:, None].to(DTYPE)
         if DOT_F32:
-            acc += tl.dot(w.to(tl.float32), tl.trans(x).to(tl.float32)) * s[:, None]
+            w = w.to(tl.float32)
+            x = x.to(tl.float32)
+        if SCALE_W:
+            acc = tl.dot(w, tl.trans(x), acc)
         else:
             acc += tl.dot(w, tl.trans(x)) * s[:, None]
     tile_id = pid_m * num_pid_n + pid_n

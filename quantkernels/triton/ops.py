@@ -38,6 +38,7 @@ INTERPRETED = not isinstance(kernels.qgemm_kernel, triton.runtime.JITFunction)
 _USE_ASM = not INTERPRETED and torch.version.hip is None
 
 SPLIT_K_MAX_M = 64  # split-K only for m <= this; larger m has enough output tiles to fill the GPU
+WORKSPACE_ROWS = 16  # rows up to which a caller's persistent workspace serves split-K (see workspace_floats)
 DEQUANT_MIN_M = 256  # from here on: dequantize, then cuBLAS (measured faster on the H100)
 
 
@@ -47,6 +48,14 @@ def m_bucket(m: int) -> int:
     while b < m and b < 4096:
         b *= 2
     return b
+
+
+def workspace_floats(n: int) -> int:
+    """Size of the fp32 workspace a layer of N outputs may pass to ``triton_linear`` (zeros; the
+    kernels leave it zero): ``WORKSPACE_ROWS * N`` partial sums, then the int32 arrival counters of
+    the (16 x 16) output tiles of ``WORKSPACE_ROWS`` rows. With it, split-K calls of up to
+    ``WORKSPACE_ROWS`` rows launch no zero-fill of their own (two memsets fewer per call)."""
+    return WORKSPACE_ROWS * n + triton.cdiv(WORKSPACE_ROWS, 16) * triton.cdiv(n, 16)
 
 
 def _cfg(num_warps=4, num_stages=3, **meta) -> triton.Config:
@@ -102,8 +111,10 @@ CONFIGS: Dict[str, List[triton.Config]] = {
 }
 
 
-def _nk4(bm, bn, bk, sk, w, st, gm=8) -> triton.Config:
-    return _cfg(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, GROUP_M=gm, num_warps=w, num_stages=st)
+def _nk4(bm, bn, bk, sk, w, st, gm=8, scale_w=False) -> triton.Config:
+    return _cfg(
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, GROUP_M=gm, SCALE_W=scale_w, num_warps=w, num_stages=st
+    )
 
 
 def _nk4_dequant(bn, bk, w=4) -> triton.Config:
@@ -117,25 +128,26 @@ CONFIGS_NK4: Dict[str, List[triton.Config]] = {  # BLOCK_K: a multiple of the la
     # Order: the best of the 2026-11-23 H100 sweep first (what a torch.compile trace launches before
     # any eager call has tuned). BLOCK_K = 256 measured 3x slower than 128 everywhere: not listed.
     "gemv": [
-        _nk4(16, 64, 128, 4, 4, 4),
         _nk4(16, 64, 128, 8, 4, 4),
-        _nk4(16, 128, 128, 2, 8, 4),
-        _nk4(16, 128, 128, 4, 4, 4),
+        _nk4(16, 64, 128, 16, 4, 4),
+        _nk4(16, 64, 128, 4, 4, 4),
+        _nk4(16, 128, 128, 4, 8, 4),
         _nk4(16, 64, 128, 2, 4, 4),
     ],
-    "small": [
-        _nk4(16, 64, 128, 4, 4, 4),
+    "small": [  # the same first candidate as "gemv": one compile serves both untuned
         _nk4(16, 64, 128, 8, 4, 4),
+        _nk4(16, 64, 128, 4, 4, 4),
         _nk4(16, 128, 128, 4, 4, 4),
         _nk4(16, 128, 128, 2, 8, 4),
         _nk4(16, 64, 128, 2, 4, 4),
     ],
+    # 17 <= m <= 64: SCALE_W (weights scaled before an in-place dot) won with 8 warps, lost with 4.
     "medium": [
-        _nk4(64, 64, 128, 2, 4, 4),
+        _nk4(64, 128, 128, 4, 8, 4, scale_w=True),
         _nk4(64, 128, 128, 1, 4, 4),
+        _nk4(64, 128, 128, 2, 8, 4, scale_w=True),
+        _nk4(64, 64, 128, 2, 4, 4),
         _nk4(64, 64, 128, 4, 4, 4),
-        _nk4(64, 128, 128, 2, 8, 4),
-        _nk4(32, 64, 128, 4, 4, 4),
     ],
     "large": [
         _nk4(128, 64, 128, 1, 4, 4),
@@ -155,6 +167,7 @@ CONFIGS_NK4: Dict[str, List[triton.Config]] = {  # BLOCK_K: a multiple of the la
 
 CHOSEN: Dict[Tuple, triton.Config] = {}
 _forced = None
+_tuning = True
 
 
 def _family(m: int) -> str:
@@ -186,6 +199,19 @@ def force_config(config):
         _forced = old
 
 
+@contextlib.contextmanager
+def tuning(enabled: bool):
+    """Time the candidates at a key's first call (on, the default) or launch each family's first
+    candidate untimed and cache nothing (off). Tests turn it off: timing every candidate of every
+    format and m bucket made the GPU test file spend minutes compiling and timing."""
+    global _tuning
+    old, _tuning = _tuning, enabled
+    try:
+        yield
+    finally:
+        _tuning = old
+
+
 def _forced_config(family: str) -> Optional[triton.Config]:
     if isinstance(_forced, dict):
         return _forced.get(family)
@@ -209,7 +235,7 @@ def _choose(family: str, key: Tuple, launch, real: bool, nk4: bool) -> triton.Co
     if cfg is not None:
         return cfg
     candidates = _configs(family, nk4)
-    if INTERPRETED or not real or len(candidates) == 1:
+    if INTERPRETED or not real or not _tuning or len(candidates) == 1:
         return candidates[0]
     best, best_t = candidates[0], float("inf")
     for c in candidates:
@@ -225,7 +251,7 @@ def _choose(family: str, key: Tuple, launch, real: bool, nk4: bool) -> triton.Co
     return best
 
 
-def _check_args(x, qweight, scales, zeros, g_idx, bias, bits, group_size) -> None:
+def _check_args(x, qweight, scales, zeros, g_idx, bias, bits, group_size, workspace) -> None:
     """Raise naming the argument: the kernels read raw pointers and trust these shapes."""
     name = "quantkernels::triton_linear"
     if bits not in (4, 8):
@@ -261,7 +287,14 @@ def _check_args(x, qweight, scales, zeros, g_idx, bias, bits, group_size) -> Non
         raise ValueError(f"{name}: g_idx must be int32 [K] = [{k}], got {g_idx.dtype} {tuple(g_idx.shape)}")
     if bias is not None and tuple(bias.shape) != (n,):
         raise ValueError(f"{name}: bias must be [N] = [{n}], got {tuple(bias.shape)}")
-    for t_name, t in (("qweight", qweight), ("scales", scales), ("zeros", zeros), ("g_idx", g_idx), ("bias", bias)):
+    if workspace is not None and (workspace.dtype != torch.float32 or tuple(workspace.shape) != (workspace_floats(n),)):
+        raise ValueError(
+            f"{name}: workspace must be float32 [workspace_floats(N)] = [{workspace_floats(n)}], "
+            f"got {workspace.dtype} {tuple(workspace.shape)}"
+        )
+    tensors = (("qweight", qweight), ("scales", scales), ("zeros", zeros), ("g_idx", g_idx), ("bias", bias),
+               ("workspace", workspace))
+    for t_name, t in tensors:
         if t is not None and (t.device != x.device or not t.is_contiguous()):
             raise ValueError(f"{name}: {t_name} must be contiguous and on x's device {x.device}, got {t.device}")
 
@@ -276,14 +309,20 @@ def triton_linear(
     bias: Optional[Tensor],
     bits: int,
     group_size: int,
+    workspace: Optional[Tensor] = None,
 ) -> Tensor:
     """``x @ W.T + bias`` for x ``[M, K]`` fp16/bf16, W in the portable layout (int32 ``qweight``
     ``[K*bits/32, N]``) or, for 4 bits, the nk4 layout (uint8 ``[N, Kp/2]``, see kernels.py).
 
     ``zeros``: uint8 ``[G, N]`` real zero points, or None when all are ``2**(bits-1)``; ``g_idx``:
     int32 ``[K]``, or None when it is ``k // group_size``; ``group_size``: -1 for per channel.
+    ``workspace``: None, or fp32 zeros ``[workspace_floats(N)]`` that split-K calls of up to
+    ``WORKSPACE_ROWS`` rows use instead of zero-filling buffers of their own. The kernels leave it
+    zero again, so it is not declared as mutated (as ``cuda_wxa16_gemm``'s workspace); calls that
+    share one workspace must not run at the same time (on two streams). Traced calls (torch.compile)
+    ignore it and allocate their own.
     """
-    _check_args(x, qweight, scales, zeros, g_idx, bias, bits, group_size)
+    _check_args(x, qweight, scales, zeros, g_idx, bias, bits, group_size, workspace)
     if x.stride(1) != 1:
         x = x.contiguous()
     m, k = x.shape
@@ -308,8 +347,10 @@ def triton_linear(
            x.dtype, scales.dtype, x.device)
     if m == 0 or (INTERPRETED and fake):
         return x.new_empty((m, n))
+    if fake:  # inside a trace the kernels' writes to a caller's workspace would be hidden from it
+        workspace = None
     if nk4:
-        return _linear_nk4(x, qweight, scales, z, gi, bias, consts, family, key, fake)
+        return _linear_nk4(x, qweight, scales, z, gi, bias, consts, family, key, fake, workspace)
 
     if family == "dequant":
         wt = torch.empty((k, n), dtype=x.dtype, device=x.device)
@@ -325,7 +366,7 @@ def triton_linear(
 
     out = x.new_empty((m, n))
     rows = 1 if family == "gemv" else m
-    ws, cnt = _split_k_buffers(rows, n, x.device, family != "large", out)
+    ws, cnt = _split_k_buffers(rows, n, x.device, family != "large", out, workspace)
     b = scales if bias is None else bias
     consts["HAS_BIAS"] = bias is not None
     if family == "gemv":
@@ -346,29 +387,33 @@ def triton_linear(
     return out
 
 
-def _split_k_buffers(rows: int, n: int, device, needed: bool, dummy: Tensor):
+def _split_k_buffers(rows: int, n: int, device, needed: bool, dummy: Tensor, workspace: Optional[Tensor]):
     """fp32 partial sums ``[rows, N]`` and one int32 arrival counter per (16 x 16) output tile (the
-    smallest tile any configuration uses), zero on entry (the kernels leave them zero); when no
+    smallest tile any configuration uses), zero on entry (the kernels leave them zero): views of the
+    caller's ``workspace`` when it is given and ``rows <= WORKSPACE_ROWS``, else fresh zeros; when no
     configuration splits K, ``dummy`` stands in for both (never touched).
 
-    Two separate tensors, not two views of one buffer: Inductor in torch 2.11 lowered the int32
+    Fresh buffers are two separate tensors, not two views of one (the workspace's views are taken in
+    eager calls only, never traced): Inductor in torch 2.11 lowered the int32
     ``view`` of a slice of one zeroed fp32 buffer into a copy that read past its source, so compiled
     calls started with a garbage counter and returned unwritten outputs (seen on an H100)."""
     if not needed:
         return dummy, dummy
+    if workspace is not None and rows <= WORKSPACE_ROWS:
+        return workspace[: rows * n], workspace[WORKSPACE_ROWS * n :].view(torch.int32)
     tiles = triton.cdiv(rows, 16) * triton.cdiv(n, 16)
     ws = torch.zeros(rows * n, dtype=torch.float32, device=device)
     cnt = torch.zeros(tiles, dtype=torch.int32, device=device)
     return ws, cnt
 
 
-def _linear_nk4(x, qt, scales, z, gi, bias, consts, family, key, fake):
+def _linear_nk4(x, qt, scales, z, gi, bias, consts, family, key, fake, workspace):
     """4-bit weights in the nk4 layout: qgemm_nk4_kernel, or dequant_nk4_kernel + cuBLAS."""
     m, k = x.shape
     n = qt.shape[0]
     consts["USE_ASM"] = _USE_ASM and x.device.type == "cuda"
     out = x.new_empty((m, n))
-    ws, cnt = _split_k_buffers(m, n, x.device, m <= SPLIT_K_MAX_M, out)
+    ws, cnt = _split_k_buffers(m, n, x.device, m <= SPLIT_K_MAX_M, out, workspace)
     b = scales if bias is None else bias
     gemm = torch.library.wrap_triton(kernels.qgemm_nk4_kernel)
     deq = torch.library.wrap_triton(kernels.dequant_nk4_kernel)

@@ -202,13 +202,13 @@ def triton_copies(codes, scales, zeros, cfg, ncopies):
             os.environ[backends.ENV_VAR] = saved
 
 
-MID_TILES = (10, 11, 12, 13, 14, 15)  # csrc/cuda/wxa16_gemm_sm80.cu, kMidTiles: 32, 64, 128, 64 rows a pass
+MID_TILES = (10, 11)  # csrc/cuda/wxa16_gemm_sm80.cu, kMidTiles: 64 rows a pass, 2 or 4 n-tiles a warp
 
 
 def mid_m(shapes, m_list, out_dir, with_triton):
     """Middle m, int4 g128 fp16: cuBLAS; the plain kernel's 32-row tile 6 (`plain6`, no workspace:
     the previous path for 16 < m <= 128); each middle-m tile forced with a workspace (`tN`: K split
-    in the block and over blocks as the launcher picks) and tile 11 without one (`t11nows`: in the
+    in the block and over blocks as the launcher picks) and tile 10 without one (`t10nows`: in the
     block only); `auto` (what QuantLinear runs now); dequantize + cuBLAS; the triton backend."""
     lines = []
     for k, n in shapes:
@@ -232,7 +232,7 @@ def mid_m(shapes, m_list, out_dir, with_triton):
             res["plain6"] = gemm(6, None)
             for tile in MID_TILES:
                 res[f"t{tile}"] = gemm(tile, ws)
-            res["t11nows"] = gemm(11, None)
+            res["t10nows"] = gemm(10, None)
             res["auto"] = time_us([lambda s=s: qk_cuda.BACKEND.linear(layer, s, x) for s in states])[0]
             res["dq+cublas"] = time_us([lambda s=s: torch.nn.functional.linear(x, torch.ops.quantkernels.cuda_wxa16_dequantize(
                 s.qweight, s.scales[dt], None, None, 128, 4)) for s in states])[0]

@@ -19,13 +19,14 @@
 // variant (wxa16_gemm_streamk_kernel): equal ranges of the weight stream per warp, partial tiles
 // summed with fp32 atomics in the workspace, which the kernel leaves zeroed again.
 //
-// Middle m (tiles 10-13, wxa16_gemm_mid_kernel): the same weight pipeline, with the block's
-// activations (32 to 128 rows) staged in shared memory next to the weights, so each weight is
-// dequantized once per 128 rows instead of once per 32; K split in the block and, given a
-// workspace, over blocks.
+// Middle m (tiles 10-11, wxa16_gemm_mid_kernel): the same weight pipeline, with the block's
+// activations (64 rows) staged in shared memory next to the weights, so each weight is
+// dequantized once per 64 rows instead of once per 32; K split in the block and, given a
+// workspace, over blocks. It beats the plain kernel only at 64 < m <= 128 on large layers
+// (auto_tile; NOTES_gpu.md, `gpu_gemm.py --mid`).
 //
 // Limits: N % 16 == 0, K % KC == 0 (KC = 64 for 4 bits, 32 for 8 bits), group size % 16 == 0,
-// x rows 16-byte aligned; any M >= 1 (passes of 8 * MT rows (at most 128) along grid.x).
+// x rows 16-byte aligned; any M >= 1 (passes of 8 * MT rows (at most 64) along grid.x).
 // Test: PYTHONPATH=$PWD python -m pytest -q tests/test_cuda_backend.py (on a GPU);
 // benchmark: PYTHONPATH=$PWD python benchmarks/gpu_gemm.py [--sweep].
 #include "cuda/wxa16.h"
@@ -418,8 +419,8 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
   finish_block<T>(acc, valid, red, nt0, m0, M, N, tid, wn, wk, WK, KS, ws, bias, out);
 }
 
-// ---- Middle m (tiles 10-13): the weight slice dequantized once per block and chunk for up to 128
-// rows. The plain kernel above reads each lane's activations from L1/L2 into registers, which caps
+// ---- Middle m (tiles 10-11): the weight slice dequantized once per block and chunk for 64 rows.
+// The plain kernel above reads each lane's activations from L1/L2 into registers, which caps
 // a pass at 32 rows (MT = 4): at m = 64 every weight is read and dequantized twice, at 256 eight
 // times. Here the warps of one k-slice stage their chunk of activations, BM = 8 MT rows, in shared
 // memory with cp.async next to the weights (same S-stage pipeline, one named barrier per chunk and
@@ -478,7 +479,7 @@ __device__ __forceinline__ void consume_chunk_mid(const uint4* smem, const uint4
 #pragma unroll
       for (int h = 0; h < 2; ++h)
         dequant_run<BITS, T>(reinterpret_cast<const uint32_t*>(&w[n]) + (2 * jj + h) * WPR, dc[n], a[n][h]);
-    // m-tiles in groups of MB (fewer registers for 2 blocks per SM): the group's loads first, then its mma ordered so that the two on one
+    // m-tiles in groups of MB: the group's loads first, then its mma ordered so that the two on one
     // accumulator (k-tiles 2 jj and 2 jj + 1) are MB x NT apart (the asm is volatile: issue order is
     // program order, and back-to-back dependent mma would wait out each other's latency).
 #pragma unroll
@@ -501,13 +502,15 @@ __device__ __forceinline__ void consume_chunk_mid(const uint4* smem, const uint4
   }
 }
 
-// Barrier of the WN warps of k-slice wk (ids 1..8; 0 is __syncthreads).
+// Barrier of the WN warps of k-slice wk (ids 1..8; 0 is __syncthreads). Not `bar.sync` (=
+// barrier.sync.aligned, which promises that every thread of the block executes the same barrier
+// instruction): the k-slices run it a different number of times when their chunk counts differ.
 __device__ __forceinline__ void slice_barrier(int wk, int wn_count) {
-  asm volatile("bar.sync %0, %1;" ::"r"(1 + wk), "r"(32 * wn_count) : "memory");
+  asm volatile("barrier.sync %0, %1;" ::"r"(1 + wk), "r"(32 * wn_count) : "memory");
 }
 
-template <int BITS, typename T, int MT, int NT, int S, int MINB>
-__global__ void __launch_bounds__(kThreads, MINB) wxa16_gemm_mid_kernel(
+template <int BITS, typename T, int MT, int NT, int S>
+__global__ void __launch_bounds__(kThreads) wxa16_gemm_mid_kernel(
     const T* __restrict__ x,               // [M, ldx]
     int64_t ldx,
     const uint4* __restrict__ qw,          // [N/16, K/KC, 32] (16 bytes per lane)
@@ -575,7 +578,7 @@ __global__ void __launch_bounds__(kThreads, MINB) wxa16_gemm_mid_kernel(
     cp_async_wait<S - 2>();  // this thread's copies of chunk c have landed ...
     slice_barrier(wk, WN);   // ... and every thread's; all are done with chunk c - 1's stage
     issue(c + S - 1, (it + S - 1) % S);
-    constexpr int MB = MT < (MINB > 1 ? 4 : 8) ? MT : (MINB > 1 ? 4 : 8);
+    constexpr int MB = MT < 8 ? MT : 8;
     consume_chunk_mid<BITS, T, MT, NT, S, MB>(smem, xs + (it % S) * BM * XU, it % S, tid, zeros != nullptr, zsym,
                                           mt_live, acc);
   }
@@ -795,22 +798,25 @@ cudaError_t launch(const void* x, int64_t ldx, const int32_t* qweight, const uin
 // least kMinChunks chunks per warp. Ties (within 2%) go to fewer k-slices, then fewer blocks: a
 // k-slice needs its own staged activations (shared memory), a block split its fp32 atomics. KS > 1
 // needs the caller's workspace (or split.ksplit forces it, for tuning).
-template <int BITS, typename T, int MT, int NT, int S, int MINB>
+template <int BITS, typename T, int MT, int NT, int S>
 cudaError_t launch_mid(const void* x, int64_t ldx, const int32_t* qweight, const uint32_t* scales,
                        const uint32_t* zeros, const int32_t* kgroup, int group_size, const void* bias, void* out,
                        int M, int N, int K, int num_sms, const SplitK& split, cudaStream_t stream) {
   constexpr int KC = BITS == 4 ? 64 : 32;
   constexpr int kMinChunks = 8, kMaxKs = 16;
   constexpr double kOverhead = 4.0;
-  auto kernel = wxa16_gemm_mid_kernel<BITS, T, MT, NT, S, MINB>;
+  auto kernel = wxa16_gemm_mid_kernel<BITS, T, MT, NT, S>;
   static int blocks_per_sm_of[4] = {0, 0, 0, 0};  // per wk_log2 (occupancy calculator), once
   const int n_tiles = N / 16, nc = K / KC;
   const int passes = (M + 8 * MT - 1) / (8 * MT);
   const int64_t ws_needed = wxa16_gemm_workspace_floats(M, N);
   const bool have_ws = split.ws != nullptr && split.ws_numel >= ws_needed;
   if (split.ksplit > 1 && !have_ws) return cudaErrorInvalidValue;
-  const int ks_min = split.ksplit > 0 ? split.ksplit : 1;
-  const int ks_max = split.ksplit > 0 ? split.ksplit : have_ws ? kMaxKs : 1;
+  // Every k-slice gets at least one chunk, also when the split is forced: compute-sanitizer's
+  // racecheck reported hazards in the k-slice sum (finish_block) when some slices had none (06:50
+  // run, a forced split of 2 over 6 chunks with 4 k-slices), so that case is never launched.
+  const int ks_min = split.ksplit > 0 ? (split.ksplit < nc ? split.ksplit : nc) : 1;
+  const int ks_max = split.ksplit > 0 ? ks_min : have_ws ? kMaxKs : 1;
   int wk_log2 = 0, ks = ks_min;
   double best = -1.0;  // modelled time of the choice so far
   for (int l = 0; l <= 3 && (1 << l) <= nc; ++l) {
@@ -827,6 +833,7 @@ cudaError_t launch_mid(const void* x, int64_t ldx, const int32_t* qweight, const
     if (bps < 0) continue;
     const int64_t slots = static_cast<int64_t>(bps) * num_sms;
     for (int k = ks_min; k <= ks_max; ++k) {
+      if ((1 << l) * k > nc) continue;
       if ((1 << l) * k * kMinChunks > nc && (l + k > 1) && split.ksplit <= 0) continue;
       const int wn = kWarps >> l;
       const int64_t blocks = static_cast<int64_t>((n_tiles + NT * wn - 1) / (NT * wn)) * passes * k;
@@ -866,12 +873,14 @@ constexpr TileShape kTiles[] = {{1, 1, 8, true, false}, {1, 2, 8, true, false}, 
                                 {4, 2, 3, false, false}, {1, 4, 3, true, true},  {1, 2, 8, true, true},
                                 {1, 1, 8, true, true}};
 constexpr int kNumPlainTiles = sizeof(kTiles) / sizeof(kTiles[0]);
-// Middle-m tiles (wxa16_gemm_mid_kernel): (MT, NT, S); tile id kNumPlainTiles + i. 8 MT rows per
-// pass (32, 64, 128), each weight dequantized once per pass and block.
+// Middle-m tiles (wxa16_gemm_mid_kernel): (MT, NT, S); tile id kNumPlainTiles + i; 64 rows per
+// pass, each weight dequantized once per pass and block. Measured and dropped (NOTES_gpu.md, 06:40):
+// (4, 2, 4), slower than the plain tile 6 at 32 rows; (16, 2, 3), 255 registers, slower than two
+// passes of (8, 4, 3); (8, 2, 3) and (8, 1, 4) capped at 128 registers for 2 blocks per SM, no gain.
 struct MidTileShape {
-  int mt, nt, s, minb;  // minb: resident blocks per SM the registers must allow (__launch_bounds__)
+  int mt, nt, s;
 };
-constexpr MidTileShape kMidTiles[] = {{4, 2, 4, 1}, {8, 2, 3, 1}, {16, 2, 3, 1}, {8, 4, 3, 1}, {8, 2, 3, 2}, {8, 1, 4, 2}};
+constexpr MidTileShape kMidTiles[] = {{8, 2, 3}, {8, 4, 3}};
 constexpr int kNumTiles = kNumPlainTiles + sizeof(kMidTiles) / sizeof(kMidTiles[0]);
 
 // The fastest tile measured on an H100 (benchmarks/NOTES_gpu.md, `gpu_gemm.py --sweep` and
@@ -881,14 +890,21 @@ constexpr int kNumTiles = kNumPlainTiles + sizeof(kMidTiles) / sizeof(kMidTiles[
 // 14336x4096, 28672x8192) take the wide stream-K tile: their few slices leave the plain kernel
 // with narrow tiles or idle SMs (28672x8192 m=1: 57.3 -> 53.3 us); on the others it measured
 // slower than the plain tiles (8192x28672 m=1: 55.7 against 50.4 us; 4096x4096 8-bit, exactly
-// twice: 13.6 against 12.8 us).
+// twice: 13.6 against 12.8 us). At 64 < m <= 128 the middle-m tiles, where `gpu_gemm.py --mid`
+// measured them faster than the plain tile 6 and than dequantize + cuBLAS: the wide one on the
+// largest layers (8192x28672: 352 -> 269 us, 28672x8192: 334 -> 271 us at m = 128), the narrow one
+// once N gives every SM 6+ n-tiles (4096x14336: 110 -> 92 us); not on 8192x8192 or 14336x4096
+// (equal or slower), nor at m <= 64 (within +-5% of tile 6, slower on four of five shapes).
 int auto_tile(int M, int n_tiles, int nc, bool have_ws, int num_sms) {
   if (M <= 8) {
     if (have_ws && nc > 2 * ((n_tiles + 3) / 4)) return 7;
     return n_tiles >= 4 * num_sms ? 2 : n_tiles >= 2 * num_sms ? 1 : 0;
   }
   if (M <= 16) return n_tiles >= 4 * num_sms ? 4 : n_tiles >= 2 * num_sms ? 5 : 3;
-  if (M > 64 && M <= 128 && static_cast<int64_t>(n_tiles) * nc >= (int64_t{1} << 17)) return kNumPlainTiles + 3;
+  if (M > 64 && M <= 128) {
+    if (static_cast<int64_t>(n_tiles) * nc >= (int64_t{1} << 17)) return kNumPlainTiles + 1;
+    if (n_tiles >= 6 * num_sms) return kNumPlainTiles;
+  }
   return 6;
 }
 
@@ -913,21 +929,17 @@ cudaError_t dispatch_tile(int tile, const void* x, int64_t ldx, const int32_t* q
     QK_TILE(9)
 #define QK_MID_TILE(I)                                                                                     \
   case kNumPlainTiles + I:                                                                                 \
-    return launch_mid<BITS, T, kMidTiles[I].mt, kMidTiles[I].nt, kMidTiles[I].s, kMidTiles[I].minb>(      \
+    return launch_mid<BITS, T, kMidTiles[I].mt, kMidTiles[I].nt, kMidTiles[I].s>(                          \
         x, ldx, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, split, stream);
     QK_MID_TILE(0)
     QK_MID_TILE(1)
-    QK_MID_TILE(2)
-    QK_MID_TILE(3)
-    QK_MID_TILE(4)
-    QK_MID_TILE(5)
 #undef QK_MID_TILE
     default:
       return cudaErrorInvalidValue;
   }
 #undef QK_TILE
 }
-static_assert(kNumPlainTiles == 10 && kNumTiles == 16, "dispatch_tile lists every tile");
+static_assert(kNumPlainTiles == 10 && kNumTiles == 12, "dispatch_tile lists every tile");
 
 }  // namespace
 

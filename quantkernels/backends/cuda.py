@@ -13,9 +13,11 @@ Dispatch by the number of rows m of the activation:
 
 * ``m <= GEMM_MAX_M``: ``quantkernels::cuda_wxa16_gemm``, one tensor-core kernel (mma.sync
   m16n8k16, weights as the A operand, dequantized in registers, fp32 accumulation) that reads the
-  weights once per 32 rows; its tile shape (8..32 rows a pass) is chosen by m inside the kernel.
-  Up to ``STREAMK_MAX_M`` rows it gets the layer's workspace, so that its stream-K tiles can share
-  the weight stream equally among all SMs.
+  weights once per 32 rows (once per 64 with its middle-m tiles, which stage the activations in
+  shared memory and serve 64 < m <= 128 on large layers); its tile shape is chosen by m and the
+  layer's shape inside the kernel. Up to ``STREAMK_MAX_M`` rows it gets the layer's workspace, so
+  that its stream-K tiles can share the weight stream equally among all SMs; from ``MID_MIN_M``
+  rows a workspace shared per (device, stream), for the middle-m tiles' split of K over blocks.
 * larger m: ``quantkernels::cuda_wxa16_dequantize`` to a dense fp16/bf16 weight (a bandwidth-bound
   kernel, ~2.85 TB/s on an H100), then cuBLAS.
 

@@ -36,8 +36,9 @@ from ..formats import is_trivial_g_idx
 from ..reference import pack, unpack
 
 ACT_DTYPES = (torch.float16, torch.bfloat16)
-GEMM_MAX_M = 128  # largest m for the fused kernel: on an H100 it wins at 128 on 4 of the 6 benchmark
-# layers (loses by 7-11% on the two with K = 4096) and loses at 256 on all (benchmarks/NOTES_gpu.md)
+GEMM_MAX_M = 128  # largest m for the fused kernel: on an H100 it wins at 128 on 5 of the 6 benchmark
+# layers (06:48 run: loses by ~6% on 4096x4096) and loses at 256 on all, middle-m tiles included
+# (benchmarks/NOTES_gpu.md)
 
 
 MID_MIN_M = 65  # rows from which the GEMM may pick a middle-m tile, which splits K over blocks in a shared workspace

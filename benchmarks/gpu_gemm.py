@@ -181,6 +181,76 @@ def sweep_tiles(shapes, out_dir):
             f.write("\n".join(lines) + "\n")
 
 
+def triton_copies(codes, scales, zeros, cfg, ncopies):
+    """QuantLinear layers on the triton backend (its own layout), or None if that fails."""
+    saved = os.environ.get(backends.ENV_VAR)
+    os.environ[backends.ENV_VAR] = "triton"  # only the triton backend prepares these layers
+    try:
+        layers = []
+        for _ in range(ncopies):
+            lay = QuantLinear.from_codes(codes, scales, zeros, cfg)
+            lay.backend = "triton"
+            layers.append(lay)
+        return layers
+    except Exception as e:  # noqa: BLE001
+        print(f"# triton layers failed: {type(e).__name__}: {e}", flush=True)
+        return None
+    finally:
+        if saved is None:
+            del os.environ[backends.ENV_VAR]
+        else:
+            os.environ[backends.ENV_VAR] = saved
+
+
+MID_TILES = (10, 11)  # csrc/cuda/wxa16_gemm_sm80.cu, kMidTiles: 64 rows a pass, 2 or 4 n-tiles a warp
+
+
+def mid_m(shapes, m_list, out_dir, with_triton):
+    """Middle m, int4 g128 fp16: cuBLAS; the plain kernel's 32-row tile 6 (`plain6`, no workspace:
+    the previous path for 16 < m <= 128); each middle-m tile forced with a workspace (`tN`: K split
+    in the block and over blocks as the launcher picks) and tile 10 without one (`t10nows`: in the
+    block only); `auto` (what QuantLinear runs now); dequantize + cuBLAS; the triton backend."""
+    lines = []
+    for k, n in shapes:
+        codes, scales, zeros = make_quant(k, n, 4, 128)
+        cfg = QuantConfig(bits=4, group_size=128, sym=True)
+        qbytes = n * k // 2 + scales.numel() * 2
+        layer, states = prepared_copies(codes, scales, zeros, cfg, copies_for(qbytes))
+        tri = triton_copies(codes, scales, zeros, cfg, copies_for(qbytes)) if with_triton else None
+        dense = torch.randn(n, k, device="cuda", dtype=torch.float16)
+        dense = [dense] + [dense.clone() for _ in range(copies_for(n * k * 2) - 1)]
+        dt = torch.float16
+        for m in m_list:
+            x = torch.randn(m, k, device="cuda", dtype=dt)
+            ws = torch.zeros(qk_cuda.workspace_floats(m, n), dtype=torch.float32, device="cuda")
+            res = {"cublas": time_us([lambda w=w: torch.nn.functional.linear(x, w) for w in dense])[0]}
+
+            def gemm(tile, w):
+                return time_us([lambda s=s: torch.ops.quantkernels.cuda_wxa16_gemm(
+                    x, s.qweight, s.scales[dt], None, None, 128, None, 4, w, tile) for s in states])[0]
+
+            res["plain6"] = gemm(6, None)
+            for tile in MID_TILES:
+                res[f"t{tile}"] = gemm(tile, ws)
+            res["t10nows"] = gemm(10, None)
+            res["auto"] = time_us([lambda s=s: qk_cuda.BACKEND.linear(layer, s, x) for s in states])[0]
+            res["dq+cublas"] = time_us([lambda s=s: torch.nn.functional.linear(x, torch.ops.quantkernels.cuda_wxa16_dequantize(
+                s.qweight, s.scales[dt], None, None, 128, 4)) for s in states])[0]
+            if tri is not None:
+                res["triton"] = time_us([lambda lay=lay: lay(x) for lay in tri])[0]
+            best = min((v, key) for key, v in res.items() if key != "cublas")
+            line = f"{k}x{n} m={m}: " + " ".join(f"{key}={v:.1f}" for key, v in res.items())
+            line += f" best={best[1]} | x" + " ".join(
+                f"{key}={res['cublas'] / v:.2f}" for key, v in res.items() if key != "cublas")
+            print(line, flush=True)
+            lines.append(line)
+        del states, tri, dense
+        torch.cuda.empty_cache()
+    if out_dir:
+        with open(os.path.join(out_dir, "mid_m.txt"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
 def small_m(shapes, m_list, out_dir):
     """m <= 16, the memory-bound cells: per shape and m, cuBLAS and the GEMM without a workspace
     (`plain`: the plain tiles), with one (`auto`: what QuantLinear runs) and each stream-K tile
@@ -275,7 +345,7 @@ def profile_once(out_dir):
     codes, scales, zeros = make_quant(k, n, 4, 128)
     layer, states = prepared_copies(codes, scales, zeros, QuantConfig(bits=4, group_size=128, sym=True), 1)
     s = states[0]
-    for m in (1, 16, 64):
+    for m in (1, 16, 32, 64):
         x = torch.randn(m, k, device="cuda", dtype=torch.float16)
         torch.ops.quantkernels.cuda_wxa16_gemm(x, s.qweight, s.scales[x.dtype], None, None, 128, None, 4)
     torch.cuda.synchronize()
@@ -290,6 +360,7 @@ def main():
     ap.add_argument("--dequant", action="store_true", help="time the large-m path in parts instead")
     ap.add_argument("--profile", action="store_true", help="one launch per case, for ncu")
     ap.add_argument("--small", action="store_true", help="m <= 16 variants (plain / stream-K tiles) instead")
+    ap.add_argument("--mid", action="store_true", help="16 < m <= 256 variants (plain / middle-m tiles) instead")
     ap.add_argument("--shapes", help="subset of KxN shapes, comma-separated (default: all six)")
     ap.add_argument("--ms", help="subset of m values, comma-separated")
     args = ap.parse_args()
@@ -299,6 +370,11 @@ def main():
         print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, "
               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
         small_m(shape_sel, m_sel or [1, 4, 16], args.out)
+        return
+    if args.mid:
+        print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, "
+              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
+        mid_m(shape_sel, m_sel or [16, 32, 64, 128, 256], args.out, not args.no_triton and backends.unavailable_reason("triton") is None)
         return
     if args.profile:
         profile_once(args.out)
@@ -336,24 +412,7 @@ def main():
         tg, tg_err = tinygemm_copies(codes4, k, n, copies_for(q4_bytes))
         if tg is None:
             print(f"# tinygemm unavailable: {tg_err}", flush=True)
-        triton_layers = None
-        if triton_reason is None:
-            saved = os.environ.get(backends.ENV_VAR)
-            os.environ[backends.ENV_VAR] = "triton"  # only the triton backend prepares these layers
-            try:
-                triton_layers = []
-                for _ in range(copies_for(q4_bytes)):
-                    lay = QuantLinear.from_codes(codes4, scales4, zeros4, cfg4)
-                    lay.backend = "triton"
-                    triton_layers.append(lay)
-            except Exception as e:  # noqa: BLE001
-                print(f"# triton layers failed: {type(e).__name__}: {e}", flush=True)
-                triton_layers = None
-            finally:
-                if saved is None:
-                    del os.environ[backends.ENV_VAR]
-                else:
-                    os.environ[backends.ENV_VAR] = saved
+        triton_layers = triton_copies(codes4, scales4, zeros4, cfg4, copies_for(q4_bytes)) if triton_reason is None else None
 
         for m in m_list:
             for dt in (torch.float16, torch.bfloat16):

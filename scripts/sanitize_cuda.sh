@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # compute-sanitizer memcheck and racecheck over a representative set of the CUDA kernels: every tile
-# shape of the fused GEMM (m = 1, 7, 16, 33, 100; the stream-K tiles at m <= 8), 4 and 8 bits, fp16 and bf16, symmetric and
+# shape of the fused GEMM (m = 1, 7, 16, 33, 100; the stream-K tiles at m <= 8; the middle-m tiles
+# with and without a split over blocks), 4 and 8 bits, fp16 and bf16, symmetric and
 # asymmetric, act_order, and the dequantize kernel. Needs a GPU and an extension built with
 # QUANTKERNELS_BUILD_CUDA=1. Run from the repository root: `bash scripts/sanitize_cuda.sh`.
 # Exits non-zero if either tool reports an error.
@@ -43,6 +44,11 @@ for bits, gs, sym, act_order in cases:
                 torch.ops.quantkernels.cuda_wxa16_gemm(
                     x if st.perm is None else x.index_select(1, st.perm), st.qweight, st.scales[dt], st.zeros[dt],
                     st.kgroup, st.group_size, st.bias[dt], bits, ws, tile, 2)
+            for tile in (10, 11) if m > 16 else ():  # middle-m tiles: split in the block, then over blocks
+                for w, ks in ((None, -1), (ws, -1), (ws, 2)):
+                    torch.ops.quantkernels.cuda_wxa16_gemm(
+                        x if st.perm is None else x.index_select(1, st.perm), st.qweight, st.scales[dt], st.zeros[dt],
+                        st.kgroup, st.group_size, st.bias[dt], bits, w, tile, ks)
             for tile in (7, 8, 9) if m <= 8 else ():  # stream-K tiles: workspace sums
                 torch.ops.quantkernels.cuda_wxa16_gemm(
                     x if st.perm is None else x.index_select(1, st.perm), st.qweight, st.scales[dt], st.zeros[dt],

@@ -25,7 +25,8 @@ from quantkernels.backends import cuda as cuda_backend
 from quantkernels.nn import QuantLinear
 
 BOUND = {torch.float16: 1e-3, torch.bfloat16: 8e-3}
-NUM_TILES = 10  # the GEMM's tile list (csrc/cuda/wxa16_gemm_sm80.cu, kTiles)
+NUM_TILES = 12  # the GEMM's tile list (csrc/cuda/wxa16_gemm_sm80.cu, kTiles then kMidTiles)
+MID_TILES = (10, 11)  # the middle-m kernel's tiles (64 rows a pass, 2 or 4 n-tiles a warp)
 M_LIST = (1, 2, 3, 7, 16, 33, 64, 100, 256, 1000, 4096)
 
 _REASON = backends.unavailable_reason("cuda")
@@ -208,6 +209,47 @@ def test_streamk_tiles(k, n, bits, dtype, tile):
 
 
 @needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize(
+    "group_size,sym,act_order", [(32, False, False), (64, True, False), (128, False, False), (-1, True, False), (64, False, True)]
+)
+@pytest.mark.parametrize("tile", MID_TILES)
+def test_mid_tiles(tile, group_size, sym, act_order, bits, dtype):
+    """The middle-m kernel (activations staged in shared memory), forced, at odd and round m
+    (partial m-tiles and passes), without a workspace (k split inside the block only), with one
+    (automatic split over blocks) and with a forced split of 3; the workspace must come back zeroed.
+    1152 x 336: 21 n-tiles (partial n-slices), 18 / 36 chunks; act_order through the group table."""
+    k, n = 1152, 336
+    g_idx = None
+    if act_order:
+        order = torch.randperm(k)
+        g_idx = torch.empty(k, dtype=torch.int32)
+        g_idx[order] = (torch.arange(k) // group_size).to(torch.int32)
+        g_idx = g_idx.cuda()
+    cfg = QuantConfig(bits=bits, group_size=group_size, sym=sym, act_order=act_order)
+    layer = _layer(k, n, cfg, dtype, g_idx=g_idx, seed=tile)
+    st = layer._prepared["cuda"]
+    assert (st.kgroup is not None) == act_order
+    portable = _portable(layer)
+    ws = torch.zeros(cuda_backend.workspace_floats(255, n), dtype=torch.float32, device="cuda")
+    for m in (17, 33, 64, 100, 255):
+        x = torch.randn(m, k, device="cuda", dtype=dtype)
+        ref = _ref(portable, x, bits)
+        xs = x if st.perm is None else x.index_select(1, st.perm)
+        for w, ksplit in ((None, -1), (ws, -1), (ws, 3)):
+            poison = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
+            del poison
+            out = torch.ops.quantkernels.cuda_wxa16_gemm(
+                xs, st.qweight, st.scales[dtype], st.zeros[dtype], st.kgroup, st.group_size, st.bias[dtype], bits,
+                w, tile, ksplit,
+            )
+            err = _rel(out, ref)
+            assert err < BOUND[dtype], f"m={m} workspace={w is not None} ksplit={ksplit}: {err:.2e}"
+        assert not ws.any(), "the workspace must be all zeros after a launch"
+
+
+@needs_gpu
 @pytest.mark.parametrize("ksplit", [2, 3])
 @pytest.mark.parametrize("tile", [0, 2, 4, 5])
 @pytest.mark.parametrize("bits", [4, 8])
@@ -261,7 +303,7 @@ def test_act_order(bits, group_size, dtype):
 def test_real_layer_shapes(k, n):
     layer = _layer(k, n, QuantConfig(bits=4, group_size=128), torch.float16, bias=False, seed=k + n)
     portable = _portable(layer)
-    for m in (1, 16, 64, 256, 4096):
+    for m in (1, 16, 64, 128, 256, 4096):  # 128: the middle-m tiles on mistral-up and qwen2-up
         x = torch.randn(m, k, device="cuda", dtype=torch.float16)
         err = _rel(_poisoned_forward(layer, x), _ref(portable, x, 4))
         assert err < BOUND[torch.float16], f"m={m}: {err:.2e}"

@@ -42,11 +42,12 @@ enum class ActDtype { kF16 = 0, kBF16 = 1 };
 
 inline int chunk_cols(int bits) { return bits == 4 ? 64 : 32; }
 
-// Workspace for partial sums: the stream-K tiles (m <= 8) and the optional split of K over blocks
-// (`ksplit`, tuning). Partial sums go through `ws`: fp32 [M, N] followed by int counters, all
-// zero before a launch and all zero again after it (the last block or warp of each tile cleans
-// up), so one zeroed buffer serves every launch on one stream. Launches on concurrent streams need
-// a buffer each. Without one, the stream-K tiles run as their plain twins.
+// Workspace for partial sums: the stream-K tiles (m <= 8), the middle-m tiles' split of K over
+// blocks (chosen by shape when a workspace is given) and the forced split (`ksplit`, tuning).
+// Partial sums go through `ws`: fp32 [M, N] followed by int counters, all zero before a launch and
+// all zero again after it (the last block or warp of each tile cleans up), so one zeroed buffer
+// serves every launch on one stream. Launches on concurrent streams need a buffer each. Without
+// one, the stream-K tiles run as their plain twins and the middle-m tiles split K in the block only.
 struct SplitK {
   float* ws = nullptr;   // zeroed, wxa16_gemm_workspace_floats(M, N) floats at least, or null
   int64_t ws_numel = 0;
@@ -58,7 +59,8 @@ inline int64_t wxa16_gemm_workspace_floats(int M, int N) {
 }
 
 // out[M, N] = x[M, K] @ W^T + bias, fp32 accumulation on the tensor cores (mma.sync m16n8k16,
-// weights as the A operand). Serves any M >= 1 (in passes of up to 32 rows). Returns
+// weights as the A operand). Serves any M >= 1 (in passes of up to 32 rows, or up to 128 with the
+// middle-m tiles, which stage activations in shared memory). Returns
 // cudaSuccess, cudaErrorInvalidValue for an unsupported combination, or the launch error.
 cudaError_t wxa16_gemm(const void* x,          // [M, K] act dtype, row stride ldx elements
                        int64_t ldx,

@@ -19,8 +19,14 @@
 // variant (wxa16_gemm_streamk_kernel): equal ranges of the weight stream per warp, partial tiles
 // summed with fp32 atomics in the workspace, which the kernel leaves zeroed again.
 //
+// Middle m (tiles 10-11, wxa16_gemm_mid_kernel): the same weight pipeline, with the block's
+// activations (64 rows) staged in shared memory next to the weights, so each weight is
+// dequantized once per 64 rows instead of once per 32; K split in the block and, given a
+// workspace, over blocks. It beats the plain kernel only at 64 < m <= 128 on large layers
+// (auto_tile; NOTES_gpu.md, `gpu_gemm.py --mid`).
+//
 // Limits: N % 16 == 0, K % KC == 0 (KC = 64 for 4 bits, 32 for 8 bits), group size % 16 == 0,
-// x rows 16-byte aligned; any M >= 1 (passes of 8 * MT rows (at most 32) along grid.x).
+// x rows 16-byte aligned; any M >= 1 (passes of 8 * MT rows (at most 64) along grid.x).
 // Test: PYTHONPATH=$PWD python -m pytest -q tests/test_cuda_backend.py (on a GPU);
 // benchmark: PYTHONPATH=$PWD python benchmarks/gpu_gemm.py [--sweep].
 #include "cuda/wxa16.h"
@@ -273,6 +279,67 @@ __device__ __forceinline__ void load_x(const T* const (&xsrc)[MT], int c, int m0
   }
 }
 
+// The end of a block of the plain and middle-m kernels: sum the WK warp k-slices through shared
+// memory (`red` overlays the pipeline slots), then, split over KS blocks, through the workspace,
+// and store. Warp k-slice r adds into the buffer in turn, highest first (fixed order).
+template <typename T, int NT, int MT>
+__device__ __forceinline__ void finish_block(float (&acc)[NT][MT][4], const bool (&valid)[NT], float* red, int nt0,
+                                             int m0, int M, int N, int tid, int wn, int wk, int WK, int KS,
+                                             float* __restrict__ ws, const T* __restrict__ bias, T* __restrict__ out) {
+  const int lane = tid & 31, g = lane >> 2, t = lane & 3;
+  if (WK > 1) {
+    __syncthreads();  // every warp is done with its pipeline slots, which the buffer overlays
+    float* buf = red + wn * (NT * MT * 4 * 32) + lane;
+    for (int r = WK - 1; r >= 1; --r) {
+      if (wk == r) {
+        int i = 0;
+#pragma unroll
+        for (int n = 0; n < NT; ++n)
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int q = 0; q < 4; ++q, ++i) {
+              if (r == WK - 1)
+                buf[i * 32] = acc[n][mt][q];
+              else
+                buf[i * 32] += acc[n][mt][q];
+            }
+      }
+      __syncthreads();
+    }
+    if (wk == 0) {
+      int i = 0;
+#pragma unroll
+      for (int n = 0; n < NT; ++n)
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int q = 0; q < 4; ++q, ++i) acc[n][mt][q] += buf[i * 32];
+    }
+  }
+  if (KS > 1) {
+    // Split over blocks: add the partial tile into the fp32 workspace; the block that arrives last
+    // for this output tile (counter) converts it, zeroes the workspace and resets the counter, so
+    // the workspace is all zeros again for the next launch (graph safe, no memset).
+    __shared__ int s_last;
+    if (wk == 0) add_to_ws(acc, valid, nt0, m0, M, N, g, t, ws);
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) {
+      int* counter = reinterpret_cast<int*>(ws + static_cast<int64_t>(M) * N) + blockIdx.y * gridDim.x + blockIdx.x;
+      const int prev = atomicAdd(counter, 1);
+      s_last = prev == KS - 1;
+      if (s_last) *counter = 0;
+    }
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    if (wk == 0) take_from_ws(acc, valid, nt0, m0, M, N, g, t, ws);
+  }
+  if (wk != 0) return;
+  store_out(acc, valid, nt0, m0, M, N, g, t, bias, out);
+}
+
 // SCALE_AFTER (one group per chunk: group size % KC == 0 and no group table): the mma runs on the
 // exact q - z and the chunk's fp32 result is scaled once per output element, rather than every
 // weight being scaled in half precision: fewer instructions per weight, for the memory-bound
@@ -349,58 +416,174 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
   }
   cp_async_wait<0>();
 
-  // Sum the k-slices: warp k-slice r adds into the buffer in turn, highest first (fixed order).
-  if (WK > 1) {
-    __syncthreads();  // every warp is done with its pipeline slots, which the buffer overlays
-    float* buf = red + wn * (NT * MT * 4 * 32) + lane;
-    for (int r = WK - 1; r >= 1; --r) {
-      if (wk == r) {
-        int i = 0;
+  finish_block<T>(acc, valid, red, nt0, m0, M, N, tid, wn, wk, WK, KS, ws, bias, out);
+}
+
+// ---- Middle m (tiles 10-11): the weight slice dequantized once per block and chunk for 64 rows.
+// The plain kernel above reads each lane's activations from L1/L2 into registers, which caps
+// a pass at 32 rows (MT = 4): at m = 64 every weight is read and dequantized twice, at 256 eight
+// times. Here the warps of one k-slice stage their chunk of activations, BM = 8 MT rows, in shared
+// memory with cp.async next to the weights (same S-stage pipeline, one named barrier per chunk and
+// k-slice), and each warp reads its m-tiles from there just in time with one conflict-free 16-byte
+// load per m-tile and pair of k-tiles (the layout's k order makes a lane's B operands one contiguous
+// run, so a plain ld.shared.v4 does what ldmatrix would: 4 registers per instruction; rows are
+// padded so that rows g and g + 1 of a quarter-warp fall in different banks).
+
+// Row of staged activations in 16-byte units: KC columns, plus one unit of padding for 4 bits
+// (lanes read at byte 32 t (+16) of rows g, g + 1: a row stride of 144 bytes = 16 mod 128 puts the
+// two rows in different banks); 8-bit rows are 64 bytes, so rows g and g + 1 fill 128 bytes.
+template <int BITS>
+constexpr int xrow_units() {
+  return BITS == 4 ? 9 : 4;
+}
+
+// Dynamic shared memory of the middle-m kernel with WK k-slices: the plain kernel's weight slots,
+// then S stages of BM staged rows per k-slice; the k-slice reduction buffer overlays both.
+template <int BITS, int MT, int NT, int S>
+int mid_smem_bytes(int wk) {
+  const int weights = S * NT * kThreads * (16 + 4 + 4);
+  const int acts = S * wk * 8 * MT * xrow_units<BITS>() * 16;
+  const int red = wk > 1 ? (kWarps / wk) * NT * MT * 4 * 32 * 4 : 0;
+  return weights + acts > red ? weights + acts : red;
+}
+
+// One chunk of the middle-m kernel from stage `slot`: this lane's weights, scales and zeros from
+// its slots (consume_chunk), dequantized two k-tiles at a time, times every live m-tile's
+// activations from xs ([BM][XU] 16-byte units of this stage and k-slice).
+template <int BITS, typename T, int MT, int NT, int S, int MB>
+__device__ __forceinline__ void consume_chunk_mid(const uint4* smem, const uint4* xs, int slot, int tid,
+                                                  bool has_zeros, uint32_t zsym, int mt_live,
+                                                  float (&acc)[NT][MT][4]) {
+  constexpr int RUNS = BITS == 4 ? 4 : 2;
+  constexpr int WPR = BITS == 4 ? 1 : 2;
+  constexpr int XU = xrow_units<BITS>();
+  constexpr int LANE_UNITS = BITS == 4 ? 2 : 1;  // a lane's KC/4 columns, in 16-byte units
+  const uint4* wbuf = smem;
+  const uint32_t* sbuf = reinterpret_cast<const uint32_t*>(wbuf + S * NT * kThreads);
+  const uint32_t* zbuf = sbuf + S * NT * kThreads;
+  const int lane = tid & 31;
+  uint4 w[NT];
+  DequantConsts dc[NT];
 #pragma unroll
-        for (int n = 0; n < NT; ++n)
+  for (int n = 0; n < NT; ++n) {
+    const int sl = (slot * NT + n) * kThreads + tid;
+    w[n] = lds128(wbuf + sl);
+    dc[n] = make_consts<BITS, T>(sbuf[sl], has_zeros ? zbuf[sl] : zsym);
+  }
+  const uint4* xl = xs + (lane >> 2) * XU + (lane & 3) * LANE_UNITS;
 #pragma unroll
-          for (int mt = 0; mt < MT; ++mt)
+  for (int jj = 0; jj < RUNS / 2; ++jj) {
+    uint32_t a[NT][2][4];
 #pragma unroll
-            for (int q = 0; q < 4; ++q, ++i) {
-              if (r == WK - 1)
-                buf[i * 32] = acc[n][mt][q];
-              else
-                buf[i * 32] += acc[n][mt][q];
-            }
+    for (int n = 0; n < NT; ++n)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        dequant_run<BITS, T>(reinterpret_cast<const uint32_t*>(&w[n]) + (2 * jj + h) * WPR, dc[n], a[n][h]);
+    // m-tiles in groups of MB: the group's loads first, then its mma ordered so that the two on one
+    // accumulator (k-tiles 2 jj and 2 jj + 1) are MB x NT apart (the asm is volatile: issue order is
+    // program order, and back-to-back dependent mma would wait out each other's latency).
+#pragma unroll
+    for (int m0 = 0; m0 < MT; m0 += MB) {
+      if (m0 >= mt_live) break;  // block-uniform
+      uint4 b[MB];
+#pragma unroll
+      for (int i = 0; i < MB; ++i)
+        if (m0 + i < mt_live) b[i] = lds128(xl + (m0 + i) * 8 * XU + jj);
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int i = 0; i < MB; ++i) {
+          if (m0 + i >= mt_live) break;
+#pragma unroll
+          for (int n = 0; n < NT; ++n)
+            mma_16816<T>(acc[n][m0 + i], a[n][h], h ? b[i].z : b[i].x, h ? b[i].w : b[i].y);
+        }
+    }
+  }
+}
+
+// Barrier of the WN warps of k-slice wk (ids 1..8; 0 is __syncthreads). Not `bar.sync` (=
+// barrier.sync.aligned, which promises that every thread of the block executes the same barrier
+// instruction): the k-slices run it a different number of times when their chunk counts differ.
+__device__ __forceinline__ void slice_barrier(int wk, int wn_count) {
+  asm volatile("barrier.sync %0, %1;" ::"r"(1 + wk), "r"(32 * wn_count) : "memory");
+}
+
+template <int BITS, typename T, int MT, int NT, int S>
+__global__ void __launch_bounds__(kThreads) wxa16_gemm_mid_kernel(
+    const T* __restrict__ x,               // [M, ldx]
+    int64_t ldx,
+    const uint4* __restrict__ qw,          // [N/16, K/KC, 32] (16 bytes per lane)
+    const uint32_t* __restrict__ scales,   // [G, N/16, 8]
+    const uint32_t* __restrict__ zeros,    // [G, N/16, 8] or null
+    const int32_t* __restrict__ kgroup,    // [K/16] or null
+    int gs16,                              // group size / 16
+    const T* __restrict__ bias,            // [N] or null
+    T* __restrict__ out,                   // [M, N]
+    float* __restrict__ ws,                // [M, N] fp32 zeros, then grid.x * grid.y int counters
+    int M, int N, int K, int wk_log2) {
+  constexpr int KC = BITS == 4 ? 64 : 32;
+  constexpr int BM = 8 * MT;
+  constexpr int XU = xrow_units<BITS>();
+  constexpr int UPR = KC / 8;  // 16-byte units of activations per row and chunk
+
+  extern __shared__ uint4 smem[];
+  // smem: weights, scales, zeros [S][NT][kThreads] (ChunkSource::copy), then activations
+  // [WK][S][BM][XU] 16-byte units; the k-slice reduction buffer overlays them after the loop.
+  float* red = reinterpret_cast<float*>(smem);
+
+  const int tid = threadIdx.x;
+  const int lane = tid & 31, warp = tid >> 5;
+  const int WK = 1 << wk_log2, WN = kWarps >> wk_log2;
+  const int wn = warp >> wk_log2, wk = warp & (WK - 1);
+  const int n_tiles = N >> 4;
+  const int nt0 = (blockIdx.y * WN + wn) * NT;
+  const int m0 = blockIdx.x * BM;
+  const int mt_live = min(MT, (M - m0 + 7) / 8);
+  const int NC = K / KC, KS = gridDim.z;
+  const int slice = blockIdx.z * WK + wk;
+  const int c_begin = static_cast<int>(static_cast<int64_t>(slice) * NC / (KS * WK));
+  const int c_end = static_cast<int>(static_cast<int64_t>(slice + 1) * NC / (KS * WK));
+  bool valid[NT];
+#pragma unroll
+  for (int n = 0; n < NT; ++n) valid[n] = nt0 + n < n_tiles;
+  const uint32_t zsym = sym_zero2<BITS, T>();
+
+  float acc[NT][MT][4];
+  zero_acc(acc);
+
+  const int gsize = gs16 * 16;
+  ChunkSource<NT, KC> src;
+  src.start(qw, nt0, n_tiles, NC, lane, c_begin, gsize);
+  uint4* xs = smem + S * NT * kThreads * 3 / 2 + wk * S * BM * XU;  // after 24 bytes per slot
+  const int r = wn * 32 + lane;  // this thread's index among the k-slice's WN warps
+
+  // Copy chunk c (weights: this lane's slots; activations: the k-slice's share, rows past M
+  // clamped to M - 1, never used) into stage `slot`, one cp.async group per call.
+  auto issue = [&](int c, int slot) {
+    if (c < c_end) {
+      src.template copy<S>(smem, slot, tid, c, scales, zeros, kgroup, gsize, n_tiles);
+      for (int p = r; p < BM * UPR; p += 32 * WN) {
+        const int row = p / UPR, u = p % UPR;
+        cp_async16(xs + (slot * BM + row) * XU + u, x + static_cast<int64_t>(min(m0 + row, M - 1)) * ldx + c * KC + u * 8);
       }
-      __syncthreads();
     }
-    if (wk == 0) {
-      int i = 0;
+    cp_async_commit();
+  };
+
 #pragma unroll
-      for (int n = 0; n < NT; ++n)
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-          for (int q = 0; q < 4; ++q, ++i) acc[n][mt][q] += buf[i * 32];
-    }
+  for (int s = 0; s < S - 1; ++s) issue(c_begin + s, s);
+
+  for (int c = c_begin, it = 0; c < c_end; ++c, ++it) {
+    cp_async_wait<S - 2>();  // this thread's copies of chunk c have landed ...
+    slice_barrier(wk, WN);   // ... and every thread's; all are done with chunk c - 1's stage
+    issue(c + S - 1, (it + S - 1) % S);
+    constexpr int MB = MT < 8 ? MT : 8;
+    consume_chunk_mid<BITS, T, MT, NT, S, MB>(smem, xs + (it % S) * BM * XU, it % S, tid, zeros != nullptr, zsym,
+                                          mt_live, acc);
   }
-  if (KS > 1) {
-    // Split over blocks: add the partial tile into the fp32 workspace; the block that arrives last
-    // for this output tile (counter) converts it, zeroes the workspace and resets the counter, so
-    // the workspace is all zeros again for the next launch (graph safe, no memset).
-    __shared__ int s_last;
-    if (wk == 0) add_to_ws(acc, valid, nt0, m0, M, N, g, t, ws);
-    __threadfence();
-    __syncthreads();
-    if (tid == 0) {
-      int* counter = reinterpret_cast<int*>(ws + static_cast<int64_t>(M) * N) + blockIdx.y * gridDim.x + blockIdx.x;
-      const int prev = atomicAdd(counter, 1);
-      s_last = prev == KS - 1;
-      if (s_last) *counter = 0;
-    }
-    __syncthreads();
-    if (!s_last) return;
-    __threadfence();
-    if (wk == 0) take_from_ws(acc, valid, nt0, m0, M, N, g, t, ws);
-  }
-  if (wk != 0) return;
-  store_out(acc, valid, nt0, m0, M, N, g, t, bias, out);
+  cp_async_wait<0>();
+  finish_block<T>(acc, valid, red, nt0, m0, M, N, tid, wn, wk, WK, KS, ws, bias, out);
 }
 
 // Stream-K variant for one pass of rows (M <= 8 * MT): the (n-slice of NT n-tiles, chunk) work
@@ -608,6 +791,74 @@ cudaError_t launch(const void* x, int64_t ldx, const int32_t* qweight, const uin
   return cudaGetLastError();
 }
 
+// The middle-m kernel: WK k-slices per block (in-block sum) and KS blocks per output tile
+// (workspace sum) chosen by a time model, waves x (chunks per warp + kOverhead), waves over
+// num_sms x resident blocks: splitting fills idle SMs but each piece pays the pipeline's fill and
+// the epilogue (kOverhead chunks' worth, a guess checked by the tile timings in NOTES_gpu.md); at
+// least kMinChunks chunks per warp. Ties (within 2%) go to fewer k-slices, then fewer blocks: a
+// k-slice needs its own staged activations (shared memory), a block split its fp32 atomics. KS > 1
+// needs the caller's workspace (or split.ksplit forces it, for tuning).
+template <int BITS, typename T, int MT, int NT, int S>
+cudaError_t launch_mid(const void* x, int64_t ldx, const int32_t* qweight, const uint32_t* scales,
+                       const uint32_t* zeros, const int32_t* kgroup, int group_size, const void* bias, void* out,
+                       int M, int N, int K, int num_sms, const SplitK& split, cudaStream_t stream) {
+  constexpr int KC = BITS == 4 ? 64 : 32;
+  constexpr int kMinChunks = 8, kMaxKs = 16;
+  constexpr double kOverhead = 4.0;
+  auto kernel = wxa16_gemm_mid_kernel<BITS, T, MT, NT, S>;
+  static int blocks_per_sm_of[4] = {0, 0, 0, 0};  // per wk_log2 (occupancy calculator), once
+  const int n_tiles = N / 16, nc = K / KC;
+  const int passes = (M + 8 * MT - 1) / (8 * MT);
+  const int64_t ws_needed = wxa16_gemm_workspace_floats(M, N);
+  const bool have_ws = split.ws != nullptr && split.ws_numel >= ws_needed;
+  if (split.ksplit > 1 && !have_ws) return cudaErrorInvalidValue;
+  // Every k-slice gets at least one chunk, also when the split is forced: compute-sanitizer's
+  // racecheck reported hazards in the k-slice sum (finish_block) when some slices had none (06:50
+  // run, a forced split of 2 over 6 chunks with 4 k-slices), so that case is never launched.
+  const int ks_min = split.ksplit > 0 ? (split.ksplit < nc ? split.ksplit : nc) : 1;
+  const int ks_max = split.ksplit > 0 ? ks_min : have_ws ? kMaxKs : 1;
+  int wk_log2 = 0, ks = ks_min;
+  double best = -1.0;  // modelled time of the choice so far
+  for (int l = 0; l <= 3 && (1 << l) <= nc; ++l) {
+    int& bps = blocks_per_sm_of[l];
+    if (bps == 0) {
+      const int smem = mid_smem_bytes<BITS, MT, NT, S>(1 << l);
+      cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+      if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bps, kernel, kThreads, smem);
+      if (err != cudaSuccess || bps <= 0) {
+        (void)cudaGetLastError();  // too much shared memory on this GPU: not a candidate
+        bps = -1;
+      }
+    }
+    if (bps < 0) continue;
+    const int64_t slots = static_cast<int64_t>(bps) * num_sms;
+    for (int k = ks_min; k <= ks_max; ++k) {
+      if ((1 << l) * k > nc) continue;
+      if ((1 << l) * k * kMinChunks > nc && (l + k > 1) && split.ksplit <= 0) continue;
+      const int wn = kWarps >> l;
+      const int64_t blocks = static_cast<int64_t>((n_tiles + NT * wn - 1) / (NT * wn)) * passes * k;
+      const double waves = static_cast<double>((blocks + slots - 1) / slots);
+      const double time = waves * (static_cast<double>(nc) / ((1 << l) * k) + kOverhead);
+      if (best < 0 || time < best * 0.98) {
+        best = time;
+        wk_log2 = l;
+        ks = k;
+      }
+    }
+  }
+  if (best < 0) return cudaErrorInvalidValue;
+  const int smem = mid_smem_bytes<BITS, MT, NT, S>(1 << wk_log2);
+  // Not a stream operation (legal while capturing a graph); per device, so set it every launch.
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (err != cudaSuccess) return err;
+  const int wn = kWarps >> wk_log2;
+  dim3 grid(passes, (n_tiles + NT * wn - 1) / (NT * wn), ks);
+  kernel<<<grid, kThreads, smem, stream>>>(static_cast<const T*>(x), ldx, reinterpret_cast<const uint4*>(qweight),
+                                           scales, zeros, kgroup, group_size / 16, static_cast<const T*>(bias),
+                                           static_cast<T*>(out), split.ws, M, N, K, wk_log2);
+  return cudaGetLastError();
+}
+
 // The bounded list of tile shapes: (MT m-tiles of 8 rows, NT n-tiles of 16 rows per warp, S
 // pipeline stages, SCALE_AFTER allowed, stream-K when the caller gives a workspace and m fits one
 // pass). Wide NT re-uses each activation load for more weights and keeps more bytes in flight per
@@ -621,7 +872,16 @@ constexpr TileShape kTiles[] = {{1, 1, 8, true, false}, {1, 2, 8, true, false}, 
                                 {2, 1, 8, false, false}, {2, 4, 3, false, false}, {2, 2, 4, true, false},
                                 {4, 2, 3, false, false}, {1, 4, 3, true, true},  {1, 2, 8, true, true},
                                 {1, 1, 8, true, true}};
-constexpr int kNumTiles = sizeof(kTiles) / sizeof(kTiles[0]);
+constexpr int kNumPlainTiles = sizeof(kTiles) / sizeof(kTiles[0]);
+// Middle-m tiles (wxa16_gemm_mid_kernel): (MT, NT, S); tile id kNumPlainTiles + i; 64 rows per
+// pass, each weight dequantized once per pass and block. Measured and dropped (NOTES_gpu.md, 06:40):
+// (4, 2, 4), slower than the plain tile 6 at 32 rows; (16, 2, 3), 255 registers, slower than two
+// passes of (8, 4, 3); (8, 2, 3) and (8, 1, 4) capped at 128 registers for 2 blocks per SM, no gain.
+struct MidTileShape {
+  int mt, nt, s;
+};
+constexpr MidTileShape kMidTiles[] = {{8, 2, 3}, {8, 4, 3}};
+constexpr int kNumTiles = kNumPlainTiles + sizeof(kMidTiles) / sizeof(kMidTiles[0]);
 
 // The fastest tile measured on an H100 (benchmarks/NOTES_gpu.md, `gpu_gemm.py --sweep` and
 // `--small`) by rows m, n-tiles and chunks nc: wide tiles once N gives every SM 4+ n-tiles, middle
@@ -630,13 +890,21 @@ constexpr int kNumTiles = sizeof(kTiles) / sizeof(kTiles[0]);
 // 14336x4096, 28672x8192) take the wide stream-K tile: their few slices leave the plain kernel
 // with narrow tiles or idle SMs (28672x8192 m=1: 57.3 -> 53.3 us); on the others it measured
 // slower than the plain tiles (8192x28672 m=1: 55.7 against 50.4 us; 4096x4096 8-bit, exactly
-// twice: 13.6 against 12.8 us).
+// twice: 13.6 against 12.8 us). At 64 < m <= 128 the middle-m tiles, where `gpu_gemm.py --mid`
+// measured them faster than the plain tile 6 and than dequantize + cuBLAS: the wide one on the
+// largest layers (8192x28672: 352 -> 269 us, 28672x8192: 334 -> 271 us at m = 128), the narrow one
+// once N gives every SM 6+ n-tiles (4096x14336: 110 -> 92 us); not on 8192x8192 or 14336x4096
+// (equal or slower), nor at m <= 64 (within +-5% of tile 6, slower on four of five shapes).
 int auto_tile(int M, int n_tiles, int nc, bool have_ws, int num_sms) {
   if (M <= 8) {
     if (have_ws && nc > 2 * ((n_tiles + 3) / 4)) return 7;
     return n_tiles >= 4 * num_sms ? 2 : n_tiles >= 2 * num_sms ? 1 : 0;
   }
   if (M <= 16) return n_tiles >= 4 * num_sms ? 4 : n_tiles >= 2 * num_sms ? 5 : 3;
+  if (M > 64 && M <= 128) {
+    if (static_cast<int64_t>(n_tiles) * nc >= (int64_t{1} << 17)) return kNumPlainTiles + 1;
+    if (n_tiles >= 6 * num_sms) return kNumPlainTiles;
+  }
   return 6;
 }
 
@@ -659,12 +927,19 @@ cudaError_t dispatch_tile(int tile, const void* x, int64_t ldx, const int32_t* q
     QK_TILE(7)
     QK_TILE(8)
     QK_TILE(9)
+#define QK_MID_TILE(I)                                                                                     \
+  case kNumPlainTiles + I:                                                                                 \
+    return launch_mid<BITS, T, kMidTiles[I].mt, kMidTiles[I].nt, kMidTiles[I].s>(                          \
+        x, ldx, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, split, stream);
+    QK_MID_TILE(0)
+    QK_MID_TILE(1)
+#undef QK_MID_TILE
     default:
       return cudaErrorInvalidValue;
   }
 #undef QK_TILE
 }
-static_assert(kNumTiles == 10, "dispatch_tile lists every tile");
+static_assert(kNumPlainTiles == 10 && kNumTiles == 12, "dispatch_tile lists every tile");
 
 }  // namespace
 

@@ -13,9 +13,11 @@ Dispatch by the number of rows m of the activation:
 
 * ``m <= GEMM_MAX_M``: ``quantkernels::cuda_wxa16_gemm``, one tensor-core kernel (mma.sync
   m16n8k16, weights as the A operand, dequantized in registers, fp32 accumulation) that reads the
-  weights once per 32 rows; its tile shape (8..32 rows a pass) is chosen by m inside the kernel.
-  Up to ``STREAMK_MAX_M`` rows it gets the layer's workspace, so that its stream-K tiles can share
-  the weight stream equally among all SMs.
+  weights once per 32 rows (once per 64 with its middle-m tiles, which stage the activations in
+  shared memory and serve 64 < m <= 128 on large layers); its tile shape is chosen by m and the
+  layer's shape inside the kernel. Up to ``STREAMK_MAX_M`` rows it gets the layer's workspace, so
+  that its stream-K tiles can share the weight stream equally among all SMs; from ``MID_MIN_M``
+  rows a workspace shared per (device, stream), for the middle-m tiles' split of K over blocks.
 * larger m: ``quantkernels::cuda_wxa16_dequantize`` to a dense fp16/bf16 weight (a bandwidth-bound
   kernel, ~2.85 TB/s on an H100), then cuBLAS.
 
@@ -25,7 +27,7 @@ Dispatch by the number of rows m of the activation:
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -34,10 +36,12 @@ from ..formats import is_trivial_g_idx
 from ..reference import pack, unpack
 
 ACT_DTYPES = (torch.float16, torch.bfloat16)
-GEMM_MAX_M = 128  # largest m for the fused kernel: on an H100 it wins at 128 on 4 of the 6 benchmark
-# layers (loses by 7-11% on the two with K = 4096) and loses at 256 on all (benchmarks/NOTES_gpu.md)
+GEMM_MAX_M = 128  # largest m for the fused kernel: on an H100 it wins at 128 on 5 of the 6 benchmark
+# layers (06:48 run: loses by ~6% on 4096x4096) and loses at 256 on all, middle-m tiles included
+# (benchmarks/NOTES_gpu.md)
 
 
+MID_MIN_M = 65  # rows from which the GEMM may pick a middle-m tile, which splits K over blocks in a shared workspace
 STREAMK_MAX_M = 8  # rows up to which the GEMM gets the layer's workspace (its stream-K tiles serve one pass of 8)
 
 
@@ -46,6 +50,22 @@ def workspace_floats(m: int, n: int) -> int:
     pass of rows; the backend gives each layer one for m <= STREAMK_MAX_M) and to split K over
     blocks (``ksplit > 1``, for tuning: it measured slower on an H100, benchmarks/NOTES_gpu.md)."""
     return m * n + (n // 16) * ((m + 7) // 8)
+
+
+# Zeroed float32 workspaces for the GEMM's split of K over blocks at m > STREAMK_MAX_M (the middle-m
+# tiles take it when the layer has too few n-slices to fill the GPU), one per (device, stream): a
+# launch leaves it zeroed again, and launches on one stream never overlap. Grown to the largest
+# m x N seen; kept for the process (at most GEMM_MAX_M x N floats per stream).
+_SHARED_WS: Dict[Tuple[int, int], torch.Tensor] = {}
+
+
+def _shared_workspace(device: torch.device, floats: int) -> torch.Tensor:
+    key = (device.index, torch.cuda.current_stream(device).cuda_stream)
+    ws = _SHARED_WS.get(key)
+    if ws is None or ws.numel() < floats:
+        ws = torch.zeros(floats, dtype=torch.float32, device=device)
+        _SHARED_WS[key] = ws
+    return ws
 
 
 def chunk_cols(bits: int) -> int:
@@ -240,7 +260,12 @@ class CudaBackend:
             x2d = x2d.index_select(1, state.perm)
         bits = layer.config.bits
         if x2d.shape[0] <= GEMM_MAX_M:
-            ws = state.workspace if x2d.shape[0] <= STREAMK_MAX_M else None
+            m = x2d.shape[0]
+            ws = None
+            if m <= STREAMK_MAX_M:
+                ws = state.workspace
+            elif m >= MID_MIN_M:
+                ws = _shared_workspace(x2d.device, workspace_floats(m, layer.out_features))
             return torch.ops.quantkernels.cuda_wxa16_gemm(
                 x2d, state.qweight, state.scales[dt], state.zeros[dt], state.kgroup, state.group_size,
                 state.bias[dt], bits, ws,

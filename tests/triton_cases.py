@@ -28,6 +28,7 @@ from quantkernels.nn import QuantLinear  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 from quantkernels.triton import ops as tops  # noqa: E402
+from triton.runtime.errors import OutOfResources  # noqa: E402
 
 if DEVICE == "cpu" and not tops.INTERPRETED:
     raise RuntimeError("on a CPU, run these cases through tests/test_triton_backend.py (TRITON_INTERPRET=1)")
@@ -92,10 +93,19 @@ def test_every_tuned_config(family, m):
         layer = make_layer(128, 40, qk.QuantConfig(bits=bits, group_size=gs, sym=sym), bias=True, seed=bits)
         x = torch.randn(m, 128, dtype=torch.float16, device=DEVICE)
         ref = ref_out(layer, x)
-        for cfg in tops._configs(family, nk4=bits == 4):
-            with tops.force_config(cfg):
-                err = rel_err(layer(x), ref)
+        ran = 0
+        for i, cfg in enumerate(tops._configs(family, nk4=bits == 4)):
+            try:
+                with tops.force_config(cfg):
+                    err = rel_err(layer(x), ref)
+            except OutOfResources:
+                # The tuner skips a candidate this GPU cannot hold (ops._choose); the first one, which
+                # untuned calls and torch.compile traces launch, must always fit.
+                assert i > 0, (family, bits, cfg, "the first candidate must fit every GPU")
+                continue
             assert err <= BOUND[torch.float16], (family, bits, gs, cfg, err)
+            ran += 1
+        assert ran >= 1, (family, bits)
 
 
 @pytest.mark.parametrize("bits", [4, 8])

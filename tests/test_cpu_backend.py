@@ -65,6 +65,10 @@ FLOAT_FORMATS = [
 INT8_FORMATS = [
     QuantConfig(4, 128, sym=True, act_bits=8),
     QuantConfig(4, 32, sym=False, act_bits=8, act_group_size=32),
+    # the AVX2 short-segment W4A8 kernel counts segments per group: 2 blocks per segment and group
+    # here, 4 one-block segments per group below
+    QuantConfig(4, 64, sym=False, act_bits=8),
+    QuantConfig(4, 128, sym=False, act_bits=8, act_group_size=32),
     QuantConfig(4, -1, sym=False, act_bits=8),
     QuantConfig(8, -1, sym=True, act_bits=8),
     QuantConfig(8, 64, sym=False, act_bits=8),

@@ -163,6 +163,20 @@ def test_k_not_multiple_of_32(isa, cfg):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("cfg", [QuantConfig(4, 128, act_bits=8), QuantConfig(8, -1, act_bits=8, act_group_size=32)], ids=_id)
+def test_int8_activation_ties_round_half_even(isa, cfg):
+    # Every activation a multiple of 0.5 and every row's (and 32-block's) amax 127, so scale = 1
+    # and x / scale lands on .5 ties: a tie rounded away from even changes one xq by 1, an output
+    # change of ~1/K of its size, far above the fp32 bound that check() applies.
+    k = 256
+    layer, portable = make_layer(cfg, k, 72)
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randint(-254, 255, (17, k), generator=gen).float() / 2
+    x[:, ::32] = 127.0
+    check(layer, portable, x, isa)
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("cfg", [QuantConfig(4, 128), QuantConfig(4, -1, sym=False), QuantConfig(4, 128, act_bits=8), QuantConfig(8, -1, act_bits=8)], ids=_id)
 def test_long_k_accumulation(isa, cfg):
     layer, portable = make_layer(cfg, 8192, 16)

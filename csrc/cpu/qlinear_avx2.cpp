@@ -9,10 +9,11 @@
 // * int8 activations: int4 codes are the unsigned operand of vpmaddubsw (15 * 127 * 2 fits s16,
 //   and 4 blocks of pair sums still fit) + vpmaddwd against ones; int8 codes and activations are
 //   widened to s16 and multiplied with vpmaddwd (the sign trick's vpsignb competes with the
-//   multiplies for the same two pipes on Zen 3). The next L2-sized group of tiles is prefetched
-//   into L2 while the current one is computed.
+//   multiplies for the same two pipes on Zen 3). The activations are copied once per 64-row panel
+//   into the form the tile reads (RowBlock). The next L2-sized group of tiles is prefetched into L2
+//   while the current one is computed.
 // Limits: N % 8 == 0; K as the layouts state. Test: tests/test_cpu_backend.py (isa="avx2");
-// benchmark: benchmarks/cpu_gemm.py.
+// benchmark: benchmarks/cpu_gemm.py; single-thread kernel timing: tests/cpu_harness/qlinear_bench.cpp.
 #include <algorithm>
 #include <vector>
 

@@ -66,9 +66,10 @@ INT8_FORMATS = [
     QuantConfig(4, 128, sym=True, act_bits=8),
     QuantConfig(4, 32, sym=False, act_bits=8, act_group_size=32),
     # the AVX2 short-segment W4A8 kernel counts segments per group: 2 blocks per segment and group
-    # here, 4 one-block segments per group below
+    # here, 4 one-block segments per group below, then all of K's one-block segments in one group
     QuantConfig(4, 64, sym=False, act_bits=8),
     QuantConfig(4, 128, sym=False, act_bits=8, act_group_size=32),
+    QuantConfig(4, -1, sym=False, act_bits=8, act_group_size=32),
     QuantConfig(4, -1, sym=False, act_bits=8),
     QuantConfig(8, -1, sym=True, act_bits=8),
     QuantConfig(8, 64, sym=False, act_bits=8),

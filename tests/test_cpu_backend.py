@@ -65,6 +65,11 @@ FLOAT_FORMATS = [
 INT8_FORMATS = [
     QuantConfig(4, 128, sym=True, act_bits=8),
     QuantConfig(4, 32, sym=False, act_bits=8, act_group_size=32),
+    # the AVX2 short-segment W4A8 kernel counts segments per group: 2 blocks per segment and group
+    # here, 4 one-block segments per group below, then all of K's one-block segments in one group
+    QuantConfig(4, 64, sym=False, act_bits=8),
+    QuantConfig(4, 128, sym=False, act_bits=8, act_group_size=32),
+    QuantConfig(4, -1, sym=False, act_bits=8, act_group_size=32),
     QuantConfig(4, -1, sym=False, act_bits=8),
     QuantConfig(8, -1, sym=True, act_bits=8),
     QuantConfig(8, 64, sym=False, act_bits=8),
@@ -156,6 +161,20 @@ def test_k_not_multiple_of_32(isa, cfg):
     layer, portable = make_layer(cfg, 264, 24)
     for m in (1, 3, 17):
         check(layer, portable, torch.randn(m, 264), isa)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("cfg", [QuantConfig(4, 128, act_bits=8), QuantConfig(8, -1, act_bits=8, act_group_size=32)], ids=_id)
+def test_int8_activation_ties_round_half_even(isa, cfg):
+    # Every activation a multiple of 0.5 and every row's (and 32-block's) amax 127, so scale = 1
+    # and x / scale lands on .5 ties: a tie rounded away from even changes one xq by 1, an output
+    # change of ~1/K of its size, far above the fp32 bound that check() applies.
+    k = 256
+    layer, portable = make_layer(cfg, k, 72)
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randint(-254, 255, (17, k), generator=gen).float() / 2
+    x[:, ::32] = 127.0
+    check(layer, portable, x, isa)
 
 
 @pytest.mark.parametrize("isa", ISAS)

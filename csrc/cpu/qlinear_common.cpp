@@ -39,9 +39,14 @@ void quantize_activations_int8(const float* x, int64_t ldx, int64_t M, int64_t K
       for (int64_t k = k0; k < k1; ++k) amax = std::max(amax, std::fabs(xr[k]));
       const float scale = amax > 0.0f ? amax / 127.0f : 1.0f;
       xscale[m * nscale + a] = scale;
-      // Division (not a reciprocal multiply) and round-half-even, as torch.round(x / scale).
+      // Division (not a reciprocal multiply) and round-half-even, as torch.round(x / scale). The
+      // rounding adds and subtracts 1.5 * 2^23, which rounds to an integer exactly like
+      // std::nearbyint in the default rounding mode for |v| < 2^22 (|v| <= 127 here; inf and NaN
+      // clamp as before), and lets the compiler vectorize the loop (a nearbyint call per element was
+      // most of the ~0.2 ms this took at m = 32, K = 4096).
+      constexpr float kRoundingBias = 12582912.0f;
       for (int64_t k = k0; k < k1; ++k) {
-        float v = std::nearbyint(xr[k] / scale);
+        const float v = (xr[k] / scale + kRoundingBias) - kRoundingBias;
         q[k] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, v)));
       }
     }

@@ -231,10 +231,15 @@ def _choose(family: str, key: Tuple, launch, real: bool, nk4: bool) -> triton.Co
     cfg = _forced_config(family)
     if cfg is not None:
         return cfg
-    cfg = CHOSEN.get(key)
+    # A trace with dynamic shapes (torch.compile, opcheck's aot_dispatch_dynamic) has SymInts in the
+    # key, which cannot be hashed: it launches the first candidate, as an untuned call does.
+    symbolic = any(isinstance(v, torch.SymInt) for v in key)
+    cfg = None if symbolic else CHOSEN.get(key)
     if cfg is not None:
         return cfg
     candidates = _configs(family, nk4)
+    if symbolic:
+        return candidates[0]
     if INTERPRETED or not real or not _tuning or len(candidates) == 1:
         return candidates[0]
     best, best_t = candidates[0], float("inf")

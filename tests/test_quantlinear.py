@@ -50,6 +50,18 @@ def test_activation_dtypes_and_leading_dims(dtype):
         assert rel_err(y, ref) < {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
 
 
+@pytest.mark.parametrize("bits", [4, 8])
+def test_built_and_run_under_inference_mode(bits):
+    # Converting a model inside torch.inference_mode makes the buffers inference tensors, which have
+    # no version counter (the CPU backend's g_idx check keyed its cache on it and raised).
+    with torch.inference_mode():
+        lin, q = make(bits, 32 if bits == 4 else -1)
+        x = torch.randn(3, 256)
+        ref = x @ q.dequantize(torch.float32).t() + q.bias
+        assert rel_err(q(x), ref) < 1e-5
+    assert rel_err(q(x.clone()), ref) < 1e-5  # and used afterwards outside it
+
+
 def test_no_bias_and_empty_batch():
     lin, q = make(bias=False)
     assert q.bias is None

@@ -54,7 +54,9 @@ def _grouping_reason(layer) -> Optional[str]:
     if torch.compiler.is_compiling():
         return None if cached is None else cached[1]
     g = layer.g_idx
-    key = (id(g), g._version, g.data_ptr())
+    # Inference tensors (made under torch.inference_mode) have no version counter; they cannot be
+    # changed in place outside inference mode, so identity and storage key them.
+    key = (id(g), -1 if g.is_inference() else g._version, g.data_ptr())
     if cached is not None and cached[0] == key:
         return cached[1]
     k = layer.in_features

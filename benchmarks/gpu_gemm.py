@@ -141,6 +141,13 @@ def tinygemm_copies(codes, k, n, ncopies):
         return None, f"{type(e).__name__}: {str(e)[:100]}"
 
 
+def save_lines(out_dir, name, lines):
+    """Write a mode's printed lines to out_dir/name (nothing without --out)."""
+    if out_dir:
+        with open(os.path.join(out_dir, name), "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
 def sweep_tiles(shapes, out_dir):
     """Time every GEMM tile shape (the kernel's `tile` argument) per (shape, m) to set auto_tile in
     csrc/cuda/wxa16_gemm_sm80.cu, and dequantize + cuBLAS to set GEMM_MAX_M."""
@@ -176,9 +183,7 @@ def sweep_tiles(shapes, out_dir):
                 lines.append(line)
             del states
             torch.cuda.empty_cache()
-    if out_dir:
-        with open(os.path.join(out_dir, "tile_sweep.txt"), "w") as f:
-            f.write("\n".join(lines) + "\n")
+    save_lines(out_dir, "tile_sweep.txt", lines)
 
 
 def triton_copies(codes, scales, zeros, cfg, ncopies):
@@ -246,9 +251,7 @@ def mid_m(shapes, m_list, out_dir, with_triton):
             lines.append(line)
         del states, tri, dense
         torch.cuda.empty_cache()
-    if out_dir:
-        with open(os.path.join(out_dir, "mid_m.txt"), "w") as f:
-            f.write("\n".join(lines) + "\n")
+    save_lines(out_dir, "mid_m.txt", lines)
 
 
 def small_m(shapes, m_list, out_dir):
@@ -287,9 +290,7 @@ def small_m(shapes, m_list, out_dir):
                     lines.append(line)
             del states
             torch.cuda.empty_cache()
-    if out_dir:
-        with open(os.path.join(out_dir, "small_m.txt"), "w") as f:
-            f.write("\n".join(lines) + "\n")
+    save_lines(out_dir, "small_m.txt", lines)
 
 
 def dequant_and_threshold(shapes, out_dir):
@@ -333,9 +334,7 @@ def dequant_and_threshold(shapes, out_dir):
             lines.append(line)
         del states, dense
         torch.cuda.empty_cache()
-    if out_dir:
-        with open(os.path.join(out_dir, "dequant.txt"), "w") as f:
-            f.write("\n".join(lines) + "\n")
+    save_lines(out_dir, "dequant.txt", lines)
 
 
 def profile_once(out_dir):

@@ -9,6 +9,7 @@ whenever the portable form is needed (``state_dict``, ``.to()``, pickling).
 
 from __future__ import annotations
 
+import os
 from typing import Dict, Optional
 
 import torch
@@ -76,6 +77,10 @@ class QuantLinear(nn.Module):
             self.bias = None
         self._prepared: Dict[str, object] = {}
         self._last_backend: Optional[str] = None
+        # backends.select's answer per (activation device and dtype, forced backend, interpreter
+        # switch), valid while the buffers and the prepared states stay as they are: every place
+        # that resets _prepared (load, .to(), a new state) resets it too.
+        self._selected: Dict[tuple, str] = {}
 
     # ---- construction ---------------------------------------------------------------------------
     @classmethod
@@ -146,6 +151,7 @@ class QuantLinear(nn.Module):
         if name is not None:
             self.qweight = self.portable_tensors()["qweight"]
         self._prepared = {}
+        self._selected = {}
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
@@ -181,6 +187,7 @@ class QuantLinear(nn.Module):
     def _after_load(self) -> None:
         """Validate the buffers against each other and let the default backend repack once."""
         self._prepared = {}
+        self._selected = {}
         if self.qweight.device.type == "meta":
             return
         self.check_buffers()
@@ -212,6 +219,7 @@ class QuantLinear(nn.Module):
             if getattr(state, "replaces_qweight", False):
                 self._prepared = {}  # states prepared earlier may hold the portable qweight
             self._prepared[name] = state
+            self._selected = {}  # a state can change what its backend supports (CUDA's `unsupported`)
         return self._prepared[name]
 
     def check_buffers(self) -> None:
@@ -241,10 +249,22 @@ class QuantLinear(nn.Module):
             t["qweight"], t["qzeros"], t["scales"], t["g_idx"], self.config.bits, dtype or self.scales.dtype
         )
 
-    def _forward_2d(self, x2d: torch.Tensor) -> torch.Tensor:
-        name = backends.select(self, x2d)
-        if not torch.compiler.is_compiling():
+    def _select(self, x2d: torch.Tensor) -> str:
+        """backends.select, remembered: the registry's checks cost more than a small layer's kernel."""
+        if torch.compiler.is_compiling():
+            return backends.select(self, x2d)
+        env = os.environ
+        key = (x2d.device, x2d.dtype, self.backend, env.get(backends.ENV_VAR), env.get("TRITON_INTERPRET"))
+        name = self._selected.get(key)
+        if name is None:
+            name = backends.select(self, x2d)
+            self._selected[key] = name
+        if name != self._last_backend:
             self._last_backend = name
+        return name
+
+    def _forward_2d(self, x2d: torch.Tensor) -> torch.Tensor:
+        name = self._select(x2d)
         state = self._prepared[name] if name in self._prepared else self._prepare(name)
         return backends.get(name).linear(self, state, x2d)
 

@@ -320,3 +320,41 @@ def test_backend_that_replaces_qweight(monkeypatch):
     assert torch.equal(pickle.loads(pickle.dumps(q)).state_dict()["qweight"], portable["qweight"])
     q2 = copy.deepcopy(q).to(torch.bfloat16)
     assert q2.state_dict()["qweight"].shape == portable["qweight"].shape
+
+
+def test_backend_choice_is_remembered_and_follows_what_can_change_it(monkeypatch):
+    # QuantLinear remembers backends.select's answer (the checks cost more than a small layer's
+    # kernel at m = 1); the answer must still follow the environment, the layer's override, the
+    # activation dtype and a move of the buffers.
+    _, q = make()
+    x = torch.randn(2, 256)
+    calls = []
+    real_select = backends.select
+    monkeypatch.setattr(backends, "select", lambda layer, x2d: calls.append(x2d.dtype) or real_select(layer, x2d))
+    monkeypatch.delenv("QUANTKERNELS_BACKEND", raising=False)
+    first = q(x)
+    n_first = len(calls)
+    for _ in range(3):
+        torch.testing.assert_close(q(x), first, rtol=0, atol=0)
+    assert len(calls) == n_first, "repeated calls with the same kind of input must not re-run the registry"
+    native = q._last_backend
+
+    monkeypatch.setenv("QUANTKERNELS_BACKEND", "reference")
+    ref = x @ q.dequantize(torch.float32).t() + q.bias
+    assert rel_err(q(x), ref) < 1e-5 and q._last_backend == "reference"
+    monkeypatch.delenv("QUANTKERNELS_BACKEND")
+    q(x)
+    assert q._last_backend == native
+
+    q.backend = "reference"
+    q(x)
+    assert q._last_backend == "reference"
+    q.backend = None
+
+    n = len(calls)
+    q(x.to(torch.bfloat16))  # a new dtype is a new question
+    assert len(calls) > n
+    n = len(calls)
+    q.to(torch.device("cpu"))  # _apply re-prepares: the remembered answers are dropped
+    q(x)
+    assert len(calls) > n

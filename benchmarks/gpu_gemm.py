@@ -337,6 +337,40 @@ def dequant_and_threshold(shapes, out_dir):
     save_lines(out_dir, "dequant.txt", lines)
 
 
+LARGE_SLICES_MB = (8, 16, 32)  # dense weight slices tried on the large-m path (dequant_linear)
+
+
+def large_m(shapes, m_list, out_dir):
+    """m >= 1024, int4 g128 fp16: cuBLAS, dequantize + cuBLAS on the whole weight (`whole`), in
+    N-slices of about S MB (`sS`: each slice dequantized, then its GEMM into its output columns, so
+    the slice can stay in L2), and `auto` (what QuantLinear runs): sets DEQUANT_SLICE_BYTES in
+    quantkernels/backends/cuda.py."""
+    lines = []
+    dt = torch.float16
+    for k, n in shapes:
+        codes, scales, zeros = make_quant(k, n, 4, 128)
+        cfg = QuantConfig(bits=4, group_size=128, sym=True)
+        qbytes = n * k // 2 + scales.numel() * 2
+        layer, states = prepared_copies(codes, scales, zeros, cfg, copies_for(qbytes))
+        w = reference.dequantize(layer.portable_tensors()["qweight"], layer.qzeros, scales, layer.g_idx, 4, dt)
+        dense = [w] + [w.clone() for _ in range(copies_for(n * k * 2) - 1)]
+        for m in m_list:
+            x = torch.randn(m, k, device="cuda", dtype=dt)
+            res = {"cublas": time_us([lambda w=w: torch.nn.functional.linear(x, w) for w in dense])[0]}
+            for name, sb in [("whole", None)] + [(f"s{mb}", mb << 20) for mb in LARGE_SLICES_MB]:
+                res[name] = time_us([lambda s=s, sb=sb: qk_cuda.dequant_linear(s, x, 4, sb) for s in states])[0]
+            res["auto"] = time_us([lambda s=s: qk_cuda.BACKEND.linear(layer, s, x) for s in states])[0]
+            best = min((v, key) for key, v in res.items() if key != "cublas")
+            line = f"{k}x{n} m={m}: " + " ".join(f"{key}={v:.1f}" for key, v in res.items())
+            line += f" best={best[1]} | x" + " ".join(
+                f"{key}={res['cublas'] / v:.3f}" for key, v in res.items() if key != "cublas")
+            print(line, flush=True)
+            lines.append(line)
+        del states, dense, w
+        torch.cuda.empty_cache()
+    save_lines(out_dir, "large_m.txt", lines)
+
+
 def profile_once(out_dir):
     """One launch of the fused kernel per case, nothing else, for Nsight Compute
     (`ncu -k regex:wxa16_gemm_kernel --section ... python3 benchmarks/gpu_gemm.py --profile`)."""
@@ -360,6 +394,7 @@ def main():
     ap.add_argument("--profile", action="store_true", help="one launch per case, for ncu")
     ap.add_argument("--small", action="store_true", help="m <= 16 variants (plain / stream-K tiles) instead")
     ap.add_argument("--mid", action="store_true", help="16 < m <= 256 variants (plain / middle-m tiles) instead")
+    ap.add_argument("--large", action="store_true", help="m >= 1024 variants (whole / sliced dequantize) instead")
     ap.add_argument("--shapes", help="subset of KxN shapes, comma-separated (default: all six)")
     ap.add_argument("--ms", help="subset of m values, comma-separated")
     args = ap.parse_args()
@@ -374,6 +409,11 @@ def main():
         print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, "
               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
         mid_m(shape_sel, m_sel or [16, 32, 64, 128, 256], args.out, not args.no_triton and backends.unavailable_reason("triton") is None)
+        return
+    if args.large:
+        print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, "
+              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
+        large_m(shape_sel, m_sel or [1024, 4096], args.out)
         return
     if args.profile:
         profile_once(args.out)

@@ -157,13 +157,14 @@ def test_gemm_kernel_at_every_m(bits, m):
 @needs_gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("group_size", [128, -1])
 @pytest.mark.parametrize("tile", range(NUM_TILES))
-def test_every_gemm_tile(tile, bits, dtype):
+def test_every_gemm_tile(tile, group_size, bits, dtype):
     """Each tile shape of the kernel's list (auto picks some only for large N), forced, with and
     without a workspace (the stream-K tiles 7-9 use it for m <= 8, else run as their plain
-    twins)."""
+    twins). Group 128 scales per weight or per chunk; per-channel (-1) once at the end."""
     k, n = 640, 336  # 21 n-tiles: partial NT groups for NT = 2 and 4
-    layer = _layer(k, n, QuantConfig(bits=bits, group_size=128, sym=False), dtype, seed=tile)
+    layer = _layer(k, n, QuantConfig(bits=bits, group_size=group_size, sym=False), dtype, seed=tile)
     st = layer._prepared["cuda"]
     portable = _portable(layer)
     ws = torch.zeros(cuda_backend.workspace_floats(8, n), dtype=torch.float32, device="cuda")
@@ -185,12 +186,14 @@ def test_every_gemm_tile(tile, bits, dtype):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("k,n", [(128, 33808), (4096, 1040), (1152, 272)])
-def test_streamk_tiles(k, n, bits, dtype, tile):
+@pytest.mark.parametrize("group_size", [64, -1])
+def test_streamk_tiles(k, n, group_size, bits, dtype, tile):
     """Stream-K: every warp takes an equal range of (n-slice, chunk) items. (128, 33808): 2113
-    n-tiles of 2 or 4 chunks, so warps hold whole slices (direct store) as well as parts; the others
-    split every slice over several warps (workspace sums). Repeated launches rely on the previous
-    one having zeroed the workspace; asymmetric zeros, group 64."""
-    layer = _layer(k, n, QuantConfig(bits=bits, group_size=64, sym=False), dtype, seed=k + tile)
+    n-tiles of 2 or 4 chunks, so warps hold whole slices (direct store) as well as parts, and cross
+    from one slice into the next (per-channel: each slice's scales and zeros read as it starts); the
+    others split every slice over several warps (workspace sums). Repeated launches rely on the
+    previous one having zeroed the workspace; asymmetric zeros, group 64 or per-channel."""
+    layer = _layer(k, n, QuantConfig(bits=bits, group_size=group_size, sym=False), dtype, seed=k + tile)
     st = layer._prepared["cuda"]
     portable = _portable(layer)
     ws = torch.zeros(cuda_backend.workspace_floats(8, n), dtype=torch.float32, device="cuda")
@@ -250,12 +253,13 @@ def test_mid_tiles(tile, group_size, sym, act_order, bits, dtype):
 
 
 @needs_gpu
+@pytest.mark.parametrize("group_size", [64, -1])
 @pytest.mark.parametrize("ksplit", [2, 3])
 @pytest.mark.parametrize("tile", [0, 2, 4, 5])
 @pytest.mark.parametrize("bits", [4, 8])
-def test_split_k_leaves_workspace_zeroed(bits, tile, ksplit):
+def test_split_k_leaves_workspace_zeroed(bits, tile, ksplit, group_size):
     k, n = 1024, 336
-    layer = _layer(k, n, QuantConfig(bits=bits, group_size=64, sym=False), torch.float16, seed=ksplit)
+    layer = _layer(k, n, QuantConfig(bits=bits, group_size=group_size, sym=False), torch.float16, seed=ksplit)
     st = layer._prepared["cuda"]
     portable = _portable(layer)
     ws = torch.zeros(cuda_backend.workspace_floats(128, n), dtype=torch.float32, device="cuda")
@@ -330,6 +334,64 @@ def test_dequantize_is_exact(bits, group_size, sym, dtype, k, n):
 
 
 @needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("bits,group_size,sym", [(4, 128, True), (4, 32, False), (8, -1, True), (8, 64, False)])
+def test_dequantize_rows(bits, group_size, sym, dtype):
+    """Row ranges of the dense weight (the sliced large-m path): bit for bit the reference's rows,
+    first, middle and last n-tiles, and a range ending in a partial 256-column warp tile (K = 1152)."""
+    k, n = 1152, 208
+    layer = _layer(k, n, QuantConfig(bits=bits, group_size=group_size, sym=sym), dtype, bias=False)
+    portable = _portable(layer)
+    st = layer._prepared["cuda"]
+    ref = reference.dequantize(portable["qweight"], portable["qzeros"], portable["scales"], portable["g_idx"], bits, dtype)
+    for a, r in ((0, 208), (0, 16), (16, 48), (48, 160), (192, 16)):
+        poison = torch.full((r, k), float("nan"), dtype=dtype, device="cuda")
+        del poison
+        w = torch.ops.quantkernels.cuda_wxa16_dequantize(
+            st.qweight, st.scales[dtype], st.zeros[dtype], None, st.group_size, bits, a, r
+        )
+        assert torch.equal(w, ref[a : a + r]), (a, r)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("bits,group_size,sym,act_order,bias", [
+    (4, 128, True, False, False), (4, 64, False, True, True), (8, -1, False, False, True)])
+def test_sliced_large_m_path(bits, group_size, sym, act_order, bias, dtype, monkeypatch):
+    """QuantLinear's large-m path with the dense weight in N-slices (DEQUANT_SLICE_BYTES): 272 rows
+    in slices of 48, so the last slice is partial (32 rows); odd and round m above GEMM_MAX_M, with
+    and without bias, act_order (permuted activations); also captured in a CUDA graph."""
+    k, n = 384, 272
+    g_idx = None
+    if act_order:
+        order = torch.randperm(k)
+        g_idx = torch.empty(k, dtype=torch.int32)
+        g_idx[order] = (torch.arange(k) // group_size).to(torch.int32)
+        g_idx = g_idx.cuda()
+    cfg = QuantConfig(bits=bits, group_size=group_size, sym=sym, act_order=act_order)
+    layer = _layer(k, n, cfg, dtype, bias=bias, g_idx=g_idx)
+    layer.backend = "cuda"
+    portable = _portable(layer)
+    monkeypatch.setattr(cuda_backend, "DEQUANT_SLICE_BYTES", 48 * k * 2)
+    for m in (cuda_backend.GEMM_MAX_M + 1, 300, 1000):
+        x = torch.randn(m, k, device="cuda", dtype=dtype)
+        err = _rel(_poisoned_forward(layer, x), _ref(portable, x, bits))
+        assert layer._last_backend == "cuda"
+        assert err < BOUND[dtype], f"m={m}: {err:.2e}"
+    x = torch.randn(300, k, device="cuda", dtype=dtype)
+    layer(x)  # warm-up outside the graph
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = layer(x)
+    x.copy_(torch.randn_like(x))
+    out.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert _rel(out, _ref(portable, x, bits)) < BOUND[dtype]
+
+
+@needs_gpu
 @pytest.mark.parametrize("bits", [4, 8])
 def test_to_portable_roundtrip(bits):
     lin = torch.nn.Linear(256, 64).half()
@@ -398,6 +460,13 @@ for pattern, args in cases:
         print("raised:", pattern, flush=True)
     else:
         raise AssertionError("no error for " + pattern)
+try:
+    torch.ops.quantkernels.cuda_wxa16_dequantize(st.qweight, s16, None, None, 64, 4, 8, 16)
+except RuntimeError as e:
+    assert "n_begin and n_rows must be multiples of 16" in str(e), str(e)
+    print("raised: n_begin", flush=True)
+else:
+    raise AssertionError("no error for n_begin=8")
 print("ALL OK")
 """
 
@@ -446,6 +515,10 @@ def test_opcheck():
     torch.library.opcheck(
         torch.ops.quantkernels.cuda_wxa16_dequantize.default,
         (st.qweight, st.scales[x.dtype], st.zeros[x.dtype], None, 64, 4),
+    )
+    torch.library.opcheck(
+        torch.ops.quantkernels.cuda_wxa16_dequantize.default,
+        (st.qweight, st.scales[x.dtype], st.zeros[x.dtype], None, 64, 4, 16, 32),
     )
 
 

@@ -39,6 +39,14 @@ namespace {
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 
+// Where the group scale is applied (the zero point always goes with the dequantization):
+// kPerWeight: every dequantized weight is (q - z) * s in T (any grouping); kPerChunk: the mma runs
+// on the exact q - z and each chunk's fp32 partial sum is scaled (one group per chunk: group size %
+// KC == 0, no group table); kAtEnd: one group for the whole of K (per-channel, no group table): the
+// lane's scales and zeros are read once before the loop instead of copied and unpacked every chunk,
+// and the fp32 accumulators are scaled once before the sum and store.
+enum ScaleMode : int { kPerWeight = 0, kPerChunk = 1, kAtEnd = 2 };
+
 __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
   const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src) : "memory");
@@ -165,13 +173,19 @@ struct ChunkSource {
     group_end = (group + 1) * gsize;
   }
 
-  // Copy chunk c's weights, scales and zeros into stage `slot` of the lane's slots.
-  template <int S>
+  // Copy chunk c's weights, scales and zeros (weights only with SCALES = false) into stage `slot`
+  // of the lane's slots.
+  template <int S, bool SCALES = true>
   __device__ __forceinline__ void copy(uint4* smem, int slot, int tid, int c, const uint32_t* scales,
                                        const uint32_t* zeros, const int32_t* kgroup, int gsize, int n_tiles) {
     uint4* wbuf = smem;
     uint32_t* sbuf = reinterpret_cast<uint32_t*>(wbuf + S * NT * kThreads);
     uint32_t* zbuf = sbuf + S * NT * kThreads;
+    if constexpr (!SCALES) {
+#pragma unroll
+      for (int n = 0; n < NT; ++n) cp_async16(wbuf + (slot * NT + n) * kThreads + tid, wsrc[n] + c * 32);
+      return;
+    }
     const int col = c * KC + (tid & 3) * (KC / 4);
     int gi;
     if (kgroup != nullptr) {
@@ -194,14 +208,45 @@ struct ChunkSource {
   }
 };
 
+// The lane's dequantization constants of group 0 (kAtEnd: the only group), read once: nt0 is
+// the warp's first n-tile, clamped like ChunkSource's.
+template <int BITS, typename T, int NT>
+__device__ __forceinline__ void row_consts(const uint32_t* __restrict__ scales, const uint32_t* __restrict__ zeros,
+                                           uint32_t zsym, int nt0, int n_tiles, int g, DequantConsts (&dc)[NT]) {
+#pragma unroll
+  for (int n = 0; n < NT; ++n) {
+    const int i = min(nt0 + n, n_tiles - 1) * 8 + g;
+    dc[n] = make_consts<BITS, T>(__ldg(scales + i), zeros != nullptr ? __ldg(zeros + i) : zsym);
+  }
+}
+
+// kAtEnd: acc (sums of x times q - z over the whole of K) times the row scales of group 0.
+template <typename T, int NT, int MT>
+__device__ __forceinline__ void scale_rows(float (&acc)[NT][MT][4], const uint32_t* __restrict__ scales, int nt0,
+                                           int n_tiles, int g) {
+  using T2 = typename ActTraits<T>::T2;
+#pragma unroll
+  for (int n = 0; n < NT; ++n) {
+    const T2 s2 = as_t2<T2>(__ldg(scales + min(nt0 + n, n_tiles - 1) * 8 + g));
+    const float s[2] = {ActTraits<T>::to_float(s2.x), ActTraits<T>::to_float(s2.y)};
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) acc[n][mt][q] *= s[q >> 1];
+  }
+}
+
 // One chunk of the main loop, once its copies have landed in stage `slot`: load this lane's
-// weights, scales and zeros from its slots, dequantize, and accumulate x (xv: this lane's
-// activations of the chunk, MT m-tiles) times the weights into acc. Shared by both GEMM kernels.
-template <int BITS, typename T, int MT, int NT, int S, bool SCALE_AFTER>
+// weights, scales and zeros from its slots (kAtEnd: weights only; dc_end holds the constants),
+// dequantize, and accumulate x (xv: this lane's activations of the chunk, MT m-tiles) times the
+// weights into acc. Shared by both GEMM kernels.
+template <int BITS, typename T, int MT, int NT, int S, int MODE>
 __device__ __forceinline__ void consume_chunk(const uint4* smem, int slot, int tid, bool has_zeros, uint32_t zsym,
+                                              const DequantConsts (&dc_end)[NT],
                                               const uint4 (&xv)[MT][BITS == 4 ? 2 : 1], int m0, int M,
                                               float (&acc)[NT][MT][4]) {
   using T2 = typename ActTraits<T>::T2;
+  constexpr bool SCALE_AFTER = MODE == kPerChunk;
   constexpr int RUNS = BITS == 4 ? 4 : 2;  // k-tiles per chunk
   constexpr int WPR = BITS == 4 ? 1 : 2;   // words per run
   const uint4* wbuf = smem;
@@ -214,6 +259,10 @@ __device__ __forceinline__ void consume_chunk(const uint4* smem, int slot, int t
   for (int n = 0; n < NT; ++n) {
     const int sl = (slot * NT + n) * kThreads + tid;
     w[n] = lds128(wbuf + sl);
+    if constexpr (MODE == kAtEnd) {
+      dc[n] = dc_end[n];
+      continue;
+    }
     const uint32_t sc = sbuf[sl];
     dc[n] = make_consts<BITS, T>(sc, has_zeros ? zbuf[sl] : zsym);
     if constexpr (SCALE_AFTER) {
@@ -236,7 +285,7 @@ __device__ __forceinline__ void consume_chunk(const uint4* smem, int slot, int t
     uint32_t a[NT][4];
 #pragma unroll
     for (int n = 0; n < NT; ++n)
-      dequant_run<BITS, T, !SCALE_AFTER>(reinterpret_cast<const uint32_t*>(&w[n]) + j * WPR, dc[n], a[n]);
+      dequant_run<BITS, T, MODE == kPerWeight>(reinterpret_cast<const uint32_t*>(&w[n]) + j * WPR, dc[n], a[n]);
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
       if (m0 + mt * 8 >= M) break;  // block-uniform
@@ -340,11 +389,12 @@ __device__ __forceinline__ void finish_block(float (&acc)[NT][MT][4], const bool
   store_out(acc, valid, nt0, m0, M, N, g, t, bias, out);
 }
 
-// SCALE_AFTER (one group per chunk: group size % KC == 0 and no group table): the mma runs on the
-// exact q - z and the chunk's fp32 result is scaled once per output element, rather than every
-// weight being scaled in half precision: fewer instructions per weight, for the memory-bound
-// small-m tiles (MT = 1) whose extra fp32 registers cost no occupancy.
-template <int BITS, typename T, int MT, int NT, int S, bool SCALE_AFTER>
+// MODE (ScaleMode): kPerChunk (one group per chunk: group size % KC == 0 and no group table): the
+// mma runs on the exact q - z and the chunk's fp32 result is scaled once per output element, rather
+// than every weight being scaled in half precision: fewer instructions per weight, for the
+// memory-bound small-m tiles (MT = 1) whose extra fp32 registers cost no occupancy. kAtEnd (one
+// group in all): no scale traffic in the loop at all, any tile.
+template <int BITS, typename T, int MT, int NT, int S, int MODE>
 __global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
     const T* __restrict__ x,               // [M, ldx]
     int64_t ldx,
@@ -385,6 +435,8 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
   for (int n = 0; n < NT; ++n) valid[n] = nt0 + n < n_tiles;
 
   const uint32_t zsym = sym_zero2<BITS, T>();
+  DequantConsts dc_end[NT];  // kAtEnd: the constants of the one group
+  if constexpr (MODE == kAtEnd) row_consts<BITS, T, NT>(scales, zeros, zsym, nt0, n_tiles, g, dc_end);
 
   float acc[NT][MT][4];
   zero_acc(acc);
@@ -399,7 +451,7 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
 
   // Copy chunk c into stage `slot` (one group per call, maybe empty).
   auto issue = [&](int c, int slot) {
-    if (c < c_end) src.template copy<S>(smem, slot, tid, c, scales, zeros, kgroup, gsize, n_tiles);
+    if (c < c_end) src.template copy<S, MODE != kAtEnd>(smem, slot, tid, c, scales, zeros, kgroup, gsize, n_tiles);
     cp_async_commit();
   };
 
@@ -412,9 +464,10 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
     uint4 xv[MT][XV];
     load_x<BITS, T, MT>(xsrc, c, m0, M, xv);
     cp_async_wait<S - 1>();  // this thread's copies of chunk c have landed
-    consume_chunk<BITS, T, MT, NT, S, SCALE_AFTER>(smem, it % S, tid, zeros != nullptr, zsym, xv, m0, M, acc);
+    consume_chunk<BITS, T, MT, NT, S, MODE>(smem, it % S, tid, zeros != nullptr, zsym, dc_end, xv, m0, M, acc);
   }
   cp_async_wait<0>();
+  if constexpr (MODE == kAtEnd) scale_rows<T>(acc, scales, nt0, n_tiles, g);
 
   finish_block<T>(acc, valid, red, nt0, m0, M, N, tid, wn, wk, WK, KS, ws, bias, out);
 }
@@ -593,8 +646,9 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_mid_kernel(
 // count: 448 slices on 132 SMs is 4 against 3.4 on average). A warp whose range holds a whole
 // slice stores it; partial slices are summed in the fp32 workspace, and the warp that completes a
 // slice's count of chunks converts it and zeroes its workspace entries and counter again (graph
-// safe, no memset; the sum order, hence the last bits, can vary between launches).
-template <int BITS, typename T, int MT, int NT, int S, bool SCALE_AFTER>
+// safe, no memset; the sum order, hence the last bits, can vary between launches). kAtEnd reads the
+// scales and zeros of each slice the warp starts, and scales before the sum.
+template <int BITS, typename T, int MT, int NT, int S, int MODE>
 __global__ void __launch_bounds__(kThreads) wxa16_gemm_streamk_kernel(
     const T* __restrict__ x,               // [M, ldx]
     int64_t ldx,
@@ -639,7 +693,7 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_streamk_kernel(
   src.start(qw, is * NT, n_tiles, NC, lane, ic, gsize);
   auto issue = [&](int slot) {
     if (left > 0) {
-      src.template copy<S>(smem, slot, tid, ic, scales, zeros, kgroup, gsize, n_tiles);
+      src.template copy<S, MODE != kAtEnd>(smem, slot, tid, ic, scales, zeros, kgroup, gsize, n_tiles);
       --left;
       if (++ic == NC) {
         ic = 0;
@@ -658,15 +712,21 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_streamk_kernel(
 
   // Consume side: slice cs, chunk cc; the current slice's items began at chunk c0.
   int cs = u_begin / NC, cc = u_begin % NC, c0 = cc;
+  DequantConsts dc_end[NT];  // kAtEnd: the constants of slice cs
+  if constexpr (MODE == kAtEnd) row_consts<BITS, T, NT>(scales, zeros, zsym, cs * NT, n_tiles, g, dc_end);
   for (int u = u_begin, it = 0; u < u_end; ++u, ++it) {
     issue((it + S - 1) % S);
     uint4 xv[MT][XV];
     load_x<BITS, T, MT>(xsrc, cc, 0, M, xv);
     cp_async_wait<S - 1>();
-    consume_chunk<BITS, T, MT, NT, S, SCALE_AFTER>(smem, it % S, tid, zeros != nullptr, zsym, xv, 0, M, acc);
+    consume_chunk<BITS, T, MT, NT, S, MODE>(smem, it % S, tid, zeros != nullptr, zsym, dc_end, xv, 0, M, acc);
     ++cc;
     if (cc < NC && u + 1 < u_end) continue;
     // End of this warp's part of slice cs: chunks [c0, cc).
+    if constexpr (MODE == kAtEnd) {
+      scale_rows<T>(acc, scales, cs * NT, n_tiles, g);
+      if (u + 1 < u_end) row_consts<BITS, T, NT>(scales, zeros, zsym, (cs + 1) * NT, n_tiles, g, dc_end);
+    }
     bool valid[NT];
 #pragma unroll
     for (int n = 0; n < NT; ++n) valid[n] = cs * NT + n < n_tiles;
@@ -698,19 +758,20 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_streamk_kernel(
 // The stream-K kernel over the whole grid: num_sms times as many blocks per SM as are resident,
 // fewer when that would leave a warp under kMinItems work items (a pipeline worth filling).
 template <int BITS, typename T, int MT, int NT, int S, bool AFTER_OK>
-cudaError_t launch_streamk(bool after, const void* x, int64_t ldx, const int32_t* qweight, const uint32_t* scales,
+cudaError_t launch_streamk(int mode, const void* x, int64_t ldx, const int32_t* qweight, const uint32_t* scales,
                            const uint32_t* zeros, const int32_t* kgroup, int group_size, const void* bias, void* out,
                            int M, int N, int K, int num_sms, float* ws, cudaStream_t stream) {
   constexpr int KC = BITS == 4 ? 64 : 32;
   constexpr int kSmem = smem_bytes<MT, NT, S>();
   constexpr int kMinItems = 4;
-  auto kernel = wxa16_gemm_streamk_kernel<BITS, T, MT, NT, S, false>;
+  auto kernel = wxa16_gemm_streamk_kernel<BITS, T, MT, NT, S, kPerWeight>;
+  if (mode == kAtEnd) kernel = wxa16_gemm_streamk_kernel<BITS, T, MT, NT, S, kAtEnd>;
   if constexpr (AFTER_OK)
-    if (after) kernel = wxa16_gemm_streamk_kernel<BITS, T, MT, NT, S, true>;
+    if (mode == kPerChunk) kernel = wxa16_gemm_streamk_kernel<BITS, T, MT, NT, S, kPerChunk>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (err != cudaSuccess) return err;
-  static int blocks_per_sm_of[2] = {0, 0};
-  int& blocks_per_sm = blocks_per_sm_of[after ? 1 : 0];
+  static int blocks_per_sm_of[3] = {0, 0, 0};  // per ScaleMode
+  int& blocks_per_sm = blocks_per_sm_of[mode];
   if (blocks_per_sm == 0) {
     int b = 0;
     err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, kernel, kThreads, kSmem);
@@ -733,22 +794,25 @@ cudaError_t launch(const void* x, int64_t ldx, const int32_t* qweight, const uin
                    int M, int N, int K, int num_sms, const SplitK& split, cudaStream_t stream) {
   constexpr int KC = BITS == 4 ? 64 : 32;
   constexpr int kSmem = smem_bytes<MT, NT, S>();
-  const bool after = AFTER_OK && kgroup == nullptr && group_size % KC == 0;
+  const int mode = kgroup == nullptr && group_size == K                       ? kAtEnd
+                   : AFTER_OK && kgroup == nullptr && group_size % KC == 0 ? kPerChunk
+                                                                           : kPerWeight;
   // Stream-K needs one pass of rows and the caller's workspace; otherwise the plain kernel serves.
   if constexpr (STREAMK)
     if (M <= 8 * MT && split.ksplit <= 0 && split.ws != nullptr &&
         static_cast<int64_t>(N / 16) * (K / KC) < (int64_t{1} << 31) &&
         split.ws_numel >= wxa16_gemm_workspace_floats(M, N))
-      return launch_streamk<BITS, T, MT, NT, S, AFTER_OK>(after, x, ldx, qweight, scales, zeros, kgroup, group_size, bias, out,
+      return launch_streamk<BITS, T, MT, NT, S, AFTER_OK>(mode, x, ldx, qweight, scales, zeros, kgroup, group_size, bias, out,
                                                 M, N, K, num_sms, split.ws, stream);
-  auto kernel = wxa16_gemm_kernel<BITS, T, MT, NT, S, false>;
+  auto kernel = wxa16_gemm_kernel<BITS, T, MT, NT, S, kPerWeight>;
+  if (mode == kAtEnd) kernel = wxa16_gemm_kernel<BITS, T, MT, NT, S, kAtEnd>;
   if constexpr (AFTER_OK)
-    if (after) kernel = wxa16_gemm_kernel<BITS, T, MT, NT, S, true>;
+    if (mode == kPerChunk) kernel = wxa16_gemm_kernel<BITS, T, MT, NT, S, kPerChunk>;
   // Not a stream operation (legal while capturing a graph); per device, so set it every launch.
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (err != cudaSuccess) return err;
-  static int blocks_per_sm_of[2] = {0, 0};  // resident blocks per SM (occupancy calculator), once
-  int& blocks_per_sm = blocks_per_sm_of[after ? 1 : 0];
+  static int blocks_per_sm_of[3] = {0, 0, 0};  // resident blocks per SM (occupancy calculator) per ScaleMode, once
+  int& blocks_per_sm = blocks_per_sm_of[mode];
   if (blocks_per_sm == 0) {
     int b = 0;
     err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, kernel, kThreads, kSmem);

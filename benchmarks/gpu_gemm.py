@@ -254,10 +254,16 @@ def mid_m(shapes, m_list, out_dir, with_triton):
     save_lines(out_dir, "mid_m.txt", lines)
 
 
+STAGED_TILES = (12, 13)  # csrc/cuda/wxa16_gemm_sm80.cu, kLateTiles: tiles 0 and 1 with staged activations
+STREAMK16_TILE = 14  # kLateTiles: stream-K with two m-tiles (m <= 16)
+
+
 def small_m(shapes, m_list, out_dir):
     """m <= 16, the memory-bound cells: per shape and m, cuBLAS and the GEMM without a workspace
-    (`plain`: the plain tiles), with one (`auto`: what QuantLinear runs) and each stream-K tile
-    forced (`sk7`..`sk9`, m <= 8), for int4 g128 fp16 / bf16 and int8 per-channel fp16."""
+    (`plain`: the plain tiles), with one (`auto`: what QuantLinear runs), each stream-K tile forced
+    (`sk7`..`sk9`, m <= 8), and the narrow plain tiles with and without staged activations forced
+    (`t0`, `t1`, `t12`, `t13`, m <= 8), the 16-row stream-K tile (`sk14`), for int4 g128 fp16 / bf16
+    and int8 per-channel fp16."""
     lines = []
     for k, n in shapes:
         for bits, gs, dts in ((4, 128, (torch.float16, torch.bfloat16)), (8, -1, (torch.float16,))):
@@ -279,6 +285,8 @@ def small_m(shapes, m_list, out_dir):
                     if m <= qk_cuda.STREAMK_MAX_M:
                         variants.append(("auto", -1, ws))
                     variants += [(f"sk{t}", t, ws) for t in ((7, 8, 9) if m <= 8 else ())]  # stream-K tiles
+                    variants += [(f"t{t}", t, None) for t in ((0, 1) + STAGED_TILES if m <= 8 else ())]
+                    variants += [(f"sk{STREAMK16_TILE}", STREAMK16_TILE, ws)] if m <= 16 else []
                     for name, tile, w in variants:
                         res[name], _ = time_us([
                             lambda s=s, tile=tile, w=w: torch.ops.quantkernels.cuda_wxa16_gemm(

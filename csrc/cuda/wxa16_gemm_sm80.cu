@@ -74,11 +74,13 @@ __device__ __forceinline__ void cp_async_wait() {
 }
 
 // Dynamic shared memory of one block: S stages of (weights, scales, zeros) slots per thread and
-// n-tile; after the main loop the k-slice reduction buffer (WK >= 2 means at most 4 n-slices per
-// block) reuses the same bytes.
-template <int MT, int NT, int S>
+// n-tile, then with XS S stages of the thread's activations (MT m-tiles of at most 32 bytes); after
+// the main loop the k-slice reduction buffer (WK >= 2 means at most 4 n-slices per block) reuses
+// the same bytes.
+template <int MT, int NT, int S, bool XS = false>
 constexpr int smem_bytes() {
-  constexpr int stages = S * NT * kThreads * (16 + 4 + 4), red = 4 * NT * MT * 4 * 32 * 4;
+  constexpr int stages = S * NT * kThreads * (16 + 4 + 4) + (XS ? S * MT * kThreads * 32 : 0);
+  constexpr int red = 4 * NT * MT * 4 * 32 * 4;
   return stages > red ? stages : red;
 }
 
@@ -394,7 +396,10 @@ __device__ __forceinline__ void finish_block(float (&acc)[NT][MT][4], const bool
 // than every weight being scaled in half precision: fewer instructions per weight, for the
 // memory-bound small-m tiles (MT = 1) whose extra fp32 registers cost no occupancy. kAtEnd (one
 // group in all): no scale traffic in the loop at all, any tile.
-template <int BITS, typename T, int MT, int NT, int S, int MODE>
+// XS: the lane's activations go through the same cp.async pipeline as its weights (S - 1 chunks
+// ahead, into its own slots) instead of a load from L1/L2 each chunk, whose latency a warp with few
+// chunks (small layers, K split over 8 warps) otherwise waits out once per chunk.
+template <int BITS, typename T, int MT, int NT, int S, int MODE, bool XS>
 __global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
     const T* __restrict__ x,               // [M, ldx]
     int64_t ldx,
@@ -449,9 +454,20 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) xsrc[mt] = x + min(m0 + mt * 8 + g, M - 1) * ldx + t * KSPAN;
 
+  uint4* xbuf = smem + S * NT * kThreads * 3 / 2;  // XS: [S][MT][XV][kThreads], after 24 bytes per weight slot
+
   // Copy chunk c into stage `slot` (one group per call, maybe empty).
   auto issue = [&](int c, int slot) {
-    if (c < c_end) src.template copy<S, MODE != kAtEnd>(smem, slot, tid, c, scales, zeros, kgroup, gsize, n_tiles);
+    if (c < c_end) {
+      src.template copy<S, MODE != kAtEnd>(smem, slot, tid, c, scales, zeros, kgroup, gsize, n_tiles);
+      if constexpr (XS) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int v = 0; v < XV; ++v)
+            cp_async16(xbuf + ((slot * MT + mt) * XV + v) * kThreads + tid, xsrc[mt] + c * KC + v * 8);
+      }
+    }
     cp_async_commit();
   };
 
@@ -462,8 +478,15 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
     issue(c + S - 1, (it + S - 1) % S);
     // Activations for this chunk first: their latency overlaps the wait and the dequantization.
     uint4 xv[MT][XV];
-    load_x<BITS, T, MT>(xsrc, c, m0, M, xv);
+    if constexpr (!XS) load_x<BITS, T, MT>(xsrc, c, m0, M, xv);
     cp_async_wait<S - 1>();  // this thread's copies of chunk c have landed
+    if constexpr (XS) {
+      // m-tiles past M hold clamped rows; consume_chunk skips them.
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int v = 0; v < XV; ++v) xv[mt][v] = lds128(xbuf + (((it % S) * MT + mt) * XV + v) * kThreads + tid);
+    }
     consume_chunk<BITS, T, MT, NT, S, MODE>(smem, it % S, tid, zeros != nullptr, zsym, dc_end, xv, m0, M, acc);
   }
   cp_async_wait<0>();
@@ -788,12 +811,12 @@ cudaError_t launch_streamk(int mode, const void* x, int64_t ldx, const int32_t* 
   return cudaGetLastError();
 }
 
-template <int BITS, typename T, int MT, int NT, int S, bool AFTER_OK, bool STREAMK>
+template <int BITS, typename T, int MT, int NT, int S, bool AFTER_OK, bool STREAMK, bool XS>
 cudaError_t launch(const void* x, int64_t ldx, const int32_t* qweight, const uint32_t* scales,
                    const uint32_t* zeros, const int32_t* kgroup, int group_size, const void* bias, void* out,
                    int M, int N, int K, int num_sms, const SplitK& split, cudaStream_t stream) {
   constexpr int KC = BITS == 4 ? 64 : 32;
-  constexpr int kSmem = smem_bytes<MT, NT, S>();
+  constexpr int kSmem = smem_bytes<MT, NT, S, XS>();
   const int mode = kgroup == nullptr && group_size == K                       ? kAtEnd
                    : AFTER_OK && kgroup == nullptr && group_size % KC == 0 ? kPerChunk
                                                                            : kPerWeight;
@@ -804,10 +827,10 @@ cudaError_t launch(const void* x, int64_t ldx, const int32_t* qweight, const uin
         split.ws_numel >= wxa16_gemm_workspace_floats(M, N))
       return launch_streamk<BITS, T, MT, NT, S, AFTER_OK>(mode, x, ldx, qweight, scales, zeros, kgroup, group_size, bias, out,
                                                 M, N, K, num_sms, split.ws, stream);
-  auto kernel = wxa16_gemm_kernel<BITS, T, MT, NT, S, kPerWeight>;
-  if (mode == kAtEnd) kernel = wxa16_gemm_kernel<BITS, T, MT, NT, S, kAtEnd>;
+  auto kernel = wxa16_gemm_kernel<BITS, T, MT, NT, S, kPerWeight, XS>;
+  if (mode == kAtEnd) kernel = wxa16_gemm_kernel<BITS, T, MT, NT, S, kAtEnd, XS>;
   if constexpr (AFTER_OK)
-    if (mode == kPerChunk) kernel = wxa16_gemm_kernel<BITS, T, MT, NT, S, kPerChunk>;
+    if (mode == kPerChunk) kernel = wxa16_gemm_kernel<BITS, T, MT, NT, S, kPerChunk, XS>;
   // Not a stream operation (legal while capturing a graph); per device, so set it every launch.
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (err != cudaSuccess) return err;
@@ -931,6 +954,7 @@ cudaError_t launch_mid(const void* x, int64_t ldx, const int32_t* qweight, const
 struct TileShape {
   int mt, nt, s;
   bool after, streamk;
+  bool xs = false;  // activations staged through the cp.async pipeline (wxa16_gemm_kernel's XS)
 };
 constexpr TileShape kTiles[] = {{1, 1, 8, true, false}, {1, 2, 8, true, false}, {1, 4, 3, true, false},
                                 {2, 1, 8, false, false}, {2, 4, 3, false, false}, {2, 2, 4, true, false},
@@ -945,7 +969,12 @@ struct MidTileShape {
   int mt, nt, s;
 };
 constexpr MidTileShape kMidTiles[] = {{8, 2, 3}, {8, 4, 3}};
-constexpr int kNumTiles = kNumPlainTiles + sizeof(kMidTiles) / sizeof(kMidTiles[0]);
+constexpr int kNumMidTiles = sizeof(kMidTiles) / sizeof(kMidTiles[0]);
+// Later plain tiles, tile id kNumPlainTiles + kNumMidTiles + i: the narrow tiles 0 and 1 with staged
+// activations (XS; the second with 4 stages, for 2 blocks per SM), for layers whose warps get few
+// chunks each; a stream-K tile of two m-tiles (up to 16 rows) for tall layers.
+constexpr TileShape kLateTiles[] = {{1, 1, 8, true, false, true}, {1, 2, 4, true, false, true}, {2, 2, 4, false, true}};
+constexpr int kNumTiles = kNumPlainTiles + kNumMidTiles + sizeof(kLateTiles) / sizeof(kLateTiles[0]);
 
 // The fastest tile measured on an H100 (benchmarks/NOTES_gpu.md, `gpu_gemm.py --sweep` and
 // `--small`) by rows m, n-tiles and chunks nc: wide tiles once N gives every SM 4+ n-tiles, middle
@@ -978,7 +1007,7 @@ cudaError_t dispatch_tile(int tile, const void* x, int64_t ldx, const int32_t* q
                           int M, int N, int K, int num_sms, const SplitK& split, cudaStream_t stream) {
 #define QK_TILE(I)                                                                                                   \
   case I:                                                                                                            \
-    return launch<BITS, T, kTiles[I].mt, kTiles[I].nt, kTiles[I].s, kTiles[I].after, kTiles[I].streamk>(x, ldx, qweight, scales, zeros, kgroup,         \
+    return launch<BITS, T, kTiles[I].mt, kTiles[I].nt, kTiles[I].s, kTiles[I].after, kTiles[I].streamk, kTiles[I].xs>(x, ldx, qweight, scales, zeros, kgroup,         \
                                                                    group_size, bias, out, M, N, K, num_sms, split, stream);
   switch (tile < 0 ? auto_tile(M, N / 16, K / chunk_cols(BITS), split.ws != nullptr, num_sms) : tile) {
     QK_TILE(0)
@@ -998,12 +1027,21 @@ cudaError_t dispatch_tile(int tile, const void* x, int64_t ldx, const int32_t* q
     QK_MID_TILE(0)
     QK_MID_TILE(1)
 #undef QK_MID_TILE
+#define QK_LATE_TILE(I)                                                                                      \
+  case kNumPlainTiles + kNumMidTiles + I:                                                                    \
+    return launch<BITS, T, kLateTiles[I].mt, kLateTiles[I].nt, kLateTiles[I].s, kLateTiles[I].after,         \
+                  kLateTiles[I].streamk, kLateTiles[I].xs>(x, ldx, qweight, scales, zeros, kgroup, group_size, \
+                                                           bias, out, M, N, K, num_sms, split, stream);
+    QK_LATE_TILE(0)
+    QK_LATE_TILE(1)
+    QK_LATE_TILE(2)
+#undef QK_LATE_TILE
     default:
       return cudaErrorInvalidValue;
   }
 #undef QK_TILE
 }
-static_assert(kNumPlainTiles == 10 && kNumTiles == 12, "dispatch_tile lists every tile");
+static_assert(kNumPlainTiles == 10 && kNumMidTiles == 2 && kNumTiles == 15, "dispatch_tile lists every tile");
 
 }  // namespace
 

@@ -254,16 +254,17 @@ def mid_m(shapes, m_list, out_dir, with_triton):
     save_lines(out_dir, "mid_m.txt", lines)
 
 
-STAGED_TILES = (12, 13)  # csrc/cuda/wxa16_gemm_sm80.cu, kLateTiles: tiles 0 and 1 with staged activations
-STREAMK16_TILE = 14  # kLateTiles: stream-K with two m-tiles (m <= 16)
+# csrc/cuda/wxa16_gemm_sm80.cu: plain tiles and their twins with staged activations (kLateTiles)
+STAGED_PAIRS_M8 = ((0, 12), (1, 13), (2, 15))  # m <= 8
+STAGED_PAIRS_M16 = ((5, 14),)  # 8 < m <= 16
 
 
 def small_m(shapes, m_list, out_dir):
     """m <= 16, the memory-bound cells: per shape and m, cuBLAS and the GEMM without a workspace
-    (`plain`: the plain tiles), with one (`auto`: what QuantLinear runs), each stream-K tile forced
-    (`sk7`..`sk9`, m <= 8), and the narrow plain tiles with and without staged activations forced
-    (`t0`, `t1`, `t12`, `t13`, m <= 8), the 16-row stream-K tile (`sk14`), for int4 g128 fp16 / bf16
-    and int8 per-channel fp16."""
+    (`plain`: the plain tiles), with one (`auto`: what QuantLinear runs), the stream-K tile auto
+    takes forced (`sk7`, m <= 8), and plain tiles with and without staged activations forced (`tN`:
+    m <= 8 tiles 0, 1, 2 and 12, 13, 15; 8 < m <= 16: 5 and 14), for int4 g128 fp16 / bf16 and int8
+    per-channel fp16."""
     lines = []
     for k, n in shapes:
         for bits, gs, dts in ((4, 128, (torch.float16, torch.bfloat16)), (8, -1, (torch.float16,))):
@@ -284,9 +285,9 @@ def small_m(shapes, m_list, out_dir):
                     variants = [("plain", -1, None)]
                     if m <= qk_cuda.STREAMK_MAX_M:
                         variants.append(("auto", -1, ws))
-                    variants += [(f"sk{t}", t, ws) for t in ((7, 8, 9) if m <= 8 else ())]  # stream-K tiles
-                    variants += [(f"t{t}", t, None) for t in ((0, 1) + STAGED_TILES if m <= 8 else ())]
-                    variants += [(f"sk{STREAMK16_TILE}", STREAMK16_TILE, ws)] if m <= 16 else []
+                    variants += [("sk7", 7, ws)] if m <= 8 else []  # the stream-K tile auto takes
+                    pairs = STAGED_PAIRS_M8 if m <= 8 else STAGED_PAIRS_M16 if m <= 16 else ()
+                    variants += [(f"t{t}", t, None) for pair in pairs for t in pair]
                     for name, tile, w in variants:
                         res[name], _ = time_us([
                             lambda s=s, tile=tile, w=w: torch.ops.quantkernels.cuda_wxa16_gemm(
@@ -345,40 +346,6 @@ def dequant_and_threshold(shapes, out_dir):
     save_lines(out_dir, "dequant.txt", lines)
 
 
-LARGE_SLICES_MB = (8, 16, 32)  # dense weight slices tried on the large-m path (dequant_linear)
-
-
-def large_m(shapes, m_list, out_dir):
-    """m >= 1024, int4 g128 fp16: cuBLAS, dequantize + cuBLAS on the whole weight (`whole`), in
-    N-slices of about S MB (`sS`: each slice dequantized, then its GEMM into its output columns, so
-    the slice can stay in L2), and `auto` (what QuantLinear runs): sets DEQUANT_SLICE_BYTES in
-    quantkernels/backends/cuda.py."""
-    lines = []
-    dt = torch.float16
-    for k, n in shapes:
-        codes, scales, zeros = make_quant(k, n, 4, 128)
-        cfg = QuantConfig(bits=4, group_size=128, sym=True)
-        qbytes = n * k // 2 + scales.numel() * 2
-        layer, states = prepared_copies(codes, scales, zeros, cfg, copies_for(qbytes))
-        w = reference.dequantize(layer.portable_tensors()["qweight"], layer.qzeros, scales, layer.g_idx, 4, dt)
-        dense = [w] + [w.clone() for _ in range(copies_for(n * k * 2) - 1)]
-        for m in m_list:
-            x = torch.randn(m, k, device="cuda", dtype=dt)
-            res = {"cublas": time_us([lambda w=w: torch.nn.functional.linear(x, w) for w in dense])[0]}
-            for name, sb in [("whole", None)] + [(f"s{mb}", mb << 20) for mb in LARGE_SLICES_MB]:
-                res[name] = time_us([lambda s=s, sb=sb: qk_cuda.dequant_linear(s, x, 4, sb) for s in states])[0]
-            res["auto"] = time_us([lambda s=s: qk_cuda.BACKEND.linear(layer, s, x) for s in states])[0]
-            best = min((v, key) for key, v in res.items() if key != "cublas")
-            line = f"{k}x{n} m={m}: " + " ".join(f"{key}={v:.1f}" for key, v in res.items())
-            line += f" best={best[1]} | x" + " ".join(
-                f"{key}={res['cublas'] / v:.3f}" for key, v in res.items() if key != "cublas")
-            print(line, flush=True)
-            lines.append(line)
-        del states, dense, w
-        torch.cuda.empty_cache()
-    save_lines(out_dir, "large_m.txt", lines)
-
-
 def profile_once(out_dir):
     """One launch of the fused kernel per case, nothing else, for Nsight Compute
     (`ncu -k regex:wxa16_gemm_kernel --section ... python3 benchmarks/gpu_gemm.py --profile`)."""
@@ -402,7 +369,6 @@ def main():
     ap.add_argument("--profile", action="store_true", help="one launch per case, for ncu")
     ap.add_argument("--small", action="store_true", help="m <= 16 variants (plain / stream-K tiles) instead")
     ap.add_argument("--mid", action="store_true", help="16 < m <= 256 variants (plain / middle-m tiles) instead")
-    ap.add_argument("--large", action="store_true", help="m >= 1024 variants (whole / sliced dequantize) instead")
     ap.add_argument("--shapes", help="subset of KxN shapes, comma-separated (default: all six)")
     ap.add_argument("--ms", help="subset of m values, comma-separated")
     args = ap.parse_args()
@@ -417,11 +383,6 @@ def main():
         print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, "
               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
         mid_m(shape_sel, m_sel or [16, 32, 64, 128, 256], args.out, not args.no_triton and backends.unavailable_reason("triton") is None)
-        return
-    if args.large:
-        print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, "
-              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
-        large_m(shape_sel, m_sel or [1024, 4096], args.out)
         return
     if args.profile:
         profile_once(args.out)

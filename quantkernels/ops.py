@@ -138,15 +138,14 @@ def _cpu_linear_int8_fake(x, w, scales, zeros, bias, bits, act_group_size, isa="
 # (-1: automatic) forces one of the GEMM's tile shapes, for tuning (benchmarks/gpu_gemm.py).
 # ``workspace`` is a float32 buffer of zeros that lets the GEMM split K over blocks; the kernel
 # leaves it all zeros again (values unchanged, so it is not declared as mutated); ``ksplit``
-# (-1: automatic) forces the number of blocks along K. ``cuda_wxa16_dequantize`` returns rows
-# ``n_begin .. n_begin + n_rows`` (-1: to N; multiples of 16) of the dense weight.
+# (-1: automatic) forces the number of blocks along K.
 _define(
     "cuda_wxa16_gemm(Tensor x, Tensor qweight, Tensor scales, Tensor? zeros, Tensor? kgroup, int group_size,"
     " Tensor? bias, int bits, Tensor? workspace=None, int tile=-1, int ksplit=-1) -> Tensor"
 )
 _define(
     "cuda_wxa16_dequantize(Tensor qweight, Tensor scales, Tensor? zeros, Tensor? kgroup, int group_size,"
-    " int bits, int n_begin=0, int n_rows=-1) -> Tensor"
+    " int bits) -> Tensor"
 )
 
 
@@ -160,9 +159,8 @@ def _cuda_wxa16_gemm_fake(x, qweight, scales, zeros, kgroup, group_size, bias, b
 
 
 @torch.library.register_fake("quantkernels::cuda_wxa16_dequantize")
-def _cuda_wxa16_dequantize_fake(qweight, scales, zeros, kgroup, group_size, bits, n_begin=0, n_rows=-1):
-    rows = qweight.shape[0] * 16 - n_begin if n_rows < 0 else n_rows
-    return scales.new_empty((rows, qweight.shape[1] * _cuda_chunk_cols(bits)))
+def _cuda_wxa16_dequantize_fake(qweight, scales, zeros, kgroup, group_size, bits):
+    return scales.new_empty((qweight.shape[0] * 16, qweight.shape[1] * _cuda_chunk_cols(bits)))
 
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the lent GPU: build the CUDA extension, run the CUDA tests, optionally the sanitizer
-# and the benchmark; logs under $OUT. Usage: bash scripts/gpu_session.sh [tests] [sanitize] [dequant] [sweep] [small] [mid] [large] [ncu] [bench|quick]
-# (MID_ARGS / SMALL_ARGS / LARGE_ARGS / BENCH_ARGS: extra arguments of that step, e.g. "--shapes 8192x28672 --ms 64")
+# and the benchmark; logs under $OUT. Usage: bash scripts/gpu_session.sh [tests] [sanitize] [dequant] [sweep] [small] [mid] [ncu] [bench|quick]
+# (MID_ARGS / SMALL_ARGS / BENCH_ARGS: extra arguments of that step, e.g. "--shapes 8192x28672 --ms 64")
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
@@ -20,7 +20,6 @@ for step in "$@"; do
     sanitize) timeout 400 bash scripts/sanitize_cuda.sh > "$OUT/sanitize.log" 2>&1; echo "sanitize rc=$?"; grep -E "^==|ERROR SUMMARY" "$OUT/sanitize.log" | head -10 ;;
     mid) timeout 400 python3 benchmarks/gpu_gemm.py --mid ${MID_ARGS:-} --out "$OUT" > "$OUT/mid.log" 2>&1; echo "mid rc=$?"; cut -c1-300 "$OUT/mid.log" ;;
     small) timeout 300 python3 benchmarks/gpu_gemm.py --small ${SMALL_ARGS:-} --out "$OUT" > "$OUT/small.log" 2>&1; echo "small rc=$?"; cut -c1-250 "$OUT/small.log" ;;
-    large) timeout 300 python3 benchmarks/gpu_gemm.py --large ${LARGE_ARGS:-} --out "$OUT" > "$OUT/large.log" 2>&1; echo "large rc=$?"; cut -c1-300 "$OUT/large.log" ;;
     quick) timeout 400 python3 benchmarks/gpu_gemm.py --quick --out "$OUT" > "$OUT/bench.log" 2>&1; echo "bench rc=$?" ;;
     sweep) timeout 300 python3 benchmarks/gpu_gemm.py --sweep --out "$OUT" > "$OUT/sweep.log" 2>&1; echo "sweep rc=$?"; grep -E "best=|Error" "$OUT/sweep.log" | cut -c1-220 ;;
     dequant) timeout 300 python3 benchmarks/gpu_gemm.py --dequant --out "$OUT" > "$OUT/dequant.log" 2>&1; echo "dequant rc=$?"; grep -vE "^#|^ " "$OUT/dequant.log" | cut -c1-220; grep "^# device" "$OUT/dequant.log" ;;

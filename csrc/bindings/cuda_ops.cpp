@@ -174,20 +174,16 @@ at::Tensor wxa16_gemm(const at::Tensor& x, const at::Tensor& qweight, const at::
 
 at::Tensor wxa16_dequantize(const at::Tensor& qweight, const at::Tensor& scales,
                             const std::optional<at::Tensor>& zeros, const std::optional<at::Tensor>& kgroup,
-                            int64_t group_size, int64_t bits, int64_t n_begin, int64_t n_rows) {
+                            int64_t group_size, int64_t bits) {
   const Layout L = check_layout(qweight, scales, zeros, kgroup, group_size, bits);
-  if (n_rows < 0) n_rows = L.n - n_begin;
-  QK_CHECK(n_begin >= 0 && n_rows > 0 && n_begin % 16 == 0 && n_rows % 16 == 0 && n_begin + n_rows <= L.n,
-           "n_begin and n_rows must be multiples of 16 with 0 <= n_begin < n_begin + n_rows <= N=", L.n,
-           ", got n_begin=", n_begin, ", n_rows=", n_rows);
   const c10::cuda::CUDAGuard guard(qweight.device());
-  at::Tensor w = at::empty({n_rows, L.k}, scales.options());
+  at::Tensor w = at::empty({L.n, L.k}, scales.options());
   const cudaError_t err = qk::cuda::wxa16_dequantize(
       qweight.data_ptr<int32_t>(), static_cast<const uint32_t*>(scales.data_ptr()),
       zeros ? static_cast<const uint32_t*>(zeros->data_ptr()) : nullptr,
       kgroup ? kgroup->data_ptr<int32_t>() : nullptr, static_cast<int>(group_size), w.data_ptr(),
       static_cast<int>(L.n), static_cast<int>(L.k), static_cast<int>(bits), act_dtype(scales, "scales"),
-      c10::cuda::getCurrentCUDAStream().stream(), static_cast<int>(n_begin), static_cast<int>(n_rows));
+      c10::cuda::getCurrentCUDAStream().stream());
   QK_CHECK(err == cudaSuccess, "quantkernels::cuda_wxa16_dequantize failed: ", cudaGetErrorString(err));
   return w;
 }

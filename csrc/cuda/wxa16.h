@@ -78,13 +78,11 @@ cudaError_t wxa16_gemm(const void* x,          // [M, K] act dtype, row stride l
 // Number of GEMM tile shapes (valid `tile` values are -1 and 0 .. wxa16_gemm_num_tiles() - 1).
 int wxa16_gemm_num_tiles();
 
-// w[n_rows, K] (sorted columns, act dtype, row-major) = rows n_begin .. n_begin + n_rows of the
-// dequantized weight (n_rows = -1: to N); n_begin and n_rows multiples of 16.
+// w[N, K] (sorted columns, act dtype, row-major) = dequantized weight.
 cudaError_t wxa16_dequantize(const int32_t* qweight, const uint32_t* scales, const uint32_t* zeros,
                              const int32_t* kgroup, int group_size,
-                             void* w,  // [n_rows, K] act dtype
-                             int N, int K, int bits, ActDtype dtype, cudaStream_t stream, int n_begin = 0,
-                             int n_rows = -1);
+                             void* w,  // [N, K] act dtype
+                             int N, int K, int bits, ActDtype dtype, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace qk

@@ -8,9 +8,7 @@
 // its own shared memory, and writes each row's 512 bytes with one fully coalesced 16-byte store per
 // lane. (Writing straight from the fragment layout would leave every store instruction touching
 // 8 rows in half-sectors.) Warps are independent: no block barrier.
-// A launch may cover a range of whole n-tiles (rows n_begin .. n_begin + n_rows), written as a
-// dense [n_rows, K] matrix: the large-m path can dequantize slices small enough to stay in L2.
-// Limits: N % 16 == 0, K % KC == 0, n_begin and n_rows multiples of 16. Test: tests/test_cuda_backend.py (test_dequantize_*);
+// Limits: N % 16 == 0, K % KC == 0. Test: tests/test_cuda_backend.py (test_dequantize_*);
 // benchmark: benchmarks/gpu_gemm.py --dequant.
 #include "cuda/wxa16.h"
 #include "cuda/wxa16_common.cuh"
@@ -36,8 +34,8 @@ __global__ void __launch_bounds__(kDqWarps * 32) wxa16_dequant_kernel(
     const uint32_t* __restrict__ zeros,    // [G, N/16, 8] or null
     const int32_t* __restrict__ kgroup,    // [K/16] or null
     int gs16,
-    T* __restrict__ w,                     // [rows, K]: rows 16 nt_begin .. 16 (nt_begin + rows / 16)
-    int N, int K, int nt_begin, int rows) {
+    T* __restrict__ w,                     // [N, K]
+    int N, int K) {
   using T2 = typename ActTraits<T>::T2;
   constexpr int KC = BITS == 4 ? 64 : 32;
   constexpr int RUNS = BITS == 4 ? 4 : 2;
@@ -52,9 +50,8 @@ __global__ void __launch_bounds__(kDqWarps * 32) wxa16_dequant_kernel(
   const int NC = K / KC, n_tiles = N / 16;
   const int col_blocks = (K + kDqCols - 1) / kDqCols;
   const int64_t wid = static_cast<int64_t>(blockIdx.x) * kDqWarps + warp;  // (n-tile, column block)
-  if (wid >= static_cast<int64_t>(rows / 16) * col_blocks) return;         // whole warp
-  const int lt = static_cast<int>(wid / col_blocks), cb = static_cast<int>(wid % col_blocks);
-  const int nt = nt_begin + lt;  // n-tile of the whole weight
+  if (wid >= static_cast<int64_t>(n_tiles) * col_blocks) return;           // whole warp
+  const int nt = static_cast<int>(wid / col_blocks), cb = static_cast<int>(wid % col_blocks);
   const int c0 = cb * CPW;
 
   uint4 q[CPW];
@@ -95,7 +92,7 @@ __global__ void __launch_bounds__(kDqWarps * 32) wxa16_dequant_kernel(
 
   const int col = cb * kDqCols + lane * 8;  // K % 8 == 0, so a lane's 8 columns are all in or all out
   if (col >= K) return;
-  T* dst = w + static_cast<int64_t>(lt) * 16 * K + col;
+  T* dst = w + static_cast<int64_t>(nt) * 16 * K + col;
 #pragma unroll
   for (int r = 0; r < 16; ++r)
     *reinterpret_cast<uint4*>(dst + static_cast<int64_t>(r) * K) = *reinterpret_cast<const uint4*>(my + r * ROW + lane * 16);
@@ -103,29 +100,25 @@ __global__ void __launch_bounds__(kDqWarps * 32) wxa16_dequant_kernel(
 
 template <int BITS, typename T>
 cudaError_t launch(const int32_t* qweight, const uint32_t* scales, const uint32_t* zeros, const int32_t* kgroup,
-                   int group_size, void* w, int N, int K, int n_begin, int n_rows, cudaStream_t stream) {
-  const int64_t warps = static_cast<int64_t>(n_rows / 16) * ((K + kDqCols - 1) / kDqCols);
+                   int group_size, void* w, int N, int K, cudaStream_t stream) {
+  const int64_t warps = static_cast<int64_t>(N / 16) * ((K + kDqCols - 1) / kDqCols);
   const int64_t blocks = (warps + kDqWarps - 1) / kDqWarps;
   wxa16_dequant_kernel<BITS, T><<<static_cast<unsigned>(blocks), kDqWarps * 32, 0, stream>>>(
-      reinterpret_cast<const uint4*>(qweight), scales, zeros, kgroup, group_size / 16, static_cast<T*>(w), N, K,
-      n_begin / 16, n_rows);
+      reinterpret_cast<const uint4*>(qweight), scales, zeros, kgroup, group_size / 16, static_cast<T*>(w), N, K);
   return cudaGetLastError();
 }
 
 }  // namespace
 cudaError_t wxa16_dequantize(const int32_t* qweight, const uint32_t* scales, const uint32_t* zeros,
                              const int32_t* kgroup, int group_size, void* w, int N, int K, int bits,
-                             ActDtype dtype, cudaStream_t stream, int n_begin, int n_rows) {
-  if (n_rows < 0) n_rows = N - n_begin;
-  if (N % 16 != 0 || K % chunk_cols(bits) != 0 || group_size % 16 != 0 || n_begin % 16 != 0 || n_rows % 16 != 0 ||
-      n_begin < 0 || n_rows <= 0 || n_begin + n_rows > N)
-    return cudaErrorInvalidValue;
-#define QK_DQ(B, TT) launch<B, TT>(qweight, scales, zeros, kgroup, group_size, w, N, K, n_begin, n_rows, stream)
-  if (bits == 4 && dtype == ActDtype::kF16) return QK_DQ(4, __half);
-  if (bits == 4 && dtype == ActDtype::kBF16) return QK_DQ(4, __nv_bfloat16);
-  if (bits == 8 && dtype == ActDtype::kF16) return QK_DQ(8, __half);
-  if (bits == 8 && dtype == ActDtype::kBF16) return QK_DQ(8, __nv_bfloat16);
-#undef QK_DQ
+                             ActDtype dtype, cudaStream_t stream) {
+  if (N % 16 != 0 || K % chunk_cols(bits) != 0 || group_size % 16 != 0) return cudaErrorInvalidValue;
+  if (bits == 4 && dtype == ActDtype::kF16) return launch<4, __half>(qweight, scales, zeros, kgroup, group_size, w, N, K, stream);
+  if (bits == 4 && dtype == ActDtype::kBF16)
+    return launch<4, __nv_bfloat16>(qweight, scales, zeros, kgroup, group_size, w, N, K, stream);
+  if (bits == 8 && dtype == ActDtype::kF16) return launch<8, __half>(qweight, scales, zeros, kgroup, group_size, w, N, K, stream);
+  if (bits == 8 && dtype == ActDtype::kBF16)
+    return launch<8, __nv_bfloat16>(qweight, scales, zeros, kgroup, group_size, w, N, K, stream);
   return cudaErrorInvalidValue;
 }
 

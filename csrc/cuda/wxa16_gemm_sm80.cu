@@ -44,12 +44,21 @@ constexpr int kThreads = kWarps * 32;
 // on the exact q - z and each chunk's fp32 partial sum is scaled (one group per chunk: group size %
 // KC == 0, no group table); kAtEnd: one group for the whole of K (per-channel, no group table): the
 // lane's scales and zeros are read once before the loop instead of copied and unpacked every chunk,
-// and the fp32 accumulators are scaled once before the sum and store.
-enum ScaleMode : int { kPerWeight = 0, kPerChunk = 1, kAtEnd = 2 };
+// and the fp32 accumulators are scaled once before the sum and store. kPerChunkSym: kPerChunk
+// without zeros, whose zero-point constants are made once before the loop instead of every chunk.
+enum ScaleMode : int { kPerWeight = 0, kPerChunk = 1, kAtEnd = 2, kPerChunkSym = 3 };
 
 __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
   const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src) : "memory");
+}
+
+// L1-allocating twin of cp_async16, for data many warps of an SM read (the activations): .cg
+// copies of one small activation row by every warp of the GPU all went to the same few L2 slices
+// (tiles 12-13 ran 4-7x slower than their twins, 08:36 run).
+__device__ __forceinline__ void cp_async16_ca(void* dst, const void* src) {
+  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src) : "memory");
 }
 
 __device__ __forceinline__ void cp_async4(void* dst, const void* src) {
@@ -222,6 +231,14 @@ __device__ __forceinline__ void row_consts(const uint32_t* __restrict__ scales, 
   }
 }
 
+// kPerChunkSym: the symmetric zero's part of the constants (the scale part is unused there), the
+// same for every chunk, so made once instead of per chunk.
+template <int BITS, typename T, int NT>
+__device__ __forceinline__ void sym_consts(uint32_t zsym, DequantConsts (&dc)[NT]) {
+#pragma unroll
+  for (int n = 0; n < NT; ++n) dc[n] = make_consts<BITS, T>(0u, zsym);
+}
+
 // kAtEnd: acc (sums of x times q - z over the whole of K) times the row scales of group 0.
 template <typename T, int NT, int MT>
 __device__ __forceinline__ void scale_rows(float (&acc)[NT][MT][4], const uint32_t* __restrict__ scales, int nt0,
@@ -239,8 +256,8 @@ __device__ __forceinline__ void scale_rows(float (&acc)[NT][MT][4], const uint32
 }
 
 // One chunk of the main loop, once its copies have landed in stage `slot`: load this lane's
-// weights, scales and zeros from its slots (kAtEnd: weights only; dc_end holds the constants),
-// dequantize, and accumulate x (xv: this lane's activations of the chunk, MT m-tiles) times the
+// weights, scales and zeros from its slots (kAtEnd: weights only; dc_end holds the constants;
+// kPerChunkSym: dc_end holds the symmetric zero's constants, made once), dequantize, and accumulate x (xv: this lane's activations of the chunk, MT m-tiles) times the
 // weights into acc. Shared by both GEMM kernels.
 template <int BITS, typename T, int MT, int NT, int S, int MODE>
 __device__ __forceinline__ void consume_chunk(const uint4* smem, int slot, int tid, bool has_zeros, uint32_t zsym,
@@ -248,7 +265,7 @@ __device__ __forceinline__ void consume_chunk(const uint4* smem, int slot, int t
                                               const uint4 (&xv)[MT][BITS == 4 ? 2 : 1], int m0, int M,
                                               float (&acc)[NT][MT][4]) {
   using T2 = typename ActTraits<T>::T2;
-  constexpr bool SCALE_AFTER = MODE == kPerChunk;
+  constexpr bool SCALE_AFTER = MODE == kPerChunk || MODE == kPerChunkSym;
   constexpr int RUNS = BITS == 4 ? 4 : 2;  // k-tiles per chunk
   constexpr int WPR = BITS == 4 ? 1 : 2;   // words per run
   const uint4* wbuf = smem;
@@ -266,7 +283,10 @@ __device__ __forceinline__ void consume_chunk(const uint4* smem, int slot, int t
       continue;
     }
     const uint32_t sc = sbuf[sl];
-    dc[n] = make_consts<BITS, T>(sc, has_zeros ? zbuf[sl] : zsym);
+    if constexpr (MODE == kPerChunkSym)
+      dc[n] = dc_end[n];
+    else
+      dc[n] = make_consts<BITS, T>(sc, has_zeros ? zbuf[sl] : zsym);
     if constexpr (SCALE_AFTER) {
       const T2 s2 = as_t2<T2>(sc);
       srow[n][0] = ActTraits<T>::to_float(s2.x);
@@ -440,8 +460,9 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
   for (int n = 0; n < NT; ++n) valid[n] = nt0 + n < n_tiles;
 
   const uint32_t zsym = sym_zero2<BITS, T>();
-  DequantConsts dc_end[NT];  // kAtEnd: the constants of the one group
+  DequantConsts dc_end[NT];  // kAtEnd: the constants of the one group; kPerChunkSym: of the symmetric zero
   if constexpr (MODE == kAtEnd) row_consts<BITS, T, NT>(scales, zeros, zsym, nt0, n_tiles, g, dc_end);
+  if constexpr (MODE == kPerChunkSym) sym_consts<BITS, T, NT>(zsym, dc_end);
 
   float acc[NT][MT][4];
   zero_acc(acc);
@@ -465,7 +486,7 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
         for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
           for (int v = 0; v < XV; ++v)
-            cp_async16(xbuf + ((slot * MT + mt) * XV + v) * kThreads + tid, xsrc[mt] + c * KC + v * 8);
+            cp_async16_ca(xbuf + ((slot * MT + mt) * XV + v) * kThreads + tid, xsrc[mt] + c * KC + v * 8);
       }
     }
     cp_async_commit();
@@ -735,8 +756,9 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_streamk_kernel(
 
   // Consume side: slice cs, chunk cc; the current slice's items began at chunk c0.
   int cs = u_begin / NC, cc = u_begin % NC, c0 = cc;
-  DequantConsts dc_end[NT];  // kAtEnd: the constants of slice cs
+  DequantConsts dc_end[NT];  // kAtEnd: the constants of slice cs; kPerChunkSym: of the symmetric zero
   if constexpr (MODE == kAtEnd) row_consts<BITS, T, NT>(scales, zeros, zsym, cs * NT, n_tiles, g, dc_end);
+  if constexpr (MODE == kPerChunkSym) sym_consts<BITS, T, NT>(zsym, dc_end);
   for (int u = u_begin, it = 0; u < u_end; ++u, ++it) {
     issue((it + S - 1) % S);
     uint4 xv[MT][XV];
@@ -789,11 +811,13 @@ cudaError_t launch_streamk(int mode, const void* x, int64_t ldx, const int32_t* 
   constexpr int kMinItems = 4;
   auto kernel = wxa16_gemm_streamk_kernel<BITS, T, MT, NT, S, kPerWeight>;
   if (mode == kAtEnd) kernel = wxa16_gemm_streamk_kernel<BITS, T, MT, NT, S, kAtEnd>;
-  if constexpr (AFTER_OK)
+  if constexpr (AFTER_OK) {
     if (mode == kPerChunk) kernel = wxa16_gemm_streamk_kernel<BITS, T, MT, NT, S, kPerChunk>;
+    if (mode == kPerChunkSym) kernel = wxa16_gemm_streamk_kernel<BITS, T, MT, NT, S, kPerChunkSym>;
+  }
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (err != cudaSuccess) return err;
-  static int blocks_per_sm_of[3] = {0, 0, 0};  // per ScaleMode
+  static int blocks_per_sm_of[4] = {0, 0, 0, 0};  // per ScaleMode
   int& blocks_per_sm = blocks_per_sm_of[mode];
   if (blocks_per_sm == 0) {
     int b = 0;
@@ -818,7 +842,7 @@ cudaError_t launch(const void* x, int64_t ldx, const int32_t* qweight, const uin
   constexpr int KC = BITS == 4 ? 64 : 32;
   constexpr int kSmem = smem_bytes<MT, NT, S, XS>();
   const int mode = kgroup == nullptr && group_size == K                       ? kAtEnd
-                   : AFTER_OK && kgroup == nullptr && group_size % KC == 0 ? kPerChunk
+                   : AFTER_OK && kgroup == nullptr && group_size % KC == 0 ? (zeros == nullptr ? kPerChunkSym : kPerChunk)
                                                                            : kPerWeight;
   // Stream-K needs one pass of rows and the caller's workspace; otherwise the plain kernel serves.
   if constexpr (STREAMK)
@@ -829,12 +853,14 @@ cudaError_t launch(const void* x, int64_t ldx, const int32_t* qweight, const uin
                                                 M, N, K, num_sms, split.ws, stream);
   auto kernel = wxa16_gemm_kernel<BITS, T, MT, NT, S, kPerWeight, XS>;
   if (mode == kAtEnd) kernel = wxa16_gemm_kernel<BITS, T, MT, NT, S, kAtEnd, XS>;
-  if constexpr (AFTER_OK)
+  if constexpr (AFTER_OK) {
     if (mode == kPerChunk) kernel = wxa16_gemm_kernel<BITS, T, MT, NT, S, kPerChunk, XS>;
+    if (mode == kPerChunkSym) kernel = wxa16_gemm_kernel<BITS, T, MT, NT, S, kPerChunkSym, XS>;
+  }
   // Not a stream operation (legal while capturing a graph); per device, so set it every launch.
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (err != cudaSuccess) return err;
-  static int blocks_per_sm_of[3] = {0, 0, 0};  // resident blocks per SM (occupancy calculator) per ScaleMode, once
+  static int blocks_per_sm_of[4] = {0, 0, 0, 0};  // resident blocks per SM (occupancy calculator) per ScaleMode, once
   int& blocks_per_sm = blocks_per_sm_of[mode];
   if (blocks_per_sm == 0) {
     int b = 0;
@@ -970,10 +996,10 @@ struct MidTileShape {
 };
 constexpr MidTileShape kMidTiles[] = {{8, 2, 3}, {8, 4, 3}};
 constexpr int kNumMidTiles = sizeof(kMidTiles) / sizeof(kMidTiles[0]);
-// Later plain tiles, tile id kNumPlainTiles + kNumMidTiles + i: the narrow tiles 0 and 1 with staged
-// activations (XS; the second with 4 stages, for 2 blocks per SM), for layers whose warps get few
-// chunks each; a stream-K tile of two m-tiles (up to 16 rows) for tall layers.
-constexpr TileShape kLateTiles[] = {{1, 1, 8, true, false, true}, {1, 2, 4, true, false, true}, {2, 2, 4, false, true}};
+// Later plain tiles, tile id kNumPlainTiles + kNumMidTiles + i: tiles 0, 1, 5 and 2 with staged
+// activations (XS; 1 and 5 with 4 stages, for 2 blocks per SM), for warps with few chunks.
+constexpr TileShape kLateTiles[] = {{1, 1, 8, true, false, true}, {1, 2, 4, true, false, true},
+                                    {2, 2, 4, true, false, true}, {1, 4, 3, true, false, true}};
 constexpr int kNumTiles = kNumPlainTiles + kNumMidTiles + sizeof(kLateTiles) / sizeof(kLateTiles[0]);
 
 // The fastest tile measured on an H100 (benchmarks/NOTES_gpu.md, `gpu_gemm.py --sweep` and
@@ -988,12 +1014,17 @@ constexpr int kNumTiles = kNumPlainTiles + kNumMidTiles + sizeof(kLateTiles) / s
 // largest layers (8192x28672: 352 -> 269 us, 28672x8192: 334 -> 271 us at m = 128), the narrow one
 // once N gives every SM 6+ n-tiles (4096x14336: 110 -> 92 us); not on 8192x8192 or 14336x4096
 // (equal or slower), nor at m <= 64 (within +-5% of tile 6, slower on four of five shapes).
-int auto_tile(int M, int n_tiles, int nc, bool have_ws, int num_sms) {
+// 8-bit weights up to 8 rows: the narrow tile 0 wherever stream-K is not taken (its chunks are half
+// as wide; with the scales read once for per-channel weights, 08:36 `--small`: 8192x28672 87.5 us
+// against 92.4 for tile 2, 8192x8192 28.3 against 30.7 for tile 1, 4096x14336 24.8 against 25.7).
+int auto_tile(int M, int n_tiles, int nc, int bits, bool have_ws, int num_sms) {
   if (M <= 8) {
     if (have_ws && nc > 2 * ((n_tiles + 3) / 4)) return 7;
-    return n_tiles >= 4 * num_sms ? 2 : n_tiles >= 2 * num_sms ? 1 : 0;
+    constexpr int kLate = kNumPlainTiles + kNumMidTiles;  // staged twins: 0 -> +0, 1 -> +1, 2 -> +3
+    if (bits == 8) return kLate;
+    return n_tiles >= 4 * num_sms ? kLate + 3 : n_tiles >= 2 * num_sms ? kLate + 1 : kLate;
   }
-  if (M <= 16) return n_tiles >= 4 * num_sms ? 4 : n_tiles >= 2 * num_sms ? 5 : 3;
+  if (M <= 16) return n_tiles >= 4 * num_sms ? 4 : n_tiles >= 2 * num_sms ? kNumPlainTiles + kNumMidTiles + 2 : 3;
   if (M > 64 && M <= 128) {
     if (static_cast<int64_t>(n_tiles) * nc >= (int64_t{1} << 17)) return kNumPlainTiles + 1;
     if (n_tiles >= 6 * num_sms) return kNumPlainTiles;
@@ -1009,7 +1040,7 @@ cudaError_t dispatch_tile(int tile, const void* x, int64_t ldx, const int32_t* q
   case I:                                                                                                            \
     return launch<BITS, T, kTiles[I].mt, kTiles[I].nt, kTiles[I].s, kTiles[I].after, kTiles[I].streamk, kTiles[I].xs>(x, ldx, qweight, scales, zeros, kgroup,         \
                                                                    group_size, bias, out, M, N, K, num_sms, split, stream);
-  switch (tile < 0 ? auto_tile(M, N / 16, K / chunk_cols(BITS), split.ws != nullptr, num_sms) : tile) {
+  switch (tile < 0 ? auto_tile(M, N / 16, K / chunk_cols(BITS), BITS, split.ws != nullptr, num_sms) : tile) {
     QK_TILE(0)
     QK_TILE(1)
     QK_TILE(2)
@@ -1035,13 +1066,14 @@ cudaError_t dispatch_tile(int tile, const void* x, int64_t ldx, const int32_t* q
     QK_LATE_TILE(0)
     QK_LATE_TILE(1)
     QK_LATE_TILE(2)
+    QK_LATE_TILE(3)
 #undef QK_LATE_TILE
     default:
       return cudaErrorInvalidValue;
   }
 #undef QK_TILE
 }
-static_assert(kNumPlainTiles == 10 && kNumMidTiles == 2 && kNumTiles == 15, "dispatch_tile lists every tile");
+static_assert(kNumPlainTiles == 10 && kNumMidTiles == 2 && kNumTiles == 16, "dispatch_tile lists every tile");
 
 }  // namespace
 

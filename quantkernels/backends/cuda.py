@@ -42,9 +42,6 @@ GEMM_MAX_M = 128  # largest m for the fused kernel: on an H100 it wins at 128 on
 
 
 MID_MIN_M = 65  # rows from which the GEMM may pick a middle-m tile, which splits K over blocks in a shared workspace
-# Bytes of each dense weight slice on the large-m path (dequant_linear), None for the whole weight at
-# once: set from `benchmarks/gpu_gemm.py --large` on an H100 (benchmarks/NOTES_gpu.md).
-DEQUANT_SLICE_BYTES: Optional[int] = None
 STREAMK_MAX_M = 8  # rows up to which the GEMM gets the layer's workspace (its stream-K tiles serve one pass of 8)
 
 
@@ -273,35 +270,10 @@ class CudaBackend:
                 x2d, state.qweight, state.scales[dt], state.zeros[dt], state.kgroup, state.group_size,
                 state.bias[dt], bits, ws,
             )
-        return dequant_linear(state, x2d, bits, DEQUANT_SLICE_BYTES)
-
-
-def dequant_linear(state: CudaState, x2d: torch.Tensor, bits: int, slice_bytes: Optional[int]) -> torch.Tensor:
-    """The large-m path: x2d @ W^T + bias through a dense dequantized weight and cuBLAS. With
-    ``slice_bytes`` the weight is dequantized in slices of whole 16-row n-tiles of about that many
-    bytes, each followed by the GEMM that writes its columns of the output (cuBLAS takes the output's
-    row stride, so no copy), so that a slice can stay in L2 between its dequantization and its GEMM
-    instead of making a round trip through DRAM; None: the whole weight at once."""
-    dt = x2d.dtype
-    n, k = state.qweight.shape[0] * 16, x2d.shape[1]
-    bias = state.bias[dt]
-    rows = n if slice_bytes is None else max(16, slice_bytes // (2 * k) // 16 * 16)
-    if rows >= n:
         w = torch.ops.quantkernels.cuda_wxa16_dequantize(
             state.qweight, state.scales[dt], state.zeros[dt], state.kgroup, state.group_size, bits
         )
-        return torch.nn.functional.linear(x2d, w, bias)
-    out = torch.empty(x2d.shape[0], n, dtype=dt, device=x2d.device)
-    for a in range(0, n, rows):
-        r = min(rows, n - a)
-        w = torch.ops.quantkernels.cuda_wxa16_dequantize(
-            state.qweight, state.scales[dt], state.zeros[dt], state.kgroup, state.group_size, bits, a, r
-        )
-        if bias is None:
-            torch.mm(x2d, w.t(), out=out[:, a : a + r])
-        else:
-            torch.addmm(bias[a : a + r], x2d, w.t(), out=out[:, a : a + r])
-    return out
+        return torch.nn.functional.linear(x2d, w, state.bias[dt])
 
 
 BACKEND = CudaBackend()

@@ -255,15 +255,15 @@ def mid_m(shapes, m_list, out_dir, with_triton):
 
 
 # csrc/cuda/wxa16_gemm_sm80.cu: plain tiles and their twins with staged activations (kLateTiles)
-STAGED_PAIRS_M8 = ((0, 12), (1, 13), (2, 15))  # m <= 8
-STAGED_PAIRS_M16 = ((5, 14),)  # 8 < m <= 16
+STAGED_PAIRS_M8 = ((0,), (1, 12), (2,))  # m <= 8
+STAGED_PAIRS_M16 = ((5, 13),)  # 8 < m <= 16
 
 
 def small_m(shapes, m_list, out_dir):
     """m <= 16, the memory-bound cells: per shape and m, cuBLAS and the GEMM without a workspace
     (`plain`: the plain tiles), with one (`auto`: what QuantLinear runs), the stream-K tile auto
     takes forced (`sk7`, m <= 8), and plain tiles with and without staged activations forced (`tN`:
-    m <= 8 tiles 0, 1, 2 and 12, 13, 15; 8 < m <= 16: 5 and 14), for int4 g128 fp16 / bf16 and int8
+    m <= 8 tiles 0, 1, 2 and 12; 8 < m <= 16: 5 and 13), for int4 g128 fp16 / bf16 and int8
     per-channel fp16."""
     lines = []
     for k, n in shapes:

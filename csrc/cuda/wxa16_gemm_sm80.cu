@@ -7,17 +7,20 @@
 // its own shared-memory slots with cp.async, S chunks ahead (lane-private slots need no barrier:
 // cp.async.wait_group makes a thread's own copies visible to it), dequantizes them with
 // magic-number arithmetic and accumulates in fp32. Activations are re-read through L1/L2 (small,
-// shared by all warps); their loads are issued before the dequantization to overlap it.
+// shared by all warps); their loads are issued before the dequantization to overlap it. Tiles 12
+// and 13 instead copy them into the lane's slots with the weights (cp.async.ca, S - 1 chunks
+// ahead): a warp with few chunks no longer waits out an L1/L2 round trip every chunk.
 //
 // Small m is bound by instruction issue, not memory (Nsight Compute on an H100, NOTES_gpu.md), so
 // the loop keeps per-weight work low: addresses are loop-invariant pointers plus the chunk offset
 // (edge tiles and rows are clamped rather than branched around), groups advance by comparison,
-// and the MT = 1 tiles multiply the fp32 result of each chunk by its scale instead of every weight.
+// and the MT = 1 tiles multiply the fp32 result of each chunk by its scale instead of every weight
+// (ScaleMode; per-channel weights read their scales once and scale the sums at the end).
 // A block is 8 warps: WN n-slices x WK k-slices (WN * WK = 8); the k-slices are summed through
 // shared memory in a fixed order (deterministic), so no workspace and no atomics: every launch is
-// CUDA-graph safe. Up to 8 rows, given the caller's zeroed workspace, tall layers run the stream-K
-// variant (wxa16_gemm_streamk_kernel): equal ranges of the weight stream per warp, partial tiles
-// summed with fp32 atomics in the workspace, which the kernel leaves zeroed again.
+// CUDA-graph safe. Up to 8 rows, given the caller's zeroed workspace, tall 8-bit layers run the
+// stream-K variant (wxa16_gemm_streamk_kernel): equal ranges of the weight stream per warp, partial
+// tiles summed with fp32 atomics in the workspace, which the kernel leaves zeroed again.
 //
 // Middle m (tiles 10-11, wxa16_gemm_mid_kernel): the same weight pipeline, with the block's
 // activations (64 rows) staged in shared memory next to the weights, so each weight is
@@ -996,10 +999,10 @@ struct MidTileShape {
 };
 constexpr MidTileShape kMidTiles[] = {{8, 2, 3}, {8, 4, 3}};
 constexpr int kNumMidTiles = sizeof(kMidTiles) / sizeof(kMidTiles[0]);
-// Later plain tiles, tile id kNumPlainTiles + kNumMidTiles + i: tiles 0, 1, 5 and 2 with staged
-// activations (XS; 1 and 5 with 4 stages, for 2 blocks per SM), for warps with few chunks.
-constexpr TileShape kLateTiles[] = {{1, 1, 8, true, false, true}, {1, 2, 4, true, false, true},
-                                    {2, 2, 4, true, false, true}, {1, 4, 3, true, false, true}};
+// Later plain tiles, tile id kNumPlainTiles + kNumMidTiles + i: tiles 1 and 5 with staged
+// activations (XS) and 4 stages (2 blocks per SM). Measured and dropped (08:46 run, `--small`):
+// the staged twins of tile 0 (8 stages) and tile 2, never faster than these by more than noise.
+constexpr TileShape kLateTiles[] = {{1, 2, 4, true, false, true}, {2, 2, 4, true, false, true}};
 constexpr int kNumTiles = kNumPlainTiles + kNumMidTiles + sizeof(kLateTiles) / sizeof(kLateTiles[0]);
 
 // The fastest tile measured on an H100 (benchmarks/NOTES_gpu.md, `gpu_gemm.py --sweep` and
@@ -1014,17 +1017,22 @@ constexpr int kNumTiles = kNumPlainTiles + kNumMidTiles + sizeof(kLateTiles) / s
 // largest layers (8192x28672: 352 -> 269 us, 28672x8192: 334 -> 271 us at m = 128), the narrow one
 // once N gives every SM 6+ n-tiles (4096x14336: 110 -> 92 us); not on 8192x8192 or 14336x4096
 // (equal or slower), nor at m <= 64 (within +-5% of tile 6, slower on four of five shapes).
-// 8-bit weights up to 8 rows: the narrow tile 0 wherever stream-K is not taken (its chunks are half
-// as wide; with the scales read once for per-channel weights, 08:36 `--small`: 8192x28672 87.5 us
-// against 92.4 for tile 2, 8192x8192 28.3 against 30.7 for tile 1, 4096x14336 24.8 against 25.7).
+// Since the 08:46 run (`gpu_gemm.py --small`, every tile forced; NOTES_gpu.md), up to 16 rows the
+// tiles with staged activations (12, 13) serve all but the widest layers (N/16 >= 8 x SMs: tiles 2
+// and 4), also the tall ones, where they beat stream-K for 4 bits (m = 1: 14336x4096 15.2 against
+// 18.5 us, 28672x8192 49.2 against 53.2; m = 16 on 14336x4096: 19.2 against 27.3 for tile 3).
+// 8 bits up to 8 rows: stream-K on tall layers with N/16 >= 2 x SMs (28672x8192: 87.0 against 92.3
+// us), tile 0 from N/16 >= 4 x SMs (8192x28672: 87.7 against 89.7), else tile 12.
 int auto_tile(int M, int n_tiles, int nc, int bits, bool have_ws, int num_sms) {
+  constexpr int kStaged1 = kNumPlainTiles + kNumMidTiles, kStaged5 = kStaged1 + 1;  // tiles 1, 5 staged
   if (M <= 8) {
-    if (have_ws && nc > 2 * ((n_tiles + 3) / 4)) return 7;
-    constexpr int kLate = kNumPlainTiles + kNumMidTiles;  // staged twins: 0 -> +0, 1 -> +1, 2 -> +3
-    if (bits == 8) return kLate;
-    return n_tiles >= 4 * num_sms ? kLate + 3 : n_tiles >= 2 * num_sms ? kLate + 1 : kLate;
+    if (bits == 8) {
+      if (have_ws && nc > 2 * ((n_tiles + 3) / 4) && n_tiles >= 2 * num_sms) return 7;
+      return n_tiles >= 4 * num_sms ? 0 : kStaged1;
+    }
+    return n_tiles >= 8 * num_sms ? 2 : kStaged1;
   }
-  if (M <= 16) return n_tiles >= 4 * num_sms ? 4 : n_tiles >= 2 * num_sms ? kNumPlainTiles + kNumMidTiles + 2 : 3;
+  if (M <= 16) return n_tiles >= (bits == 8 ? 4 : 8) * num_sms ? 4 : kStaged5;
   if (M > 64 && M <= 128) {
     if (static_cast<int64_t>(n_tiles) * nc >= (int64_t{1} << 17)) return kNumPlainTiles + 1;
     if (n_tiles >= 6 * num_sms) return kNumPlainTiles;
@@ -1065,15 +1073,13 @@ cudaError_t dispatch_tile(int tile, const void* x, int64_t ldx, const int32_t* q
                                                            bias, out, M, N, K, num_sms, split, stream);
     QK_LATE_TILE(0)
     QK_LATE_TILE(1)
-    QK_LATE_TILE(2)
-    QK_LATE_TILE(3)
 #undef QK_LATE_TILE
     default:
       return cudaErrorInvalidValue;
   }
 #undef QK_TILE
 }
-static_assert(kNumPlainTiles == 10 && kNumMidTiles == 2 && kNumTiles == 16, "dispatch_tile lists every tile");
+static_assert(kNumPlainTiles == 10 && kNumMidTiles == 2 && kNumTiles == 14, "dispatch_tile lists every tile");
 
 }  // namespace
 

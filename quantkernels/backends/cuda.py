@@ -16,8 +16,9 @@ Dispatch by the number of rows m of the activation:
   weights once per 32 rows (once per 64 with its middle-m tiles, which stage the activations in
   shared memory and serve 64 < m <= 128 on large layers); its tile shape is chosen by m and the
   layer's shape inside the kernel. Up to ``STREAMK_MAX_M`` rows 8-bit layers give it their own
-  workspace, so that its stream-K tiles can share the weight stream equally among all SMs; from ``MID_MIN_M``
-  rows a workspace shared per (device, stream), for the middle-m tiles' split of K over blocks.
+  workspace, so that its stream-K tiles can share the weight stream equally among all SMs; from
+  ``MID_MIN_M`` rows a workspace shared per (device, stream), for the middle-m tiles' split of K
+  over blocks.
 * larger m: ``quantkernels::cuda_wxa16_dequantize`` to a dense fp16/bf16 weight (a bandwidth-bound
   kernel, ~2.85 TB/s on an H100), then cuBLAS.
 
@@ -225,7 +226,7 @@ class CudaBackend:
             state.scales[dt] = shuffle_pairs(t["scales"].to(dt))
             state.zeros[dt] = None if symmetric else shuffle_pairs(zeros.to(dt))
             state.bias[dt] = None if layer.bias is None else layer.bias.to(dt).contiguous()
-        if cfg.bits == 8:  # the GEMM takes its stream-K tiles for 8-bit layers only (csrc/cuda/wxa16_gemm_sm80.cu)
+        if cfg.bits == 8:  # the GEMM's stream-K tiles serve 8-bit layers only (wxa16_gemm_sm80.cu)
             state.workspace = torch.zeros(workspace_floats(STREAMK_MAX_M, n), dtype=torch.float32, device=codes.device)
         # The shuffled copy replaces the portable one: a placeholder keeps the device and dtype.
         layer.qweight = torch.empty(0, dtype=torch.int32, device=state.qweight.device)

@@ -254,10 +254,17 @@ def mid_m(shapes, m_list, out_dir, with_triton):
     save_lines(out_dir, "mid_m.txt", lines)
 
 
+# csrc/cuda/wxa16_gemm_sm80.cu: plain tiles and their twins with staged activations (kLateTiles)
+STAGED_PAIRS_M8 = ((0,), (1, 12), (2,))  # m <= 8
+STAGED_PAIRS_M16 = ((5, 13),)  # 8 < m <= 16
+
+
 def small_m(shapes, m_list, out_dir):
     """m <= 16, the memory-bound cells: per shape and m, cuBLAS and the GEMM without a workspace
-    (`plain`: the plain tiles), with one (`auto`: what QuantLinear runs) and each stream-K tile
-    forced (`sk7`..`sk9`, m <= 8), for int4 g128 fp16 / bf16 and int8 per-channel fp16."""
+    (`plain`: the plain tiles), with one (`auto`: what QuantLinear runs), the stream-K tile auto
+    takes forced (`sk7`, m <= 8), and plain tiles with and without staged activations forced (`tN`:
+    m <= 8 tiles 0, 1, 2 and 12; 8 < m <= 16: 5 and 13), for int4 g128 fp16 / bf16 and int8
+    per-channel fp16."""
     lines = []
     for k, n in shapes:
         for bits, gs, dts in ((4, 128, (torch.float16, torch.bfloat16)), (8, -1, (torch.float16,))):
@@ -278,7 +285,9 @@ def small_m(shapes, m_list, out_dir):
                     variants = [("plain", -1, None)]
                     if m <= qk_cuda.STREAMK_MAX_M:
                         variants.append(("auto", -1, ws))
-                    variants += [(f"sk{t}", t, ws) for t in ((7, 8, 9) if m <= 8 else ())]  # stream-K tiles
+                    variants += [("sk7", 7, ws)] if m <= 8 else []  # the stream-K tile auto takes
+                    pairs = STAGED_PAIRS_M8 if m <= 8 else STAGED_PAIRS_M16 if m <= 16 else ()
+                    variants += [(f"t{t}", t, None) for pair in pairs for t in pair]
                     for name, tile, w in variants:
                         res[name], _ = time_us([
                             lambda s=s, tile=tile, w=w: torch.ops.quantkernels.cuda_wxa16_gemm(

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the lent GPU: build the CUDA extension, run the CUDA tests, optionally the sanitizer
 # and the benchmark; logs under $OUT. Usage: bash scripts/gpu_session.sh [tests] [sanitize] [dequant] [sweep] [small] [mid] [ncu] [bench|quick]
-# (MID_ARGS: extra arguments of the mid step, e.g. "--shapes 8192x28672 --ms 64")
+# (MID_ARGS / SMALL_ARGS / BENCH_ARGS: extra arguments of that step, e.g. "--shapes 8192x28672 --ms 64")
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
@@ -19,7 +19,7 @@ for step in "$@"; do
            grep -E "^(FAILED|ERROR)|raised:|Error|assert" "$OUT/tests.log" | head -25 ;;
     sanitize) timeout 400 bash scripts/sanitize_cuda.sh > "$OUT/sanitize.log" 2>&1; echo "sanitize rc=$?"; grep -E "^==|ERROR SUMMARY" "$OUT/sanitize.log" | head -10 ;;
     mid) timeout 400 python3 benchmarks/gpu_gemm.py --mid ${MID_ARGS:-} --out "$OUT" > "$OUT/mid.log" 2>&1; echo "mid rc=$?"; cut -c1-300 "$OUT/mid.log" ;;
-    small) timeout 300 python3 benchmarks/gpu_gemm.py --small --out "$OUT" > "$OUT/small.log" 2>&1; echo "small rc=$?"; cut -c1-250 "$OUT/small.log" ;;
+    small) timeout 300 python3 benchmarks/gpu_gemm.py --small ${SMALL_ARGS:-} --out "$OUT" > "$OUT/small.log" 2>&1; echo "small rc=$?"; cut -c1-250 "$OUT/small.log" ;;
     quick) timeout 400 python3 benchmarks/gpu_gemm.py --quick --out "$OUT" > "$OUT/bench.log" 2>&1; echo "bench rc=$?" ;;
     sweep) timeout 300 python3 benchmarks/gpu_gemm.py --sweep --out "$OUT" > "$OUT/sweep.log" 2>&1; echo "sweep rc=$?"; grep -E "best=|Error" "$OUT/sweep.log" | cut -c1-220 ;;
     dequant) timeout 300 python3 benchmarks/gpu_gemm.py --dequant --out "$OUT" > "$OUT/dequant.log" 2>&1; echo "dequant rc=$?"; grep -vE "^#|^ " "$OUT/dequant.log" | cut -c1-220; grep "^# device" "$OUT/dequant.log" ;;
@@ -27,7 +27,7 @@ for step in "$@"; do
            --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \
            --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" python3 benchmarks/gpu_gemm.py --profile > "$OUT/ncu.txt" 2>&1; echo "ncu rc=$?"
          grep -E "wxa16_gemm_kernel|Duration|Memory Throughput|DRAM Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Grid Size|Waves Per SM|No Eligible|Issued Warp|cycles being stalled" "$OUT/ncu.txt" | sed 's/  */ /g' | cut -c1-150 | head -60 ;;
-    bench) timeout 540 python3 benchmarks/gpu_gemm.py --out "$OUT" > "$OUT/bench.log" 2>&1; echo "bench rc=$?" ;;
+    bench) timeout 540 python3 benchmarks/gpu_gemm.py ${BENCH_ARGS:-} --out "$OUT" > "$OUT/bench.log" 2>&1; echo "bench rc=$?" ;;
   esac
   echo "$step: $(( $(date +%s) - t0 )) s"
 done

@@ -25,7 +25,7 @@ from quantkernels.backends import cuda as cuda_backend
 from quantkernels.nn import QuantLinear
 
 BOUND = {torch.float16: 1e-3, torch.bfloat16: 8e-3}
-NUM_TILES = 12  # the GEMM's tile list (csrc/cuda/wxa16_gemm_sm80.cu, kTiles then kMidTiles)
+NUM_TILES = 14  # the GEMM's tile list (csrc/cuda/wxa16_gemm_sm80.cu, kTiles, kMidTiles, kLateTiles)
 MID_TILES = (10, 11)  # the middle-m kernel's tiles (64 rows a pass, 2 or 4 n-tiles a warp)
 M_LIST = (1, 2, 3, 7, 16, 33, 64, 100, 256, 1000, 4096)
 
@@ -157,13 +157,15 @@ def test_gemm_kernel_at_every_m(bits, m):
 @needs_gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("group_size,sym", [(128, False), (128, True), (-1, False)])
 @pytest.mark.parametrize("tile", range(NUM_TILES))
-def test_every_gemm_tile(tile, bits, dtype):
+def test_every_gemm_tile(tile, group_size, sym, bits, dtype):
     """Each tile shape of the kernel's list (auto picks some only for large N), forced, with and
     without a workspace (the stream-K tiles 7-9 use it for m <= 8, else run as their plain
-    twins)."""
+    twins). Group 128 scales per weight or per chunk (symmetric: the zero's constants made once),
+    per-channel (-1) once at the end."""
     k, n = 640, 336  # 21 n-tiles: partial NT groups for NT = 2 and 4
-    layer = _layer(k, n, QuantConfig(bits=bits, group_size=128, sym=False), dtype, seed=tile)
+    layer = _layer(k, n, QuantConfig(bits=bits, group_size=group_size, sym=sym), dtype, seed=tile)
     st = layer._prepared["cuda"]
     portable = _portable(layer)
     ws = torch.zeros(cuda_backend.workspace_floats(8, n), dtype=torch.float32, device="cuda")
@@ -185,12 +187,14 @@ def test_every_gemm_tile(tile, bits, dtype):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("k,n", [(128, 33808), (4096, 1040), (1152, 272)])
-def test_streamk_tiles(k, n, bits, dtype, tile):
+@pytest.mark.parametrize("group_size", [64, -1])
+def test_streamk_tiles(k, n, group_size, bits, dtype, tile):
     """Stream-K: every warp takes an equal range of (n-slice, chunk) items. (128, 33808): 2113
-    n-tiles of 2 or 4 chunks, so warps hold whole slices (direct store) as well as parts; the others
-    split every slice over several warps (workspace sums). Repeated launches rely on the previous
-    one having zeroed the workspace; asymmetric zeros, group 64."""
-    layer = _layer(k, n, QuantConfig(bits=bits, group_size=64, sym=False), dtype, seed=k + tile)
+    n-tiles of 2 or 4 chunks, so warps hold whole slices (direct store) as well as parts, and cross
+    from one slice into the next (per-channel: each slice's scales and zeros read as it starts); the
+    others split every slice over several warps (workspace sums). Repeated launches rely on the
+    previous one having zeroed the workspace; asymmetric zeros, group 64 or per-channel."""
+    layer = _layer(k, n, QuantConfig(bits=bits, group_size=group_size, sym=False), dtype, seed=k + tile)
     st = layer._prepared["cuda"]
     portable = _portable(layer)
     ws = torch.zeros(cuda_backend.workspace_floats(8, n), dtype=torch.float32, device="cuda")
@@ -250,12 +254,13 @@ def test_mid_tiles(tile, group_size, sym, act_order, bits, dtype):
 
 
 @needs_gpu
+@pytest.mark.parametrize("group_size", [64, -1])
 @pytest.mark.parametrize("ksplit", [2, 3])
 @pytest.mark.parametrize("tile", [0, 2, 4, 5])
 @pytest.mark.parametrize("bits", [4, 8])
-def test_split_k_leaves_workspace_zeroed(bits, tile, ksplit):
+def test_split_k_leaves_workspace_zeroed(bits, tile, ksplit, group_size):
     k, n = 1024, 336
-    layer = _layer(k, n, QuantConfig(bits=bits, group_size=64, sym=False), torch.float16, seed=ksplit)
+    layer = _layer(k, n, QuantConfig(bits=bits, group_size=group_size, sym=False), torch.float16, seed=ksplit)
     st = layer._prepared["cuda"]
     portable = _portable(layer)
     ws = torch.zeros(cuda_backend.workspace_floats(128, n), dtype=torch.float32, device="cuda")

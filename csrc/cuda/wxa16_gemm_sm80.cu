@@ -7,17 +7,20 @@
 // its own shared-memory slots with cp.async, S chunks ahead (lane-private slots need no barrier:
 // cp.async.wait_group makes a thread's own copies visible to it), dequantizes them with
 // magic-number arithmetic and accumulates in fp32. Activations are re-read through L1/L2 (small,
-// shared by all warps); their loads are issued before the dequantization to overlap it.
+// shared by all warps); their loads are issued before the dequantization to overlap it. Tiles 12
+// and 13 instead copy them into the lane's slots with the weights (cp.async.ca, S - 1 chunks
+// ahead): a warp with few chunks no longer waits out an L1/L2 round trip every chunk.
 //
 // Small m is bound by instruction issue, not memory (Nsight Compute on an H100, NOTES_gpu.md), so
 // the loop keeps per-weight work low: addresses are loop-invariant pointers plus the chunk offset
 // (edge tiles and rows are clamped rather than branched around), groups advance by comparison,
-// and the MT = 1 tiles multiply the fp32 result of each chunk by its scale instead of every weight.
+// and the MT = 1 tiles multiply the fp32 result of each chunk by its scale instead of every weight
+// (ScaleMode; per-channel weights read their scales once and scale the sums at the end).
 // A block is 8 warps: WN n-slices x WK k-slices (WN * WK = 8); the k-slices are summed through
 // shared memory in a fixed order (deterministic), so no workspace and no atomics: every launch is
-// CUDA-graph safe. Up to 8 rows, given the caller's zeroed workspace, tall layers run the stream-K
-// variant (wxa16_gemm_streamk_kernel): equal ranges of the weight stream per warp, partial tiles
-// summed with fp32 atomics in the workspace, which the kernel leaves zeroed again.
+// CUDA-graph safe. Up to 8 rows, given the caller's zeroed workspace, tall 8-bit layers run the
+// stream-K variant (wxa16_gemm_streamk_kernel): equal ranges of the weight stream per warp, partial
+// tiles summed with fp32 atomics in the workspace, which the kernel leaves zeroed again.
 //
 // Middle m (tiles 10-11, wxa16_gemm_mid_kernel): the same weight pipeline, with the block's
 // activations (64 rows) staged in shared memory next to the weights, so each weight is
@@ -39,9 +42,26 @@ namespace {
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 
+// Where the group scale is applied (the zero point always goes with the dequantization):
+// kPerWeight: every dequantized weight is (q - z) * s in T (any grouping); kPerChunk: the mma runs
+// on the exact q - z and each chunk's fp32 partial sum is scaled (one group per chunk: group size %
+// KC == 0, no group table); kAtEnd: one group for the whole of K (per-channel, no group table): the
+// lane's scales and zeros are read once before the loop instead of copied and unpacked every chunk,
+// and the fp32 accumulators are scaled once before the sum and store. kPerChunkSym: kPerChunk
+// without zeros, whose zero-point constants are made once before the loop instead of every chunk.
+enum ScaleMode : int { kPerWeight = 0, kPerChunk = 1, kAtEnd = 2, kPerChunkSym = 3 };
+
 __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
   const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src) : "memory");
+}
+
+// L1-allocating twin of cp_async16, for data many warps of an SM read (the activations): .cg
+// copies of one small activation row by every warp of the GPU all went to the same few L2 slices
+// (tiles 12-13 ran 4-7x slower than their twins, 08:36 run).
+__device__ __forceinline__ void cp_async16_ca(void* dst, const void* src) {
+  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src) : "memory");
 }
 
 __device__ __forceinline__ void cp_async4(void* dst, const void* src) {
@@ -66,11 +86,13 @@ __device__ __forceinline__ void cp_async_wait() {
 }
 
 // Dynamic shared memory of one block: S stages of (weights, scales, zeros) slots per thread and
-// n-tile; after the main loop the k-slice reduction buffer (WK >= 2 means at most 4 n-slices per
-// block) reuses the same bytes.
-template <int MT, int NT, int S>
+// n-tile, then with XS S stages of the thread's activations (MT m-tiles of at most 32 bytes); after
+// the main loop the k-slice reduction buffer (WK >= 2 means at most 4 n-slices per block) reuses
+// the same bytes.
+template <int MT, int NT, int S, bool XS = false>
 constexpr int smem_bytes() {
-  constexpr int stages = S * NT * kThreads * (16 + 4 + 4), red = 4 * NT * MT * 4 * 32 * 4;
+  constexpr int stages = S * NT * kThreads * (16 + 4 + 4) + (XS ? S * MT * kThreads * 32 : 0);
+  constexpr int red = 4 * NT * MT * 4 * 32 * 4;
   return stages > red ? stages : red;
 }
 
@@ -165,13 +187,19 @@ struct ChunkSource {
     group_end = (group + 1) * gsize;
   }
 
-  // Copy chunk c's weights, scales and zeros into stage `slot` of the lane's slots.
-  template <int S>
+  // Copy chunk c's weights, scales and zeros (weights only with SCALES = false) into stage `slot`
+  // of the lane's slots.
+  template <int S, bool SCALES = true>
   __device__ __forceinline__ void copy(uint4* smem, int slot, int tid, int c, const uint32_t* scales,
                                        const uint32_t* zeros, const int32_t* kgroup, int gsize, int n_tiles) {
     uint4* wbuf = smem;
     uint32_t* sbuf = reinterpret_cast<uint32_t*>(wbuf + S * NT * kThreads);
     uint32_t* zbuf = sbuf + S * NT * kThreads;
+    if constexpr (!SCALES) {
+#pragma unroll
+      for (int n = 0; n < NT; ++n) cp_async16(wbuf + (slot * NT + n) * kThreads + tid, wsrc[n] + c * 32);
+      return;
+    }
     const int col = c * KC + (tid & 3) * (KC / 4);
     int gi;
     if (kgroup != nullptr) {
@@ -194,14 +222,53 @@ struct ChunkSource {
   }
 };
 
+// The lane's dequantization constants of group 0 (kAtEnd: the only group), read once: nt0 is
+// the warp's first n-tile, clamped like ChunkSource's.
+template <int BITS, typename T, int NT>
+__device__ __forceinline__ void row_consts(const uint32_t* __restrict__ scales, const uint32_t* __restrict__ zeros,
+                                           uint32_t zsym, int nt0, int n_tiles, int g, DequantConsts (&dc)[NT]) {
+#pragma unroll
+  for (int n = 0; n < NT; ++n) {
+    const int i = min(nt0 + n, n_tiles - 1) * 8 + g;
+    dc[n] = make_consts<BITS, T>(__ldg(scales + i), zeros != nullptr ? __ldg(zeros + i) : zsym);
+  }
+}
+
+// kPerChunkSym: the symmetric zero's part of the constants (the scale part is unused there), the
+// same for every chunk, so made once instead of per chunk.
+template <int BITS, typename T, int NT>
+__device__ __forceinline__ void sym_consts(uint32_t zsym, DequantConsts (&dc)[NT]) {
+#pragma unroll
+  for (int n = 0; n < NT; ++n) dc[n] = make_consts<BITS, T>(0u, zsym);
+}
+
+// kAtEnd: acc (sums of x times q - z over the whole of K) times the row scales of group 0.
+template <typename T, int NT, int MT>
+__device__ __forceinline__ void scale_rows(float (&acc)[NT][MT][4], const uint32_t* __restrict__ scales, int nt0,
+                                           int n_tiles, int g) {
+  using T2 = typename ActTraits<T>::T2;
+#pragma unroll
+  for (int n = 0; n < NT; ++n) {
+    const T2 s2 = as_t2<T2>(__ldg(scales + min(nt0 + n, n_tiles - 1) * 8 + g));
+    const float s[2] = {ActTraits<T>::to_float(s2.x), ActTraits<T>::to_float(s2.y)};
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) acc[n][mt][q] *= s[q >> 1];
+  }
+}
+
 // One chunk of the main loop, once its copies have landed in stage `slot`: load this lane's
-// weights, scales and zeros from its slots, dequantize, and accumulate x (xv: this lane's
-// activations of the chunk, MT m-tiles) times the weights into acc. Shared by both GEMM kernels.
-template <int BITS, typename T, int MT, int NT, int S, bool SCALE_AFTER>
+// weights, scales and zeros from its slots (kAtEnd: weights only; dc_end holds the constants;
+// kPerChunkSym: dc_end holds the symmetric zero's constants, made once), dequantize, and accumulate x (xv: this lane's activations of the chunk, MT m-tiles) times the
+// weights into acc. Shared by both GEMM kernels.
+template <int BITS, typename T, int MT, int NT, int S, int MODE>
 __device__ __forceinline__ void consume_chunk(const uint4* smem, int slot, int tid, bool has_zeros, uint32_t zsym,
+                                              const DequantConsts (&dc_end)[NT],
                                               const uint4 (&xv)[MT][BITS == 4 ? 2 : 1], int m0, int M,
                                               float (&acc)[NT][MT][4]) {
   using T2 = typename ActTraits<T>::T2;
+  constexpr bool SCALE_AFTER = MODE == kPerChunk || MODE == kPerChunkSym;
   constexpr int RUNS = BITS == 4 ? 4 : 2;  // k-tiles per chunk
   constexpr int WPR = BITS == 4 ? 1 : 2;   // words per run
   const uint4* wbuf = smem;
@@ -214,8 +281,15 @@ __device__ __forceinline__ void consume_chunk(const uint4* smem, int slot, int t
   for (int n = 0; n < NT; ++n) {
     const int sl = (slot * NT + n) * kThreads + tid;
     w[n] = lds128(wbuf + sl);
+    if constexpr (MODE == kAtEnd) {
+      dc[n] = dc_end[n];
+      continue;
+    }
     const uint32_t sc = sbuf[sl];
-    dc[n] = make_consts<BITS, T>(sc, has_zeros ? zbuf[sl] : zsym);
+    if constexpr (MODE == kPerChunkSym)
+      dc[n] = dc_end[n];
+    else
+      dc[n] = make_consts<BITS, T>(sc, has_zeros ? zbuf[sl] : zsym);
     if constexpr (SCALE_AFTER) {
       const T2 s2 = as_t2<T2>(sc);
       srow[n][0] = ActTraits<T>::to_float(s2.x);
@@ -236,7 +310,7 @@ __device__ __forceinline__ void consume_chunk(const uint4* smem, int slot, int t
     uint32_t a[NT][4];
 #pragma unroll
     for (int n = 0; n < NT; ++n)
-      dequant_run<BITS, T, !SCALE_AFTER>(reinterpret_cast<const uint32_t*>(&w[n]) + j * WPR, dc[n], a[n]);
+      dequant_run<BITS, T, MODE == kPerWeight>(reinterpret_cast<const uint32_t*>(&w[n]) + j * WPR, dc[n], a[n]);
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
       if (m0 + mt * 8 >= M) break;  // block-uniform
@@ -340,11 +414,15 @@ __device__ __forceinline__ void finish_block(float (&acc)[NT][MT][4], const bool
   store_out(acc, valid, nt0, m0, M, N, g, t, bias, out);
 }
 
-// SCALE_AFTER (one group per chunk: group size % KC == 0 and no group table): the mma runs on the
-// exact q - z and the chunk's fp32 result is scaled once per output element, rather than every
-// weight being scaled in half precision: fewer instructions per weight, for the memory-bound
-// small-m tiles (MT = 1) whose extra fp32 registers cost no occupancy.
-template <int BITS, typename T, int MT, int NT, int S, bool SCALE_AFTER>
+// MODE (ScaleMode): kPerChunk (one group per chunk: group size % KC == 0 and no group table): the
+// mma runs on the exact q - z and the chunk's fp32 result is scaled once per output element, rather
+// than every weight being scaled in half precision: fewer instructions per weight, for the
+// memory-bound small-m tiles (MT = 1) whose extra fp32 registers cost no occupancy. kAtEnd (one
+// group in all): no scale traffic in the loop at all, any tile.
+// XS: the lane's activations go through the same cp.async pipeline as its weights (S - 1 chunks
+// ahead, into its own slots) instead of a load from L1/L2 each chunk, whose latency a warp with few
+// chunks (small layers, K split over 8 warps) otherwise waits out once per chunk.
+template <int BITS, typename T, int MT, int NT, int S, int MODE, bool XS>
 __global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
     const T* __restrict__ x,               // [M, ldx]
     int64_t ldx,
@@ -385,6 +463,9 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
   for (int n = 0; n < NT; ++n) valid[n] = nt0 + n < n_tiles;
 
   const uint32_t zsym = sym_zero2<BITS, T>();
+  DequantConsts dc_end[NT];  // kAtEnd: the constants of the one group; kPerChunkSym: of the symmetric zero
+  if constexpr (MODE == kAtEnd) row_consts<BITS, T, NT>(scales, zeros, zsym, nt0, n_tiles, g, dc_end);
+  if constexpr (MODE == kPerChunkSym) sym_consts<BITS, T, NT>(zsym, dc_end);
 
   float acc[NT][MT][4];
   zero_acc(acc);
@@ -397,9 +478,20 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) xsrc[mt] = x + min(m0 + mt * 8 + g, M - 1) * ldx + t * KSPAN;
 
+  uint4* xbuf = smem + S * NT * kThreads * 3 / 2;  // XS: [S][MT][XV][kThreads], after 24 bytes per weight slot
+
   // Copy chunk c into stage `slot` (one group per call, maybe empty).
   auto issue = [&](int c, int slot) {
-    if (c < c_end) src.template copy<S>(smem, slot, tid, c, scales, zeros, kgroup, gsize, n_tiles);
+    if (c < c_end) {
+      src.template copy<S, MODE != kAtEnd>(smem, slot, tid, c, scales, zeros, kgroup, gsize, n_tiles);
+      if constexpr (XS) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int v = 0; v < XV; ++v)
+            cp_async16_ca(xbuf + ((slot * MT + mt) * XV + v) * kThreads + tid, xsrc[mt] + c * KC + v * 8);
+      }
+    }
     cp_async_commit();
   };
 
@@ -410,11 +502,19 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
     issue(c + S - 1, (it + S - 1) % S);
     // Activations for this chunk first: their latency overlaps the wait and the dequantization.
     uint4 xv[MT][XV];
-    load_x<BITS, T, MT>(xsrc, c, m0, M, xv);
+    if constexpr (!XS) load_x<BITS, T, MT>(xsrc, c, m0, M, xv);
     cp_async_wait<S - 1>();  // this thread's copies of chunk c have landed
-    consume_chunk<BITS, T, MT, NT, S, SCALE_AFTER>(smem, it % S, tid, zeros != nullptr, zsym, xv, m0, M, acc);
+    if constexpr (XS) {
+      // m-tiles past M hold clamped rows; consume_chunk skips them.
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int v = 0; v < XV; ++v) xv[mt][v] = lds128(xbuf + (((it % S) * MT + mt) * XV + v) * kThreads + tid);
+    }
+    consume_chunk<BITS, T, MT, NT, S, MODE>(smem, it % S, tid, zeros != nullptr, zsym, dc_end, xv, m0, M, acc);
   }
   cp_async_wait<0>();
+  if constexpr (MODE == kAtEnd) scale_rows<T>(acc, scales, nt0, n_tiles, g);
 
   finish_block<T>(acc, valid, red, nt0, m0, M, N, tid, wn, wk, WK, KS, ws, bias, out);
 }
@@ -593,8 +693,9 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_mid_kernel(
 // count: 448 slices on 132 SMs is 4 against 3.4 on average). A warp whose range holds a whole
 // slice stores it; partial slices are summed in the fp32 workspace, and the warp that completes a
 // slice's count of chunks converts it and zeroes its workspace entries and counter again (graph
-// safe, no memset; the sum order, hence the last bits, can vary between launches).
-template <int BITS, typename T, int MT, int NT, int S, bool SCALE_AFTER>
+// safe, no memset; the sum order, hence the last bits, can vary between launches). kAtEnd reads the
+// scales and zeros of each slice the warp starts, and scales before the sum.
+template <int BITS, typename T, int MT, int NT, int S, int MODE>
 __global__ void __launch_bounds__(kThreads) wxa16_gemm_streamk_kernel(
     const T* __restrict__ x,               // [M, ldx]
     int64_t ldx,
@@ -639,7 +740,7 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_streamk_kernel(
   src.start(qw, is * NT, n_tiles, NC, lane, ic, gsize);
   auto issue = [&](int slot) {
     if (left > 0) {
-      src.template copy<S>(smem, slot, tid, ic, scales, zeros, kgroup, gsize, n_tiles);
+      src.template copy<S, MODE != kAtEnd>(smem, slot, tid, ic, scales, zeros, kgroup, gsize, n_tiles);
       --left;
       if (++ic == NC) {
         ic = 0;
@@ -658,15 +759,22 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_streamk_kernel(
 
   // Consume side: slice cs, chunk cc; the current slice's items began at chunk c0.
   int cs = u_begin / NC, cc = u_begin % NC, c0 = cc;
+  DequantConsts dc_end[NT];  // kAtEnd: the constants of slice cs; kPerChunkSym: of the symmetric zero
+  if constexpr (MODE == kAtEnd) row_consts<BITS, T, NT>(scales, zeros, zsym, cs * NT, n_tiles, g, dc_end);
+  if constexpr (MODE == kPerChunkSym) sym_consts<BITS, T, NT>(zsym, dc_end);
   for (int u = u_begin, it = 0; u < u_end; ++u, ++it) {
     issue((it + S - 1) % S);
     uint4 xv[MT][XV];
     load_x<BITS, T, MT>(xsrc, cc, 0, M, xv);
     cp_async_wait<S - 1>();
-    consume_chunk<BITS, T, MT, NT, S, SCALE_AFTER>(smem, it % S, tid, zeros != nullptr, zsym, xv, 0, M, acc);
+    consume_chunk<BITS, T, MT, NT, S, MODE>(smem, it % S, tid, zeros != nullptr, zsym, dc_end, xv, 0, M, acc);
     ++cc;
     if (cc < NC && u + 1 < u_end) continue;
     // End of this warp's part of slice cs: chunks [c0, cc).
+    if constexpr (MODE == kAtEnd) {
+      scale_rows<T>(acc, scales, cs * NT, n_tiles, g);
+      if (u + 1 < u_end) row_consts<BITS, T, NT>(scales, zeros, zsym, (cs + 1) * NT, n_tiles, g, dc_end);
+    }
     bool valid[NT];
 #pragma unroll
     for (int n = 0; n < NT; ++n) valid[n] = cs * NT + n < n_tiles;
@@ -698,19 +806,22 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_streamk_kernel(
 // The stream-K kernel over the whole grid: num_sms times as many blocks per SM as are resident,
 // fewer when that would leave a warp under kMinItems work items (a pipeline worth filling).
 template <int BITS, typename T, int MT, int NT, int S, bool AFTER_OK>
-cudaError_t launch_streamk(bool after, const void* x, int64_t ldx, const int32_t* qweight, const uint32_t* scales,
+cudaError_t launch_streamk(int mode, const void* x, int64_t ldx, const int32_t* qweight, const uint32_t* scales,
                            const uint32_t* zeros, const int32_t* kgroup, int group_size, const void* bias, void* out,
                            int M, int N, int K, int num_sms, float* ws, cudaStream_t stream) {
   constexpr int KC = BITS == 4 ? 64 : 32;
   constexpr int kSmem = smem_bytes<MT, NT, S>();
   constexpr int kMinItems = 4;
-  auto kernel = wxa16_gemm_streamk_kernel<BITS, T, MT, NT, S, false>;
-  if constexpr (AFTER_OK)
-    if (after) kernel = wxa16_gemm_streamk_kernel<BITS, T, MT, NT, S, true>;
+  auto kernel = wxa16_gemm_streamk_kernel<BITS, T, MT, NT, S, kPerWeight>;
+  if (mode == kAtEnd) kernel = wxa16_gemm_streamk_kernel<BITS, T, MT, NT, S, kAtEnd>;
+  if constexpr (AFTER_OK) {
+    if (mode == kPerChunk) kernel = wxa16_gemm_streamk_kernel<BITS, T, MT, NT, S, kPerChunk>;
+    if (mode == kPerChunkSym) kernel = wxa16_gemm_streamk_kernel<BITS, T, MT, NT, S, kPerChunkSym>;
+  }
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (err != cudaSuccess) return err;
-  static int blocks_per_sm_of[2] = {0, 0};
-  int& blocks_per_sm = blocks_per_sm_of[after ? 1 : 0];
+  static int blocks_per_sm_of[4] = {0, 0, 0, 0};  // per ScaleMode
+  int& blocks_per_sm = blocks_per_sm_of[mode];
   if (blocks_per_sm == 0) {
     int b = 0;
     err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, kernel, kThreads, kSmem);
@@ -727,28 +838,33 @@ cudaError_t launch_streamk(bool after, const void* x, int64_t ldx, const int32_t
   return cudaGetLastError();
 }
 
-template <int BITS, typename T, int MT, int NT, int S, bool AFTER_OK, bool STREAMK>
+template <int BITS, typename T, int MT, int NT, int S, bool AFTER_OK, bool STREAMK, bool XS>
 cudaError_t launch(const void* x, int64_t ldx, const int32_t* qweight, const uint32_t* scales,
                    const uint32_t* zeros, const int32_t* kgroup, int group_size, const void* bias, void* out,
                    int M, int N, int K, int num_sms, const SplitK& split, cudaStream_t stream) {
   constexpr int KC = BITS == 4 ? 64 : 32;
-  constexpr int kSmem = smem_bytes<MT, NT, S>();
-  const bool after = AFTER_OK && kgroup == nullptr && group_size % KC == 0;
+  constexpr int kSmem = smem_bytes<MT, NT, S, XS>();
+  const int mode = kgroup == nullptr && group_size == K                       ? kAtEnd
+                   : AFTER_OK && kgroup == nullptr && group_size % KC == 0 ? (zeros == nullptr ? kPerChunkSym : kPerChunk)
+                                                                           : kPerWeight;
   // Stream-K needs one pass of rows and the caller's workspace; otherwise the plain kernel serves.
   if constexpr (STREAMK)
     if (M <= 8 * MT && split.ksplit <= 0 && split.ws != nullptr &&
         static_cast<int64_t>(N / 16) * (K / KC) < (int64_t{1} << 31) &&
         split.ws_numel >= wxa16_gemm_workspace_floats(M, N))
-      return launch_streamk<BITS, T, MT, NT, S, AFTER_OK>(after, x, ldx, qweight, scales, zeros, kgroup, group_size, bias, out,
+      return launch_streamk<BITS, T, MT, NT, S, AFTER_OK>(mode, x, ldx, qweight, scales, zeros, kgroup, group_size, bias, out,
                                                 M, N, K, num_sms, split.ws, stream);
-  auto kernel = wxa16_gemm_kernel<BITS, T, MT, NT, S, false>;
-  if constexpr (AFTER_OK)
-    if (after) kernel = wxa16_gemm_kernel<BITS, T, MT, NT, S, true>;
+  auto kernel = wxa16_gemm_kernel<BITS, T, MT, NT, S, kPerWeight, XS>;
+  if (mode == kAtEnd) kernel = wxa16_gemm_kernel<BITS, T, MT, NT, S, kAtEnd, XS>;
+  if constexpr (AFTER_OK) {
+    if (mode == kPerChunk) kernel = wxa16_gemm_kernel<BITS, T, MT, NT, S, kPerChunk, XS>;
+    if (mode == kPerChunkSym) kernel = wxa16_gemm_kernel<BITS, T, MT, NT, S, kPerChunkSym, XS>;
+  }
   // Not a stream operation (legal while capturing a graph); per device, so set it every launch.
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (err != cudaSuccess) return err;
-  static int blocks_per_sm_of[2] = {0, 0};  // resident blocks per SM (occupancy calculator), once
-  int& blocks_per_sm = blocks_per_sm_of[after ? 1 : 0];
+  static int blocks_per_sm_of[4] = {0, 0, 0, 0};  // resident blocks per SM (occupancy calculator) per ScaleMode, once
+  int& blocks_per_sm = blocks_per_sm_of[mode];
   if (blocks_per_sm == 0) {
     int b = 0;
     err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, kernel, kThreads, kSmem);
@@ -867,6 +983,7 @@ cudaError_t launch_mid(const void* x, int64_t ldx, const int32_t* qweight, const
 struct TileShape {
   int mt, nt, s;
   bool after, streamk;
+  bool xs = false;  // activations staged through the cp.async pipeline (wxa16_gemm_kernel's XS)
 };
 constexpr TileShape kTiles[] = {{1, 1, 8, true, false}, {1, 2, 8, true, false}, {1, 4, 3, true, false},
                                 {2, 1, 8, false, false}, {2, 4, 3, false, false}, {2, 2, 4, true, false},
@@ -881,7 +998,12 @@ struct MidTileShape {
   int mt, nt, s;
 };
 constexpr MidTileShape kMidTiles[] = {{8, 2, 3}, {8, 4, 3}};
-constexpr int kNumTiles = kNumPlainTiles + sizeof(kMidTiles) / sizeof(kMidTiles[0]);
+constexpr int kNumMidTiles = sizeof(kMidTiles) / sizeof(kMidTiles[0]);
+// Later plain tiles, tile id kNumPlainTiles + kNumMidTiles + i: tiles 1 and 5 with staged
+// activations (XS) and 4 stages (2 blocks per SM). Measured and dropped (08:46 run, `--small`):
+// the staged twins of tile 0 (8 stages) and tile 2, never faster than these by more than noise.
+constexpr TileShape kLateTiles[] = {{1, 2, 4, true, false, true}, {2, 2, 4, true, false, true}};
+constexpr int kNumTiles = kNumPlainTiles + kNumMidTiles + sizeof(kLateTiles) / sizeof(kLateTiles[0]);
 
 // The fastest tile measured on an H100 (benchmarks/NOTES_gpu.md, `gpu_gemm.py --sweep` and
 // `--small`) by rows m, n-tiles and chunks nc: wide tiles once N gives every SM 4+ n-tiles, middle
@@ -895,12 +1017,22 @@ constexpr int kNumTiles = kNumPlainTiles + sizeof(kMidTiles) / sizeof(kMidTiles[
 // largest layers (8192x28672: 352 -> 269 us, 28672x8192: 334 -> 271 us at m = 128), the narrow one
 // once N gives every SM 6+ n-tiles (4096x14336: 110 -> 92 us); not on 8192x8192 or 14336x4096
 // (equal or slower), nor at m <= 64 (within +-5% of tile 6, slower on four of five shapes).
-int auto_tile(int M, int n_tiles, int nc, bool have_ws, int num_sms) {
+// Since the 08:46 run (`gpu_gemm.py --small`, every tile forced; NOTES_gpu.md), up to 16 rows the
+// tiles with staged activations (12, 13) serve all but the widest layers (N/16 >= 8 x SMs: tiles 2
+// and 4), also the tall ones, where they beat stream-K for 4 bits (m = 1: 14336x4096 15.2 against
+// 18.5 us, 28672x8192 49.2 against 53.2; m = 16 on 14336x4096: 19.2 against 27.3 for tile 3).
+// 8 bits up to 8 rows: stream-K on tall layers with N/16 >= 2 x SMs (28672x8192: 87.0 against 92.3
+// us), tile 0 from N/16 >= 4 x SMs (8192x28672: 87.7 against 89.7), else tile 12.
+int auto_tile(int M, int n_tiles, int nc, int bits, bool have_ws, int num_sms) {
+  constexpr int kStaged1 = kNumPlainTiles + kNumMidTiles, kStaged5 = kStaged1 + 1;  // tiles 1, 5 staged
   if (M <= 8) {
-    if (have_ws && nc > 2 * ((n_tiles + 3) / 4)) return 7;
-    return n_tiles >= 4 * num_sms ? 2 : n_tiles >= 2 * num_sms ? 1 : 0;
+    if (bits == 8) {
+      if (have_ws && nc > 2 * ((n_tiles + 3) / 4) && n_tiles >= 2 * num_sms) return 7;
+      return n_tiles >= 4 * num_sms ? 0 : kStaged1;
+    }
+    return n_tiles >= 8 * num_sms ? 2 : kStaged1;
   }
-  if (M <= 16) return n_tiles >= 4 * num_sms ? 4 : n_tiles >= 2 * num_sms ? 5 : 3;
+  if (M <= 16) return n_tiles >= (bits == 8 ? 4 : 8) * num_sms ? 4 : kStaged5;
   if (M > 64 && M <= 128) {
     if (static_cast<int64_t>(n_tiles) * nc >= (int64_t{1} << 17)) return kNumPlainTiles + 1;
     if (n_tiles >= 6 * num_sms) return kNumPlainTiles;
@@ -914,9 +1046,9 @@ cudaError_t dispatch_tile(int tile, const void* x, int64_t ldx, const int32_t* q
                           int M, int N, int K, int num_sms, const SplitK& split, cudaStream_t stream) {
 #define QK_TILE(I)                                                                                                   \
   case I:                                                                                                            \
-    return launch<BITS, T, kTiles[I].mt, kTiles[I].nt, kTiles[I].s, kTiles[I].after, kTiles[I].streamk>(x, ldx, qweight, scales, zeros, kgroup,         \
+    return launch<BITS, T, kTiles[I].mt, kTiles[I].nt, kTiles[I].s, kTiles[I].after, kTiles[I].streamk, kTiles[I].xs>(x, ldx, qweight, scales, zeros, kgroup,         \
                                                                    group_size, bias, out, M, N, K, num_sms, split, stream);
-  switch (tile < 0 ? auto_tile(M, N / 16, K / chunk_cols(BITS), split.ws != nullptr, num_sms) : tile) {
+  switch (tile < 0 ? auto_tile(M, N / 16, K / chunk_cols(BITS), BITS, split.ws != nullptr, num_sms) : tile) {
     QK_TILE(0)
     QK_TILE(1)
     QK_TILE(2)
@@ -934,12 +1066,20 @@ cudaError_t dispatch_tile(int tile, const void* x, int64_t ldx, const int32_t* q
     QK_MID_TILE(0)
     QK_MID_TILE(1)
 #undef QK_MID_TILE
+#define QK_LATE_TILE(I)                                                                                      \
+  case kNumPlainTiles + kNumMidTiles + I:                                                                    \
+    return launch<BITS, T, kLateTiles[I].mt, kLateTiles[I].nt, kLateTiles[I].s, kLateTiles[I].after,         \
+                  kLateTiles[I].streamk, kLateTiles[I].xs>(x, ldx, qweight, scales, zeros, kgroup, group_size, \
+                                                           bias, out, M, N, K, num_sms, split, stream);
+    QK_LATE_TILE(0)
+    QK_LATE_TILE(1)
+#undef QK_LATE_TILE
     default:
       return cudaErrorInvalidValue;
   }
 #undef QK_TILE
 }
-static_assert(kNumPlainTiles == 10 && kNumTiles == 12, "dispatch_tile lists every tile");
+static_assert(kNumPlainTiles == 10 && kNumMidTiles == 2 && kNumTiles == 14, "dispatch_tile lists every tile");
 
 }  // namespace
 

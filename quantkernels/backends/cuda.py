@@ -15,9 +15,10 @@ Dispatch by the number of rows m of the activation:
   m16n8k16, weights as the A operand, dequantized in registers, fp32 accumulation) that reads the
   weights once per 32 rows (once per 64 with its middle-m tiles, which stage the activations in
   shared memory and serve 64 < m <= 128 on large layers); its tile shape is chosen by m and the
-  layer's shape inside the kernel. Up to ``STREAMK_MAX_M`` rows it gets the layer's workspace, so
-  that its stream-K tiles can share the weight stream equally among all SMs; from ``MID_MIN_M``
-  rows a workspace shared per (device, stream), for the middle-m tiles' split of K over blocks.
+  layer's shape inside the kernel. Up to ``STREAMK_MAX_M`` rows 8-bit layers give it their own
+  workspace, so that its stream-K tiles can share the weight stream equally among all SMs; from
+  ``MID_MIN_M`` rows a workspace shared per (device, stream), for the middle-m tiles' split of K
+  over blocks.
 * larger m: ``quantkernels::cuda_wxa16_dequantize`` to a dense fp16/bf16 weight (a bandwidth-bound
   kernel, ~2.85 TB/s on an H100), then cuBLAS.
 
@@ -142,8 +143,8 @@ class CudaState:
     group_size: int = 0  # effective group size (K for per-channel)
     perm: Optional[torch.Tensor] = None  # sorted column -> original column (act_order)
     unsupported: Optional[str] = None  # found at prepare: the reference serves instead
-    # float32 zeros for the stream-K GEMM at m <= STREAMK_MAX_M (the kernel leaves it zeroed): one
-    # per layer, so one layer must not run on two streams at once.
+    # float32 zeros for the stream-K GEMM at m <= STREAMK_MAX_M (the kernel leaves it zeroed), 8-bit
+    # layers only: one per layer, so one layer must not run on two streams at once.
     workspace: Optional[torch.Tensor] = None
 
 
@@ -225,7 +226,8 @@ class CudaBackend:
             state.scales[dt] = shuffle_pairs(t["scales"].to(dt))
             state.zeros[dt] = None if symmetric else shuffle_pairs(zeros.to(dt))
             state.bias[dt] = None if layer.bias is None else layer.bias.to(dt).contiguous()
-        state.workspace = torch.zeros(workspace_floats(STREAMK_MAX_M, n), dtype=torch.float32, device=codes.device)
+        if cfg.bits == 8:  # the GEMM's stream-K tiles serve 8-bit layers only (wxa16_gemm_sm80.cu)
+            state.workspace = torch.zeros(workspace_floats(STREAMK_MAX_M, n), dtype=torch.float32, device=codes.device)
         # The shuffled copy replaces the portable one: a placeholder keeps the device and dtype.
         layer.qweight = torch.empty(0, dtype=torch.int32, device=state.qweight.device)
         return state

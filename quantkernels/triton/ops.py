@@ -83,12 +83,13 @@ CONFIGS: Dict[str, List[triton.Config]] = {
         ]
     ],
     # m <= 16: memory-bound; the weight is the wide MMA side (SWAP_AB), split K to fill the GPU.
+    # (16, 128, 128) without UNPACK_3D was dropped: its full int32 tile per stage needed 240 KiB of
+    # shared memory on the H100, more than the GPU has.
     "small": [
         _gemm(16, 64, 128, 4, 4, 4, True),
         _gemm(16, 64, 128, 4, 4, 4, True, False),
         _gemm(16, 128, 128, 4, 4, 4, True),
         _gemm(16, 64, 128, 2, 4, 4, True),
-        _gemm(16, 128, 128, 4, 4, 4, True, False),
         _gemm(16, 128, 64, 8, 4, 4, True, False),
     ],
     # 17 <= m <= 64: still mostly memory-bound.
@@ -111,9 +112,10 @@ CONFIGS: Dict[str, List[triton.Config]] = {
 }
 
 
-def _nk4(bm, bn, bk, sk, w, st, gm=8, scale_w=False) -> triton.Config:
+def _nk4(bm, bn, bk, sk, w, st, gm=8, scale_w=False, prefetch_s=False) -> triton.Config:
     return _cfg(
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, GROUP_M=gm, SCALE_W=scale_w, num_warps=w, num_stages=st
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, GROUP_M=gm, SCALE_W=scale_w, PREFETCH_S=prefetch_s,
+        num_warps=w, num_stages=st,
     )
 
 
@@ -127,23 +129,34 @@ def _nk4_dequant(bn, bk, w=4) -> triton.Config:
 CONFIGS_NK4: Dict[str, List[triton.Config]] = {  # BLOCK_K: a multiple of the layout's 128 columns
     # Order: the best of the 2026-11-23 H100 sweep first (what a torch.compile trace launches before
     # any eager call has tuned). BLOCK_K = 256 measured 3x slower than 128 everywhere: not listed.
+    # PREFETCH_S (scales loaded one K tile ahead): new in the fourth round, timed against the rest.
     "gemv": [
         _nk4(16, 64, 128, 8, 4, 4),
+        _nk4(16, 64, 128, 8, 4, 4, prefetch_s=True),
+        _nk4(16, 64, 128, 16, 4, 4, prefetch_s=True),
+        _nk4(16, 64, 128, 8, 4, 3, prefetch_s=True),
         _nk4(16, 64, 128, 16, 4, 4),
         _nk4(16, 64, 128, 4, 4, 4),
         _nk4(16, 128, 128, 4, 8, 4),
-        _nk4(16, 64, 128, 2, 4, 4),
     ],
     "small": [  # the same first candidate as "gemv": one compile serves both untuned
         _nk4(16, 64, 128, 8, 4, 4),
+        _nk4(16, 64, 128, 8, 4, 4, prefetch_s=True),
         _nk4(16, 64, 128, 4, 4, 4),
+        _nk4(16, 64, 128, 4, 4, 4, prefetch_s=True),
         _nk4(16, 128, 128, 4, 4, 4),
         _nk4(16, 128, 128, 2, 8, 4),
         _nk4(16, 64, 128, 2, 4, 4),
     ],
-    # 17 <= m <= 64: SCALE_W (weights scaled before an in-place dot) won with 8 warps, lost with 4.
+    # 17 <= m <= 64: SCALE_W (weights scaled before an in-place dot, which lets Triton keep one wgmma
+    # in flight across iterations) won with 8 warps, lost with 4.
     "medium": [
         _nk4(64, 128, 128, 4, 8, 4, scale_w=True),
+        _nk4(64, 128, 128, 4, 8, 4, scale_w=True, prefetch_s=True),
+        _nk4(64, 128, 128, 2, 8, 4, scale_w=True, prefetch_s=True),
+        _nk4(64, 128, 128, 1, 8, 4, scale_w=True, prefetch_s=True),
+        _nk4(64, 256, 128, 2, 8, 3, scale_w=True, prefetch_s=True),
+        _nk4(64, 256, 128, 1, 8, 3, scale_w=True, prefetch_s=True),
         _nk4(64, 128, 128, 1, 4, 4),
         _nk4(64, 128, 128, 2, 8, 4, scale_w=True),
         _nk4(64, 64, 128, 2, 4, 4),
@@ -153,19 +166,52 @@ CONFIGS_NK4: Dict[str, List[triton.Config]] = {  # BLOCK_K: a multiple of the la
         _nk4(128, 64, 128, 1, 4, 4),
         _nk4(64, 128, 128, 1, 4, 4),
         _nk4(128, 128, 128, 1, 8, 3),
+        _nk4(128, 128, 128, 1, 8, 3, scale_w=True, prefetch_s=True),
         _nk4(64, 64, 128, 1, 4, 4),
     ],
-    # m >= 256: dequantize to W [N, K] + cuBLAS won every measured shape; the fused tiles stay as
-    # candidates for shapes and GPUs where they may not.
+    # m >= 256: dequantize to W [N, K] + cuBLAS won every measured shape up to the third round; the
+    # fused tiles are candidates where they may not (256 x rows per tile: each weight tile is
+    # dequantized once per 256 rows; SCALE_W keeps one wgmma in flight).
     "dequant": [
         _nk4_dequant(64, 128),
         _nk4_dequant(128, 128, 8),
+        _nk4(256, 128, 128, 1, 8, 3, scale_w=True, prefetch_s=True),
+        _nk4(128, 256, 128, 1, 8, 3, scale_w=True, prefetch_s=True),
+        _nk4(128, 128, 128, 1, 8, 4, scale_w=True, prefetch_s=True),
         _nk4(128, 128, 128, 1, 8, 3),
         _nk4(128, 64, 128, 1, 4, 4),
     ],
 }
 
+
+def smem_estimate(cfg: triton.Config, nk4: bool, bits: int = 4) -> int:
+    """Bytes of shared memory a candidate needs, an upper bound of what Triton allocates: the
+    pipelined operand tiles (x ``[BLOCK_M, BLOCK_K]`` in 2 bytes and the loaded weight words) once
+    per stage. (Compiled for sm_90 with tensor arguments specialised as in a real launch, Triton
+    allocates ``(stages - 1) * (x + words) + x``; 8-bit portable tiles a little more than that.)"""
+    kw = cfg.kwargs
+    bk, bn = kw["BLOCK_K"], kw["BLOCK_N"]
+    if "BLOCK_M" not in kw or kw.get("DEQUANT", False):
+        return 0  # the GEMV and dequantize kernels stage nothing in shared memory
+    x = kw["BLOCK_M"] * bk * 2
+    if nk4:
+        words = bn * bk // 2
+    elif kw.get("UNPACK_3D", True):
+        words = bk * bn * bits // 8
+    else:
+        words = bk * bn * 4  # every row loads its word: a full int32 tile
+    return cfg.num_stages * (x + words)
+
+
+def _smem_limit(device) -> int:
+    """The shared memory one program may use on ``device`` (opt-in maximum), or unlimited."""
+    if device is None or device.type != "cuda" or INTERPRETED:
+        return 1 << 62
+    props = torch.cuda.get_device_properties(device)
+    return getattr(props, "shared_memory_per_block_optin", 0) or props.shared_memory_per_block
+
 CHOSEN: Dict[Tuple, triton.Config] = {}
+TIMINGS: Dict[Tuple, List[Tuple[float, triton.Config]]] = {}  # the tuner's (ms, candidate) per key, fastest first
 _forced = None
 _tuning = True
 
@@ -180,8 +226,10 @@ def _family(m: int) -> str:
     return "large" if m < DEQUANT_MIN_M else "dequant"
 
 
-def _configs(family: str, nk4: bool = False) -> List[triton.Config]:
-    return (CONFIGS_NK4 if nk4 else CONFIGS)[family]
+def _configs(family: str, nk4: bool = False, device=None, bits: int = 4) -> List[triton.Config]:
+    """The family's candidates that fit ``device``'s shared memory (all of them when None)."""
+    limit = _smem_limit(device)
+    return [c for c in (CONFIGS_NK4 if nk4 else CONFIGS)[family] if smem_estimate(c, nk4, bits) <= limit]
 
 
 @contextlib.contextmanager
@@ -226,7 +274,7 @@ def _meta(cfg: triton.Config) -> dict:
     return dict(cfg.kwargs, **_launch_opts(cfg))
 
 
-def _choose(family: str, key: Tuple, launch, real: bool, nk4: bool) -> triton.Config:
+def _choose(family: str, key: Tuple, launch, real: bool, nk4: bool, device, bits: int) -> triton.Config:
     """The configuration for ``key``: forced, cached, or timed now (eager calls on a GPU only)."""
     cfg = _forced_config(family)
     if cfg is not None:
@@ -237,22 +285,27 @@ def _choose(family: str, key: Tuple, launch, real: bool, nk4: bool) -> triton.Co
     cfg = None if symbolic else CHOSEN.get(key)
     if cfg is not None:
         return cfg
-    candidates = _configs(family, nk4)
+    candidates = _configs(family, nk4, device, bits)
     if symbolic:
         return candidates[0]
     if INTERPRETED or not real or not _tuning or len(candidates) == 1:
         return candidates[0]
     best, best_t = candidates[0], float("inf")
+    times = []
     for c in candidates:
         try:
             launch(c)  # compile outside the capture
             # Replayed from a CUDA graph: the kernel's time, not the Python launch path's.
             t = triton.testing.do_bench_cudagraph(lambda: launch(c), rep=20, return_mode="median")
         except triton.runtime.errors.OutOfResources:
+            # smem_estimate keeps the listed candidates within the GPU; this guards another Triton
+            # version allocating more (tests/triton_cases.py asserts none does on the tested GPU).
             continue
+        times.append((t, c))
         if t < best_t:
             best, best_t = c, t
     CHOSEN[key] = best
+    TIMINGS[key] = sorted(times, key=lambda tc: tc[0])
     return best
 
 
@@ -365,7 +418,7 @@ def triton_linear(
             grid = (triton.cdiv(n, c.kwargs["BLOCK_N"]), triton.cdiv(k, c.kwargs["BLOCK_K"]))
             kernel[grid](qweight, scales, z, gi, wt, n, k, **consts, **_meta(c))
 
-        launch(_choose(family, key, launch, not fake, False))
+        launch(_choose(family, key, launch, not fake, False, x.device, bits))
         out = torch.mm(x, wt)
         return out if bias is None else out + bias.to(out.dtype)
 
@@ -388,7 +441,7 @@ def triton_linear(
             grid = (triton.cdiv(m, c.kwargs["BLOCK_M"]) * triton.cdiv(n, c.kwargs["BLOCK_N"]), c.kwargs["SPLIT_K"])
             kernel[grid](x, qweight, scales, z, gi, b, out, ws, cnt, m, n, k, x.stride(0), **consts, **_meta(c))
 
-    launch(_choose(family, key, launch, not fake, False))
+    launch(_choose(family, key, launch, not fake, False, x.device, bits))
     return out
 
 
@@ -443,7 +496,7 @@ def _linear_nk4(x, qt, scales, z, gi, bias, consts, family, key, fake, workspace
                        **_launch_opts(c))
             result[0] = out
 
-    cfg = _choose(family, key, launch, not fake, True)
+    cfg = _choose(family, key, launch, not fake, True, x.device, 4)
     if (SPLIT_K_MAX_M < m) and cfg.kwargs.get("SPLIT_K", 1) > 1:
         raise ValueError(f"quantkernels::triton_linear: split-K configuration {cfg} for m = {m} > {SPLIT_K_MAX_M}")
     launch(cfg)

@@ -185,14 +185,17 @@ CONFIGS_NK4: Dict[str, List[triton.Config]] = {  # BLOCK_K: a multiple of the la
 
 
 def smem_estimate(cfg: triton.Config, nk4: bool, bits: int = 4) -> int:
-    """Bytes of shared memory a candidate needs, an upper bound of what Triton allocates: the
-    pipelined operand tiles (x ``[BLOCK_M, BLOCK_K]`` in 2 bytes and the loaded weight words) once
-    per stage. (Compiled for sm_90 with tensor arguments specialised as in a real launch, Triton
-    allocates ``(stages - 1) * (x + words) + x``; 8-bit portable tiles a little more than that.)"""
+    """Bytes of shared memory a candidate needs, at least what Triton allocates for it.
+
+    The pipelined operand tiles (x ``[BLOCK_M, BLOCK_K]`` in 2 bytes and the loaded weight words):
+    Triton 3.9, compiling for sm_90 with the arguments specialised as a real launch does, allocated
+    ``(stages - 1) * (x + words) + x`` plus up to 16 KiB of layout-conversion scratch (small tiles
+    with prefetched zero points) for every nk4 candidate. The larger of that and one copy per stage
+    bounded all of them (and the 8-bit tile that needed 240 KiB on the H100 with triton 3.6)."""
     kw = cfg.kwargs
-    bk, bn = kw["BLOCK_K"], kw["BLOCK_N"]
     if "BLOCK_M" not in kw or kw.get("DEQUANT", False):
-        return 0  # the GEMV and dequantize kernels stage nothing in shared memory
+        return 0  # the GEMV and dequantize kernels stage (almost) nothing in shared memory
+    bk, bn, st = kw["BLOCK_K"], kw["BLOCK_N"], cfg.num_stages
     x = kw["BLOCK_M"] * bk * 2
     if nk4:
         words = bn * bk // 2
@@ -200,7 +203,7 @@ def smem_estimate(cfg: triton.Config, nk4: bool, bits: int = 4) -> int:
         words = bk * bn * bits // 8
     else:
         words = bk * bn * 4  # every row loads its word: a full int32 tile
-    return cfg.num_stages * (x + words)
+    return max(st * (x + words), (st - 1) * (x + words) + x + 16 * 1024)
 
 
 def _smem_limit(device) -> int:

@@ -137,7 +137,8 @@ def check(log, only_ms=None):
                 continue
             x = torch.randn(m, 4096, device="cuda", dtype=torch.float16)
             ref = x.float() @ w.t()
-            for c in tops._configs(fam, nk4=cfg.bits == 4, device=x.device, bits=cfg.bits):
+            for c in tops._configs(fam, nk4=cfg.bits == 4, device=x.device, bits=cfg.bits, group_size=cfg.group_size,
+                                   has_zeros=not cfg.sym):
                 with tops.force_config(c):
                     err = rel_err(layer(x), ref)
                 ok = err <= 2e-3
@@ -233,7 +234,7 @@ def sweep(shapes, ms, log):
             x = torch.randn(m, k, device="cuda", dtype=torch.float16)
             fam = tops._family(m)
             res = []
-            for c in tops._configs(fam, nk4=True, device=x.device):
+            for c in tops._configs(fam, nk4=True, device=x.device, group_size=128, has_zeros=False):
                 with tops.force_config(c):
                     try:
                         t = time_us([lambda i=i: rot.at(i, x) for i in range(rot.copies)], target_ms=4.0, replays=5)[0] * 1e-3

@@ -91,12 +91,14 @@ def test_every_tuned_config(family, m):
     # OutOfResources: ops.smem_estimate keeps out what the GPU cannot hold), on an asymmetric g32
     # layer, an asymmetric g128 one (one group per K tile: the prefetch path; 3 K tiles, so split-K
     # leaves some splits empty) and an 8-bit per-channel one.
+    # N = 48, a multiple of 16 as in real layers: Triton then vectorizes (and pipelines through shared
+    # memory) the per-weight scale loads, which N = 40 hid (a g32 tile needed 264 KiB on the H100).
     for bits, gs, sym, k in ((4, 32, False, 128), (4, 128, False, 384), (8, -1, True, 128)):
-        layer = make_layer(k, 40, qk.QuantConfig(bits=bits, group_size=gs, sym=sym), bias=True, seed=bits + gs)
+        layer = make_layer(k, 48, qk.QuantConfig(bits=bits, group_size=gs, sym=sym), bias=True, seed=bits + gs)
         x = torch.randn(m, k, dtype=torch.float16, device=DEVICE)
         ref = ref_out(layer, x)
-        cands = tops._configs(family, nk4=bits == 4, device=x.device, bits=bits)
-        assert cands and cands[0] is tops._configs(family, nk4=bits == 4)[0], "the first candidate must fit"
+        cands = tops._configs(family, nk4=bits == 4, device=x.device, bits=bits, group_size=gs, has_zeros=not sym)
+        assert cands, (family, bits, gs, "no candidate fits")
         for cfg in cands:
             with tops.force_config(cfg):
                 err = rel_err(layer(x), ref)
@@ -115,6 +117,9 @@ def test_candidates_fit_shared_memory():
                     assert tops.smem_estimate(cfg, nk4, bits) <= limit, (family, bits, cfg)
     huge = tops._nk4(256, 256, 128, 1, 8, 6)  # 6 x (64 KiB of x + 16 KiB of words)
     assert tops.smem_estimate(huge, True) > limit
+    # The H100's 264 KiB case: 128 x 128 tile, 4 stages, g32 asymmetric (fp16 scales + zero points).
+    g32 = tops._nk4(128, 128, 128, 1, 8, 4)
+    assert tops.smem_estimate(g32, True, per_weight_bytes=3) >= 264 * 1024
     if DEVICE == "cuda":
         tops.CONFIGS_NK4["large"].append(huge)
         try:

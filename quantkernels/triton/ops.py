@@ -129,15 +129,14 @@ def _nk4_dequant(bn, bk, w=4) -> triton.Config:
 CONFIGS_NK4: Dict[str, List[triton.Config]] = {  # BLOCK_K: a multiple of the layout's 128 columns
     # Order: the best of the 2026-11-23 H100 sweep first (what a torch.compile trace launches before
     # any eager call has tuned). BLOCK_K = 256 measured 3x slower than 128 everywhere: not listed.
-    # PREFETCH_S (scales loaded one K tile ahead): new in the fourth round, timed against the rest.
+    # PREFETCH_S (the next K tile's scales loaded one iteration ahead): timed on the H100 on
+    # 2026-11-23 08:38 (docs/triton.md, fourth round), where it won at m = 1 on both large shapes.
     "gemv": [
         _nk4(16, 64, 128, 8, 4, 4),
+        _nk4(16, 64, 128, 8, 4, 3, prefetch_s=True),
         _nk4(16, 64, 128, 8, 4, 4, prefetch_s=True),
         _nk4(16, 64, 128, 16, 4, 4, prefetch_s=True),
-        _nk4(16, 64, 128, 8, 4, 3, prefetch_s=True),
         _nk4(16, 64, 128, 16, 4, 4),
-        _nk4(16, 64, 128, 4, 4, 4),
-        _nk4(16, 128, 128, 4, 8, 4),
     ],
     "small": [  # the same first candidate as "gemv": one compile serves both untuned
         _nk4(16, 64, 128, 8, 4, 4),
@@ -149,49 +148,46 @@ CONFIGS_NK4: Dict[str, List[triton.Config]] = {  # BLOCK_K: a multiple of the la
         _nk4(16, 64, 128, 2, 4, 4),
     ],
     # 17 <= m <= 64: SCALE_W (weights scaled before an in-place dot, which lets Triton keep one wgmma
-    # in flight across iterations) won with 8 warps, lost with 4.
+    # in flight across iterations) won with 8 warps. A 256-wide weight tile (x read from L2 once per
+    # 256 outputs) won on 28672x8192; PREFETCH_S on the 128-wide SCALE_W tiles lost 25-60%.
     "medium": [
         _nk4(64, 128, 128, 4, 8, 4, scale_w=True),
-        _nk4(64, 128, 128, 4, 8, 4, scale_w=True, prefetch_s=True),
-        _nk4(64, 128, 128, 2, 8, 4, scale_w=True, prefetch_s=True),
-        _nk4(64, 128, 128, 1, 8, 4, scale_w=True, prefetch_s=True),
-        _nk4(64, 256, 128, 2, 8, 3, scale_w=True, prefetch_s=True),
         _nk4(64, 256, 128, 1, 8, 3, scale_w=True, prefetch_s=True),
+        _nk4(64, 256, 128, 1, 8, 3, scale_w=True),
+        _nk4(64, 256, 128, 2, 8, 3, scale_w=True, prefetch_s=True),
         _nk4(64, 128, 128, 1, 4, 4),
         _nk4(64, 128, 128, 2, 8, 4, scale_w=True),
         _nk4(64, 64, 128, 2, 4, 4),
-        _nk4(64, 64, 128, 4, 4, 4),
     ],
     "large": [
         _nk4(128, 64, 128, 1, 4, 4),
         _nk4(64, 128, 128, 1, 4, 4),
         _nk4(128, 128, 128, 1, 8, 3),
-        _nk4(128, 128, 128, 1, 8, 3, scale_w=True, prefetch_s=True),
+        _nk4(128, 256, 128, 1, 8, 3, scale_w=True, prefetch_s=True),
         _nk4(64, 64, 128, 1, 4, 4),
     ],
-    # m >= 256: dequantize to W [N, K] + cuBLAS won every measured shape up to the third round; the
-    # fused tiles are candidates where they may not (256 x rows per tile: each weight tile is
-    # dequantized once per 256 rows; SCALE_W keeps one wgmma in flight).
+    # m >= 256: dequantize to W [N, K] + cuBLAS, or the fused 128 x 256 tile (x rows x outputs,
+    # SCALE_W), which measured within 1% of it at m = 1024 (ahead on 28672x8192, behind on
+    # 8192x28672); 256 x 128 and 128 x 128 fused tiles lost by 25-100%.
     "dequant": [
         _nk4_dequant(64, 128),
         _nk4_dequant(128, 128, 8),
-        _nk4(256, 128, 128, 1, 8, 3, scale_w=True, prefetch_s=True),
         _nk4(128, 256, 128, 1, 8, 3, scale_w=True, prefetch_s=True),
-        _nk4(128, 128, 128, 1, 8, 4, scale_w=True, prefetch_s=True),
-        _nk4(128, 128, 128, 1, 8, 3),
-        _nk4(128, 64, 128, 1, 4, 4),
     ],
 }
 
 
-def smem_estimate(cfg: triton.Config, nk4: bool, bits: int = 4) -> int:
+def smem_estimate(cfg: triton.Config, nk4: bool, bits: int = 4, per_weight_bytes: int = 0) -> int:
     """Bytes of shared memory a candidate needs, at least what Triton allocates for it.
 
-    The pipelined operand tiles (x ``[BLOCK_M, BLOCK_K]`` in 2 bytes and the loaded weight words):
-    Triton 3.9, compiling for sm_90 with the arguments specialised as a real launch does, allocated
-    ``(stages - 1) * (x + words) + x`` plus up to 16 KiB of layout-conversion scratch (small tiles
-    with prefetched zero points) for every nk4 candidate. The larger of that and one copy per stage
-    bounded all of them (and the 8-bit tile that needed 240 KiB on the H100 with triton 3.6)."""
+    Triton's pipeliner stages the loads of each K step through shared memory: x ``[BLOCK_M, BLOCK_K]``
+    (2 bytes), the weight words and, when a K tile spans several groups (group smaller than BLOCK_K,
+    or act_order), the per-weight scale and zero-point tiles (``per_weight_bytes`` a weight: the
+    H100 run of 2026-11-23 08:43 needed 264 KiB, 3 x 88 KiB, for a 128 x 128 tile with 4 stages of a
+    g32 asymmetric layer). Compiled for sm_90 with the arguments specialised as a real launch does,
+    Triton 3.9 allocated ``(stages - 1)`` copies of them, one more x tile and up to 16 KiB of
+    layout-conversion scratch for every nk4 candidate; the larger of that and one copy of x and the
+    words per stage bounded all of them, and the 8-bit tile that needed 240 KiB on the H100."""
     kw = cfg.kwargs
     if "BLOCK_M" not in kw or kw.get("DEQUANT", False):
         return 0  # the GEMV and dequantize kernels stage (almost) nothing in shared memory
@@ -203,7 +199,8 @@ def smem_estimate(cfg: triton.Config, nk4: bool, bits: int = 4) -> int:
         words = bk * bn * bits // 8
     else:
         words = bk * bn * 4  # every row loads its word: a full int32 tile
-    return max(st * (x + words), (st - 1) * (x + words) + x + 16 * 1024)
+    step = x + words + bk * bn * per_weight_bytes
+    return max(st * (x + words), (st - 1) * step + x + 16 * 1024)
 
 
 def _smem_limit(device) -> int:
@@ -229,10 +226,19 @@ def _family(m: int) -> str:
     return "large" if m < DEQUANT_MIN_M else "dequant"
 
 
-def _configs(family: str, nk4: bool = False, device=None, bits: int = 4) -> List[triton.Config]:
-    """The family's candidates that fit ``device``'s shared memory (all of them when None)."""
+def _configs(family: str, nk4: bool = False, device=None, bits: int = 4, group_size: int = -1,
+             has_gidx: bool = False, scale_bytes: int = 2, has_zeros: bool = True) -> List[triton.Config]:
+    """The family's candidates that fit ``device``'s shared memory (all of them when None) for a
+    layer of this format (group size -1: per channel)."""
     limit = _smem_limit(device)
-    return [c for c in (CONFIGS_NK4 if nk4 else CONFIGS)[family] if smem_estimate(c, nk4, bits) <= limit]
+
+    def per_weight_bytes(c):  # the kernels' TILE_IN_GROUP is false (per channel: one group as long as K)
+        if has_gidx or (group_size != -1 and group_size % c.kwargs["BLOCK_K"] != 0):
+            return scale_bytes + has_zeros
+        return 0
+
+    return [c for c in (CONFIGS_NK4 if nk4 else CONFIGS)[family]
+            if smem_estimate(c, nk4, bits, per_weight_bytes(c)) <= limit]
 
 
 @contextlib.contextmanager
@@ -288,7 +294,8 @@ def _choose(family: str, key: Tuple, launch, real: bool, nk4: bool, device, bits
     cfg = None if symbolic else CHOSEN.get(key)
     if cfg is not None:
         return cfg
-    candidates = _configs(family, nk4, device, bits)
+    candidates = _configs(family, nk4, device, bits, group_size=key[6], has_gidx=key[8],
+                          scale_bytes=key[11].itemsize, has_zeros=key[7])
     if symbolic:
         return candidates[0]
     if INTERPRETED or not real or not _tuning or len(candidates) == 1:

@@ -186,8 +186,10 @@ def smem_estimate(cfg: triton.Config, nk4: bool, bits: int = 4, per_weight_bytes
     H100 run of 2026-11-23 08:43 needed 264 KiB, 3 x 88 KiB, for a 128 x 128 tile with 4 stages of a
     g32 asymmetric layer). Compiled for sm_90 with the arguments specialised as a real launch does,
     Triton 3.9 allocated ``(stages - 1)`` copies of them, one more x tile and up to 16 KiB of
-    layout-conversion scratch for every nk4 candidate; the larger of that and one copy of x and the
-    words per stage bounded all of them, and the 8-bit tile that needed 240 KiB on the H100."""
+    layout-conversion scratch for every nk4 candidate; triton 3.6 on the H100 allocated two more x
+    tiles for a g32 128 x 128 tile with 3 stages (240 KiB). The larger of ``(stages - 1)`` copies +
+    2 x tiles + 16 KiB and one copy of x and the words per stage bounds all of these, and the 8-bit
+    tile that needed 240 KiB on the H100."""
     kw = cfg.kwargs
     if "BLOCK_M" not in kw or kw.get("DEQUANT", False):
         return 0  # the GEMV and dequantize kernels stage (almost) nothing in shared memory
@@ -200,7 +202,7 @@ def smem_estimate(cfg: triton.Config, nk4: bool, bits: int = 4, per_weight_bytes
     else:
         words = bk * bn * 4  # every row loads its word: a full int32 tile
     step = x + words + bk * bn * per_weight_bytes
-    return max(st * (x + words), (st - 1) * step + x + 16 * 1024)
+    return max(st * (x + words), (st - 1) * step + 2 * x + 16 * 1024)
 
 
 def _smem_limit(device) -> int:
@@ -237,8 +239,12 @@ def _configs(family: str, nk4: bool = False, device=None, bits: int = 4, group_s
             return scale_bytes + has_zeros
         return 0
 
-    return [c for c in (CONFIGS_NK4 if nk4 else CONFIGS)[family]
-            if smem_estimate(c, nk4, bits, per_weight_bytes(c)) <= limit]
+    cands = (CONFIGS_NK4 if nk4 else CONFIGS)[family]
+    need = {id(c): smem_estimate(c, nk4, bits, per_weight_bytes(c)) for c in cands}
+    fit = [c for c in cands if need[id(c)] <= limit]
+    # The estimate is conservative (gathered act_order scales, for one, are not staged at all): when
+    # nothing fits by it, the smallest candidate rather than none.
+    return fit or [min(cands, key=lambda c: need[id(c)])]
 
 
 @contextlib.contextmanager

@@ -28,7 +28,6 @@ from quantkernels.nn import QuantLinear  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 from quantkernels.triton import ops as tops  # noqa: E402
-from triton.runtime.errors import OutOfResources  # noqa: E402
 
 if DEVICE == "cpu" and not tops.INTERPRETED:
     raise RuntimeError("on a CPU, run these cases through tests/test_triton_backend.py (TRITON_INTERPRET=1)")
@@ -87,25 +86,48 @@ def test_formats_match_reference(bits, group_size, sym):
 
 @pytest.mark.parametrize("family,m", [("gemv", 1), ("small", 5), ("medium", 40), ("large", 70), ("dequant", 520)])
 def test_every_tuned_config(family, m):
-    # Each configuration the tuner may pick (split-K, swap-AB, per-element scales when BLOCK_K >
-    # group, dequantize + mm) is right, on an asymmetric g32 and an 8-bit per-channel layer.
-    for bits, gs, sym in ((4, 32, False), (8, -1, True)):
-        layer = make_layer(128, 40, qk.QuantConfig(bits=bits, group_size=gs, sym=sym), bias=True, seed=bits)
-        x = torch.randn(m, 128, dtype=torch.float16, device=DEVICE)
+    # Each configuration the tuner may pick on this device (split-K, swap-AB, per-element scales when
+    # BLOCK_K > group, scales prefetched one K tile ahead, dequantize + mm) is right and launches (no
+    # OutOfResources: ops.smem_estimate keeps out what the GPU cannot hold), on an asymmetric g32
+    # layer, an asymmetric g128 one (one group per K tile: the prefetch path; 3 K tiles, so split-K
+    # leaves some splits empty) and an 8-bit per-channel one.
+    # N = 48, a multiple of 16 as in real layers: Triton then vectorizes (and pipelines through shared
+    # memory) the per-weight scale loads, which N = 40 hid (a g32 tile needed 264 KiB on the H100).
+    for bits, gs, sym, k in ((4, 32, False, 128), (4, 128, False, 384), (8, -1, True, 128)):
+        layer = make_layer(k, 48, qk.QuantConfig(bits=bits, group_size=gs, sym=sym), bias=True, seed=bits + gs)
+        x = torch.randn(m, k, dtype=torch.float16, device=DEVICE)
         ref = ref_out(layer, x)
-        ran = 0
-        for i, cfg in enumerate(tops._configs(family, nk4=bits == 4)):
-            try:
-                with tops.force_config(cfg):
-                    err = rel_err(layer(x), ref)
-            except OutOfResources:
-                # The tuner skips a candidate this GPU cannot hold (ops._choose); the first one, which
-                # untuned calls and torch.compile traces launch, must always fit.
-                assert i > 0, (family, bits, cfg, "the first candidate must fit every GPU")
-                continue
+        cands = tops._configs(family, nk4=bits == 4, device=x.device, bits=bits, group_size=gs, has_zeros=not sym)
+        assert cands, (family, bits, gs, "no candidate fits")
+        for cfg in cands:
+            with tops.force_config(cfg):
+                err = rel_err(layer(x), ref)
             assert err <= BOUND[torch.float16], (family, bits, gs, cfg, err)
-            ran += 1
-        assert ran >= 1, (family, bits)
+
+
+def test_candidates_fit_shared_memory():
+    # Every listed candidate fits the 227 KiB of shared memory of an H100/H200 by the estimate (a
+    # candidate needing 240 KiB once made the tuner and the tests skip it there), and the device
+    # filter drops one that does not fit.
+    limit = 227 * 1024
+    for nk4, table in ((True, tops.CONFIGS_NK4), (False, tops.CONFIGS)):
+        for family, cands in table.items():
+            for bits in ((4,) if nk4 else (4, 8)):
+                for cfg in cands:
+                    assert tops.smem_estimate(cfg, nk4, bits) <= limit, (family, bits, cfg)
+    huge = tops._nk4(256, 256, 128, 1, 8, 6)  # 6 x (64 KiB of x + 16 KiB of words)
+    assert tops.smem_estimate(huge, True) > limit
+    # The H100's 264 KiB case: 128 x 128 tile, 4 stages, g32 asymmetric (fp16 scales + zero points).
+    g32 = tops._nk4(128, 128, 128, 1, 8, 4)
+    assert tops.smem_estimate(g32, True, per_weight_bytes=3) >= 264 * 1024
+    # ... and 240 KiB for the same tile with 3 stages (triton 3.6).
+    assert tops.smem_estimate(tops._nk4(128, 128, 128, 1, 8, 3), True, per_weight_bytes=3) >= 240 * 1024
+    if DEVICE == "cuda":
+        tops.CONFIGS_NK4["large"].append(huge)
+        try:
+            assert huge not in tops._configs("large", nk4=True, device=torch.device("cuda"))
+        finally:
+            tops.CONFIGS_NK4["large"].remove(huge)
 
 
 @pytest.mark.parametrize("bits", [4, 8])

@@ -433,15 +433,31 @@ def _unpack_words(wd, nzf, NZF_BITS: tl.constexpr, DTYPE: tl.constexpr, USE_ASM:
 
 
 @triton.jit
+def _nk4_group(s_ptr, z_ptr, k0, offs_n, n_mask, N, GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr,
+               DTYPE: tl.constexpr):
+    """The fp32 scales ``s`` and ``nzf = -(magic + z)`` (``[BLOCK_N]``) of the group holding column k0
+    (for tiles inside one group; ``nzf`` is unused for symmetric layers)."""
+    MAGIC_F: tl.constexpr = 1024.0 if DTYPE == tl.float16 else 128.0
+    g = k0 // GROUP_SIZE
+    s = tl.load(s_ptr + g * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+    if HAS_ZEROS:
+        nzf = -(tl.load(z_ptr + g * N + offs_n, mask=n_mask, other=0).to(tl.float32) + MAGIC_F)
+    else:
+        nzf = tl.full(s.shape, -(MAGIC_F + 8.0), tl.float32)
+    return s, nzf
+
+
+@triton.jit
 def _nk4_tile(
-    qt_ptr, s_ptr, z_ptr, gidx_ptr, k0, offs_n, n_mask, N, K, stride_qn,
+    qt_ptr, s_ptr, z_ptr, gidx_ptr, k0, offs_n, n_mask, N, K, stride_qn, s_grp, nzf_grp,
     GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_GIDX: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, DTYPE: tl.constexpr, USE_ASM: tl.constexpr, EVEN_K: tl.constexpr,
 ):
     """The weight tile ``W[offs_n, k0:k0+BLOCK_K]`` (``[BLOCK_N, BLOCK_K]``) of an nk4 layout.
 
     Returns ``(w, s)`` as ``_load_weight_tile``: inside one group, ``w = q - z`` (exact) and ``s`` the
-    group's fp32 scales ``[BLOCK_N]``; otherwise ``w = (q - z) * s`` rounded once, ``s`` all ones.
+    group's fp32 scales ``[BLOCK_N]`` (``s_grp``, ``nzf_grp``: that group's ``_nk4_group``, loaded by
+    the caller, possibly one K tile ahead); otherwise ``w = (q - z) * s`` rounded once, ``s`` all ones.
     EVEN_K: K is a multiple of BLOCK_K (no column masks; then the padded K is K).
     """
     MAGIC_F: tl.constexpr = 1024.0 if DTYPE == tl.float16 else 128.0
@@ -456,13 +472,11 @@ def _nk4_tile(
     wd = tl.reshape(wd, (BLOCK_N, B, 4, 4))  # (row, block b, thread c, chunk q)
     TILE_IN_GROUP: tl.constexpr = (GROUP_SIZE % BLOCK_K == 0) and (not HAS_GIDX)
     if TILE_IN_GROUP:
-        g = k0 // GROUP_SIZE
-        s = tl.load(s_ptr + g * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+        s = s_grp
+        nzf = nzf_grp
         if HAS_ZEROS:
-            nzf = -(tl.load(z_ptr + g * N + offs_n, mask=n_mask, other=0).to(tl.float32) + MAGIC_F)
             NZF_BITS: tl.constexpr = 0
         else:
-            nzf = tl.full((BLOCK_N,), -(MAGIC_F + 8.0), tl.float32)
             NZF_BITS: tl.constexpr = 0xE408 if DTYPE == tl.float16 else 0xC308  # -1032.0 / -136.0
     else:
         nzf = tl.full((BLOCK_N,), -MAGIC_F, tl.float32)  # the codes q themselves
@@ -507,9 +521,13 @@ def qgemm_nk4_kernel(
     GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_GIDX: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
     GROUP_M: tl.constexpr, USE_ASM: tl.constexpr, EVEN_K: tl.constexpr, DOT_F32: tl.constexpr,
-    SCALE_W: tl.constexpr = False,
+    SCALE_W: tl.constexpr = False, PREFETCH_S: tl.constexpr = False,
 ):
     """``out = x @ W.T (+ bias)`` for 4-bit nk4 weights: swap-AB ``tl.dot(W tile, x tile.T)``.
+
+    PREFETCH_S: load the next K tile's group scales (and zero points) one iteration ahead. Triton's
+    pipeliner stages only the loads that feed the dot (x, the words) through shared memory; the scale
+    row is a plain load, so without this every iteration waits a global-memory latency for it.
 
     SCALE_W: multiply the weight tile by its group's scales before the dot (one more rounding per
     weight, to the activation dtype) so that the dot accumulates in place: one accumulator instead of
@@ -538,9 +556,24 @@ def qgemm_nk4_kernel(
     kt_begin = pid_k * per_split
     kt_end = tl.minimum(kt_begin + per_split, k_tiles)
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    TILE_IN_GROUP: tl.constexpr = (GROUP_SIZE % BLOCK_K == 0) and (not HAS_GIDX)
+    if TILE_IN_GROUP and PREFETCH_S:
+        # Clamped: a split past the last tile (empty loop) still reads in bounds.
+        s_grp, nzf_grp = _nk4_group(s_ptr, z_ptr, tl.minimum(kt_begin, k_tiles - 1) * BLOCK_K, offs_n, n_mask, N,
+                                    GROUP_SIZE, HAS_ZEROS, DTYPE)
     for kt in range(kt_begin, kt_end):
         k0 = kt * BLOCK_K
         offs_k = k0 + tl.arange(0, BLOCK_K)
+        if TILE_IN_GROUP and PREFETCH_S:
+            s_cur, nzf_cur = s_grp, nzf_grp
+            # The next tile's group (clamped to the last tile: no mask, an in-bounds reload at the end).
+            s_grp, nzf_grp = _nk4_group(s_ptr, z_ptr, tl.minimum(kt + 1, k_tiles - 1) * BLOCK_K, offs_n, n_mask, N,
+                                        GROUP_SIZE, HAS_ZEROS, DTYPE)
+        elif TILE_IN_GROUP:
+            s_cur, nzf_cur = _nk4_group(s_ptr, z_ptr, k0, offs_n, n_mask, N, GROUP_SIZE, HAS_ZEROS, DTYPE)
+        else:  # per-weight scales: _nk4_tile loads them itself
+            s_cur = tl.zeros((BLOCK_N,), tl.float32)
+            nzf_cur = s_cur
         if EVEN_K:
             x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=m_mask[:, None], other=0.0)
         else:
@@ -550,7 +583,7 @@ def qgemm_nk4_kernel(
                 other=0.0,
             )
         w, s = _nk4_tile(
-            qt_ptr, s_ptr, z_ptr, gidx_ptr, k0, offs_n, n_mask, N, K, stride_qn,
+            qt_ptr, s_ptr, z_ptr, gidx_ptr, k0, offs_n, n_mask, N, K, stride_qn, s_cur, nzf_cur,
             GROUP_SIZE, HAS_ZEROS, HAS_GIDX, BLOCK_K, BLOCK_N, DTYPE, USE_ASM, EVEN_K,
         )
         if SCALE_W:
@@ -582,8 +615,14 @@ def dequant_nk4_kernel(
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     k0 = tl.program_id(1) * BLOCK_K
+    TILE_IN_GROUP: tl.constexpr = (GROUP_SIZE % BLOCK_K == 0) and (not HAS_GIDX)
+    if TILE_IN_GROUP:
+        s_grp, nzf_grp = _nk4_group(s_ptr, z_ptr, k0, offs_n, n_mask, N, GROUP_SIZE, HAS_ZEROS, DTYPE)
+    else:  # per-weight scales: _nk4_tile loads them itself
+        s_grp = tl.zeros((BLOCK_N,), tl.float32)
+        nzf_grp = s_grp
     w, s = _nk4_tile(
-        qt_ptr, s_ptr, z_ptr, gidx_ptr, k0, offs_n, n_mask, N, K, stride_qn,
+        qt_ptr, s_ptr, z_ptr, gidx_ptr, k0, offs_n, n_mask, N, K, stride_qn, s_grp, nzf_grp,
         GROUP_SIZE, HAS_ZEROS, HAS_GIDX, BLOCK_K, BLOCK_N, DTYPE, USE_ASM, EVEN_K,
     )
     offs_k = k0 + tl.arange(0, BLOCK_K)

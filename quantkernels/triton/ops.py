@@ -83,12 +83,13 @@ CONFIGS: Dict[str, List[triton.Config]] = {
         ]
     ],
     # m <= 16: memory-bound; the weight is the wide MMA side (SWAP_AB), split K to fill the GPU.
+    # (16, 128, 128) without UNPACK_3D was dropped: its full int32 tile per stage needed 240 KiB of
+    # shared memory on the H100, more than the GPU has.
     "small": [
         _gemm(16, 64, 128, 4, 4, 4, True),
         _gemm(16, 64, 128, 4, 4, 4, True, False),
         _gemm(16, 128, 128, 4, 4, 4, True),
         _gemm(16, 64, 128, 2, 4, 4, True),
-        _gemm(16, 128, 128, 4, 4, 4, True, False),
         _gemm(16, 128, 64, 8, 4, 4, True, False),
     ],
     # 17 <= m <= 64: still mostly memory-bound.
@@ -111,9 +112,10 @@ CONFIGS: Dict[str, List[triton.Config]] = {
 }
 
 
-def _nk4(bm, bn, bk, sk, w, st, gm=8, scale_w=False) -> triton.Config:
+def _nk4(bm, bn, bk, sk, w, st, gm=8, scale_w=False, prefetch_s=False) -> triton.Config:
     return _cfg(
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, GROUP_M=gm, SCALE_W=scale_w, num_warps=w, num_stages=st
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, GROUP_M=gm, SCALE_W=scale_w, PREFETCH_S=prefetch_s,
+        num_warps=w, num_stages=st,
     )
 
 
@@ -127,45 +129,91 @@ def _nk4_dequant(bn, bk, w=4) -> triton.Config:
 CONFIGS_NK4: Dict[str, List[triton.Config]] = {  # BLOCK_K: a multiple of the layout's 128 columns
     # Order: the best of the 2026-11-23 H100 sweep first (what a torch.compile trace launches before
     # any eager call has tuned). BLOCK_K = 256 measured 3x slower than 128 everywhere: not listed.
+    # PREFETCH_S (the next K tile's scales loaded one iteration ahead): timed on the H100 on
+    # 2026-11-23 08:38 (docs/triton.md, fourth round), where it won at m = 1 on both large shapes.
     "gemv": [
         _nk4(16, 64, 128, 8, 4, 4),
+        _nk4(16, 64, 128, 8, 4, 3, prefetch_s=True),
+        _nk4(16, 64, 128, 8, 4, 4, prefetch_s=True),
+        _nk4(16, 64, 128, 16, 4, 4, prefetch_s=True),
         _nk4(16, 64, 128, 16, 4, 4),
-        _nk4(16, 64, 128, 4, 4, 4),
-        _nk4(16, 128, 128, 4, 8, 4),
-        _nk4(16, 64, 128, 2, 4, 4),
     ],
     "small": [  # the same first candidate as "gemv": one compile serves both untuned
         _nk4(16, 64, 128, 8, 4, 4),
+        _nk4(16, 64, 128, 8, 4, 4, prefetch_s=True),
         _nk4(16, 64, 128, 4, 4, 4),
+        _nk4(16, 64, 128, 4, 4, 4, prefetch_s=True),
         _nk4(16, 128, 128, 4, 4, 4),
         _nk4(16, 128, 128, 2, 8, 4),
         _nk4(16, 64, 128, 2, 4, 4),
     ],
-    # 17 <= m <= 64: SCALE_W (weights scaled before an in-place dot) won with 8 warps, lost with 4.
+    # 17 <= m <= 64: SCALE_W (weights scaled before an in-place dot, which lets Triton keep one wgmma
+    # in flight across iterations) won with 8 warps. A 256-wide weight tile (x read from L2 once per
+    # 256 outputs) won on 28672x8192; PREFETCH_S on the 128-wide SCALE_W tiles lost 25-60%.
     "medium": [
         _nk4(64, 128, 128, 4, 8, 4, scale_w=True),
+        _nk4(64, 256, 128, 1, 8, 3, scale_w=True, prefetch_s=True),
+        _nk4(64, 256, 128, 1, 8, 3, scale_w=True),
+        _nk4(64, 256, 128, 2, 8, 3, scale_w=True, prefetch_s=True),
         _nk4(64, 128, 128, 1, 4, 4),
         _nk4(64, 128, 128, 2, 8, 4, scale_w=True),
         _nk4(64, 64, 128, 2, 4, 4),
-        _nk4(64, 64, 128, 4, 4, 4),
     ],
     "large": [
         _nk4(128, 64, 128, 1, 4, 4),
         _nk4(64, 128, 128, 1, 4, 4),
         _nk4(128, 128, 128, 1, 8, 3),
+        _nk4(128, 256, 128, 1, 8, 3, scale_w=True, prefetch_s=True),
         _nk4(64, 64, 128, 1, 4, 4),
     ],
-    # m >= 256: dequantize to W [N, K] + cuBLAS won every measured shape; the fused tiles stay as
-    # candidates for shapes and GPUs where they may not.
+    # m >= 256: dequantize to W [N, K] + cuBLAS, or the fused 128 x 256 tile (x rows x outputs,
+    # SCALE_W), which measured within 1% of it at m = 1024 (ahead on 28672x8192, behind on
+    # 8192x28672); 256 x 128 and 128 x 128 fused tiles lost by 25-100%.
     "dequant": [
         _nk4_dequant(64, 128),
         _nk4_dequant(128, 128, 8),
-        _nk4(128, 128, 128, 1, 8, 3),
-        _nk4(128, 64, 128, 1, 4, 4),
+        _nk4(128, 256, 128, 1, 8, 3, scale_w=True, prefetch_s=True),
     ],
 }
 
+
+def smem_estimate(cfg: triton.Config, nk4: bool, bits: int = 4, per_weight_bytes: int = 0) -> int:
+    """Bytes of shared memory a candidate needs, at least what Triton allocates for it.
+
+    Triton's pipeliner stages the loads of each K step through shared memory: x ``[BLOCK_M, BLOCK_K]``
+    (2 bytes), the weight words and, when a K tile spans several groups (group smaller than BLOCK_K,
+    or act_order), the per-weight scale and zero-point tiles (``per_weight_bytes`` a weight: the
+    H100 run of 2026-11-23 08:43 needed 264 KiB, 3 x 88 KiB, for a 128 x 128 tile with 4 stages of a
+    g32 asymmetric layer). Compiled for sm_90 with the arguments specialised as a real launch does,
+    Triton 3.9 allocated ``(stages - 1)`` copies of them, one more x tile and up to 16 KiB of
+    layout-conversion scratch for every nk4 candidate; triton 3.6 on the H100 allocated two more x
+    tiles for a g32 128 x 128 tile with 3 stages (240 KiB). The larger of ``(stages - 1)`` copies +
+    2 x tiles + 16 KiB and one copy of x and the words per stage bounds all of these, and the 8-bit
+    tile that needed 240 KiB on the H100."""
+    kw = cfg.kwargs
+    if "BLOCK_M" not in kw or kw.get("DEQUANT", False):
+        return 0  # the GEMV and dequantize kernels stage (almost) nothing in shared memory
+    bk, bn, st = kw["BLOCK_K"], kw["BLOCK_N"], cfg.num_stages
+    x = kw["BLOCK_M"] * bk * 2
+    if nk4:
+        words = bn * bk // 2
+    elif kw.get("UNPACK_3D", True):
+        words = bk * bn * bits // 8
+    else:
+        words = bk * bn * 4  # every row loads its word: a full int32 tile
+    step = x + words + bk * bn * per_weight_bytes
+    return max(st * (x + words), (st - 1) * step + 2 * x + 16 * 1024)
+
+
+def _smem_limit(device) -> int:
+    """The shared memory one program may use on ``device`` (opt-in maximum), or unlimited."""
+    if device is None or device.type != "cuda" or INTERPRETED:
+        return 1 << 62
+    props = torch.cuda.get_device_properties(device)
+    return getattr(props, "shared_memory_per_block_optin", 0) or props.shared_memory_per_block
+
 CHOSEN: Dict[Tuple, triton.Config] = {}
+TIMINGS: Dict[Tuple, List[Tuple[float, triton.Config]]] = {}  # the tuner's (ms, candidate) per key, fastest first
 _forced = None
 _tuning = True
 
@@ -180,8 +228,23 @@ def _family(m: int) -> str:
     return "large" if m < DEQUANT_MIN_M else "dequant"
 
 
-def _configs(family: str, nk4: bool = False) -> List[triton.Config]:
-    return (CONFIGS_NK4 if nk4 else CONFIGS)[family]
+def _configs(family: str, nk4: bool = False, device=None, bits: int = 4, group_size: int = -1,
+             has_gidx: bool = False, scale_bytes: int = 2, has_zeros: bool = True) -> List[triton.Config]:
+    """The family's candidates that fit ``device``'s shared memory (all of them when None) for a
+    layer of this format (group size -1: per channel)."""
+    limit = _smem_limit(device)
+
+    def per_weight_bytes(c):  # the kernels' TILE_IN_GROUP is false (per channel: one group as long as K)
+        if has_gidx or (group_size != -1 and group_size % c.kwargs["BLOCK_K"] != 0):
+            return scale_bytes + has_zeros
+        return 0
+
+    cands = (CONFIGS_NK4 if nk4 else CONFIGS)[family]
+    need = {id(c): smem_estimate(c, nk4, bits, per_weight_bytes(c)) for c in cands}
+    fit = [c for c in cands if need[id(c)] <= limit]
+    # The estimate is conservative (gathered act_order scales, for one, are not staged at all): when
+    # nothing fits by it, the smallest candidate rather than none.
+    return fit or [min(cands, key=lambda c: need[id(c)])]
 
 
 @contextlib.contextmanager
@@ -226,7 +289,7 @@ def _meta(cfg: triton.Config) -> dict:
     return dict(cfg.kwargs, **_launch_opts(cfg))
 
 
-def _choose(family: str, key: Tuple, launch, real: bool, nk4: bool) -> triton.Config:
+def _choose(family: str, key: Tuple, launch, real: bool, nk4: bool, device, bits: int) -> triton.Config:
     """The configuration for ``key``: forced, cached, or timed now (eager calls on a GPU only)."""
     cfg = _forced_config(family)
     if cfg is not None:
@@ -237,22 +300,28 @@ def _choose(family: str, key: Tuple, launch, real: bool, nk4: bool) -> triton.Co
     cfg = None if symbolic else CHOSEN.get(key)
     if cfg is not None:
         return cfg
-    candidates = _configs(family, nk4)
+    candidates = _configs(family, nk4, device, bits, group_size=key[6], has_gidx=key[8],
+                          scale_bytes=key[11].itemsize, has_zeros=key[7])
     if symbolic:
         return candidates[0]
     if INTERPRETED or not real or not _tuning or len(candidates) == 1:
         return candidates[0]
     best, best_t = candidates[0], float("inf")
+    times = []
     for c in candidates:
         try:
             launch(c)  # compile outside the capture
             # Replayed from a CUDA graph: the kernel's time, not the Python launch path's.
             t = triton.testing.do_bench_cudagraph(lambda: launch(c), rep=20, return_mode="median")
         except triton.runtime.errors.OutOfResources:
+            # smem_estimate keeps the listed candidates within the GPU; this guards another Triton
+            # version allocating more (tests/triton_cases.py asserts none does on the tested GPU).
             continue
+        times.append((t, c))
         if t < best_t:
             best, best_t = c, t
     CHOSEN[key] = best
+    TIMINGS[key] = sorted(times, key=lambda tc: tc[0])
     return best
 
 
@@ -365,7 +434,7 @@ def triton_linear(
             grid = (triton.cdiv(n, c.kwargs["BLOCK_N"]), triton.cdiv(k, c.kwargs["BLOCK_K"]))
             kernel[grid](qweight, scales, z, gi, wt, n, k, **consts, **_meta(c))
 
-        launch(_choose(family, key, launch, not fake, False))
+        launch(_choose(family, key, launch, not fake, False, x.device, bits))
         out = torch.mm(x, wt)
         return out if bias is None else out + bias.to(out.dtype)
 
@@ -388,7 +457,7 @@ def triton_linear(
             grid = (triton.cdiv(m, c.kwargs["BLOCK_M"]) * triton.cdiv(n, c.kwargs["BLOCK_N"]), c.kwargs["SPLIT_K"])
             kernel[grid](x, qweight, scales, z, gi, b, out, ws, cnt, m, n, k, x.stride(0), **consts, **_meta(c))
 
-    launch(_choose(family, key, launch, not fake, False))
+    launch(_choose(family, key, launch, not fake, False, x.device, bits))
     return out
 
 
@@ -443,7 +512,7 @@ def _linear_nk4(x, qt, scales, z, gi, bias, consts, family, key, fake, workspace
                        **_launch_opts(c))
             result[0] = out
 
-    cfg = _choose(family, key, launch, not fake, True)
+    cfg = _choose(family, key, launch, not fake, True, x.device, 4)
     if (SPLIT_K_MAX_M < m) and cfg.kwargs.get("SPLIT_K", 1) > 1:
         raise ValueError(f"quantkernels::triton_linear: split-K configuration {cfg} for m = {m} > {SPLIT_K_MAX_M}")
     launch(cfg)

@@ -44,6 +44,14 @@ GEMM_MAX_M = 128  # largest m for the fused kernel: on an H100 it wins at 128 on
 MID_MIN_M = 65  # rows from which the GEMM may pick a middle-m tile, which splits K over blocks in a shared workspace
 STREAMK_MAX_M = 8  # rows up to which the GEMM gets the layer's workspace (its stream-K tiles serve one pass of 8)
 
+# The Hopper wgmma GEMM (csrc/cuda/wxa16_gemm_sm90.cu) serves WGMMA_MIN_M <= m <= WGMMA_MAX_M where the
+# GPU and the build have it (CudaState.wgmma), in place of the two paths above; from measurements on an
+# H100 (benchmarks/NOTES_gpu.md, `gpu_gemm.py --wgmma`). It gets the shared workspace (split of K over
+# blocks) up to WGMMA_WS_MAX_M rows; beyond, its tiles alone fill the GPU.
+WGMMA_MIN_M = 17
+WGMMA_MAX_M = 1 << 30
+WGMMA_WS_MAX_M = 256
+
 
 def workspace_floats(m: int, n: int) -> int:
     """Size of the zeroed float32 workspace the GEMM needs for m rows: for its stream-K tiles (one
@@ -66,6 +74,15 @@ def _shared_workspace(device: torch.device, floats: int) -> torch.Tensor:
         ws = torch.zeros(floats, dtype=torch.float32, device=device)
         _SHARED_WS[key] = ws
     return ws
+
+
+def _wgmma_available(qweight: torch.Tensor) -> bool:
+    """Whether the wgmma GEMM runs on qweight's device: a Hopper GPU and an extension built for sm_90a."""
+    if not torch._C._dispatch_has_kernel_for_dispatch_key("quantkernels::cuda_wxa16_wgmma_available", "CUDA"):
+        return False
+    if torch.cuda.get_device_capability(qweight.device) != (9, 0):
+        return False
+    return bool(torch.ops.quantkernels.cuda_wxa16_wgmma_available(qweight))
 
 
 def chunk_cols(bits: int) -> int:
@@ -142,6 +159,7 @@ class CudaState:
     group_size: int = 0  # effective group size (K for per-channel)
     perm: Optional[torch.Tensor] = None  # sorted column -> original column (act_order)
     unsupported: Optional[str] = None  # found at prepare: the reference serves instead
+    wgmma: bool = False  # the Hopper wgmma GEMM serves this layer (sm_90a build on a Hopper GPU, K % 64 == 0)
     # float32 zeros for the stream-K GEMM at m <= STREAMK_MAX_M (the kernel leaves it zeroed): one
     # per layer, so one layer must not run on two streams at once.
     workspace: Optional[torch.Tensor] = None
@@ -226,6 +244,7 @@ class CudaBackend:
             state.zeros[dt] = None if symmetric else shuffle_pairs(zeros.to(dt))
             state.bias[dt] = None if layer.bias is None else layer.bias.to(dt).contiguous()
         state.workspace = torch.zeros(workspace_floats(STREAMK_MAX_M, n), dtype=torch.float32, device=codes.device)
+        state.wgmma = _wgmma_available(state.qweight) and k % 64 == 0
         # The shuffled copy replaces the portable one: a placeholder keeps the device and dtype.
         layer.qweight = torch.empty(0, dtype=torch.int32, device=state.qweight.device)
         return state
@@ -259,6 +278,13 @@ class CudaBackend:
         if state.perm is not None:
             x2d = x2d.index_select(1, state.perm)
         bits = layer.config.bits
+        m = x2d.shape[0]
+        if state.wgmma and WGMMA_MIN_M <= m <= WGMMA_MAX_M:
+            ws = _shared_workspace(x2d.device, workspace_floats(m, layer.out_features)) if m <= WGMMA_WS_MAX_M else None
+            return torch.ops.quantkernels.cuda_wxa16_gemm_wgmma(
+                x2d, state.qweight, state.scales[dt], state.zeros[dt], state.kgroup, state.group_size,
+                state.bias[dt], bits, ws,
+            )
         if x2d.shape[0] <= GEMM_MAX_M:
             m = x2d.shape[0]
             ws = None

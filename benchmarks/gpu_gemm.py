@@ -281,9 +281,11 @@ def wgmma_m(shapes, m_list, out_dir, with_triton, configs):
                 if m <= qk_cuda.WGMMA_WS_MAX_M else None
             res = {"cublas": time_us([lambda w=w: torch.nn.functional.linear(x, w) for w in dense])[0]}
             res["old"] = time_us([lambda s=s: qk_cuda.BACKEND.linear(layer, s, x) for s in old_states])[0]
-            for c in configs:
+            for c in configs:  # "C" or "C:KS" (config C with KS blocks along K forced)
+                cfg_id, _, ks = str(c).partition(":")
                 res[f"c{c}"] = time_us([lambda s=s: torch.ops.quantkernels.cuda_wxa16_gemm_wgmma(
-                    x, s.qweight, s.scales[dt], None, None, 128, None, 4, ws, c) for s in states])[0]
+                    x, s.qweight, s.scales[dt], None, None, 128, None, 4, ws, int(cfg_id), int(ks or -1))
+                    for s in states])[0]
             res["auto"] = time_us([lambda s=s: qk_cuda.BACKEND.linear(layer, s, x) for s in states])[0]
             if tri is not None:
                 res["triton"] = time_us([lambda lay=lay: lay(x) for lay in tri])[0]
@@ -405,7 +407,7 @@ def main():
     ap.add_argument("--small", action="store_true", help="m <= 16 variants (plain / stream-K tiles) instead")
     ap.add_argument("--mid", action="store_true", help="16 < m <= 256 variants (plain / middle-m tiles) instead")
     ap.add_argument("--wgmma", action="store_true", help="the Hopper wgmma GEMM's configs against the old path instead")
-    ap.add_argument("--configs", help="wgmma configs to force in --wgmma, comma-separated (default: all)")
+    ap.add_argument("--configs", help="wgmma configs to force in --wgmma, comma-separated C or C:KSPLIT (default: all)")
     ap.add_argument("--shapes", help="subset of KxN shapes, comma-separated (default: all six)")
     ap.add_argument("--ms", help="subset of m values, comma-separated")
     args = ap.parse_args()
@@ -424,7 +426,7 @@ def main():
     if args.wgmma:
         print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, "
               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
-        configs = range(WGMMA_CONFIGS) if args.configs is None else [int(c) for c in args.configs.split(",") if c]
+        configs = range(WGMMA_CONFIGS) if args.configs is None else [c for c in args.configs.split(",") if c]
         wgmma_m(shape_sel, m_sel or [16, 32, 64, 128, 256], args.out,
                 not args.no_triton and backends.unavailable_reason("triton") is None, configs)
         return

@@ -22,6 +22,12 @@ for step in "$@"; do
            echo "backend tests rc=$?: $(tail -1 "$OUT/backend_tests.log")"; grep -E "^(FAILED|ERROR)" "$OUT/backend_tests.log" | head -8 ;;
     sanitize) timeout 300 bash scripts/sanitize_wgmma.sh > "$OUT/sanitize_wgmma.log" 2>&1; echo "sanitize rc=$?"
            grep -E "^==|ERROR SUMMARY|Error" "$OUT/sanitize_wgmma.log" | head -10 ;;
+    ncu) timeout 200 ncu -k regex:wxa16_gemm_wgmma_kernel --section SpeedOfLight \
+           --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats --section WarpStateStats \
+           --metrics "sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active,regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
+           python3 scripts/profile_wgmma.py ${NCU_CASE:-8192 28672 64 0} > "$OUT/ncu.txt" 2>&1; echo "ncu rc=$?"
+         grep -E "wgmma_kernel|Duration|Memory Throughput|DRAM Throughput|L2 Cache Throughput|Compute \(SM\)|gmma_cycles|Achieved Occupancy|Registers Per|Grid Size|Block Limit|Dynamic Shared|stalled_.*ratio +[0-9.]*[1-9]" "$OUT/ncu.txt" | sed 's/  */ /g' | cut -c1-140 | head -70
+         cuobjdump -sass quantkernels/_C*.so | grep -E "Function :|HGMMA|WARPGROUP|BAR.SYNC|DEPBAR" | grep -A40 "wgmma_kernelILi4E6__halfLi64E" | head -40 > "$OUT/sass_excerpt.txt"; cut -c1-110 "$OUT/sass_excerpt.txt" ;;
     bench) timeout 400 python3 benchmarks/gpu_gemm.py --wgmma ${WG_ARGS:-} --out "$OUT" > "$OUT/wgmma_bench.log" 2>&1
            echo "bench rc=$?"; cut -c1-400 "$OUT/wgmma_bench.log" ;;
   esac

@@ -254,11 +254,14 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
         cp_async4(sbuf + sl, scales + goff);
         if (zeros != nullptr) cp_async4(zbuf + sl, zeros + goff);
       }
+      // Rows past M are not copied: whatever their slots hold only reaches output columns that are
+      // never stored (row n of B feeds column n of D alone).
       uint8_t* xt = xs + slot * XBYTES;
 #pragma unroll
       for (int i = tid; i < BN * 8; i += THREADS) {
-        const int row = min(m0 + (i >> 6) * 8 + (i & 7), M - 1);
-        cp_async16(xt + i * 16, xp + static_cast<int64_t>(row) * K + s * kStageCols + ((i >> 3) & 7) * 8);
+        const int row = m0 + (i >> 6) * 8 + (i & 7);
+        if (row < M)
+          cp_async16(xt + i * 16, xp + static_cast<int64_t>(row) * K + s * kStageCols + ((i >> 3) & 7) * 8);
       }
     }
     asm volatile("cp.async.commit_group;" ::: "memory");
@@ -337,7 +340,21 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
   if (KS > 1) {
     // The block that arrives last for this output tile takes the sum and leaves zeros behind.
     __shared__ int s_last;
-    for_each([&](float& v, int m, int n) { atomicAdd(ws + static_cast<int64_t>(m) * N + n, v); });
+    // The workspace is used transposed here, ws[n, m]: a thread's (m, m + 1) pairs are adjacent,
+    // so they go as one 8-byte atomic (half the atomic operations of the L2, the split's cost).
+    if (valid) {
+#pragma unroll
+      for (int i = 0; i < NA; i += 2) {
+        const int m = m0 + 8 * (i >> 2) + 2 * t, n = 16 * nt + g + 8 * ((i >> 1) & 1);
+        float* p = ws + static_cast<int64_t>(n) * M + m;
+        if (m + 1 < M && (M & 1) == 0)
+          atomicAdd(reinterpret_cast<float2*>(p), make_float2(acc[i], acc[i + 1]));
+        else if (m < M) {
+          atomicAdd(p, acc[i]);
+          if (m + 1 < M) atomicAdd(p + 1, acc[i + 1]);
+        }
+      }
+    }
     __threadfence();
     __syncthreads();
     if (tid == 0) {
@@ -350,7 +367,7 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
     if (!s_last) return;
     __threadfence();
     for_each([&](float& v, int m, int n) {
-      float* p = ws + static_cast<int64_t>(m) * N + n;
+      float* p = ws + static_cast<int64_t>(n) * M + m;
       v = __ldcg(p);
       __stcg(p, 0.0f);
     });
@@ -367,16 +384,18 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
 struct WgmmaConfig {
   int bn, nwg, s;
 };
-constexpr WgmmaConfig kConfigs[] = {{64, 2, 4}, {128, 2, 4}, {256, 2, 3}, {32, 2, 6}, {64, 1, 6}};
+constexpr WgmmaConfig kConfigs[] = {{64, 4, 6}, {128, 4, 4}, {256, 2, 3}, {32, 4, 8}, {64, 2, 6}};
 constexpr int kNumConfigs = sizeof(kConfigs) / sizeof(kConfigs[0]);
 
-// The config by m (first measured guesses; benchmarks/NOTES_gpu.md): the smallest BN that covers
-// m up to 128 rows, 256-row tiles beyond.
-int auto_config(int M) {
+// The config by m and layer size, from `gpu_gemm.py --wgmma` on an H100 (benchmarks/NOTES_gpu.md,
+// 08:51 run): 32-row tiles up to 32 rows; 64-row tiles (256 channels a block) up to 64, and beyond on
+// layers under 2^27 weights (4096x14336 m=128: 63.5 us against 96.1 with 128-row tiles, whose
+// 112 blocks each move half again as many bytes a stage); 128-row tiles on the large layers
+// (8192x28672 m=128: 188 against 235 us; m=256: 381 against 486); 256-row tiles lost everywhere.
+int auto_config(int M, int N, int K) {
   if (M <= 32) return 3;
-  if (M <= 64) return 0;
-  if (M <= 128) return 1;
-  return 2;
+  if (M <= 64 || static_cast<int64_t>(N) * K < (int64_t{1} << 27)) return 0;
+  return 1;
 }
 
 template <int BITS, typename T, int BN, int NWG, int S>
@@ -387,6 +406,7 @@ cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qw
   constexpr int kThreads = NWG * 128;
   constexpr int kMinStages = 4, kMaxKs = 16;
   constexpr double kOverhead = 3.0;  // pipeline fill and epilogue, in stages (a guess)
+  constexpr double kSplitGain = 0.85;  // a split must model 15% faster: its atomics load the L2
   auto kernel = wxa16_gemm_wgmma_kernel<BITS, T, BN, NWG, S>;
   // Not a stream operation (legal while capturing a graph); per device, so set it every launch.
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
@@ -403,7 +423,7 @@ cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qw
   const bool have_ws = split.ws != nullptr && split.ws_numel >= wxa16_gemm_workspace_floats(M, N);
   if (split.ksplit > 1 && !have_ws) return cudaErrorInvalidValue;
   // Split of K over blocks: the one with the least modelled time, waves x (stages per block +
-  // kOverhead), at least kMinStages stages per block; ties (2%) go to fewer blocks.
+  // kOverhead), at least kMinStages stages per block, and kSplitGain better than fewer blocks.
   int ks = 1;
   if (split.ksplit > 0) {
     ks = split.ksplit < stages ? split.ksplit : stages;
@@ -414,7 +434,7 @@ cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qw
       const int64_t blocks = static_cast<int64_t>(n_blocks) * m_blocks * k;
       const double waves = static_cast<double>((blocks + slots - 1) / slots);
       const double time = waves * (static_cast<double>(stages) / k + kOverhead);
-      if (best < 0 || time < best * 0.98) {
+      if (best < 0 || time < best * kSplitGain) {
         best = time;
         ks = k;
       }
@@ -442,7 +462,7 @@ cudaError_t dispatch_config(int config, const void* x, int64_t ldx, void* xp, co
   case I:                                                                                                   \
     return launch_wgmma<BITS, T, kConfigs[I].bn, kConfigs[I].nwg, kConfigs[I].s>(                            \
         x, ldx, xp, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, split, stream);
-  switch (config < 0 ? auto_config(M) : config) {
+  switch (config < 0 ? auto_config(M, N, K) : config) {
     QK_CONFIG(0)
     QK_CONFIG(1)
     QK_CONFIG(2)

@@ -45,11 +45,14 @@ MID_MIN_M = 65  # rows from which the GEMM may pick a middle-m tile, which split
 STREAMK_MAX_M = 8  # rows up to which the GEMM gets the layer's workspace (its stream-K tiles serve one pass of 8)
 
 # The Hopper wgmma GEMM (csrc/cuda/wxa16_gemm_sm90.cu) serves WGMMA_MIN_M <= m <= WGMMA_MAX_M where the
-# GPU and the build have it (CudaState.wgmma), in place of the two paths above; from measurements on an
-# H100 (benchmarks/NOTES_gpu.md, `gpu_gemm.py --wgmma`). It gets the shared workspace (split of K over
-# blocks) up to WGMMA_WS_MAX_M rows; beyond, its tiles alone fill the GPU.
-WGMMA_MIN_M = 17
-WGMMA_MAX_M = 1 << 30
+# GPU and the build have it (CudaState.wgmma) and it measured faster than the two paths above (H100,
+# benchmarks/NOTES_gpu.md, `gpu_gemm.py --wgmma`): from 65 rows on every layer, from WGMMA_MIN_M rows on
+# layers of at least WGMMA_MIN_WEIGHTS weights (8192x28672 m=64: 120 against 183 us; 4096x14336 m=64:
+# 57 against 49, m=32 on every layer: slower). It gets the shared workspace (split of K over blocks) up
+# to WGMMA_WS_MAX_M rows.
+WGMMA_MIN_M = 33
+WGMMA_MIN_WEIGHTS = 1 << 27
+WGMMA_MAX_M = 256
 WGMMA_WS_MAX_M = 256
 
 
@@ -83,6 +86,11 @@ def _wgmma_available(qweight: torch.Tensor) -> bool:
     if torch.cuda.get_device_capability(qweight.device) != (9, 0):
         return False
     return bool(torch.ops.quantkernels.cuda_wxa16_wgmma_available(qweight))
+
+
+def _wgmma_serves(m: int, weights: int) -> bool:
+    """Whether the wgmma GEMM serves m rows of a layer of `weights` = N x K (thresholds above)."""
+    return (WGMMA_MIN_M <= m <= WGMMA_MAX_M and weights >= WGMMA_MIN_WEIGHTS) or 64 < m <= WGMMA_MAX_M
 
 
 def chunk_cols(bits: int) -> int:
@@ -279,7 +287,7 @@ class CudaBackend:
             x2d = x2d.index_select(1, state.perm)
         bits = layer.config.bits
         m = x2d.shape[0]
-        if state.wgmma and WGMMA_MIN_M <= m <= WGMMA_MAX_M:
+        if state.wgmma and _wgmma_serves(m, layer.out_features * layer.in_features):
             ws = _shared_workspace(x2d.device, workspace_floats(m, layer.out_features)) if m <= WGMMA_WS_MAX_M else None
             return torch.ops.quantkernels.cuda_wxa16_gemm_wgmma(
                 x2d, state.qweight, state.scales[dt], state.zeros[dt], state.kgroup, state.group_size,

@@ -247,7 +247,7 @@ at::Tensor wxa16_gemm_wgmma(const at::Tensor& x, const at::Tensor& qweight, cons
   at::Tensor xc = x;
   if (x.stride(1) != 1 || x.stride(0) % 2 != 0 || reinterpret_cast<uintptr_t>(x.data_ptr()) % 4 != 0)
     xc = x.contiguous();
-  at::Tensor xp = at::empty({m, L.k}, x.options());  // x in the kernel's column order
+  at::Tensor xp = at::empty({qk::cuda::wxa16_gemm_wgmma_scratch_rows(m), L.k}, x.options());  // x in the kernel's tiles
   const cudaError_t err = qk::cuda::wxa16_gemm_wgmma(
       xc.data_ptr(), xc.stride(0), xp.data_ptr(), qweight.data_ptr<int32_t>(),
       static_cast<const uint32_t*>(scales.data_ptr()), zeros ? static_cast<const uint32_t*>(zeros->data_ptr()) : nullptr,

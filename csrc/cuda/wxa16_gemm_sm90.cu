@@ -10,20 +10,23 @@
 //
 // The shuffled layout permutes k inside a lane's run (the mma's logical k 2t, 2t+1, 2t+8, 2t+9 of
 // k-tile j sit at physical columns (KC/4) t + 4j + {0, 1, 2, 3} of the chunk), so the activations
-// must reach shared memory in the same logical order: a small pre-pass (wxa16_permute_x_kernel)
-// writes x in that order once per call (M x K x 2 bytes each way, ~1-3 us at m = 64), and the main
-// kernel then stages it with plain 16-byte cp.async into the no-swizzle K-major core-matrix layout.
+// must reach shared memory in the same logical order: a small pre-pass (wxa16_tile_x_kernel) writes
+// x once per call in that order, cut into the tiles the kernel reads, each laid out as the
+// no-swizzle K-major core matrices of the wgmma descriptor (M x K x 2 bytes each way, a few us).
 //
 // Block = NWG warpgroups (64 output channels each) x BN activation rows x a range of K (split over
 // blockIdx.z, partial sums through the caller's self-zeroing workspace, wxa16.h). K is consumed in
-// stages of 64 columns (one 4-bit chunk or two 8-bit chunks; four k16 steps): each lane's weights,
-// scales and zeros go to its own shared-memory slots, the stage's activations to a block-shared
-// tile, S stages in flight (cp.async, S - 2 ahead); per stage each warp dequantizes its 16 channels
-// into 16 registers and the warpgroup issues four async wgmma; the next stage's dequantization runs
-// while they execute (two register sets, wgmma.wait_group 1).
+// stages of 64 columns (one 4-bit chunk or two 8-bit chunks; four k16 steps). Per stage the copy
+// engine (cp.async.bulk, completing on the slot's mbarrier) brings the activation tile and every
+// warp's 512-byte weight slice (the lane-ordered layout of wxa16.h, so each lane then reads its own
+// 16 bytes), and each lane's scale and zero come by cp.async; S slots, S - 2 stages ahead. Per
+// stage each warp dequantizes its 16 channels into 16 registers and the warpgroup issues four async
+// wgmma; the next stage's dequantization runs while they execute (two register sets,
+// wgmma.wait_group 1). Bulk copies instead of per-thread 16-byte cp.async: the 08:51 run moved
+// ~17 KB a stage per SM in ~0.9 us with cp.async, far under what the memory system gives.
 //
 // Limits: N % 16 == 0, K % 64 == 0, group size % 16 == 0 (or per-channel), any M >= 1 (rows past M
-// are clamped on load and never stored). Built for sm_90a only: other targets compile the kernels
+// are zeros in the tiles and never stored). Built for sm_90a only: other targets compile the kernels
 // empty and wxa16_gemm_wgmma_available() reports false, so callers fall back to wxa16_gemm.
 // Test: PYTHONPATH=$PWD python -m pytest -q tests/test_cuda_wgmma.py (on an H100);
 // benchmark: PYTHONPATH=$PWD python benchmarks/gpu_gemm.py --wgmma.
@@ -58,25 +61,34 @@ __host__ __device__ constexpr int phys_col(int j, int t, int hi) {
   return BITS == 4 ? 16 * t + 4 * j + 2 * hi : 32 * (j >> 1) + 8 * t + 4 * (j & 1) + 2 * hi;
 }
 
-// xp[m, 64 s + 16 j + p] = x[m, 64 s + phys(j, p)]: each thread writes 4 column pairs (16 bytes).
+// x -> the kernel's tiles: xt[mb, s] is the BN x 64 activation tile of rows BN mb .. and stage s,
+// BN * 128 bytes laid out exactly as the kernel's shared memory wants it (one bulk copy a stage):
+// 16-byte unit i is row 8 (i / 64) + i % 8, logical columns 8 u .. 8 u + 7, u = (i / 8) % 8 (the
+// no-swizzle K-major core matrices of smem_desc), and logical column 16 j + p of a stage is
+// physical column phys_col(j, p) of x. Rows past M are zeros.
 template <int BITS>
-__global__ void wxa16_permute_x_kernel(const uint32_t* __restrict__ x,  // [M, ldx / 2] pairs
-                                       int64_t ldx2,                   // row stride of x, in pairs
-                                       uint4* __restrict__ xp,         // [M, K / 8]
-                                       int M, int K) {
-  const int64_t units = static_cast<int64_t>(M) * (K / 8);
+__global__ void wxa16_tile_x_kernel(const uint32_t* __restrict__ x,  // [M, ldx / 2] pairs
+                                    int64_t ldx2,                   // row stride of x, in pairs
+                                    uint4* __restrict__ xt,         // [ceil(M / BN), K / 64, BN * 8]
+                                    int M, int K, int bn) {
+  const int stages = K / kStageCols;
+  const int64_t units = static_cast<int64_t>((M + bn - 1) / bn) * stages * bn * 8;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < units;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t m = i / (K / 8);
-    const int u = static_cast<int>(i % (K / 8));  // 16-byte unit of the logical row
-    const int s = u >> 3, j = (u >> 1) & 3, hi = u & 1;
-    const uint32_t* src = x + m * ldx2 + s * (kStageCols / 2);
-    uint4 v;
-    v.x = __ldg(src + phys_col<BITS>(j, 0, hi) / 2);
-    v.y = __ldg(src + phys_col<BITS>(j, 1, hi) / 2);
-    v.z = __ldg(src + phys_col<BITS>(j, 2, hi) / 2);
-    v.w = __ldg(src + phys_col<BITS>(j, 3, hi) / 2);
-    xp[i] = v;
+    const int in_tile = static_cast<int>(i % (bn * 8));
+    const int64_t tile = i / (bn * 8);
+    const int s = static_cast<int>(tile % stages);
+    const int64_t m = (tile / stages) * bn + (in_tile >> 6) * 8 + (in_tile & 7);
+    const int u = (in_tile >> 3) & 7, j = u >> 1, hi = u & 1;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (m < M) {
+      const uint32_t* src = x + m * ldx2 + s * (kStageCols / 2);
+      v.x = __ldg(src + phys_col<BITS>(j, 0, hi) / 2);
+      v.y = __ldg(src + phys_col<BITS>(j, 1, hi) / 2);
+      v.z = __ldg(src + phys_col<BITS>(j, 2, hi) / 2);
+      v.w = __ldg(src + phys_col<BITS>(j, 3, hi) / 2);
+    }
+    xt[i] = v;
   }
 }
 
@@ -84,14 +96,30 @@ template <int N>
 struct WgmmaN {};
 
 #ifdef QK_HAVE_WGMMA
-__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
-  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src) : "memory");
-}
-
 __device__ __forceinline__ void cp_async4(void* dst, const void* src) {
   const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(d), "l"(src) : "memory");
+}
+
+// mbarrier and bulk-copy (cp.async.bulk, the copy engine) helpers, CTA scope.
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void mbar_init(uint64_t* bar) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(bar)) : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  asm volatile(
+      "{ .reg .pred done;\n"
+      "wait_%=: mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra wait_%=; }" ::"r"(smem_addr(bar)), "r"(parity) : "memory");
+}
+__device__ __forceinline__ void bulk_copy(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+               ::"r"(smem_addr(dst)), "l"(src), "r"(bytes), "r"(smem_addr(bar)) : "memory");
 }
 
 // Descriptor of a K-major B tile without swizzle: 8-row x 16-byte core matrices, the two of one
@@ -194,12 +222,12 @@ __device__ __forceinline__ void fence_acc(float (&d)[NA]) {
 template <int BITS, int BN, int NWG, int S>
 constexpr int wgmma_smem_bytes() {
   constexpr int cps = kStageCols / chunk_cols_c(BITS);
-  return S * (BN * kStageCols * 2 + cps * NWG * 128 * (16 + 4 + 4));
+  return S * (BN * kStageCols * 2 + cps * NWG * 128 * (16 + 4 + 4) + 8);
 }
 
 template <int BITS, typename T, int BN, int NWG, int S>
 __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
-    const T* __restrict__ xp,              // [M, K] columns in logical order (wxa16_permute_x_kernel)
+    const T* __restrict__ xt,              // activation tiles (wxa16_tile_x_kernel)
     const uint4* __restrict__ qw,          // [N/16, K/KC, 32] (16 bytes per lane)
     const uint32_t* __restrict__ scales,   // [G, N/16, 8]
     const uint32_t* __restrict__ zeros,    // [G, N/16, 8] or null
@@ -224,6 +252,7 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
   uint4* wbuf = reinterpret_cast<uint4*>(smem + S * XBYTES);  // [S][CPS][THREADS]
   uint32_t* sbuf = reinterpret_cast<uint32_t*>(wbuf + S * CPS * THREADS);
   uint32_t* zbuf = sbuf + S * CPS * THREADS;
+  uint64_t* bars = reinterpret_cast<uint64_t*>(zbuf + S * CPS * THREADS);  // [S]: bulk copies of a slot landed
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int n_tiles = N >> 4, NC = K / KC;
@@ -234,34 +263,38 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
   const int s_begin = static_cast<int>(static_cast<int64_t>(blockIdx.z) * NS / KS);
   const int s_end = static_cast<int>(static_cast<int64_t>(blockIdx.z + 1) * NS / KS);
 
-  const uint4* wsrc = qw + static_cast<int64_t>(ntc) * NC * 32 + lane;
   const int soff = ntc * 8 + (lane >> 2);
   const int lane_col = (lane & 3) * (KC / 4);
 
-  // Copy stage s into slot `slot`: this thread's weight slices, scales and zeros, and its share of
-  // the activation tile (16-byte unit i of the tile is row 8 (i / 64) + i % 8, unit (i / 8) % 8:
-  // unit i lands at byte 16 i, the core-matrix layout of smem_desc). One cp.async group per call.
+  // Copy stage s into slot `slot`. The bulk data by the copy engine, issued by the first lanes of
+  // warp 0 and completing on the slot's mbarrier: the activation tile (lane 0) and each warp's
+  // 512-byte weight slice of each chunk (lane 1 + chunk x warps + warp, contiguous in the layout).
+  // This thread's scales and zeros by cp.async (one group per call, maybe empty).
+  const T* xsrc = xt + static_cast<int64_t>(blockIdx.x) * NS * (BN * kStageCols);
   auto issue = [&](int s, int slot) {
     if (s < s_end) {
+      if (warp == 0) {
+        if (lane == 0) {
+          asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // the slot's last generic reads
+          mbar_expect_tx(bars + slot, XBYTES + CPS * 4 * NWG * 512);
+        }
+        __syncwarp();
+        if (lane == 0) bulk_copy(xs + slot * XBYTES, xsrc + static_cast<int64_t>(s) * (BN * kStageCols), XBYTES, bars + slot);
+        for (int p = lane - 1; p >= 0 && p < CPS * 4 * NWG; p += 31) {
+          const int cc = p / (4 * NWG), w = p % (4 * NWG);
+          const int ntw = min(blockIdx.y * (4 * NWG) + w, n_tiles - 1);
+          const uint4* src = qw + (static_cast<int64_t>(ntw) * NC + s * CPS + cc) * 32;
+          bulk_copy(wbuf + (slot * CPS + cc) * THREADS + w * 32, src, 512, bars + slot);
+        }
+      }
 #pragma unroll
       for (int cc = 0; cc < CPS; ++cc) {
-        const int c = s * CPS + cc;
-        const int col = c * KC + lane_col;
+        const int col = (s * CPS + cc) * KC + lane_col;
         const int gi = kgroup != nullptr ? __ldg(kgroup + (col >> 4)) : col / gsize;
         const int64_t goff = static_cast<int64_t>(gi) * n_tiles * 8 + soff;
         const int sl = (slot * CPS + cc) * THREADS + tid;
-        cp_async16(wbuf + sl, wsrc + c * 32);
         cp_async4(sbuf + sl, scales + goff);
         if (zeros != nullptr) cp_async4(zbuf + sl, zeros + goff);
-      }
-      // Rows past M are not copied: whatever their slots hold only reaches output columns that are
-      // never stored (row n of B feeds column n of D alone).
-      uint8_t* xt = xs + slot * XBYTES;
-#pragma unroll
-      for (int i = tid; i < BN * 8; i += THREADS) {
-        const int row = m0 + (i >> 6) * 8 + (i & 7);
-        if (row < M)
-          cp_async16(xt + i * 16, xp + static_cast<int64_t>(row) * K + s * kStageCols + ((i >> 3) & 7) * 8);
       }
     }
     asm volatile("cp.async.commit_group;" ::: "memory");
@@ -301,14 +334,20 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
   // Stage s is consumed in iteration s - s_begin; its slot is rewritten (issue, S - 2 ahead) only
   // after every warpgroup's wgmma on it has completed: each waits for all but its latest group at
   // the end of an iteration, and the barrier at the start of the next orders that before the copy.
+  if (tid == 0) {
+#pragma unroll
+    for (int i = 0; i < S; ++i) mbar_init(bars + i);
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
 #pragma unroll
   for (int i = 0; i < S - 2; ++i) issue(s_begin + i, i);
   uint32_t a0[4][4], a1[4][4];  // two register sets: one is read by wgmma while the other is filled
   int it = 0;
   auto step = [&](uint32_t (&a)[4][4]) {
     const int slot = it % S;
-    asm volatile("cp.async.wait_group %0;" ::"n"(S - 3) : "memory");
-    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // cp.async writes -> tensor-core reads
+    asm volatile("cp.async.wait_group %0;" ::"n"(S - 3) : "memory");  // this thread's scales
+    mbar_wait(bars + slot, (it / S) & 1);                                // the bulk copies
     __syncthreads();
     issue(s_begin + it + S - 2, (it + S - 2) % S);
     dequant_stage(slot, a);
@@ -441,10 +480,10 @@ cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qw
     }
   }
   {
-    const int64_t units = static_cast<int64_t>(M) * (K / 8);
+    const int64_t units = static_cast<int64_t>(m_blocks) * BN * (K / 8);
     const int blocks = static_cast<int>(units / 256 + 1 < 8L * num_sms ? units / 256 + 1 : 8L * num_sms);
-    wxa16_permute_x_kernel<BITS><<<blocks, 256, 0, stream>>>(static_cast<const uint32_t*>(x), ldx / 2,
-                                                              static_cast<uint4*>(xp), M, K);
+    wxa16_tile_x_kernel<BITS><<<blocks, 256, 0, stream>>>(static_cast<const uint32_t*>(x), ldx / 2,
+                                                           static_cast<uint4*>(xp), M, K, BN);
   }
   dim3 grid(m_blocks, n_blocks, ks);
   kernel<<<grid, kThreads, kSmem, stream>>>(static_cast<const T*>(xp), reinterpret_cast<const uint4*>(qweight), scales,

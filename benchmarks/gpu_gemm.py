@@ -259,8 +259,8 @@ WGMMA_CONFIGS = 5  # csrc/cuda/wxa16_gemm_sm90.cu, kConfigs
 
 def wgmma_m(shapes, m_list, out_dir, with_triton, configs):
     """The Hopper wgmma GEMM, int4 g128 fp16: cuBLAS; `old` = the CUDA backend's path without it (mma.sync
-    GEMM up to GEMM_MAX_M rows, else dequantize + cuBLAS); each wgmma config forced (`cN`, with the
-    shared workspace up to WGMMA_WS_MAX_M rows); `auto` (what QuantLinear runs now); the triton backend."""
+    GEMM up to GEMM_MAX_M rows, else dequantize + cuBLAS); each wgmma config forced (`cN`, with a
+    workspace, as QuantLinear gives it); `auto` (what QuantLinear runs now); the triton backend."""
     lines = []
     for k, n in shapes:
         codes, scales, zeros = make_quant(k, n, 4, 128)
@@ -277,8 +277,7 @@ def wgmma_m(shapes, m_list, out_dir, with_triton, configs):
         dt = torch.float16
         for m in m_list:
             x = torch.randn(m, k, device="cuda", dtype=dt)
-            ws = torch.zeros(qk_cuda.workspace_floats(m, n), dtype=torch.float32, device="cuda") \
-                if m <= qk_cuda.WGMMA_WS_MAX_M else None
+            ws = torch.zeros(qk_cuda.workspace_floats(m, n), dtype=torch.float32, device="cuda")
             res = {"cublas": time_us([lambda w=w: torch.nn.functional.linear(x, w) for w in dense])[0]}
             res["old"] = time_us([lambda s=s: qk_cuda.BACKEND.linear(layer, s, x) for s in old_states])[0]
             for c in configs:  # "C" or "C:KS" (config C with KS blocks along K forced)

@@ -135,13 +135,23 @@ def test_real_layer_shapes(k, n, ms):
         assert err < BOUND[torch.float16], f"{k}x{n} m={m}: {err:.2e}"
 
 
+def test_wgmma_cells():
+    """The routing table (runs anywhere): the cells measured faster on an H100, and no others."""
+    serves = cuda_backend._wgmma_serves
+    assert not serves(32, 28672, 8192) and serves(33, 28672, 8192) and serves(64, 8192, 28672)
+    assert not serves(64, 8192, 8192) and serves(65, 8192, 8192) and not serves(128, 4096, 4096)
+    assert serves(256, 14336, 4096) and not serves(256, 4096, 14336) and not serves(256, 8192, 8192)
+    assert serves(256, 8192, 28672) and not serves(257, 8192, 28672) and not serves(16, 8192, 28672)
+
+
 @needs_wgmma
-def test_quantlinear_routes_middle_m_to_wgmma():
+def test_quantlinear_routes_middle_m_to_wgmma(monkeypatch):
     """QuantLinear at m in the wgmma range gives the reference's answer, also with a 3-D,
     non-contiguous input, and inside a captured CUDA graph replayed on new data."""
+    monkeypatch.setattr(cuda_backend, "WGMMA_CELLS", ((0, 1 << 30, 0, False),))  # every (m, layer): small layer
     layer, portable = _layer(1024, 256, 4, 128, False, torch.float16)
     assert layer._prepared["cuda"].wgmma
-    m = 100  # in the wgmma range on every layer (WGMMA_MIN_M, WGMMA_MAX_M)
+    m = 100
     x3 = torch.randn(2, m, 2048, device="cuda", dtype=torch.float16)[:, :, ::2]
     out = layer(x3)
     assert out.shape == (2, m, 256)

@@ -16,14 +16,14 @@
 //
 // Block = NWG warpgroups (64 output channels each) x BN activation rows x a range of K (split over
 // blockIdx.z, partial sums through the caller's self-zeroing workspace, wxa16.h). K is consumed in
-// stages of 64 columns (one 4-bit chunk or two 8-bit chunks; four k16 steps). Per stage the copy
-// engine (cp.async.bulk, completing on the slot's mbarrier) brings the activation tile and every
-// warp's 512-byte weight slice (the lane-ordered layout of wxa16.h, so each lane then reads its own
-// 16 bytes), and each lane's scale and zero come by cp.async; S slots, S - 2 stages ahead. Per
+// stages of 64 columns (one 4-bit chunk or two 8-bit chunks; four k16 steps). Per stage the
+// activation tile and every warp's 512-byte weight slice (the lane-ordered layout of wxa16.h, so
+// each lane then reads its own 16 bytes) come either by the copy engine (cp.async.bulk, completing
+// on the slot's mbarrier) or by per-thread 16-byte cp.async (the config says which: each won on
+// some shapes), and each lane's scale and zero by cp.async; S slots, S - 2 stages ahead. Per
 // stage each warp dequantizes its 16 channels into 16 registers and the warpgroup issues four async
 // wgmma; the next stage's dequantization runs while they execute (two register sets,
-// wgmma.wait_group 1). Bulk copies instead of per-thread 16-byte cp.async: the 08:51 run moved
-// ~17 KB a stage per SM in ~0.9 us with cp.async, far under what the memory system gives.
+// wgmma.wait_group 1).
 //
 // Limits: N % 16 == 0, K % 64 == 0, group size % 16 == 0 (or per-channel), any M >= 1 (rows past M
 // are zeros in the tiles and never stored). Built for sm_90a only: other targets compile the kernels
@@ -96,15 +96,20 @@ template <int N>
 struct WgmmaN {};
 
 #ifdef QK_HAVE_WGMMA
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_addr(dst)), "l"(src) : "memory");
+}
+
 __device__ __forceinline__ void cp_async4(void* dst, const void* src) {
   const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(d), "l"(src) : "memory");
 }
 
 // mbarrier and bulk-copy (cp.async.bulk, the copy engine) helpers, CTA scope.
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
 __device__ __forceinline__ void mbar_init(uint64_t* bar) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(bar)) : "memory");
 }
@@ -225,7 +230,7 @@ constexpr int wgmma_smem_bytes() {
   return S * (BN * kStageCols * 2 + cps * NWG * 128 * (16 + 4 + 4) + 8);
 }
 
-template <int BITS, typename T, int BN, int NWG, int S>
+template <int BITS, typename T, int BN, int NWG, int S, bool BULK>
 __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
     const T* __restrict__ xt,              // activation tiles (wxa16_tile_x_kernel)
     const uint4* __restrict__ qw,          // [N/16, K/KC, 32] (16 bytes per lane)
@@ -273,7 +278,16 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
   const T* xsrc = xt + static_cast<int64_t>(blockIdx.x) * NS * (BN * kStageCols);
   auto issue = [&](int s, int slot) {
     if (s < s_end) {
-      if (warp == 0) {
+      if (!BULK) {
+        // Per-thread 16-byte copies: this lane's weight slices and its share of the tile.
+        const uint4* xsrc4 = reinterpret_cast<const uint4*>(xsrc + static_cast<int64_t>(s) * (BN * kStageCols));
+        uint4* xdst = reinterpret_cast<uint4*>(xs + slot * XBYTES);
+#pragma unroll
+        for (int i = tid; i < BN * 8; i += THREADS) cp_async16(xdst + i, xsrc4 + i);
+#pragma unroll
+        for (int cc = 0; cc < CPS; ++cc)
+          cp_async16(wbuf + (slot * CPS + cc) * THREADS + tid, qw + (static_cast<int64_t>(ntc) * NC + s * CPS + cc) * 32 + lane);
+      } else if (warp == 0) {
         if (lane == 0) {
           asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // the slot's last generic reads
           mbar_expect_tx(bars + slot, XBYTES + CPS * 4 * NWG * 512);
@@ -334,7 +348,7 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
   // Stage s is consumed in iteration s - s_begin; its slot is rewritten (issue, S - 2 ahead) only
   // after every warpgroup's wgmma on it has completed: each waits for all but its latest group at
   // the end of an iteration, and the barrier at the start of the next orders that before the copy.
-  if (tid == 0) {
+  if (BULK && tid == 0) {
 #pragma unroll
     for (int i = 0; i < S; ++i) mbar_init(bars + i);
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
@@ -346,8 +360,11 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
   int it = 0;
   auto step = [&](uint32_t (&a)[4][4]) {
     const int slot = it % S;
-    asm volatile("cp.async.wait_group %0;" ::"n"(S - 3) : "memory");  // this thread's scales
-    mbar_wait(bars + slot, (it / S) & 1);                                // the bulk copies
+    asm volatile("cp.async.wait_group %0;" ::"n"(S - 3) : "memory");  // this thread's cp.async copies
+    if (BULK)
+      mbar_wait(bars + slot, (it / S) & 1);  // the bulk copies
+    else
+      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // cp.async writes -> tensor-core reads
     __syncthreads();
     issue(s_begin + it + S - 2, (it + S - 2) % S);
     dequant_stage(slot, a);
@@ -422,22 +439,26 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
 // (64 output channels each), S pipeline stages. kConfigs[i] is config id i.
 struct WgmmaConfig {
   int bn, nwg, s;
+  bool bulk;  // copies by the copy engine (cp.async.bulk) rather than per-thread cp.async
 };
-constexpr WgmmaConfig kConfigs[] = {{64, 4, 6}, {128, 4, 4}, {256, 2, 3}, {32, 4, 8}, {64, 2, 6}};
+constexpr WgmmaConfig kConfigs[] = {{64, 4, 6, false}, {128, 4, 4, true}, {64, 2, 6, true}, {32, 4, 8, false},
+                                    {128, 4, 4, false}};
 constexpr int kNumConfigs = sizeof(kConfigs) / sizeof(kConfigs[0]);
 
-// The config by m and layer size, from `gpu_gemm.py --wgmma` on an H100 (benchmarks/NOTES_gpu.md,
-// 08:51 run): 32-row tiles up to 32 rows; 64-row tiles (256 channels a block) up to 64, and beyond on
-// layers under 2^27 weights (4096x14336 m=128: 63.5 us against 96.1 with 128-row tiles, whose
-// 112 blocks each move half again as many bytes a stage); 128-row tiles on the large layers
-// (8192x28672 m=128: 188 against 235 us; m=256: 381 against 486); 256-row tiles lost everywhere.
+// The config by m and layer shape, from `gpu_gemm.py --wgmma` on an H100 (benchmarks/NOTES_gpu.md,
+// 08:51 and 08:57 runs): up to 64 rows, 64-row tiles of 256 channels with per-thread copies
+// (8192x28672 m=64: 120 us, against 166 with bulk copies); beyond, 128-row tiles with bulk copies
+// (8192x28672 m=128: 164 us against 188 with per-thread copies; m=256: 323 against 381), except on
+// layers under 2^27 weights wider than deep up to 128 rows, where 64-row tiles moved fewer bytes a
+// stage (4096x14336 m=128: 63.5 against 93.7 us; m=256: 180 against 91). 256-row tiles lost
+// everywhere and were dropped.
 int auto_config(int M, int N, int K) {
   if (M <= 32) return 3;
-  if (M <= 64 || static_cast<int64_t>(N) * K < (int64_t{1} << 27)) return 0;
+  if (M <= 64 || (M <= 128 && static_cast<int64_t>(N) * K < (int64_t{1} << 27) && N > K)) return 0;
   return 1;
 }
 
-template <int BITS, typename T, int BN, int NWG, int S>
+template <int BITS, typename T, int BN, int NWG, int S, bool BULK>
 cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qweight, const uint32_t* scales,
                          const uint32_t* zeros, const int32_t* kgroup, int group_size, const void* bias, void* out,
                          int M, int N, int K, int num_sms, const SplitK& split, cudaStream_t stream) {
@@ -446,7 +467,7 @@ cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qw
   constexpr int kMinStages = 4, kMaxKs = 16;
   constexpr double kOverhead = 3.0;  // pipeline fill and epilogue, in stages (a guess)
   constexpr double kSplitGain = 0.85;  // a split must model 15% faster: its atomics load the L2
-  auto kernel = wxa16_gemm_wgmma_kernel<BITS, T, BN, NWG, S>;
+  auto kernel = wxa16_gemm_wgmma_kernel<BITS, T, BN, NWG, S, BULK>;
   // Not a stream operation (legal while capturing a graph); per device, so set it every launch.
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (err != cudaSuccess) return err;
@@ -499,7 +520,7 @@ cudaError_t dispatch_config(int config, const void* x, int64_t ldx, void* xp, co
                             cudaStream_t stream) {
 #define QK_CONFIG(I)                                                                                        \
   case I:                                                                                                   \
-    return launch_wgmma<BITS, T, kConfigs[I].bn, kConfigs[I].nwg, kConfigs[I].s>(                            \
+    return launch_wgmma<BITS, T, kConfigs[I].bn, kConfigs[I].nwg, kConfigs[I].s, kConfigs[I].bulk>(          \
         x, ldx, xp, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, split, stream);
   switch (config < 0 ? auto_config(M, N, K) : config) {
     QK_CONFIG(0)

@@ -44,16 +44,14 @@ GEMM_MAX_M = 128  # largest m for the fused kernel: on an H100 it wins at 128 on
 MID_MIN_M = 65  # rows from which the GEMM may pick a middle-m tile, which splits K over blocks in a shared workspace
 STREAMK_MAX_M = 8  # rows up to which the GEMM gets the layer's workspace (its stream-K tiles serve one pass of 8)
 
-# The Hopper wgmma GEMM (csrc/cuda/wxa16_gemm_sm90.cu) serves WGMMA_MIN_M <= m <= WGMMA_MAX_M where the
-# GPU and the build have it (CudaState.wgmma) and it measured faster than the two paths above (H100,
-# benchmarks/NOTES_gpu.md, `gpu_gemm.py --wgmma`): from 65 rows on every layer, from WGMMA_MIN_M rows on
-# layers of at least WGMMA_MIN_WEIGHTS weights (8192x28672 m=64: 120 against 183 us; 4096x14336 m=64:
-# 57 against 49, m=32 on every layer: slower). It gets the shared workspace (split of K over blocks) up
-# to WGMMA_WS_MAX_M rows.
-WGMMA_MIN_M = 33
-WGMMA_MIN_WEIGHTS = 1 << 27
-WGMMA_MAX_M = 256
-WGMMA_WS_MAX_M = 256
+# The Hopper wgmma GEMM (csrc/cuda/wxa16_gemm_sm90.cu) serves the (m, layer) cells where it measured
+# faster than the two paths above, on an H100 (benchmarks/NOTES_gpu.md, `gpu_gemm.py --wgmma`, 08:51 and
+# 08:57 runs), where the GPU and the build have it (CudaState.wgmma): rows (lo, hi] -> the fewest
+# weights N x K it needs, and whether the layer must also be wider than deep (N > K) below 2^27 weights.
+# m <= 32 never (the mma.sync tiles: 8192x28672 m=32 92 against 138 us); 33-64 on the two largest
+# layers only (8192x28672 120 against 183 us; 8192x8192 56 against 50); 65-128 on all but 4096x4096;
+# 129-256 on the largest layers and 4096x14336 (8192x8192 153 against 119 us for dequantize + cuBLAS).
+WGMMA_CELLS = ((32, 64, 1 << 27, False), (64, 128, 1 << 25, False), (128, 256, 1 << 25, True))
 
 
 def workspace_floats(m: int, n: int) -> int:
@@ -88,9 +86,14 @@ def _wgmma_available(qweight: torch.Tensor) -> bool:
     return bool(torch.ops.quantkernels.cuda_wxa16_wgmma_available(qweight))
 
 
-def _wgmma_serves(m: int, weights: int) -> bool:
-    """Whether the wgmma GEMM serves m rows of a layer of `weights` = N x K (thresholds above)."""
-    return (WGMMA_MIN_M <= m <= WGMMA_MAX_M and weights >= WGMMA_MIN_WEIGHTS) or 64 < m <= WGMMA_MAX_M
+def _wgmma_serves(m: int, n: int, k: int) -> bool:
+    """Whether the wgmma GEMM serves m rows of an N x K layer (WGMMA_CELLS)."""
+    for lo, hi, min_weights, wide_below_2_27 in WGMMA_CELLS:
+        if lo < m <= hi:
+            if n * k < min_weights:
+                return False
+            return not wide_below_2_27 or n * k >= (1 << 27) or n > k
+    return False
 
 
 def chunk_cols(bits: int) -> int:
@@ -287,8 +290,8 @@ class CudaBackend:
             x2d = x2d.index_select(1, state.perm)
         bits = layer.config.bits
         m = x2d.shape[0]
-        if state.wgmma and _wgmma_serves(m, layer.out_features * layer.in_features):
-            ws = _shared_workspace(x2d.device, workspace_floats(m, layer.out_features)) if m <= WGMMA_WS_MAX_M else None
+        if state.wgmma and _wgmma_serves(m, layer.out_features, layer.in_features):
+            ws = _shared_workspace(x2d.device, workspace_floats(m, layer.out_features))
             return torch.ops.quantkernels.cuda_wxa16_gemm_wgmma(
                 x2d, state.qweight, state.scales[dt], state.zeros[dt], state.kgroup, state.group_size,
                 state.bias[dt], bits, ws,

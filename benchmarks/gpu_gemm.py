@@ -254,7 +254,7 @@ def mid_m(shapes, m_list, out_dir, with_triton):
     save_lines(out_dir, "mid_m.txt", lines)
 
 
-WGMMA_CONFIGS = 5  # csrc/cuda/wxa16_gemm_sm90.cu, kConfigs
+WGMMA_CONFIGS = 3  # csrc/cuda/wxa16_gemm_sm90.cu, kConfigs
 
 
 def wgmma_m(shapes, m_list, out_dir, with_triton, configs):

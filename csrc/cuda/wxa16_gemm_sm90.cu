@@ -16,14 +16,13 @@
 //
 // Block = NWG warpgroups (64 output channels each) x BN activation rows x a range of K (split over
 // blockIdx.z, partial sums through the caller's self-zeroing workspace, wxa16.h). K is consumed in
-// stages of 64 columns (one 4-bit chunk or two 8-bit chunks; four k16 steps). Per stage the
-// activation tile and every warp's 512-byte weight slice (the lane-ordered layout of wxa16.h, so
-// each lane then reads its own 16 bytes) come either by the copy engine (cp.async.bulk, completing
-// on the slot's mbarrier) or by per-thread 16-byte cp.async (the config says which: each won on
-// some shapes), and each lane's scale and zero by cp.async; S slots, S - 2 stages ahead. Per
-// stage each warp dequantizes its 16 channels into 16 registers and the warpgroup issues four async
-// wgmma; the next stage's dequantization runs while they execute (two register sets,
-// wgmma.wait_group 1).
+// stages of 64 columns (one 4-bit chunk or two 8-bit chunks; four k16 steps): the stage's activation
+// tile (one contiguous run of the pre-cut tiles) and each lane's 16-byte weight slice, scale and
+// zero go to shared memory by cp.async, S slots, S - 2 stages ahead. Per stage each warp dequantizes
+// its 16 channels into 16 registers and the warpgroup issues four async wgmma; the next stage's
+// dequantization runs while they execute (two register sets, wgmma.wait_group 1). Blocks of 4
+// warpgroups (256 channels) keep the activation bytes a stage no larger than the weight bytes at
+// 64 rows (both come through L2; the 08:51 run with 128-channel blocks was bound by them).
 //
 // Limits: N % 16 == 0, K % 64 == 0, group size % 16 == 0 (or per-channel), any M >= 1 (rows past M
 // are zeros in the tiles and never stored). Built for sm_90a only: other targets compile the kernels
@@ -62,7 +61,7 @@ __host__ __device__ constexpr int phys_col(int j, int t, int hi) {
 }
 
 // x -> the kernel's tiles: xt[mb, s] is the BN x 64 activation tile of rows BN mb .. and stage s,
-// BN * 128 bytes laid out exactly as the kernel's shared memory wants it (one bulk copy a stage):
+// BN * 128 bytes laid out exactly as the kernel's shared memory wants it (one contiguous run a stage):
 // 16-byte unit i is row 8 (i / 64) + i % 8, logical columns 8 u .. 8 u + 7, u = (i / 8) % 8 (the
 // no-swizzle K-major core matrices of smem_desc), and logical column 16 j + p of a stage is
 // physical column phys_col(j, p) of x. Rows past M are zeros.
@@ -109,24 +108,6 @@ __device__ __forceinline__ void cp_async4(void* dst, const void* src) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(d), "l"(src) : "memory");
 }
 
-// mbarrier and bulk-copy (cp.async.bulk, the copy engine) helpers, CTA scope.
-__device__ __forceinline__ void mbar_init(uint64_t* bar) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(bar)) : "memory");
-}
-__device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
-  asm volatile(
-      "{ .reg .pred done;\n"
-      "wait_%=: mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra wait_%=; }" ::"r"(smem_addr(bar)), "r"(parity) : "memory");
-}
-__device__ __forceinline__ void bulk_copy(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-               ::"r"(smem_addr(dst)), "l"(src), "r"(bytes), "r"(smem_addr(bar)) : "memory");
-}
-
 // Descriptor of a K-major B tile without swizzle: 8-row x 16-byte core matrices, the two of one
 // k16 step 128 bytes apart (leading byte offset), row groups kStageCols * 16 bytes apart (stride).
 __device__ __forceinline__ uint64_t smem_desc(const void* p) {
@@ -136,21 +117,7 @@ __device__ __forceinline__ uint64_t smem_desc(const void* p) {
 }
 
 // The wgmma wrappers (m64nBNk16, A = four .b32 registers per thread, B = shared-memory descriptor,
-// fp32 accumulators, D += A B). Generated text: one per BN in the tile list.
-template <bool BF16>
-__device__ __forceinline__ void wgmma_rs(WgmmaN<16>, float (&d)[8], const uint32_t (&a)[4], uint64_t desc) {
-  if constexpr (BF16)
-    asm volatile("{ .reg .pred p; setp.ne.b32 p, %13, 0; "
-                 "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7}, {%8, %9, %10, %11}, %12, p, 1, 1, 0; }"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
-  else
-    asm volatile("{ .reg .pred p; setp.ne.b32 p, %13, 0; "
-                 "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7}, {%8, %9, %10, %11}, %12, p, 1, 1, 0; }"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
-}
-
+// fp32 accumulators, D += A B). Generated text: one per BN of the config list.
 template <bool BF16>
 __device__ __forceinline__ void wgmma_rs(WgmmaN<32>, float (&d)[16], const uint32_t (&a)[4], uint64_t desc) {
   if constexpr (BF16)
@@ -193,20 +160,6 @@ __device__ __forceinline__ void wgmma_rs(WgmmaN<128>, float (&d)[64], const uint
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
 }
 
-template <bool BF16>
-__device__ __forceinline__ void wgmma_rs(WgmmaN<256>, float (&d)[128], const uint32_t (&a)[4], uint64_t desc) {
-  if constexpr (BF16)
-    asm volatile("{ .reg .pred p; setp.ne.b32 p, %133, 0; "
-                 "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, {%128, %129, %130, %131}, %132, p, 1, 1, 0; }"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
-  else
-    asm volatile("{ .reg .pred p; setp.ne.b32 p, %133, 0; "
-                 "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, {%128, %129, %130, %131}, %132, p, 1, 1, 0; }"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
-}
-
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
@@ -227,10 +180,10 @@ __device__ __forceinline__ void fence_acc(float (&d)[NA]) {
 template <int BITS, int BN, int NWG, int S>
 constexpr int wgmma_smem_bytes() {
   constexpr int cps = kStageCols / chunk_cols_c(BITS);
-  return S * (BN * kStageCols * 2 + cps * NWG * 128 * (16 + 4 + 4) + 8);
+  return S * (BN * kStageCols * 2 + cps * NWG * 128 * (16 + 4 + 4));
 }
 
-template <int BITS, typename T, int BN, int NWG, int S, bool BULK>
+template <int BITS, typename T, int BN, int NWG, int S>
 __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
     const T* __restrict__ xt,              // activation tiles (wxa16_tile_x_kernel)
     const uint4* __restrict__ qw,          // [N/16, K/KC, 32] (16 bytes per lane)
@@ -257,7 +210,6 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
   uint4* wbuf = reinterpret_cast<uint4*>(smem + S * XBYTES);  // [S][CPS][THREADS]
   uint32_t* sbuf = reinterpret_cast<uint32_t*>(wbuf + S * CPS * THREADS);
   uint32_t* zbuf = sbuf + S * CPS * THREADS;
-  uint64_t* bars = reinterpret_cast<uint64_t*>(zbuf + S * CPS * THREADS);  // [S]: bulk copies of a slot landed
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int n_tiles = N >> 4, NC = K / KC;
@@ -271,42 +223,23 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
   const int soff = ntc * 8 + (lane >> 2);
   const int lane_col = (lane & 3) * (KC / 4);
 
-  // Copy stage s into slot `slot`. The bulk data by the copy engine, issued by the first lanes of
-  // warp 0 and completing on the slot's mbarrier: the activation tile (lane 0) and each warp's
-  // 512-byte weight slice of each chunk (lane 1 + chunk x warps + warp, contiguous in the layout).
-  // This thread's scales and zeros by cp.async (one group per call, maybe empty).
+  // Copy stage s into slot `slot`, one cp.async group per call (maybe empty): the activation tile
+  // (contiguous in xt, 16-byte unit i to byte 16 i), this lane's 16-byte weight slice of each chunk,
+  // and its scale and zero.
   const T* xsrc = xt + static_cast<int64_t>(blockIdx.x) * NS * (BN * kStageCols);
   auto issue = [&](int s, int slot) {
     if (s < s_end) {
-      if (!BULK) {
-        // Per-thread 16-byte copies: this lane's weight slices and its share of the tile.
-        const uint4* xsrc4 = reinterpret_cast<const uint4*>(xsrc + static_cast<int64_t>(s) * (BN * kStageCols));
-        uint4* xdst = reinterpret_cast<uint4*>(xs + slot * XBYTES);
+      const uint4* xsrc4 = reinterpret_cast<const uint4*>(xsrc + static_cast<int64_t>(s) * (BN * kStageCols));
+      uint4* xdst = reinterpret_cast<uint4*>(xs + slot * XBYTES);
 #pragma unroll
-        for (int i = tid; i < BN * 8; i += THREADS) cp_async16(xdst + i, xsrc4 + i);
-#pragma unroll
-        for (int cc = 0; cc < CPS; ++cc)
-          cp_async16(wbuf + (slot * CPS + cc) * THREADS + tid, qw + (static_cast<int64_t>(ntc) * NC + s * CPS + cc) * 32 + lane);
-      } else if (warp == 0) {
-        if (lane == 0) {
-          asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // the slot's last generic reads
-          mbar_expect_tx(bars + slot, XBYTES + CPS * 4 * NWG * 512);
-        }
-        __syncwarp();
-        if (lane == 0) bulk_copy(xs + slot * XBYTES, xsrc + static_cast<int64_t>(s) * (BN * kStageCols), XBYTES, bars + slot);
-        for (int p = lane - 1; p >= 0 && p < CPS * 4 * NWG; p += 31) {
-          const int cc = p / (4 * NWG), w = p % (4 * NWG);
-          const int ntw = min(blockIdx.y * (4 * NWG) + w, n_tiles - 1);
-          const uint4* src = qw + (static_cast<int64_t>(ntw) * NC + s * CPS + cc) * 32;
-          bulk_copy(wbuf + (slot * CPS + cc) * THREADS + w * 32, src, 512, bars + slot);
-        }
-      }
+      for (int i = tid; i < BN * 8; i += THREADS) cp_async16(xdst + i, xsrc4 + i);
 #pragma unroll
       for (int cc = 0; cc < CPS; ++cc) {
         const int col = (s * CPS + cc) * KC + lane_col;
         const int gi = kgroup != nullptr ? __ldg(kgroup + (col >> 4)) : col / gsize;
         const int64_t goff = static_cast<int64_t>(gi) * n_tiles * 8 + soff;
         const int sl = (slot * CPS + cc) * THREADS + tid;
+        cp_async16(wbuf + sl, qw + (static_cast<int64_t>(ntc) * NC + s * CPS + cc) * 32 + lane);
         cp_async4(sbuf + sl, scales + goff);
         if (zeros != nullptr) cp_async4(zbuf + sl, zeros + goff);
       }
@@ -348,23 +281,14 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
   // Stage s is consumed in iteration s - s_begin; its slot is rewritten (issue, S - 2 ahead) only
   // after every warpgroup's wgmma on it has completed: each waits for all but its latest group at
   // the end of an iteration, and the barrier at the start of the next orders that before the copy.
-  if (BULK && tid == 0) {
-#pragma unroll
-    for (int i = 0; i < S; ++i) mbar_init(bars + i);
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-  }
-  __syncthreads();
 #pragma unroll
   for (int i = 0; i < S - 2; ++i) issue(s_begin + i, i);
   uint32_t a0[4][4], a1[4][4];  // two register sets: one is read by wgmma while the other is filled
   int it = 0;
   auto step = [&](uint32_t (&a)[4][4]) {
     const int slot = it % S;
-    asm volatile("cp.async.wait_group %0;" ::"n"(S - 3) : "memory");  // this thread's cp.async copies
-    if (BULK)
-      mbar_wait(bars + slot, (it / S) & 1);  // the bulk copies
-    else
-      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // cp.async writes -> tensor-core reads
+    asm volatile("cp.async.wait_group %0;" ::"n"(S - 3) : "memory");  // this thread's copies of stage it
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");      // cp.async writes -> tensor-core reads
     __syncthreads();
     issue(s_begin + it + S - 2, (it + S - 2) % S);
     dequant_stage(slot, a);
@@ -439,26 +363,26 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
 // (64 output channels each), S pipeline stages. kConfigs[i] is config id i.
 struct WgmmaConfig {
   int bn, nwg, s;
-  bool bulk;  // copies by the copy engine (cp.async.bulk) rather than per-thread cp.async
 };
-constexpr WgmmaConfig kConfigs[] = {{64, 4, 6, false}, {128, 4, 4, true}, {64, 2, 6, true}, {32, 4, 8, false},
-                                    {128, 4, 4, false}};
+constexpr WgmmaConfig kConfigs[] = {{64, 4, 6}, {128, 4, 4}, {32, 4, 8}};
 constexpr int kNumConfigs = sizeof(kConfigs) / sizeof(kConfigs[0]);
 
 // The config by m and layer shape, from `gpu_gemm.py --wgmma` on an H100 (benchmarks/NOTES_gpu.md,
-// 08:51 and 08:57 runs): up to 64 rows, 64-row tiles of 256 channels with per-thread copies
-// (8192x28672 m=64: 120 us, against 166 with bulk copies); beyond, 128-row tiles with bulk copies
-// (8192x28672 m=128: 164 us against 188 with per-thread copies; m=256: 323 against 381), except on
-// layers under 2^27 weights wider than deep up to 128 rows, where 64-row tiles moved fewer bytes a
-// stage (4096x14336 m=128: 63.5 against 93.7 us; m=256: 180 against 91). 256-row tiles lost
-// everywhere and were dropped.
+// 09:01 run): 64-row tiles up to 64 rows and, beyond, on layers under 2^27 weights (4096x14336
+// m=128: 58.5 us against 90.8 with 128-row tiles), except past 128 rows on layers wider than deep
+// (4096x14336 m=256: 79.2 against 120.3); 128-row tiles on the largest layers (8192x28672 m=128:
+// 151.8 against 220.2 us). Measured and dropped: 256-row tiles (2 warpgroups; slower everywhere),
+// 2-warpgroup 64-row tiles, and bulk copies (cp.async.bulk on an mbarrier) instead of cp.async
+// (8192x28672 m=64: 138.8 against 110.9 us; m=128: 168.0 against 151.8).
 int auto_config(int M, int N, int K) {
-  if (M <= 32) return 3;
-  if (M <= 64 || (M <= 128 && static_cast<int64_t>(N) * K < (int64_t{1} << 27) && N > K)) return 0;
-  return 1;
+  const bool large = static_cast<int64_t>(N) * K >= (int64_t{1} << 27);
+  if (M <= 32) return 2;
+  if (M <= 64) return 0;
+  if (M <= 128) return large ? 1 : 0;
+  return large || N > K ? 1 : 0;
 }
 
-template <int BITS, typename T, int BN, int NWG, int S, bool BULK>
+template <int BITS, typename T, int BN, int NWG, int S>
 cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qweight, const uint32_t* scales,
                          const uint32_t* zeros, const int32_t* kgroup, int group_size, const void* bias, void* out,
                          int M, int N, int K, int num_sms, const SplitK& split, cudaStream_t stream) {
@@ -467,7 +391,7 @@ cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qw
   constexpr int kMinStages = 4, kMaxKs = 16;
   constexpr double kOverhead = 3.0;  // pipeline fill and epilogue, in stages (a guess)
   constexpr double kSplitGain = 0.85;  // a split must model 15% faster: its atomics load the L2
-  auto kernel = wxa16_gemm_wgmma_kernel<BITS, T, BN, NWG, S, BULK>;
+  auto kernel = wxa16_gemm_wgmma_kernel<BITS, T, BN, NWG, S>;
   // Not a stream operation (legal while capturing a graph); per device, so set it every launch.
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (err != cudaSuccess) return err;
@@ -520,20 +444,18 @@ cudaError_t dispatch_config(int config, const void* x, int64_t ldx, void* xp, co
                             cudaStream_t stream) {
 #define QK_CONFIG(I)                                                                                        \
   case I:                                                                                                   \
-    return launch_wgmma<BITS, T, kConfigs[I].bn, kConfigs[I].nwg, kConfigs[I].s, kConfigs[I].bulk>(          \
+    return launch_wgmma<BITS, T, kConfigs[I].bn, kConfigs[I].nwg, kConfigs[I].s>(                            \
         x, ldx, xp, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, split, stream);
   switch (config < 0 ? auto_config(M, N, K) : config) {
     QK_CONFIG(0)
     QK_CONFIG(1)
     QK_CONFIG(2)
-    QK_CONFIG(3)
-    QK_CONFIG(4)
     default:
       return cudaErrorInvalidValue;
   }
 #undef QK_CONFIG
 }
-static_assert(kNumConfigs == 5, "dispatch_config lists every config");
+static_assert(kNumConfigs == 3, "dispatch_config lists every config");
 
 }  // namespace
 

@@ -140,7 +140,8 @@ def test_wgmma_cells():
     serves = cuda_backend._wgmma_serves
     assert not serves(32, 28672, 8192) and serves(33, 28672, 8192) and serves(64, 8192, 28672)
     assert not serves(64, 8192, 8192) and serves(65, 8192, 8192) and not serves(128, 4096, 4096)
-    assert serves(256, 14336, 4096) and not serves(256, 4096, 14336) and not serves(256, 8192, 8192)
+    assert serves(256, 14336, 4096) and not serves(256, 4096, 14336) and serves(256, 8192, 8192)
+    assert not serves(256, 4096, 4096) and serves(129, 8192, 28672)
     assert serves(256, 8192, 28672) and not serves(257, 8192, 28672) and not serves(16, 8192, 28672)
 
 
@@ -148,7 +149,7 @@ def test_wgmma_cells():
 def test_quantlinear_routes_middle_m_to_wgmma(monkeypatch):
     """QuantLinear at m in the wgmma range gives the reference's answer, also with a 3-D,
     non-contiguous input, and inside a captured CUDA graph replayed on new data."""
-    monkeypatch.setattr(cuda_backend, "WGMMA_CELLS", ((0, 1 << 30, 0, False),))  # every (m, layer): small layer
+    monkeypatch.setattr(cuda_backend, "WGMMA_CELLS", ((0, 1 << 30, 0, 0),))  # every (m, layer): small layer
     layer, portable = _layer(1024, 256, 4, 128, False, torch.float16)
     assert layer._prepared["cuda"].wgmma
     m = 100

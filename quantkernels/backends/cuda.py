@@ -22,6 +22,10 @@ Dispatch by the number of rows m of the activation:
   kernel, ~2.85 TB/s on an H100), then cuBLAS.
 
 ``GEMM_MAX_M`` comes from ``benchmarks/gpu_gemm.py`` on an H100 (see ``benchmarks/NOTES_gpu.md``).
+
+On a Hopper GPU with an sm_90a build, the (m, layer) cells of ``WGMMA_CELLS`` (33 <= m <= 256, by
+layer size) go instead to ``quantkernels::cuda_wxa16_gemm_wgmma``: the same weights and formula on the
+warpgroup tensor-core instruction (csrc/cuda/wxa16_gemm_sm90.cu), where it measured faster.
 """
 
 from __future__ import annotations
@@ -45,13 +49,13 @@ MID_MIN_M = 65  # rows from which the GEMM may pick a middle-m tile, which split
 STREAMK_MAX_M = 8  # rows up to which the GEMM gets the layer's workspace (its stream-K tiles serve one pass of 8)
 
 # The Hopper wgmma GEMM (csrc/cuda/wxa16_gemm_sm90.cu) serves the (m, layer) cells where it measured
-# faster than the two paths above, on an H100 (benchmarks/NOTES_gpu.md, `gpu_gemm.py --wgmma`, 08:51 and
-# 08:57 runs), where the GPU and the build have it (CudaState.wgmma): rows (lo, hi] -> the fewest
-# weights N x K it needs, and whether the layer must also be wider than deep (N > K) below 2^27 weights.
-# m <= 32 never (the mma.sync tiles: 8192x28672 m=32 92 against 138 us); 33-64 on the two largest
-# layers only (8192x28672 120 against 183 us; 8192x8192 56 against 50); 65-128 on all but 4096x4096;
-# 129-256 on the largest layers and 4096x14336 (8192x8192 153 against 119 us for dequantize + cuBLAS).
-WGMMA_CELLS = ((32, 64, 1 << 27, False), (64, 128, 1 << 25, False), (128, 256, 1 << 25, True))
+# faster than the two paths above on an H100 (benchmarks/NOTES_gpu.md, `gpu_gemm.py --wgmma`, 09:09 run),
+# where the GPU and the build have it (CudaState.wgmma): rows (lo, hi] -> the fewest weights N x K of
+# a layer wider than deep (N > K), and of the others. m <= 32 never (8192x28672 m=16: 58 against 106 us
+# for the mma.sync tiles); 33-64 on the two largest layers only (8192x28672: 108 against 186 us;
+# 8192x8192: 54 against 50); 65-128 on all but 4096x4096 (41 against 28); 129-256 on all but 4096x4096
+# and 14336x4096 (124 against 114 us for dequantize + cuBLAS; 8192x8192 110 against 118).
+WGMMA_CELLS = ((32, 64, 1 << 27, 1 << 27), (64, 128, 1 << 25, 1 << 25), (128, 256, 1 << 25, 1 << 26))
 
 
 def workspace_floats(m: int, n: int) -> int:
@@ -88,11 +92,9 @@ def _wgmma_available(qweight: torch.Tensor) -> bool:
 
 def _wgmma_serves(m: int, n: int, k: int) -> bool:
     """Whether the wgmma GEMM serves m rows of an N x K layer (WGMMA_CELLS)."""
-    for lo, hi, min_weights, wide_below_2_27 in WGMMA_CELLS:
+    for lo, hi, min_wide, min_other in WGMMA_CELLS:
         if lo < m <= hi:
-            if n * k < min_weights:
-                return False
-            return not wide_below_2_27 or n * k >= (1 << 27) or n > k
+            return n * k >= (min_wide if n > k else min_other)
     return False
 
 

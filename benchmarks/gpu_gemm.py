@@ -259,6 +259,51 @@ STAGED_PAIRS_M8 = ((0,), (1, 12), (2,))  # m <= 8
 STAGED_PAIRS_M16 = ((5, 13),)  # 8 < m <= 16
 
 
+WGMMA_CONFIGS = 3  # csrc/cuda/wxa16_gemm_sm90.cu, kConfigs
+
+
+def wgmma_m(shapes, m_list, out_dir, with_triton, configs):
+    """The Hopper wgmma GEMM, int4 g128 fp16: cuBLAS; `old` = the CUDA backend's path without it (mma.sync
+    GEMM up to GEMM_MAX_M rows, else dequantize + cuBLAS); each wgmma config forced (`cN`, with a
+    workspace, as QuantLinear gives it); `auto` (what QuantLinear runs now); the triton backend."""
+    lines = []
+    for k, n in shapes:
+        codes, scales, zeros = make_quant(k, n, 4, 128)
+        cfg = QuantConfig(bits=4, group_size=128, sym=True)
+        qbytes = n * k // 2 + scales.numel() * 2
+        layer, states = prepared_copies(codes, scales, zeros, cfg, copies_for(qbytes))
+        if not states[0].wgmma:
+            print(f"# {k}x{n}: no wgmma GEMM on this GPU / build", flush=True)
+            return
+        old_states = [dataclasses.replace(s, wgmma=False) for s in states]
+        tri = triton_copies(codes, scales, zeros, cfg, copies_for(qbytes)) if with_triton else None
+        dense = torch.randn(n, k, device="cuda", dtype=torch.float16)
+        dense = [dense] + [dense.clone() for _ in range(copies_for(n * k * 2) - 1)]
+        dt = torch.float16
+        for m in m_list:
+            x = torch.randn(m, k, device="cuda", dtype=dt)
+            ws = torch.zeros(qk_cuda.workspace_floats(m, n), dtype=torch.float32, device="cuda")
+            res = {"cublas": time_us([lambda w=w: torch.nn.functional.linear(x, w) for w in dense])[0]}
+            res["old"] = time_us([lambda s=s: qk_cuda.BACKEND.linear(layer, s, x) for s in old_states])[0]
+            for c in configs:  # "C" or "C:KS" (config C with KS blocks along K forced)
+                cfg_id, _, ks = str(c).partition(":")
+                res[f"c{c}"] = time_us([lambda s=s: torch.ops.quantkernels.cuda_wxa16_gemm_wgmma(
+                    x, s.qweight, s.scales[dt], None, None, 128, None, 4, ws, int(cfg_id), int(ks or -1))
+                    for s in states])[0]
+            res["auto"] = time_us([lambda s=s: qk_cuda.BACKEND.linear(layer, s, x) for s in states])[0]
+            if tri is not None:
+                res["triton"] = time_us([lambda lay=lay: lay(x) for lay in tri])[0]
+            best = min((v, key) for key, v in res.items() if key != "cublas")
+            line = f"{k}x{n} m={m}: " + " ".join(f"{key}={v:.1f}" for key, v in res.items())
+            line += f" best={best[1]} | x" + " ".join(
+                f"{key}={res['cublas'] / v:.2f}" for key, v in res.items() if key != "cublas")
+            print(line, flush=True)
+            lines.append(line)
+        del states, old_states, tri, dense
+        torch.cuda.empty_cache()
+    save_lines(out_dir, "wgmma_m.txt", lines)
+
+
 def small_m(shapes, m_list, out_dir):
     """m <= 16, the memory-bound cells: per shape and m, cuBLAS and the GEMM without a workspace
     (`plain`: the plain tiles), with one (`auto`: what QuantLinear runs), the stream-K tile auto
@@ -369,6 +414,8 @@ def main():
     ap.add_argument("--profile", action="store_true", help="one launch per case, for ncu")
     ap.add_argument("--small", action="store_true", help="m <= 16 variants (plain / stream-K tiles) instead")
     ap.add_argument("--mid", action="store_true", help="16 < m <= 256 variants (plain / middle-m tiles) instead")
+    ap.add_argument("--wgmma", action="store_true", help="the Hopper wgmma GEMM's configs against the old path instead")
+    ap.add_argument("--configs", help="wgmma configs to force in --wgmma, comma-separated C or C:KSPLIT (default: all)")
     ap.add_argument("--shapes", help="subset of KxN shapes, comma-separated (default: all six)")
     ap.add_argument("--ms", help="subset of m values, comma-separated")
     args = ap.parse_args()
@@ -383,6 +430,13 @@ def main():
         print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, "
               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
         mid_m(shape_sel, m_sel or [16, 32, 64, 128, 256], args.out, not args.no_triton and backends.unavailable_reason("triton") is None)
+        return
+    if args.wgmma:
+        print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, "
+              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
+        configs = range(WGMMA_CONFIGS) if args.configs is None else [c for c in args.configs.split(",") if c]
+        wgmma_m(shape_sel, m_sel or [16, 32, 64, 128, 256], args.out,
+                not args.no_triton and backends.unavailable_reason("triton") is None, configs)
         return
     if args.profile:
         profile_once(args.out)

@@ -188,9 +188,81 @@ at::Tensor wxa16_dequantize(const at::Tensor& qweight, const at::Tensor& scales,
   return w;
 }
 
+// ---- The Hopper wgmma GEMM (csrc/cuda/wxa16_gemm_sm90.cu): same arguments as wxa16_gemm, `config`
+// in place of `tile`; only where cuda_wxa16_wgmma_available says so.
+
+bool wxa16_wgmma_available(const at::Tensor& qweight) {
+  QK_CHECK(qweight.is_cuda(), "qweight must be a CUDA tensor, got device ", qweight.device());
+  static std::array<std::atomic<int>, 64> cache{};  // 0: not asked yet, 1: yes, 2: no
+  const int dev = qweight.device().index();
+  std::atomic<int>* slot = dev >= 0 && dev < 64 ? &cache[dev] : nullptr;
+  if (slot != nullptr && slot->load(std::memory_order_relaxed) != 0) return slot->load() == 1;
+  const c10::cuda::CUDAGuard guard(qweight.device());
+  const bool ok = qk::cuda::wxa16_gemm_wgmma_available();
+  if (slot != nullptr) slot->store(ok ? 1 : 2, std::memory_order_relaxed);
+  return ok;
+}
+
+at::Tensor wxa16_gemm_wgmma(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+                            const std::optional<at::Tensor>& zeros, const std::optional<at::Tensor>& kgroup,
+                            int64_t group_size, const std::optional<at::Tensor>& bias, int64_t bits,
+                            const std::optional<at::Tensor>& workspace, int64_t config, int64_t ksplit) {
+  const Layout L = check_layout(qweight, scales, zeros, kgroup, group_size, bits);
+  QK_CHECK(L.k % 64 == 0, "the wgmma GEMM needs K % 64 == 0, got K=", L.k);
+  QK_CHECK(config >= -1 && config < qk::cuda::wxa16_gemm_wgmma_num_configs(), "config must be -1 (auto) or in [0, ",
+           qk::cuda::wxa16_gemm_wgmma_num_configs(), "), got ", config);
+  QK_CHECK(wxa16_wgmma_available(qweight),
+           "the wgmma GEMM needs a Hopper GPU (sm_90) and an extension built for sm_90a (TORCH_CUDA_ARCH_LIST=9.0a)");
+  // The same x / bias / workspace rules as cuda_wxa16_gemm: one place states them.
+  check_cuda(x, "x", qweight.device());
+  const ActDtype dt = act_dtype(x, "x");
+  QK_CHECK(x.scalar_type() == scales.scalar_type() && x.dim() == 2 && x.size(1) == L.k, "x must be [M, K=", L.k,
+           "] ", scales.scalar_type(), " (the dtype of scales), got ", shape(x), " ", x.scalar_type());
+  if (bias) {
+    check_cuda(*bias, "bias", qweight.device());
+    QK_CHECK(bias->dim() == 1 && bias->size(0) == L.n && bias->scalar_type() == x.scalar_type() &&
+                 bias->is_contiguous(),
+             "bias must be a contiguous [N=", L.n, "] ", x.scalar_type(), " tensor, got ", shape(*bias), " ",
+             bias->scalar_type());
+  }
+  QK_CHECK(ksplit == -1 || (ksplit >= 1 && ksplit <= 64), "ksplit must be -1 (auto) or in [1, 64], got ", ksplit);
+  qk::cuda::SplitK split;
+  split.ksplit = static_cast<int>(ksplit);
+  if (workspace) {
+    check_cuda(*workspace, "workspace", qweight.device());
+    QK_CHECK(workspace->scalar_type() == at::kFloat && workspace->is_contiguous(),
+             "workspace must be a contiguous float32 tensor of zeros, got ", workspace->scalar_type());
+    split.ws = workspace->data_ptr<float>();
+    split.ws_numel = workspace->numel();
+  }
+  const int64_t m = x.size(0);
+  QK_CHECK(m <= INT32_MAX / 2, "x has too many rows: ", m);
+  const int64_t need = qk::cuda::wxa16_gemm_workspace_floats(static_cast<int>(m), static_cast<int>(L.n));
+  QK_CHECK(ksplit <= 1 || split.ws_numel >= need, "ksplit=", ksplit, " needs a zeroed float32 workspace of at least ",
+           need, " elements, got ", split.ws_numel);
+  const c10::cuda::CUDAGuard guard(qweight.device());
+  at::Tensor out = at::empty({m, L.n}, x.options());
+  if (m == 0) return out;
+  // The column pre-pass reads 4-byte pairs: unit column stride, even row stride, 4-byte aligned.
+  at::Tensor xc = x;
+  if (x.stride(1) != 1 || x.stride(0) % 2 != 0 || reinterpret_cast<uintptr_t>(x.data_ptr()) % 4 != 0)
+    xc = x.contiguous();
+  at::Tensor xp = at::empty({qk::cuda::wxa16_gemm_wgmma_scratch_rows(m), L.k}, x.options());  // x in the kernel's tiles
+  const cudaError_t err = qk::cuda::wxa16_gemm_wgmma(
+      xc.data_ptr(), xc.stride(0), xp.data_ptr(), qweight.data_ptr<int32_t>(),
+      static_cast<const uint32_t*>(scales.data_ptr()), zeros ? static_cast<const uint32_t*>(zeros->data_ptr()) : nullptr,
+      kgroup ? kgroup->data_ptr<int32_t>() : nullptr, static_cast<int>(group_size), bias ? bias->data_ptr() : nullptr,
+      out.data_ptr(), static_cast<int>(m), static_cast<int>(L.n), static_cast<int>(L.k), static_cast<int>(bits), dt,
+      num_sms(qweight.device().index()), static_cast<int>(config), split, c10::cuda::getCurrentCUDAStream().stream());
+  QK_CHECK(err == cudaSuccess, "quantkernels::cuda_wxa16_gemm_wgmma failed: ", cudaGetErrorString(err));
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(quantkernels, CUDA, m) {
   m.impl("cuda_wxa16_gemm", &wxa16_gemm);
   m.impl("cuda_wxa16_dequantize", &wxa16_dequantize);
+  m.impl("cuda_wxa16_gemm_wgmma", &wxa16_gemm_wgmma);
+  m.impl("cuda_wxa16_wgmma_available", &wxa16_wgmma_available);
 }

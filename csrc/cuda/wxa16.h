@@ -84,5 +84,30 @@ cudaError_t wxa16_dequantize(const int32_t* qweight, const uint32_t* scales, con
                              void* w,  // [N, K] act dtype
                              int N, int K, int bits, ActDtype dtype, cudaStream_t stream);
 
+// ---- Hopper (csrc/cuda/wxa16_gemm_sm90.cu): the same GEMM on wgmma, for middle and large m.
+
+// True when the extension holds the sm_90a build of the wgmma kernels and the current device
+// loaded it (a Hopper GPU); otherwise wxa16_gemm_wgmma must not be called.
+bool wxa16_gemm_wgmma_available();
+
+// Rows of the wgmma GEMM's activation scratch for M rows (M rounded up to the largest tile).
+inline int64_t wxa16_gemm_wgmma_scratch_rows(int64_t M) { return (M + 255) / 256 * 256; }
+
+// Number of wgmma tile configs (valid `config` values are -1 and 0 .. wxa16_gemm_wgmma_num_configs() - 1).
+int wxa16_gemm_wgmma_num_configs();
+
+// out[M, N] = x[M, K] @ W^T + bias, like wxa16_gemm (same weight layout and arguments), with K % 64
+// == 0. `xp` is scratch of wxa16_gemm_wgmma_scratch_rows(M) x K activation-dtype elements (16-byte
+// aligned) that receives x cut into the tiles the wgmma kernel reads. Split of K over blocks as in SplitK.
+cudaError_t wxa16_gemm_wgmma(const void* x,          // [M, K] act dtype, row stride ldx elements (even)
+                             int64_t ldx,
+                             void* xp,               // [scratch rows, K] act dtype scratch
+                             const int32_t* qweight, const uint32_t* scales, const uint32_t* zeros,
+                             const int32_t* kgroup, int group_size, const void* bias,
+                             void* out,              // [M, N] act dtype
+                             int M, int N, int K, int bits, ActDtype dtype, int num_sms,
+                             int config,  // -1: chosen by m; else an index into the config list (tuning)
+                             const SplitK& split, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace qk

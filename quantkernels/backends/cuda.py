@@ -23,6 +23,10 @@ Dispatch by the number of rows m of the activation:
   kernel, ~2.85 TB/s on an H100), then cuBLAS.
 
 ``GEMM_MAX_M`` comes from ``benchmarks/gpu_gemm.py`` on an H100 (see ``benchmarks/NOTES_gpu.md``).
+
+On a Hopper GPU with an sm_90a build, the (m, layer) cells of ``WGMMA_CELLS`` (33 <= m <= 256, by
+layer size) go instead to ``quantkernels::cuda_wxa16_gemm_wgmma``: the same weights and formula on the
+warpgroup tensor-core instruction (csrc/cuda/wxa16_gemm_sm90.cu), where it measured faster.
 """
 
 from __future__ import annotations
@@ -44,6 +48,15 @@ GEMM_MAX_M = 128  # largest m for the fused kernel: on an H100 it wins at 128 on
 
 MID_MIN_M = 65  # rows from which the GEMM may pick a middle-m tile, which splits K over blocks in a shared workspace
 STREAMK_MAX_M = 8  # rows up to which the GEMM gets the layer's workspace (its stream-K tiles serve one pass of 8)
+
+# The Hopper wgmma GEMM (csrc/cuda/wxa16_gemm_sm90.cu) serves the (m, layer) cells where it measured
+# faster than the two paths above on an H100 (benchmarks/NOTES_gpu.md, `gpu_gemm.py --wgmma`, 09:09 run),
+# where the GPU and the build have it (CudaState.wgmma): rows (lo, hi] -> the fewest weights N x K of
+# a layer wider than deep (N > K), and of the others. m <= 32 never (8192x28672 m=16: 58 against 106 us
+# for the mma.sync tiles); 33-64 on the two largest layers only (8192x28672: 108 against 186 us;
+# 8192x8192: 54 against 50); 65-128 on all but 4096x4096 (41 against 28); 129-256 on all but 4096x4096
+# and 14336x4096 (124 against 114 us for dequantize + cuBLAS; 8192x8192 110 against 118).
+WGMMA_CELLS = ((32, 64, 1 << 27, 1 << 27), (64, 128, 1 << 25, 1 << 25), (128, 256, 1 << 25, 1 << 26))
 
 
 def workspace_floats(m: int, n: int) -> int:
@@ -67,6 +80,23 @@ def _shared_workspace(device: torch.device, floats: int) -> torch.Tensor:
         ws = torch.zeros(floats, dtype=torch.float32, device=device)
         _SHARED_WS[key] = ws
     return ws
+
+
+def _wgmma_available(qweight: torch.Tensor) -> bool:
+    """Whether the wgmma GEMM runs on qweight's device: a Hopper GPU and an extension built for sm_90a."""
+    if not torch._C._dispatch_has_kernel_for_dispatch_key("quantkernels::cuda_wxa16_wgmma_available", "CUDA"):
+        return False
+    if torch.cuda.get_device_capability(qweight.device) != (9, 0):
+        return False
+    return bool(torch.ops.quantkernels.cuda_wxa16_wgmma_available(qweight))
+
+
+def _wgmma_serves(m: int, n: int, k: int) -> bool:
+    """Whether the wgmma GEMM serves m rows of an N x K layer (WGMMA_CELLS)."""
+    for lo, hi, min_wide, min_other in WGMMA_CELLS:
+        if lo < m <= hi:
+            return n * k >= (min_wide if n > k else min_other)
+    return False
 
 
 def chunk_cols(bits: int) -> int:
@@ -143,6 +173,7 @@ class CudaState:
     group_size: int = 0  # effective group size (K for per-channel)
     perm: Optional[torch.Tensor] = None  # sorted column -> original column (act_order)
     unsupported: Optional[str] = None  # found at prepare: the reference serves instead
+    wgmma: bool = False  # the Hopper wgmma GEMM serves this layer (sm_90a build on a Hopper GPU, K % 64 == 0)
     # float32 zeros for the stream-K GEMM at m <= STREAMK_MAX_M (the kernel leaves it zeroed), 8-bit
     # layers only: one per layer, so one layer must not run on two streams at once.
     workspace: Optional[torch.Tensor] = None
@@ -228,6 +259,7 @@ class CudaBackend:
             state.bias[dt] = None if layer.bias is None else layer.bias.to(dt).contiguous()
         if cfg.bits == 8:  # the GEMM's stream-K tiles serve 8-bit layers only (wxa16_gemm_sm80.cu)
             state.workspace = torch.zeros(workspace_floats(STREAMK_MAX_M, n), dtype=torch.float32, device=codes.device)
+        state.wgmma = _wgmma_available(state.qweight) and k % 64 == 0
         # The shuffled copy replaces the portable one: a placeholder keeps the device and dtype.
         layer.qweight = torch.empty(0, dtype=torch.int32, device=state.qweight.device)
         return state
@@ -261,8 +293,14 @@ class CudaBackend:
         if state.perm is not None:
             x2d = x2d.index_select(1, state.perm)
         bits = layer.config.bits
-        if x2d.shape[0] <= GEMM_MAX_M:
-            m = x2d.shape[0]
+        m = x2d.shape[0]
+        if state.wgmma and _wgmma_serves(m, layer.out_features, layer.in_features):
+            ws = _shared_workspace(x2d.device, workspace_floats(m, layer.out_features))
+            return torch.ops.quantkernels.cuda_wxa16_gemm_wgmma(
+                x2d, state.qweight, state.scales[dt], state.zeros[dt], state.kgroup, state.group_size,
+                state.bias[dt], bits, ws,
+            )
+        if m <= GEMM_MAX_M:
             ws = None
             if m <= STREAMK_MAX_M:
                 ws = state.workspace

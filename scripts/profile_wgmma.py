@@ -1,0 +1,22 @@
+"""One launch of each forced wgmma config after a warm-up, for Nsight Compute (scripts/gpu_wgmma.sh ncu).
+
+    PYTHONPATH=$PWD python3 scripts/profile_wgmma.py K N m config[,config...]
+"""
+import sys
+
+import torch
+
+from quantkernels import QuantConfig
+from quantkernels.nn import QuantLinear
+
+k, n, m = (int(v) for v in sys.argv[1:4])
+configs = [int(c) for c in sys.argv[4].split(",")]
+lin = torch.nn.Linear(k, n, bias=False, device="cuda", dtype=torch.float16)
+layer = QuantLinear.from_linear(lin, QuantConfig(bits=4, group_size=128, sym=True))
+st = layer._prepared["cuda"]
+x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+ws = torch.zeros(m * n + (n // 16) * ((m + 7) // 8), device="cuda")
+for c in configs:
+    for _ in range(2):
+        torch.ops.quantkernels.cuda_wxa16_gemm_wgmma(x, st.qweight, st.scales[x.dtype], None, None, 128, None, 4, ws, c)
+torch.cuda.synchronize()

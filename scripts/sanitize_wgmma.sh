@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# compute-sanitizer memcheck and racecheck over the Hopper wgmma GEMM (csrc/cuda/wxa16_gemm_sm90.cu):
+# every config, 4 and 8 bits, fp16 and bf16, symmetric and asymmetric, act_order, m = 1, 17, 100,
+# without a workspace and with a split of K over blocks. Needs a Hopper GPU and an extension built for
+# sm_90a. Run from the repository root: `bash scripts/sanitize_wgmma.sh`. Exits non-zero on an error.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH=$PWD
+export PYTORCH_NO_CUDA_MEMORY_CACHING=1  # every tensor its own allocation, so overruns are seen
+SAN=${COMPUTE_SANITIZER:-compute-sanitizer}
+script=$(mktemp --suffix=.py)
+trap 'rm -f "$script"' EXIT
+cat > "$script" <<'PY'
+import torch
+from quantkernels import QuantConfig
+from quantkernels.nn import QuantLinear
+
+torch.manual_seed(0)
+NUM_CONFIGS = 3
+for bits, gs, sym, act_order in [(4, 128, True, False), (4, 32, False, False), (8, -1, True, False), (4, 64, True, True)]:
+    k, n = 384, 48  # 6 stages; 3 n-tiles: partial blocks
+    g_idx = None
+    if act_order:
+        order = torch.randperm(k)
+        g_idx = torch.empty(k, dtype=torch.int32)
+        g_idx[order] = (torch.arange(k) // gs).to(torch.int32)
+        g_idx = g_idx.cuda()
+    lin = torch.nn.Linear(k, n, device="cuda")
+    layer = QuantLinear.from_linear(lin, QuantConfig(bits=bits, group_size=gs, sym=sym, act_order=act_order), g_idx=g_idx)
+    st = layer._prepared["cuda"]
+    assert st.wgmma
+    for dt in (torch.float16, torch.bfloat16):
+        for m in (1, 17, 100):
+            x = torch.randn(m, k, device="cuda", dtype=dt)
+            xs = x if st.perm is None else x.index_select(1, st.perm)
+            ws = torch.zeros(m * n + (n // 16) * ((m + 7) // 8), device="cuda")
+            for config in range(NUM_CONFIGS):
+                for w, ks in ((None, -1), (ws, 2)):
+                    out = torch.ops.quantkernels.cuda_wxa16_gemm_wgmma(
+                        xs, st.qweight, st.scales[dt], st.zeros[dt], st.kgroup, st.group_size, st.bias[dt], bits,
+                        w, config, ks)
+            torch.cuda.synchronize()
+            assert torch.isfinite(out).all() and not ws.any()
+print("sanitize workload done")
+PY
+status=0
+for tool in memcheck racecheck; do
+  echo "== compute-sanitizer --tool $tool"
+  if ! "$SAN" --tool "$tool" --error-exitcode 9 python3 "$script"; then
+    echo "== $tool: FAILED"; status=1
+  else
+    echo "== $tool: clean"
+  fi
+done
+exit $status

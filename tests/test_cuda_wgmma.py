@@ -1,0 +1,182 @@
+"""The Hopper wgmma GEMM (csrc/cuda/wxa16_gemm_sm90.cu) against quantkernels.reference.
+
+Needs a Hopper GPU (sm_90) and the extension built for sm_90a with QUANTKERNELS_BUILD_CUDA=1; skips
+(with the reason) elsewhere.
+
+Error bound (||out - ref|| / ||ref||, ref = the fp32 reference on the same inputs): the kernel rounds
+each dequantized weight (q - z) * s once to the activation dtype (as the mma.sync kernels do, with
+the same code), multiplies on the tensor cores with fp32 accumulation and rounds the output once.
+Two independent roundings with unit roundoff u give a relative norm error of about sqrt(2/3) u on
+random data: fp16 (u = 2**-11) about 4e-4, bound 1e-3; bf16 (u = 2**-8) about 3e-3, bound 8e-3.
+A wrong descriptor, k order or row mapping gives errors of order 1, far above either bound.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from quantkernels import QuantConfig, backends, reference
+from quantkernels.backends import cuda as cuda_backend
+from quantkernels.nn import QuantLinear
+
+BOUND = {torch.float16: 1e-3, torch.bfloat16: 8e-3}
+NUM_CONFIGS = 3  # kConfigs in csrc/cuda/wxa16_gemm_sm90.cu
+
+
+def _reason():
+    reason = backends.unavailable_reason("cuda")
+    if reason is not None:
+        return f"CUDA backend unavailable: {reason}"
+    probe = torch.zeros(1, 1, 32, 4, dtype=torch.int32, device="cuda")
+    if not cuda_backend._wgmma_available(probe):
+        return "no wgmma GEMM here (needs a Hopper GPU and an extension built for sm_90a)"
+    return None
+
+
+_REASON = _reason()
+needs_wgmma = pytest.mark.skipif(_REASON is not None, reason=str(_REASON))
+
+
+def _layer(k, n, bits, group_size, sym, dtype, act_order=False, bias=True):
+    # Fresh data every run: tests/conftest.py seeds each test from os.urandom.
+    lin = torch.nn.Linear(k, n, bias=bias, device="cuda", dtype=torch.float32)
+    with torch.no_grad():
+        lin.weight.normal_(0, 0.05)
+        if bias:
+            lin.bias.normal_(0, 0.1)
+    g_idx = None
+    if act_order:
+        order = torch.randperm(k)
+        g_idx = torch.empty(k, dtype=torch.int32)
+        g_idx[order] = (torch.arange(k) // group_size).to(torch.int32)
+        g_idx = g_idx.cuda()
+    cfg = QuantConfig(bits=bits, group_size=group_size, sym=sym, act_order=act_order, scale_dtype=dtype)
+    layer = QuantLinear.from_linear(lin, cfg, g_idx=g_idx)
+    if bias:
+        layer.bias = layer.bias.to(dtype)
+    layer.backend = "cuda"
+    portable = {key: v.clone() for key, v in layer.portable_tensors().items()}
+    return layer, portable
+
+
+def _ref(portable, x, bits):
+    t = portable
+    return reference.linear(x.float(), t["qweight"], t["qzeros"], t["scales"], t["g_idx"], t.get("bias"), bits).float()
+
+
+def _rel(out, ref):
+    assert torch.isfinite(out).all(), "output has NaN/Inf: some element was not written"
+    return ((out.float() - ref).norm() / ref.norm()).item()
+
+
+def _wgmma(layer, x, dtype, workspace=None, config=-1, ksplit=-1):
+    """The op on x (act_order: columns sorted as the backend does), output block poisoned with NaN."""
+    st = layer._prepared["cuda"]
+    xs = x if st.perm is None else x.index_select(1, st.perm)
+    poison = torch.full((x.shape[0], layer.out_features), float("nan"), dtype=dtype, device="cuda")
+    del poison
+    return torch.ops.quantkernels.cuda_wxa16_gemm_wgmma(
+        xs, st.qweight, st.scales[dtype], st.zeros[dtype], st.kgroup, st.group_size, st.bias[dtype],
+        layer.config.bits, workspace, config, ksplit,
+    )
+
+
+@needs_wgmma
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_tiny_shapes(bits, dtype):
+    """One stage (K = 64), one or two n-tiles: a wrong descriptor or row mapping shows up here first."""
+    for k, n in ((64, 16), (64, 32), (128, 48)):
+        layer, portable = _layer(k, n, bits, 64, True, dtype)
+        for m in (1, 5, 8, 16, 17, 64):
+            x = torch.randn(m, k, device="cuda", dtype=dtype)
+            ref = _ref(portable, x, bits)
+            for config in range(NUM_CONFIGS):
+                err = _rel(_wgmma(layer, x, dtype, config=config), ref)
+                assert err < BOUND[dtype], f"K={k} N={n} m={m} config={config}: {err:.2e}"
+
+
+@needs_wgmma
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize(
+    "group_size,sym,act_order",
+    [(32, False, False), (64, True, False), (128, True, False), (128, False, False), (-1, True, False),
+     (-1, False, False), (64, False, True)],
+)
+def test_every_format_config_and_split(group_size, sym, act_order, bits, dtype):
+    """Every config at odd and round m, without a workspace, with one (automatic split of K over
+    blocks) and with a forced split of 3; the workspace must come back all zeros. 1152 x 336: 21
+    n-tiles (partial blocks of 4 or 8), 18 stages; act_order through the group table."""
+    k, n = 1152, 336
+    layer, portable = _layer(k, n, bits, group_size, sym, dtype, act_order=act_order)
+    assert (layer._prepared["cuda"].kgroup is not None) == act_order
+    ws = torch.zeros(cuda_backend.workspace_floats(255, n), dtype=torch.float32, device="cuda")
+    for m in (17, 33, 64, 100, 255):
+        x = torch.randn(m, k, device="cuda", dtype=dtype)
+        ref = _ref(portable, x, bits)
+        for config in (-1, *range(NUM_CONFIGS)):
+            for w, ksplit in ((None, -1), (ws, -1), (ws, 3)):
+                err = _rel(_wgmma(layer, x, dtype, w, config, ksplit), ref)
+                assert err < BOUND[dtype], f"m={m} config={config} ws={w is not None} ksplit={ksplit}: {err:.2e}"
+        assert not ws.any(), "the workspace must be all zeros after a launch"
+
+
+@needs_wgmma
+@pytest.mark.parametrize("k,n,ms", [(4096, 4096, (64, 256, 1000)), (4096, 14336, (128,)), (14336, 4096, (33,)),
+                                    (512, 1024, (4096,))])
+def test_real_layer_shapes(k, n, ms):
+    """LLaMA-3-8B / Mistral-7B projections (int4 g128 fp16, the benchmark format) and a large m."""
+    layer, portable = _layer(k, n, 4, 128, True, torch.float16)
+    for m in ms:
+        x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+        err = _rel(_wgmma(layer, x, torch.float16), _ref(portable, x, 4))
+        assert err < BOUND[torch.float16], f"{k}x{n} m={m}: {err:.2e}"
+
+
+def test_wgmma_cells():
+    """The routing table (runs anywhere): the cells measured faster on an H100, and no others."""
+    serves = cuda_backend._wgmma_serves
+    assert not serves(32, 28672, 8192) and serves(33, 28672, 8192) and serves(64, 8192, 28672)
+    assert not serves(64, 8192, 8192) and serves(65, 8192, 8192) and not serves(128, 4096, 4096)
+    assert serves(256, 14336, 4096) and not serves(256, 4096, 14336) and serves(256, 8192, 8192)
+    assert not serves(256, 4096, 4096) and serves(129, 8192, 28672)
+    assert serves(256, 8192, 28672) and not serves(257, 8192, 28672) and not serves(16, 8192, 28672)
+
+
+@needs_wgmma
+def test_quantlinear_routes_middle_m_to_wgmma(monkeypatch):
+    """QuantLinear at m in the wgmma range gives the reference's answer, also with a 3-D,
+    non-contiguous input, and inside a captured CUDA graph replayed on new data."""
+    monkeypatch.setattr(cuda_backend, "WGMMA_CELLS", ((0, 1 << 30, 0, 0),))  # every (m, layer): small layer
+    layer, portable = _layer(1024, 256, 4, 128, False, torch.float16)
+    assert layer._prepared["cuda"].wgmma
+    m = 100
+    x3 = torch.randn(2, m, 2048, device="cuda", dtype=torch.float16)[:, :, ::2]
+    out = layer(x3)
+    assert out.shape == (2, m, 256)
+    err = _rel(out.reshape(-1, 256), _ref(portable, x3.reshape(-1, 1024), 4))
+    assert err < BOUND[torch.float16]
+    x = torch.randn(m, 1024, device="cuda", dtype=torch.float16)
+    layer(x)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = layer(x)
+    x.copy_(torch.randn_like(x))
+    out.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert _rel(out, _ref(portable, x, 4)) < BOUND[torch.float16]
+
+
+@needs_wgmma
+def test_opcheck():
+    layer, _ = _layer(256, 64, 4, 64, False, torch.float16)
+    st = layer._prepared["cuda"]
+    x = torch.randn(40, 256, device="cuda", dtype=torch.float16)
+    torch.library.opcheck(
+        torch.ops.quantkernels.cuda_wxa16_gemm_wgmma.default,
+        (x, st.qweight, st.scales[x.dtype], st.zeros[x.dtype], None, 64, st.bias[x.dtype], 4),
+    )

@@ -202,6 +202,14 @@ def test_gemv_activation_range(isa, log2_scale):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+def test_gemv_k_zero(isa):
+    # An empty reduction gives zeros (the AVX2 GEMV's assembly loop must not run on zero rows).
+    op = torch.ops.quantkernels.cpu_linear_float
+    out = op(torch.randn(1, 0), torch.empty(0, dtype=torch.int32), torch.ones(1, 72), torch.zeros(1, 72), None, 4, isa)
+    assert out.shape == (1, 72) and not out.any()
+
+
+@pytest.mark.parametrize("isa", ISAS)
 def test_gemv_with_denormals_flushed(isa):
     # torch.set_flush_denormal sets MXCSR.DAZ, which would read the GEMV's denormal-coded weights
     # as zeros: the kernel must see it and use the converting path (one thread: the flag is per thread).

@@ -184,7 +184,7 @@ constexpr int kCodeBit[8] = {0, 4, 8, 12, 16, 20, 16, 0};  // p_j: code j's lowe
 inline bool prepare_gemv_activations(const FloatLinearArgs& a, std::vector<float>& xbuf, std::vector<float>& sbuf,
                                      GemvActivations* out) {
   constexpr unsigned kDaz = 0x40;
-  if (_mm_getcsr() & kDaz) return false;
+  if (a.K == 0 || (_mm_getcsr() & kDaz)) return false;  // (the assembly loop needs >= 1 row)
   // xs = x * 2^(-4j) except for the top slot, see prepare_float_activations.
   float unshift[8];
   for (int j = 0; j < 8; ++j) unshift[j] = j == 7 ? 1.0f : std::ldexp(1.0f, 4 * j);

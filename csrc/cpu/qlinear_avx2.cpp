@@ -185,23 +185,43 @@ inline bool prepare_gemv_activations(const FloatLinearArgs& a, std::vector<float
                                      GemvActivations* out) {
   constexpr unsigned kDaz = 0x40;
   if (a.K == 0 || (_mm_getcsr() & kDaz)) return false;  // (the assembly loop needs >= 1 row)
-  // xs = x * 2^(-4j) except for the top slot, see prepare_float_activations.
-  float unshift[8];
-  for (int j = 0; j < 8; ++j) unshift[j] = j == 7 ? 1.0f : std::ldexp(1.0f, 4 * j);
+  // xs = x * 2^(-4j) except for the top slot (see prepare_float_activations); one vector = the 8
+  // slots of a word row. Vectorized: this runs once per thread chunk, and scalar it cost ~9 us at
+  // K = 8192 (a third of a 64-channel GEMV).
+  const __m256 unshift = _mm256_setr_ps(1.0f, 0x1p4f, 0x1p8f, 0x1p12f, 0x1p16f, 0x1p20f, 0x1p24f, 1.0f);
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  __m256 vmax = _mm256_setzero_ps(), nonfinite = _mm256_setzero_ps();  // the latter: NaN once inf/NaN is seen
+  for (int64_t k = 0; k < a.K; k += 8) {
+    const __m256 v = _mm256_mul_ps(_mm256_and_ps(_mm256_loadu_ps(a.xs + k), abs_mask), unshift);
+    vmax = _mm256_max_ps(vmax, v);
+    nonfinite = _mm256_add_ps(nonfinite, _mm256_mul_ps(v, _mm256_setzero_ps()));
+  }
+  alignas(32) float lanes[8], bad[8];
+  _mm256_store_ps(lanes, vmax);
+  _mm256_store_ps(bad, nonfinite);
   float amax = 0.0f;
-  for (int64_t k = 0; k < a.K; k += 8)
-    for (int j = 0; j < 8; ++j) amax = std::max(amax, std::fabs(a.xs[k + j]) * unshift[j]);
-  if (!std::isfinite(amax)) return false;
+  for (int j = 0; j < 8; ++j) {
+    if (bad[j] != 0.0f) return false;  // NaN
+    amax = std::max(amax, lanes[j]);
+  }
   int e = 0;
   if (amax > 0.0f) std::frexp(amax, &e);  // amax < 2^e
   if (e < -100 || e > 90) return false;
   const int c = e + 24;  // the largest scaled activation stays below 2^125
-  double factor[8];      // exact powers of two; some exceed the fp32 range, their products do not
-  for (int j = 0; j < 8; ++j) factor[j] = std::ldexp(static_cast<double>(unshift[j]), 149 - kCodeBit[j] - c);
+  // Slot j is multiplied by 2^(u_j + 149 - p_j - c), u_j = log2 unshift: an exponent in 35 .. 233,
+  // applied as two exact power-of-two factors of at most 2^117 each (the first never overflows: it
+  // is at most half the total).
+  alignas(32) float fa[8], fb[8];
+  for (int j = 0; j < 8; ++j) {
+    const int total = (j == 7 ? 0 : 4 * j) + 149 - kCodeBit[j] - c;
+    fa[j] = std::ldexp(1.0f, total / 2);
+    fb[j] = std::ldexp(1.0f, total - total / 2);
+  }
+  const __m256 va = _mm256_load_ps(fa), vb = _mm256_load_ps(fb);
   xbuf.resize(a.K);
   sbuf.resize(a.G);
   for (int64_t k = 0; k < a.K; k += 8)
-    for (int j = 0; j < 8; ++j) xbuf[k + j] = static_cast<float>(a.xs[k + j] * factor[j]);
+    _mm256_storeu_ps(xbuf.data() + k, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(a.xs + k), va), vb));
   const float down = std::ldexp(1.0f, -c);
   for (int64_t g = 0; g < a.G; ++g) sbuf[g] = a.xsum[g] * down;
   *out = GemvActivations{xbuf.data(), sbuf.data(), std::ldexp(1.0f, c)};

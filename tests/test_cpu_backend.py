@@ -202,6 +202,18 @@ def test_gemv_activation_range(isa, log2_scale):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_gemv_non_finite_activation(isa, bad):
+    # A NaN or inf activation sends the AVX2 GEMV to the converting kernel: the same NaN/inf
+    # outputs as the scalar kernel (which applies the zero point per group as well).
+    layer, _ = make_layer(QuantConfig(4, 128, sym=False), 8192, 72)
+    x = torch.randn(1, 8192, generator=torch.Generator().manual_seed(7))
+    x[0, 77] = bad
+    out, ref = call_op(layer, x, isa), call_op(layer, x, "scalar")
+    assert torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.isinf(), ref.isinf()) and out.isnan().any()
+
+
+@pytest.mark.parametrize("isa", ISAS)
 def test_gemv_k_zero(isa):
     # An empty reduction gives zeros (the AVX2 GEMV's assembly loop must not run on zero rows).
     op = torch.ops.quantkernels.cpu_linear_float

@@ -5,7 +5,9 @@
 //   codes of each channel are masked in place and converted (pre-shifted nibbles/bytes, see
 //   qlinear.h), then FMA'd with broadcast activations of up to 8 rows (register tile rows x 8
 //   channels); group scales and zero points are applied once per group. A single row (GEMV) runs
-//   four tiles per pass so that each broadcast feeds all four, with software prefetch of the streams.
+//   four tiles per pass so that each broadcast feeds all four, with software prefetch of the streams;
+//   with 4-bit codes it skips the int -> float conversion (codes read as exact denormal floats, see
+//   "W4A16 GEMV without int -> float conversions" below) and reads scales from a tile-major copy.
 // * int8 activations: int4 codes are the unsigned operand of vpmaddubsw (15 * 127 * 2 fits s16,
 //   and 4 blocks of pair sums still fit) + vpmaddwd against ones; int8 codes and activations are
 //   widened to s16 and multiplied with vpmaddwd (the sign trick's vpsignb competes with the

@@ -31,6 +31,35 @@ namespace {
 // (2-4 KiB of a tile's weights), so that every pass after the first reads L1.
 constexpr int64_t kChunkBlocks = 16;
 
+// Scales and zero points of a run of tiles [t0, t0 + nt), copied tile-major ([tile][G][8]) once per
+// run. Read in place (row g of [G, N] for each group), every group touched another page N * 4 bytes
+// away: in the GEMV those scattered misses, not the weight stream, set the speed from DRAM (one
+// thread, 8192x28672 g128: 16.4 ms, against 9.5 ms with a single group).
+struct TileParams {
+  const float* s;  // fp32 [nt][G][8]
+  const float* z;  // fp32 [nt][G][8]
+  int64_t t0, G;
+  const float* scale(int64_t t, int64_t g) const { return s + ((t - t0) * G + g) * kTileN; }
+  const float* zero(int64_t t, int64_t g) const { return z + ((t - t0) * G + g) * kTileN; }
+};
+
+inline TileParams gather_tile_params(const float* scales, const float* zeros, int64_t N, int64_t G, int64_t t0,
+                                     int64_t nt, std::vector<float>& buf) {
+  const int64_t per = G * kTileN;
+  if (static_cast<int64_t>(buf.size()) < 2 * nt * per) buf.resize(2 * nt * per);
+  float* s = buf.data();
+  float* z = s + nt * per;
+  for (int64_t g = 0; g < G; ++g) {
+    const float* sr = scales + g * N + t0 * kTileN;
+    const float* zr = zeros + g * N + t0 * kTileN;
+    for (int64_t i = 0; i < nt; ++i) {
+      _mm256_storeu_ps(s + i * per + g * kTileN, _mm256_loadu_ps(sr + i * kTileN));
+      _mm256_storeu_ps(z + i * per + g * kTileN, _mm256_loadu_ps(zr + i * kTileN));
+    }
+  }
+  return TileParams{s, z, t0, G};
+}
+
 // Row strides of the per-row-block activation copies below: 64 bytes more than a row, so the rows a
 // tile reads together do not alias in the L1 sets.
 inline int64_t x16_stride(int64_t Kp) { return Kp + 32; }     // int16 elements
@@ -46,10 +75,11 @@ struct RowBlock {
   const float* xseg;   // fp32 [MR][nseg]: sum of xq over each integer segment (zero-point correction)
   int64_t nseg;
   int64_t m0;          // first row of the block
+  TileParams p;        // scales and zero points of the current tile group (set by int8_rows)
 
   // The block that starts i rows further down (a row panel is prepared at once, see int8_rows).
-  RowBlock rows_from(int64_t i, int64_t Kp) const {
-    return RowBlock{x16 + i * x16_stride(Kp), xd + i * xd_stride(Kp), xseg + i * nseg, nseg, m0 + i};
+  RowBlock rows_from(int64_t i, int64_t Kp, const TileParams& params) const {
+    return RowBlock{x16 + i * x16_stride(Kp), xd + i * xd_stride(Kp), xseg + i * nseg, nseg, m0 + i, params};
   }
 };
 // Register tile of the int8-activation kernels: kMR rows x kW8Channels int8 channels per pass (the
@@ -283,37 +313,12 @@ inline void int4_gemv_group4(const uint32_t* w, int64_t tile_stride_bytes, const
 #undef QK_SHR8_AND
 #undef QK_SHR28
 
-// Scales and zero points of a run of tiles, copied tile-major ([tile][G][8]) once per run: read in
-// place (row g of [G, N] for each group), every group of a 4-tile pass touched another page, N * 4
-// bytes away, and those scattered misses, not the weight stream, set the speed of the GEMV from DRAM
-// (one thread, 8192x28672 g128: 16.4 ms, against 9.5 ms with a single group).
-struct GemvGroupParams {
-  const float* s;  // fp32 [tiles][G][8]
-  const float* z;  // fp32 [tiles][G][8]
-};
-
-inline GemvGroupParams gather_group_params(const FloatLinearArgs& a, int64_t t0, int64_t nt, std::vector<float>& buf) {
-  const int64_t per = a.G * kTileN;
-  buf.resize(2 * nt * per);
-  float* s = buf.data();
-  float* z = s + nt * per;
-  for (int64_t g = 0; g < a.G; ++g) {
-    const float* sr = a.scales + g * a.N + t0 * kTileN;
-    const float* zr = a.zeros + g * a.N + t0 * kTileN;
-    for (int64_t i = 0; i < nt; ++i) {
-      _mm256_storeu_ps(s + i * per + g * kTileN, _mm256_loadu_ps(sr + i * kTileN));
-      _mm256_storeu_ps(z + i * per + g * kTileN, _mm256_loadu_ps(zr + i * kTileN));
-    }
-  }
-  return GemvGroupParams{s, z};
-}
-
 // Four tiles (kGemvTiles) per pass: each broadcast activation feeds the 4 tiles' FMAs; 2
 // accumulators per tile keep 8 FMA chains in flight (2 FMA pipes x 4 cycles latency). p holds the
-// scales and zero points of tiles t .. t+3 (tile-major, see gather_group_params).
-void int4_gemv_tiles(const FloatLinearArgs& a, const GemvActivations& x, const GemvGroupParams& p, int64_t t) {
+// scales and zero points of tiles t .. t+3 (see gather_tile_params).
+void int4_gemv_tiles(const FloatLinearArgs& a, const GemvActivations& x, const TileParams& p, int64_t t) {
   constexpr int NT = 4;
-  const int64_t rows = a.K / 8, grows = rows / a.G, per = a.G * kTileN;
+  const int64_t rows = a.K / 8, grows = rows / a.G;
   const uint32_t* w = a.w + t * rows * kTileN;
   __m256 out[NT];
   for (int h = 0; h < NT; ++h) out[h] = _mm256_setzero_ps();
@@ -323,8 +328,8 @@ void int4_gemv_tiles(const FloatLinearArgs& a, const GemvActivations& x, const G
     int4_gemv_group4(w + g * grows * kTileN, rows * kTileN * 4, x.x + g * grows * 8, grows, acc);
     const __m256 xsum = _mm256_set1_ps(x.xsum[g]);
     for (int h = 0; h < NT; ++h) {
-      const __m256 s = _mm256_loadu_ps(p.s + h * per + g * kTileN);
-      const __m256 z = _mm256_loadu_ps(p.z + h * per + g * kTileN);
+      const __m256 s = _mm256_loadu_ps(p.scale(t + h, g));
+      const __m256 z = _mm256_loadu_ps(p.zero(t + h, g));
       out[h] = _mm256_fmadd_ps(s, _mm256_fnmadd_ps(z, xsum, _mm256_add_ps(acc[h][0], acc[h][1])), out[h]);
     }
   }
@@ -343,10 +348,8 @@ void int4_gemv(const FloatLinearArgs& a, const GemvActivations& x, int64_t t0, i
   const int64_t t4 = t0 + (t1 - t0) / kGemvTiles * kGemvTiles;
   for (int64_t r0 = t0; r0 < t4; r0 += run) {
     const int64_t r1 = std::min(t4, r0 + run);
-    const GemvGroupParams p = gather_group_params(a, r0, r1 - r0, buf);
-    const int64_t per = a.G * kTileN;
-    for (int64_t t = r0; t < r1; t += kGemvTiles)
-      int4_gemv_tiles(a, x, GemvGroupParams{p.s + (t - r0) * per, p.z + (t - r0) * per}, t);
+    const TileParams p = gather_tile_params(a.scales, a.zeros, a.N, a.G, r0, r1 - r0, buf);
+    for (int64_t t = r0; t < r1; t += kGemvTiles) int4_gemv_tiles(a, x, p, t);
   }
   for (int64_t t = t4; t < t1; ++t) float_tile<4, 1>(a, t, 0);
 }
@@ -393,8 +396,8 @@ template <int MR>
 inline void add_segment(const Int8LinearArgs& a, const RowBlock& rb, const __m256i* d, int64_t t, int64_t g,
                         int64_t seg, __m256* out) {
   const int64_t KB = a.Kp / kBlockK, b0 = seg * (a.segment / kBlockK);
-  const __m256 s = _mm256_loadu_ps(a.scales + g * a.N + t * kTileN);
-  const __m256 sz = _mm256_mul_ps(s, _mm256_loadu_ps(a.zeros + g * a.N + t * kTileN));
+  const __m256 s = _mm256_loadu_ps(rb.p.scale(t, g));
+  const __m256 sz = _mm256_mul_ps(s, _mm256_loadu_ps(rb.p.zero(t, g)));
   for (int i = 0; i < MR; ++i) {
     __m256 v = _mm256_fnmadd_ps(sz, _mm256_set1_ps(rb.xseg[i * rb.nseg + seg]), _mm256_mul_ps(s, _mm256_cvtepi32_ps(d[i])));
     if (a.act_per_block) v = _mm256_mul_ps(v, _mm256_set1_ps(a.xscale[(rb.m0 + i) * KB + b0]));
@@ -602,7 +605,7 @@ inline RowBlock prepare_rows(const Int8LinearArgs& a, int64_t m, int mr, ActCopy
       }
     }
   }
-  return RowBlock{x16.data(), xd.data(), xseg.data(), nseg, m};
+  return RowBlock{x16.data(), xd.data(), xseg.data(), nseg, m, TileParams{}};
 }
 
 // Rows in panels of up to kRowPanel, whose activation copies are built once per call; within a
@@ -620,16 +623,17 @@ void int8_rows(const Int8LinearArgs& a, int64_t t0, int64_t t1) {
   const int64_t tg = std::max<int64_t>(1, l2_tile_group(tile_bytes) / 2);
   thread_local std::vector<int16_t> x16;
   thread_local std::vector<int8_t> xd;
-  thread_local std::vector<float> xseg;
+  thread_local std::vector<float> xseg, params;
   for (int64_t p0 = 0; p0 < a.M; p0 += kRowPanel) {
     const int64_t p1 = std::min(a.M, p0 + kRowPanel);
     const RowBlock panel = prepare_rows(a, p0, static_cast<int>(p1 - p0), COPY, x16, xd, xseg);
     for (int64_t g0 = t0; g0 < t1; g0 += tg) {
       const int64_t g1 = std::min(t1, g0 + tg), next_end = std::min(t1, g1 + tg);
       L2Prefetcher pf(a.w + g1 * tile_bytes, (next_end - g1) * tile_bytes, ((p1 - p0 + MR - 1) / MR) * (g1 - g0));
+      const TileParams tp = gather_tile_params(a.scales, a.zeros, a.N, a.G, g0, g1 - g0, params);
       for (int64_t m = p0; m < p1;) {
         const int mr = p1 - m >= MR ? MR : 1;
-        const RowBlock rb = panel.rows_from(m - p0, a.Kp);
+        const RowBlock rb = panel.rows_from(m - p0, a.Kp, tp);
         for (int64_t t = g0; t < g1; ++t) {
           pf.step();
           if (mr == MR)

@@ -185,6 +185,60 @@ def test_long_k_accumulation(isa, cfg):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("log2_scale", [-110, -90, -20, 0, 40, 95])
+def test_gemv_activation_range(isa, log2_scale):
+    # The AVX2 int4 GEMV (m = 1) multiplies codes read as denormal bit patterns by activations
+    # rescaled by a power of two chosen from max|x|; outside max|x| in 2^-100 .. 2^90 it hands over
+    # to the converting kernel. Both sides of both cutoffs, at K = 8192, N = 72 (two 4-tile passes
+    # and a single tile): power-of-two scaling is exact, so the fp32 bound holds unchanged.
+    layer, portable = make_layer(QuantConfig(4, 128, sym=False), 8192, 72)
+    portable = dict(portable, bias=None)  # a bias would dominate the tiny outputs
+    st = layer._prepared["cpu"]
+    x = torch.randn(1, 8192, generator=torch.Generator().manual_seed(5)) * 2.0**log2_scale
+    out = torch.ops.quantkernels.cpu_linear_float(x, st.w, st.scales, st.zeros, None, 4, isa)
+    out = out * 2.0**-log2_scale  # exact; the norms of the unscaled outputs overflow
+    ref = ref_out(layer.config, portable, x) * 2.0**-log2_scale
+    assert rel_err(out, ref) <= FLOAT_BOUND(8192)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_gemv_non_finite_activation(isa, bad):
+    # A NaN or inf activation sends the AVX2 GEMV to the converting kernel: the same NaN/inf
+    # outputs as the scalar kernel (which applies the zero point per group as well).
+    layer, _ = make_layer(QuantConfig(4, 128, sym=False), 8192, 72)
+    x = torch.randn(1, 8192, generator=torch.Generator().manual_seed(7))
+    x[0, 77] = bad
+    out, ref = call_op(layer, x, isa), call_op(layer, x, "scalar")
+    assert torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.isinf(), ref.isinf()) and out.isnan().any()
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_gemv_k_zero(isa):
+    # An empty reduction gives zeros (the AVX2 GEMV's assembly loop must not run on zero rows).
+    op = torch.ops.quantkernels.cpu_linear_float
+    out = op(torch.randn(1, 0), torch.empty(0, dtype=torch.int32), torch.ones(1, 72), torch.zeros(1, 72), None, 4, isa)
+    assert out.shape == (1, 72) and not out.any()
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_gemv_with_denormals_flushed(isa):
+    # torch.set_flush_denormal sets MXCSR.DAZ, which would read the GEMV's denormal-coded weights
+    # as zeros: the kernel must see it and use the converting path (one thread: the flag is per thread).
+    layer, portable = make_layer(QuantConfig(4, 64, sym=False), 1024, 72)
+    x = torch.randn(1, 1024, generator=torch.Generator().manual_seed(6))
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        if not torch.set_flush_denormal(True):
+            pytest.skip("this CPU cannot flush denormals")
+        check(layer, portable, x, isa)
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("cfg", [QuantConfig(4, 64, sym=False), QuantConfig(8, -1, act_bits=8)], ids=_id)
 def test_non_contiguous_and_strided_inputs(isa, cfg):
     layer, portable = make_layer(cfg, 256, 72)

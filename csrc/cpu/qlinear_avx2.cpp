@@ -5,7 +5,9 @@
 //   codes of each channel are masked in place and converted (pre-shifted nibbles/bytes, see
 //   qlinear.h), then FMA'd with broadcast activations of up to 8 rows (register tile rows x 8
 //   channels); group scales and zero points are applied once per group. A single row (GEMV) runs
-//   four tiles per pass so that each broadcast feeds all four, with software prefetch of the streams.
+//   four tiles per pass so that each broadcast feeds all four, with software prefetch of the streams;
+//   with 4-bit codes it skips the int -> float conversion (codes read as exact denormal floats, see
+//   "W4A16 GEMV without int -> float conversions" below) and reads scales from a tile-major copy.
 // * int8 activations: int4 codes are the unsigned operand of vpmaddubsw (15 * 127 * 2 fits s16,
 //   and 4 blocks of pair sums still fit) + vpmaddwd against ones; int8 codes and activations are
 //   widened to s16 and multiplied with vpmaddwd (the sign trick's vpsignb competes with the
@@ -15,6 +17,7 @@
 // Limits: N % 8 == 0; K as the layouts state. Test: tests/test_cpu_backend.py (isa="avx2");
 // benchmark: benchmarks/cpu_gemm.py; single-thread kernel timing: tests/cpu_harness/qlinear_bench.cpp.
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "cpu/qlinear_x86.h"
@@ -27,6 +30,35 @@ namespace {
 // The column/channel passes of the int8-activation kernels run over chunks of this many blocks
 // (2-4 KiB of a tile's weights), so that every pass after the first reads L1.
 constexpr int64_t kChunkBlocks = 16;
+
+// Scales and zero points of a run of tiles [t0, t0 + nt), copied tile-major ([tile][G][8]) once per
+// run. Read in place (row g of [G, N] for each group), every group touched another page N * 4 bytes
+// away: in the GEMV those scattered misses, not the weight stream, set the speed from DRAM (one
+// thread, 8192x28672 g128: 16.4 ms, against 9.5 ms with a single group).
+struct TileParams {
+  const float* s;  // fp32 [nt][G][8]
+  const float* z;  // fp32 [nt][G][8]
+  int64_t t0, G;
+  const float* scale(int64_t t, int64_t g) const { return s + ((t - t0) * G + g) * kTileN; }
+  const float* zero(int64_t t, int64_t g) const { return z + ((t - t0) * G + g) * kTileN; }
+};
+
+inline TileParams gather_tile_params(const float* scales, const float* zeros, int64_t N, int64_t G, int64_t t0,
+                                     int64_t nt, std::vector<float>& buf) {
+  const int64_t per = G * kTileN;
+  if (static_cast<int64_t>(buf.size()) < 2 * nt * per) buf.resize(2 * nt * per);
+  float* s = buf.data();
+  float* z = s + nt * per;
+  for (int64_t g = 0; g < G; ++g) {
+    const float* sr = scales + g * N + t0 * kTileN;
+    const float* zr = zeros + g * N + t0 * kTileN;
+    for (int64_t i = 0; i < nt; ++i) {
+      _mm256_storeu_ps(s + i * per + g * kTileN, _mm256_loadu_ps(sr + i * kTileN));
+      _mm256_storeu_ps(z + i * per + g * kTileN, _mm256_loadu_ps(zr + i * kTileN));
+    }
+  }
+  return TileParams{s, z, t0, G};
+}
 
 // Row strides of the per-row-block activation copies below: 64 bytes more than a row, so the rows a
 // tile reads together do not alias in the L1 sets.
@@ -43,10 +75,11 @@ struct RowBlock {
   const float* xseg;   // fp32 [MR][nseg]: sum of xq over each integer segment (zero-point correction)
   int64_t nseg;
   int64_t m0;          // first row of the block
+  TileParams p;        // scales and zero points of the current tile group (set by int8_rows)
 
   // The block that starts i rows further down (a row panel is prepared at once, see int8_rows).
-  RowBlock rows_from(int64_t i, int64_t Kp) const {
-    return RowBlock{x16 + i * x16_stride(Kp), xd + i * xd_stride(Kp), xseg + i * nseg, nseg, m0 + i};
+  RowBlock rows_from(int64_t i, int64_t Kp, const TileParams& params) const {
+    return RowBlock{x16 + i * x16_stride(Kp), xd + i * xd_stride(Kp), xseg + i * nseg, nseg, m0 + i, params};
   }
 };
 // Register tile of the int8-activation kernels: kMR rows x kW8Channels int8 channels per pass (the
@@ -161,9 +194,174 @@ void float_tiles_row(const FloatLinearArgs& a, int64_t t, int64_t m) {
   for (int h = 0; h < NT; ++h) _mm256_storeu_ps(a.out + m * a.N + (t + h) * kTileN, out[h]);
 }
 
+// ---- W4A16 GEMV without int -> float conversions ---------------------------------------------
+// A 4-bit code masked in place at bits 4j .. 4j+3 of a word, j <= 5, read as an fp32 bit pattern, is
+// exactly the number q * 2^(4j - 149): bits 0-22 are the denormal mantissa (unit 2^-149) and bit 23,
+// the lowest exponent bit, continues that scale (the first normal binade has the same unit). So
+// mask + FMA multiply exactly what mask + vcvtdq2ps + FMA did, one instruction fewer per 8 weights
+// (codes 6 and 7 are shifted down 8 and 28 bits first: 9 integer ops + 8 FMAs per word, against 16
+// + 8). The activation multiplying code j is x * 2^(149 - p_j - c) (p_j: the code's bit position
+// after the mask/shift; c per call, from max|x|, keeps it finite), so every product is
+// x * q * 2^-c, a normal number: the fp32 sums are the old kernel's scaled by 2^-c, and 2^c is put
+// back once per output. Needs denormal inputs to be honoured (MXCSR.DAZ clear); otherwise, and for
+// activations out of range (non-finite, or max|x| outside 2^-100 .. 2^90), the converting kernel runs.
+struct GemvActivations {
+  const float* x;     // fp32 [K]: x[k] * 2^(149 - p_j - c), j = k % 8
+  const float* xsum;  // fp32 [G]: the group sums of x, times 2^-c
+  float unscale;      // 2^c
+};
+
+constexpr int kCodeBit[8] = {0, 4, 8, 12, 16, 20, 16, 0};  // p_j: code j's lowest bit in the value the FMA reads
+
+inline bool prepare_gemv_activations(const FloatLinearArgs& a, std::vector<float>& xbuf, std::vector<float>& sbuf,
+                                     GemvActivations* out) {
+  constexpr unsigned kDaz = 0x40;
+  if (a.K == 0 || (_mm_getcsr() & kDaz)) return false;  // (the assembly loop needs >= 1 row)
+  // xs = x * 2^(-4j) except for the top slot (see prepare_float_activations); one vector = the 8
+  // slots of a word row. Vectorized: this runs once per thread chunk, and scalar it cost ~9 us at
+  // K = 8192 (a third of a 64-channel GEMV).
+  const __m256 unshift = _mm256_setr_ps(1.0f, 0x1p4f, 0x1p8f, 0x1p12f, 0x1p16f, 0x1p20f, 0x1p24f, 1.0f);
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  __m256 vmax = _mm256_setzero_ps(), nonfinite = _mm256_setzero_ps();  // the latter: NaN once inf/NaN is seen
+  for (int64_t k = 0; k < a.K; k += 8) {
+    const __m256 v = _mm256_mul_ps(_mm256_and_ps(_mm256_loadu_ps(a.xs + k), abs_mask), unshift);
+    vmax = _mm256_max_ps(vmax, v);
+    nonfinite = _mm256_add_ps(nonfinite, _mm256_mul_ps(v, _mm256_setzero_ps()));
+  }
+  alignas(32) float lanes[8], bad[8];
+  _mm256_store_ps(lanes, vmax);
+  _mm256_store_ps(bad, nonfinite);
+  float amax = 0.0f;
+  for (int j = 0; j < 8; ++j) {
+    if (bad[j] != 0.0f) return false;  // NaN
+    amax = std::max(amax, lanes[j]);
+  }
+  int e = 0;
+  if (amax > 0.0f) std::frexp(amax, &e);  // amax < 2^e
+  if (e < -100 || e > 90) return false;
+  const int c = e + 24;  // the largest scaled activation stays below 2^125
+  // Slot j is multiplied by 2^(u_j + 149 - p_j - c), u_j = log2 unshift: an exponent in 35 .. 233,
+  // applied as two exact power-of-two factors of at most 2^117 each (the first never overflows: it
+  // is at most half the total).
+  alignas(32) float fa[8], fb[8];
+  for (int j = 0; j < 8; ++j) {
+    const int total = (j == 7 ? 0 : 4 * j) + 149 - kCodeBit[j] - c;
+    fa[j] = std::ldexp(1.0f, total / 2);
+    fb[j] = std::ldexp(1.0f, total - total / 2);
+  }
+  const __m256 va = _mm256_load_ps(fa), vb = _mm256_load_ps(fb);
+  xbuf.resize(a.K);
+  sbuf.resize(a.G);
+  for (int64_t k = 0; k < a.K; k += 8)
+    _mm256_storeu_ps(xbuf.data() + k, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(a.xs + k), va), vb));
+  const float down = std::ldexp(1.0f, -c);
+  for (int64_t g = 0; g < a.G; ++g) sbuf[g] = a.xsum[g] * down;
+  *out = GemvActivations{xbuf.data(), sbuf.data(), std::ldexp(1.0f, c)};
+  return true;
+}
+
+alignas(32) constexpr uint32_t kGemvMasks[7][8] = {
+#define QK_MASK8(m) {m, m, m, m, m, m, m, m}
+    QK_MASK8(0xFu),     QK_MASK8(0xF0u),     QK_MASK8(0xF00u), QK_MASK8(0xF000u),
+    QK_MASK8(0xF0000u), QK_MASK8(0xF00000u), QK_MASK8(0xF0000u)};
+#undef QK_MASK8
+
+// `rows` word rows of 4 tiles (one weight group): ymm8-11 hold the tiles' words, ymm12 the
+// broadcast activation, ymm13-15 the masked codes; the masks are memory operands. In assembly
+// because GCC kept the seven masks in registers and spilled the accumulators instead (each FMA chain
+// then went through the stack), and moved the accumulators between registers around a one-row asm
+// block. Code j (activation x[j]) goes to accumulator j % 2 of each tile. Each row prefetches the
+// four streams 1 KiB ahead.
+#define QK_GEMV_CODE(j, A, MASKED)                                   \
+  "vbroadcastss " #j "*4(%[x]), %%ymm12\n\t"                         \
+  MASKED(j, 8, 13) "vfmadd231ps %%ymm13, %%ymm12, %[t0" #A "]\n\t"   \
+  MASKED(j, 9, 14) "vfmadd231ps %%ymm14, %%ymm12, %[t1" #A "]\n\t"   \
+  MASKED(j, 10, 15) "vfmadd231ps %%ymm15, %%ymm12, %[t2" #A "]\n\t"  \
+  MASKED(j, 11, 13) "vfmadd231ps %%ymm13, %%ymm12, %[t3" #A "]\n\t"
+#define QK_AND(j, src, dst) "vpand " #j "*32(%[m]), %%ymm" #src ", %%ymm" #dst "\n\t"
+#define QK_SHR8_AND(j, src, dst) "vpsrld $8, %%ymm" #src ", %%ymm" #dst "\n\t" QK_AND(j, dst, dst)
+#define QK_SHR28(j, src, dst) "vpsrld $28, %%ymm" #src ", %%ymm" #dst "\n\t"
+
+inline void int4_gemv_group4(const uint32_t* w, int64_t tile_stride_bytes, const float* x, int64_t rows,
+                             __m256 (&acc)[4][2]) {
+  const uint32_t* w3 = reinterpret_cast<const uint32_t*>(reinterpret_cast<const char*>(w) + 3 * tile_stride_bytes);
+  asm("1:\n\t"
+      "prefetcht0 1024(%[w])\n\t"
+      "prefetcht0 1024(%[w], %[ts])\n\t"
+      "prefetcht0 1024(%[w], %[ts], 2)\n\t"
+      "prefetcht0 1024(%[w3])\n\t"
+      "vmovdqu (%[w]), %%ymm8\n\t"
+      "vmovdqu (%[w], %[ts]), %%ymm9\n\t"
+      "vmovdqu (%[w], %[ts], 2), %%ymm10\n\t"
+      "vmovdqu (%[w3]), %%ymm11\n\t"
+      QK_GEMV_CODE(0, 0, QK_AND) QK_GEMV_CODE(1, 1, QK_AND) QK_GEMV_CODE(2, 0, QK_AND)
+      QK_GEMV_CODE(3, 1, QK_AND) QK_GEMV_CODE(4, 0, QK_AND) QK_GEMV_CODE(5, 1, QK_AND)
+      QK_GEMV_CODE(6, 0, QK_SHR8_AND) QK_GEMV_CODE(7, 1, QK_SHR28)
+      "add $32, %[w]\n\t"
+      "add $32, %[w3]\n\t"
+      "add $32, %[x]\n\t"
+      "dec %[n]\n\t"
+      "jnz 1b\n\t"
+      : [t00] "+x"(acc[0][0]), [t01] "+x"(acc[0][1]), [t10] "+x"(acc[1][0]), [t11] "+x"(acc[1][1]),
+        [t20] "+x"(acc[2][0]), [t21] "+x"(acc[2][1]), [t30] "+x"(acc[3][0]), [t31] "+x"(acc[3][1]),
+        [w] "+r"(w), [w3] "+r"(w3), [x] "+r"(x), [n] "+r"(rows)
+      : [ts] "r"(tile_stride_bytes), [m] "r"(&kGemvMasks[0][0])
+      : "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "cc", "memory");
+}
+#undef QK_GEMV_CODE
+#undef QK_AND
+#undef QK_SHR8_AND
+#undef QK_SHR28
+
+// Four tiles (kGemvTiles) per pass: each broadcast activation feeds the 4 tiles' FMAs; 2
+// accumulators per tile keep 8 FMA chains in flight (2 FMA pipes x 4 cycles latency). p holds the
+// scales and zero points of tiles t .. t+3 (see gather_tile_params).
+void int4_gemv_tiles(const FloatLinearArgs& a, const GemvActivations& x, const TileParams& p, int64_t t) {
+  constexpr int NT = 4;
+  const int64_t rows = a.K / 8, grows = rows / a.G;
+  const uint32_t* w = a.w + t * rows * kTileN;
+  __m256 out[NT];
+  for (int h = 0; h < NT; ++h) out[h] = _mm256_setzero_ps();
+  for (int64_t g = 0; g < a.G; ++g) {
+    __m256 acc[NT][2];
+    for (int h = 0; h < NT; ++h) acc[h][0] = acc[h][1] = _mm256_setzero_ps();
+    int4_gemv_group4(w + g * grows * kTileN, rows * kTileN * 4, x.x + g * grows * 8, grows, acc);
+    const __m256 xsum = _mm256_set1_ps(x.xsum[g]);
+    for (int h = 0; h < NT; ++h) {
+      const __m256 s = _mm256_loadu_ps(p.scale(t + h, g));
+      const __m256 z = _mm256_loadu_ps(p.zero(t + h, g));
+      out[h] = _mm256_fmadd_ps(s, _mm256_fnmadd_ps(z, xsum, _mm256_add_ps(acc[h][0], acc[h][1])), out[h]);
+    }
+  }
+  const __m256 unscale = _mm256_set1_ps(x.unscale);
+  for (int h = 0; h < NT; ++h) {
+    const __m256 b = a.bias ? _mm256_loadu_ps(a.bias + (t + h) * kTileN) : _mm256_setzero_ps();
+    _mm256_storeu_ps(a.out + (t + h) * kTileN, _mm256_fmadd_ps(out[h], unscale, b));
+  }
+}
+
+// The GEMV over tiles [t0, t1): runs of tiles whose gathered scales and zero points fill ~128 KiB
+// (L2), in passes of 4 tiles; a last 1-3 tiles take the converting kernel.
+void int4_gemv(const FloatLinearArgs& a, const GemvActivations& x, int64_t t0, int64_t t1) {
+  thread_local std::vector<float> buf;
+  const int64_t run = std::max<int64_t>(kGemvTiles, (128 << 10) / (2 * a.G * kTileN * 4) / kGemvTiles * kGemvTiles);
+  const int64_t t4 = t0 + (t1 - t0) / kGemvTiles * kGemvTiles;
+  for (int64_t r0 = t0; r0 < t4; r0 += run) {
+    const int64_t r1 = std::min(t4, r0 + run);
+    const TileParams p = gather_tile_params(a.scales, a.zeros, a.N, a.G, r0, r1 - r0, buf);
+    for (int64_t t = r0; t < r1; t += kGemvTiles) int4_gemv_tiles(a, x, p, t);
+  }
+  for (int64_t t = t4; t < t1; ++t) float_tile<4, 1>(a, t, 0);
+}
+
 template <int BITS>
 void float_tiles(const FloatLinearArgs& a, int64_t t0, int64_t t1) {
   const int64_t tg = l2_tile_group(a.K * kTileN * BITS / 8);
+  if (BITS == 4 && a.M == 1) {
+    thread_local std::vector<float> gemv_x, gemv_sum;
+    GemvActivations gx{};
+    if (prepare_gemv_activations(a, gemv_x, gemv_sum, &gx)) return int4_gemv(a, gx, t0, t1);
+  }
   for (int64_t g0 = t0; g0 < t1; g0 += tg) {
     const int64_t g1 = std::min(t1, g0 + tg);
     if (a.M == 1) {  // GEMV: tiles in sets of kGemvTiles
@@ -198,8 +396,8 @@ template <int MR>
 inline void add_segment(const Int8LinearArgs& a, const RowBlock& rb, const __m256i* d, int64_t t, int64_t g,
                         int64_t seg, __m256* out) {
   const int64_t KB = a.Kp / kBlockK, b0 = seg * (a.segment / kBlockK);
-  const __m256 s = _mm256_loadu_ps(a.scales + g * a.N + t * kTileN);
-  const __m256 sz = _mm256_mul_ps(s, _mm256_loadu_ps(a.zeros + g * a.N + t * kTileN));
+  const __m256 s = _mm256_loadu_ps(rb.p.scale(t, g));
+  const __m256 sz = _mm256_mul_ps(s, _mm256_loadu_ps(rb.p.zero(t, g)));
   for (int i = 0; i < MR; ++i) {
     __m256 v = _mm256_fnmadd_ps(sz, _mm256_set1_ps(rb.xseg[i * rb.nseg + seg]), _mm256_mul_ps(s, _mm256_cvtepi32_ps(d[i])));
     if (a.act_per_block) v = _mm256_mul_ps(v, _mm256_set1_ps(a.xscale[(rb.m0 + i) * KB + b0]));
@@ -407,7 +605,7 @@ inline RowBlock prepare_rows(const Int8LinearArgs& a, int64_t m, int mr, ActCopy
       }
     }
   }
-  return RowBlock{x16.data(), xd.data(), xseg.data(), nseg, m};
+  return RowBlock{x16.data(), xd.data(), xseg.data(), nseg, m, TileParams{}};
 }
 
 // Rows in panels of up to kRowPanel, whose activation copies are built once per call; within a
@@ -425,16 +623,17 @@ void int8_rows(const Int8LinearArgs& a, int64_t t0, int64_t t1) {
   const int64_t tg = std::max<int64_t>(1, l2_tile_group(tile_bytes) / 2);
   thread_local std::vector<int16_t> x16;
   thread_local std::vector<int8_t> xd;
-  thread_local std::vector<float> xseg;
+  thread_local std::vector<float> xseg, params;
   for (int64_t p0 = 0; p0 < a.M; p0 += kRowPanel) {
     const int64_t p1 = std::min(a.M, p0 + kRowPanel);
     const RowBlock panel = prepare_rows(a, p0, static_cast<int>(p1 - p0), COPY, x16, xd, xseg);
     for (int64_t g0 = t0; g0 < t1; g0 += tg) {
       const int64_t g1 = std::min(t1, g0 + tg), next_end = std::min(t1, g1 + tg);
       L2Prefetcher pf(a.w + g1 * tile_bytes, (next_end - g1) * tile_bytes, ((p1 - p0 + MR - 1) / MR) * (g1 - g0));
+      const TileParams tp = gather_tile_params(a.scales, a.zeros, a.N, a.G, g0, g1 - g0, params);
       for (int64_t m = p0; m < p1;) {
         const int mr = p1 - m >= MR ? MR : 1;
-        const RowBlock rb = panel.rows_from(m - p0, a.Kp);
+        const RowBlock rb = panel.rows_from(m - p0, a.Kp, tp);
         for (int64_t t = g0; t < g1; ++t) {
           pf.step();
           if (mr == MR)

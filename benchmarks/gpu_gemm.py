@@ -259,7 +259,7 @@ STAGED_PAIRS_M8 = ((0,), (1, 12), (2,))  # m <= 8
 STAGED_PAIRS_M16 = ((5, 13),)  # 8 < m <= 16
 
 
-WGMMA_CONFIGS = 5  # csrc/cuda/wxa16_gemm_sm90.cu, kConfigs
+WGMMA_CONFIGS = 3  # csrc/cuda/wxa16_gemm_sm90.cu, kConfigs
 
 
 def wgmma_m(shapes, m_list, out_dir, with_triton, configs):

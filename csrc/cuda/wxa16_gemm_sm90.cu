@@ -24,11 +24,6 @@
 // warpgroups (256 channels) keep the activation bytes a stage no larger than the weight bytes at
 // 64 rows (both come through L2; the 08:51 run with 128-channel blocks was bound by them).
 //
-// Configs 3 and 4 run a warp-specialized twin (wxa16_gemm_wgmma_ws_kernel): one producer warpgroup
-// issues the copies and two consumer warpgroups (2 x 64 or 1 x 64 channels each) dequantize and
-// issue the wgmma, handing slots back and forth through full / empty mbarriers instead of one
-// block-wide barrier per stage. Not routed by auto_config (not yet measured on a GPU).
-//
 // Limits: N % 16 == 0, K % 64 == 0, group size % 16 == 0 (or per-channel), any M >= 1 (rows past M
 // are zeros in the tiles and never stored). Built for sm_90a only: other targets compile the kernels
 // empty and wxa16_gemm_wgmma_available() reports false, so callers fall back to wxa16_gemm.
@@ -178,95 +173,7 @@ __device__ __forceinline__ void fence_acc(float (&d)[NA]) {
 #pragma unroll
   for (int i = 0; i < NA; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
-
-// mbarriers of the warp-specialized kernel (one CTA, no cluster).
-__device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(count) : "memory");
-}
-// Returns once the phase of parity `parity` has completed.
-__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
-  asm volatile(
-      "{ .reg .pred done; WAIT: mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1; @!done bra WAIT; }" ::"r"(
-          smem_addr(bar)),
-      "r"(parity)
-      : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(bar)) : "memory");
-}
-// One arrival on `bar` once every cp.async this thread issued so far has landed (the count of the
-// barrier includes it: .noinc).
-__device__ __forceinline__ void cp_async_arrive(uint64_t* bar) {
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(smem_addr(bar)) : "memory");
-}
 #endif
-
-// The block's output. A thread holds NH accumulator sets, acc[h] for the 16-channel tile nt[h] and
-// rows m0 ..: acc[h][4 i + q] = out^T[channel 16 nt[h] + g + 8 (q >> 1)][row m0 + 8 i + 2 t + (q & 1)].
-// With a split of K (gridDim.z > 1) the parts meet in the workspace and the block that arrives last
-// for the tile takes the sum and leaves zeros behind. Every thread of the block calls it (block-wide
-// barriers); a thread that holds no tile passes holds = false.
-template <typename T, int NH, int NA>
-__device__ __forceinline__ void store_block(float (&acc)[NH][NA], const int (&nt)[NH], bool holds,
-                                            const T* __restrict__ bias, T* __restrict__ out,
-                                            float* __restrict__ ws, int M, int N, int m0) {
-  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  const int n_tiles = N >> 4;
-  auto for_each = [&](auto&& f) {
-    if (!holds) return;
-#pragma unroll
-    for (int h = 0; h < NH; ++h) {
-      if (nt[h] >= n_tiles) continue;
-#pragma unroll
-      for (int i = 0; i < NA; ++i) {
-        const int m = m0 + 8 * (i >> 2) + 2 * t + (i & 1);
-        if (m < M) f(acc[h][i], m, 16 * nt[h] + g + 8 * ((i >> 1) & 1));
-      }
-    }
-  };
-  if (gridDim.z > 1) {
-    __shared__ int s_last;
-    // The workspace is used transposed here, ws[n, m]: a thread's (m, m + 1) pairs are adjacent,
-    // so they go as one 8-byte atomic (half the atomic operations of the L2, the split's cost).
-    if (holds) {
-#pragma unroll
-      for (int h = 0; h < NH; ++h) {
-        if (nt[h] >= n_tiles) continue;
-#pragma unroll
-        for (int i = 0; i < NA; i += 2) {
-          const int m = m0 + 8 * (i >> 2) + 2 * t, n = 16 * nt[h] + g + 8 * ((i >> 1) & 1);
-          float* p = ws + static_cast<int64_t>(n) * M + m;
-          if (m + 1 < M && (M & 1) == 0)
-            atomicAdd(reinterpret_cast<float2*>(p), make_float2(acc[h][i], acc[h][i + 1]));
-          else if (m < M) {
-            atomicAdd(p, acc[h][i]);
-            if (m + 1 < M) atomicAdd(p + 1, acc[h][i + 1]);
-          }
-        }
-      }
-    }
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      int* counter = reinterpret_cast<int*>(ws + static_cast<int64_t>(M) * N) + blockIdx.y * gridDim.x + blockIdx.x;
-      const int prev = atomicAdd(counter, 1);
-      s_last = prev == static_cast<int>(gridDim.z) - 1;
-      if (s_last) *counter = 0;
-    }
-    __syncthreads();
-    if (!s_last) return;
-    __threadfence();
-    for_each([&](float& v, int m, int n) {
-      float* p = ws + static_cast<int64_t>(n) * M + m;
-      v = __ldcg(p);
-      __stcg(p, 0.0f);
-    });
-  }
-  for_each([&](float& v, int m, int n) {
-    const float b = bias != nullptr ? ActTraits<T>::to_float(bias[n]) : 0.0f;
-    out[static_cast<int64_t>(m) * N + n] = ActTraits<T>::from_float(v + b);
-  });
-}
 
 // Shared memory of one block: S stages of [activation tile BN x 64 columns][weights, scales, zeros
 // of every thread's lane slots].
@@ -359,15 +266,15 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
     }
   };
 
-  float acc[1][NA];
+  float acc[NA];
 #pragma unroll
-  for (int i = 0; i < NA; ++i) acc[0][i] = 0.0f;
+  for (int i = 0; i < NA; ++i) acc[i] = 0.0f;
 
   auto mma_stage = [&](int slot, const uint32_t (&a)[4][4]) {
     const uint8_t* xt = xs + slot * XBYTES;
     wgmma_fence();  // the A registers were just written
 #pragma unroll
-    for (int j = 0; j < 4; ++j) wgmma_rs<BF16>(WgmmaN<BN>{}, acc[0], a[j], smem_desc(xt + j * 256));
+    for (int j = 0; j < 4; ++j) wgmma_rs<BF16>(WgmmaN<BN>{}, acc, a[j], smem_desc(xt + j * 256));
     wgmma_commit();
   };
 
@@ -396,199 +303,68 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
   }
   if (it < n_iters) step(a0);
   wgmma_wait<0>();
-  fence_acc(acc[0]);
+  fence_acc(acc);
   asm volatile("cp.async.wait_group 0;" ::: "memory");
 
-  const int nts[1] = {nt};
-  store_block<T, 1, NA>(acc, nts, true, bias, out, ws, M, N, m0);
-#endif
-}
-
-// The warp-specialized twin: the same math, tiles and output, with the copies and the tensor-core
-// work in different warpgroups so that no block-wide barrier sits in the K loop. The last warpgroup
-// is the producer: per stage it waits until the slot is free (empty[slot], one arrival per consumer
-// warp), issues the stage's cp.async (activation tile, each 16-channel tile's 512-byte weight slice,
-// and the scales / zeros of the block's tiles for each of the four lane columns, a row per lane
-// column padded by 8 words so the reads do not conflict), and arms full[slot] with
-// cp.async.mbarrier.arrive (the phase completes when its 128 threads' copies have landed). CWG
-// consumer warpgroups cover MH x 64 channels each (MH wgmma per k16 step share one B tile): they wait
-// on full[slot], dequantize, issue the wgmma, and free the previous stage's slot once its wgmma
-// have completed (wait_group 1). The scale copies need 16-byte aligned scales / zeros.
-template <int BITS, int BN, int CWG, int MH>
-constexpr int wgmma_ws_smem_bytes(int stages) {
-  constexpr int cps = kStageCols / chunk_cols_c(BITS), nt = CWG * MH * 4;
-  return stages * (BN * kStageCols * 2 + cps * (nt * 512 + 2 * 4 * (nt * 8 + 8) * 4)) + 2 * stages * 8;
-}
-// The config's stage count, less where the slots would not fit in a block's 227 KB (8-bit weights).
-template <int BITS, int BN, int CWG, int MH, int S>
-constexpr int wgmma_ws_stages() {
-  int s = S;
-  while (s > 3 && wgmma_ws_smem_bytes<BITS, BN, CWG, MH>(s) > 227 * 1024) --s;
-  return s;
-}
-
-template <int BITS, typename T, int BN, int CWG, int MH, int S>
-__global__ void __launch_bounds__((CWG + 1) * 128, 1) wxa16_gemm_wgmma_ws_kernel(
-    const T* __restrict__ xt,              // activation tiles (wxa16_tile_x_kernel)
-    const uint4* __restrict__ qw,          // [N/16, K/KC, 32] (16 bytes per lane)
-    const uint32_t* __restrict__ scales,   // [G, N/16, 8], 16-byte aligned
-    const uint32_t* __restrict__ zeros,    // [G, N/16, 8] or null, 16-byte aligned
-    const int32_t* __restrict__ kgroup,    // [K/16] or null
-    int gsize,                             // columns per group
-    const T* __restrict__ bias,            // [N] or null
-    T* __restrict__ out,                   // [M, N]
-    float* __restrict__ ws,                // [M, N] fp32 zeros, then one int counter per tile (split only)
-    int M, int N, int K) {
-#ifdef QK_HAVE_WGMMA
-  constexpr int KC = BITS == 4 ? 64 : 32;
-  constexpr int CPS = kStageCols / KC;  // chunks per stage
-  constexpr int RUNS = KC / 16;         // k16 steps per chunk
-  constexpr int WPR = BITS == 4 ? 1 : 2;
-  constexpr int NT = CWG * MH * 4;      // 16-channel tiles per block
-  constexpr int XBYTES = BN * kStageCols * 2;
-  constexpr int WU = NT * 32;           // 16-byte weight units per chunk
-  constexpr int SST = NT * 8 + 8;       // words per lane column of scales (zeros), padded
-  constexpr int SU = 4 * NT * 2;        // 16-byte scale units per chunk
-  constexpr int NA = BN / 2;            // accumulators per thread and m64 half
-  constexpr bool BF16 = std::is_same<T, __nv_bfloat16>::value;
-
-  extern __shared__ __align__(128) uint8_t smem[];
-  uint8_t* xs = smem;                                         // [S][BN / 8][8 units][8 rows][16 B]
-  uint4* wbuf = reinterpret_cast<uint4*>(smem + S * XBYTES);  // [S][CPS][NT][32]
-  uint32_t* sbuf = reinterpret_cast<uint32_t*>(wbuf + S * CPS * WU);  // [S][CPS][4][SST]
-  uint32_t* zbuf = sbuf + S * CPS * 4 * SST;
-  uint64_t* full = reinterpret_cast<uint64_t*>(zbuf + S * CPS * 4 * SST);  // [S]
-  uint64_t* empty = full + S;                                              // [S]
-
-  const int tid = threadIdx.x, wg = tid >> 7;
-  const int n_tiles = N >> 4, NC = K / KC;
-  const int nt0 = blockIdx.y * NT;
-  const int m0 = blockIdx.x * BN;
-  const int NS = K / kStageCols, KS = gridDim.z;
-  const int s_begin = static_cast<int>(static_cast<int64_t>(blockIdx.z) * NS / KS);
-  const int s_end = static_cast<int>(static_cast<int64_t>(blockIdx.z + 1) * NS / KS);
-  const int n_iters = s_end - s_begin;
-
-  if (tid == 0) {
+  // acc[4 i + q] = out^T[channel 16 nt + g + 8 (q >> 1)][row m0 + 8 i + 2 t + (q & 1)].
+  const int g = lane >> 2, t = lane & 3;
+  const bool valid = nt < n_tiles;
+  auto for_each = [&](auto&& f) {
+    if (!valid) return;
 #pragma unroll
-    for (int i = 0; i < S; ++i) {
-      mbar_init(full + i, 128);
-      mbar_init(empty + i, CWG * 4);
+    for (int i = 0; i < NA; ++i) {
+      const int m = m0 + 8 * (i >> 2) + 2 * t + (i & 1);
+      if (m < M) f(acc[i], m, 16 * nt + g + 8 * ((i >> 1) & 1));
     }
+  };
+  if (KS > 1) {
+    // The block that arrives last for this output tile takes the sum and leaves zeros behind.
+    __shared__ int s_last;
+    // The workspace is used transposed here, ws[n, m]: a thread's (m, m + 1) pairs are adjacent,
+    // so they go as one 8-byte atomic (half the atomic operations of the L2, the split's cost).
+    if (valid) {
+#pragma unroll
+      for (int i = 0; i < NA; i += 2) {
+        const int m = m0 + 8 * (i >> 2) + 2 * t, n = 16 * nt + g + 8 * ((i >> 1) & 1);
+        float* p = ws + static_cast<int64_t>(n) * M + m;
+        if (m + 1 < M && (M & 1) == 0)
+          atomicAdd(reinterpret_cast<float2*>(p), make_float2(acc[i], acc[i + 1]));
+        else if (m < M) {
+          atomicAdd(p, acc[i]);
+          if (m + 1 < M) atomicAdd(p + 1, acc[i + 1]);
+        }
+      }
+    }
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) {
+      int* counter = reinterpret_cast<int*>(ws + static_cast<int64_t>(M) * N) + blockIdx.y * gridDim.x + blockIdx.x;
+      const int prev = atomicAdd(counter, 1);
+      s_last = prev == KS - 1;
+      if (s_last) *counter = 0;
+    }
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    for_each([&](float& v, int m, int n) {
+      float* p = ws + static_cast<int64_t>(n) * M + m;
+      v = __ldcg(p);
+      __stcg(p, 0.0f);
+    });
   }
-  __syncthreads();
-
-  float acc[MH][NA];
-#pragma unroll
-  for (int h = 0; h < MH; ++h)
-#pragma unroll
-    for (int i = 0; i < NA; ++i) acc[h][i] = 0.0f;
-  int nts[MH];
-
-  if (wg == CWG) {
-    // Producer: stage s_begin + i into slot i % S, the (i / S)-th fill of that slot.
-    const int p = tid - CWG * 128;
-    const uint4* xsrc = reinterpret_cast<const uint4*>(xt + static_cast<int64_t>(blockIdx.x) * NS * (BN * kStageCols));
-    for (int i = 0; i < n_iters; ++i) {
-      const int slot = i % S, s = s_begin + i;
-      if (i >= S) mbar_wait(empty + slot, ((i / S) - 1) & 1);
-      const uint4* xsrc4 = xsrc + static_cast<int64_t>(s) * (BN * 8);
-      uint4* xdst = reinterpret_cast<uint4*>(xs + slot * XBYTES);
-#pragma unroll
-      for (int u = p; u < BN * 8; u += 128) cp_async16(xdst + u, xsrc4 + u);
-#pragma unroll
-      for (int cc = 0; cc < CPS; ++cc) {
-        const int c = s * CPS + cc;
-        uint4* wdst = wbuf + (slot * CPS + cc) * WU;
-#pragma unroll
-        for (int u = p; u < WU; u += 128) {
-          const int tile = min(nt0 + u / 32, n_tiles - 1);  // past N: the last real tile, never stored
-          cp_async16(wdst + u, qw + (static_cast<int64_t>(tile) * NC + c) * 32 + (u & 31));
-        }
-#pragma unroll
-        for (int u = p; u < SU; u += 128) {
-          const int t = u / (2 * NT), r = u % (2 * NT);  // lane column t, 16-byte unit r of its row
-          const int col = c * KC + t * (KC / 4);
-          const int gi = kgroup != nullptr ? __ldg(kgroup + (col >> 4)) : col / gsize;
-          const int tile = min(nt0 + r / 2, n_tiles - 1);
-          const int64_t goff = (static_cast<int64_t>(gi) * n_tiles + tile) * 8 + (r & 1) * 4;
-          const int so = (slot * CPS + cc) * 4 * SST + t * SST + r * 4;
-          cp_async16(sbuf + so, scales + goff);
-          if (zeros != nullptr) cp_async16(zbuf + so, zeros + goff);
-        }
-      }
-      cp_async_arrive(full + slot);
-    }
-    asm volatile("cp.async.wait_all;" ::: "memory");
-  } else {
-    // Consumer warpgroup wg: warp wi of it dequantizes tile (wg MH + h) 4 + wi for half h.
-    const int lane = tid & 31, wi = (tid >> 5) & 3, g = lane >> 2, t = lane & 3;
-    const uint32_t zsym = [] {
-      using T2 = typename ActTraits<T>::T2;
-      const T z = ActTraits<T>::from_float(static_cast<float>(1 << (BITS - 1)));
-      return as_u32(T2{z, z});
-    }();
-    auto dequant_stage = [&](int slot, uint32_t (&a)[MH][4][4]) {
-#pragma unroll
-      for (int h = 0; h < MH; ++h) {
-        const int lt = (wg * MH + h) * 4 + wi;
-#pragma unroll
-        for (int cc = 0; cc < CPS; ++cc) {
-          const uint4 w = wbuf[(slot * CPS + cc) * WU + lt * 32 + lane];
-          const int so = (slot * CPS + cc) * 4 * SST + t * SST + lt * 8 + g;
-          const DequantConsts dc = make_consts<BITS, T>(sbuf[so], zeros != nullptr ? zbuf[so] : zsym);
-#pragma unroll
-          for (int j = 0; j < RUNS; ++j)
-            dequant_run<BITS, T>(reinterpret_cast<const uint32_t*>(&w) + j * WPR, dc, a[h][cc * RUNS + j]);
-        }
-      }
-    };
-    int it = 0;
-    auto step = [&](uint32_t (&a)[MH][4][4]) {
-      const int slot = it % S;
-      mbar_wait(full + slot, (it / S) & 1);
-      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // cp.async writes -> tensor-core reads
-      dequant_stage(slot, a);
-      const uint8_t* xtile = xs + slot * XBYTES;
-      wgmma_fence();  // the A registers were just written
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const uint64_t desc = smem_desc(xtile + j * 256);
-#pragma unroll
-        for (int h = 0; h < MH; ++h) wgmma_rs<BF16>(WgmmaN<BN>{}, acc[h], a[h][j], desc);
-      }
-      wgmma_commit();
-      wgmma_wait<1>();  // the previous stage's wgmma are done: its slot is free
-      if (it > 0) {
-        __syncwarp();
-        if (lane == 0) mbar_arrive(empty + (it - 1) % S);
-      }
-      ++it;
-    };
-    uint32_t a0[MH][4][4], a1[MH][4][4];  // one set is read by wgmma while the other is filled
-    while (it + 1 < n_iters) {
-      step(a0);
-      step(a1);
-    }
-    if (it < n_iters) step(a0);
-    wgmma_wait<0>();
-#pragma unroll
-    for (int h = 0; h < MH; ++h) fence_acc(acc[h]);
-  }
-#pragma unroll
-  for (int h = 0; h < MH; ++h) nts[h] = nt0 + (wg * MH + h) * 4 + ((tid >> 5) & 3);
-  store_block<T, MH, NA>(acc, nts, wg < CWG, bias, out, ws, M, N, m0);
+  for_each([&](float& v, int m, int n) {
+    const float b = bias != nullptr ? ActTraits<T>::to_float(bias[n]) : 0.0f;
+    out[static_cast<int64_t>(m) * N + n] = ActTraits<T>::from_float(v + b);
+  });
 #endif
 }
 
 // The bounded list of tile shapes: BN activation rows per block (the wgmma's N), NWG warpgroups
 // (64 output channels each), S pipeline stages. kConfigs[i] is config id i.
-// mh = 0: wxa16_gemm_wgmma_kernel, NWG warpgroups (64 channels each); mh > 0: the warp-specialized
-// wxa16_gemm_wgmma_ws_kernel, NWG consumer warpgroups of mh x 64 channels and one producer.
 struct WgmmaConfig {
-  int bn, nwg, s, mh;
+  int bn, nwg, s;
 };
-constexpr WgmmaConfig kConfigs[] = {{64, 4, 6, 0}, {128, 4, 4, 0}, {32, 4, 8, 0}, {64, 2, 8, 2}, {128, 2, 6, 1}};
+constexpr WgmmaConfig kConfigs[] = {{64, 4, 6}, {128, 4, 4}, {32, 4, 8}};
 constexpr int kNumConfigs = sizeof(kConfigs) / sizeof(kConfigs[0]);
 
 // The config by m and layer shape, from `gpu_gemm.py --wgmma` on an H100 (benchmarks/NOTES_gpu.md,
@@ -606,30 +382,16 @@ int auto_config(int M, int N, int K) {
   return large || N > K ? 1 : 0;
 }
 
-// The kernel of a config (only that one is instantiated).
-template <int BITS, typename T, int BN, int NWG, int S, int MH>
-auto wgmma_kernel_of() {
-  if constexpr (MH > 0)
-    return wxa16_gemm_wgmma_ws_kernel<BITS, T, BN, NWG, MH, S>;
-  else
-    return wxa16_gemm_wgmma_kernel<BITS, T, BN, NWG, S>;
-}
-
-template <int BITS, typename T, int BN, int NWG, int S, int MH>
+template <int BITS, typename T, int BN, int NWG, int S>
 cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qweight, const uint32_t* scales,
                          const uint32_t* zeros, const int32_t* kgroup, int group_size, const void* bias, void* out,
                          int M, int N, int K, int num_sms, const SplitK& split, cudaStream_t stream) {
-  constexpr bool kWs = MH > 0;
-  constexpr int kS = kWs ? wgmma_ws_stages<BITS, BN, NWG, (kWs ? MH : 1), S>() : S;
-  constexpr int kSmem = kWs ? wgmma_ws_smem_bytes<BITS, BN, NWG, (kWs ? MH : 1)>(kS) : wgmma_smem_bytes<BITS, BN, NWG, S>();
-  constexpr int kThreads = kWs ? (NWG + 1) * 128 : NWG * 128;
-  constexpr int kChannels = NWG * 64 * (kWs ? MH : 1);  // per block
+  constexpr int kSmem = wgmma_smem_bytes<BITS, BN, NWG, S>();
+  constexpr int kThreads = NWG * 128;
   constexpr int kMinStages = 4, kMaxKs = 16;
   constexpr double kOverhead = 3.0;  // pipeline fill and epilogue, in stages (a guess)
   constexpr double kSplitGain = 0.85;  // a split must model 15% faster: its atomics load the L2
-  if (kWs && ((reinterpret_cast<uintptr_t>(scales) | reinterpret_cast<uintptr_t>(zeros)) & 15) != 0)
-    return cudaErrorInvalidValue;  // its scale copies are 16 bytes wide
-  auto kernel = wgmma_kernel_of<BITS, T, BN, NWG, kS, MH>();
+  auto kernel = wxa16_gemm_wgmma_kernel<BITS, T, BN, NWG, S>;
   // Not a stream operation (legal while capturing a graph); per device, so set it every launch.
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (err != cudaSuccess) return err;
@@ -640,7 +402,7 @@ cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qw
     if (err != cudaSuccess) return err;
     blocks_per_sm = b > 0 ? b : 1;
   }
-  const int n_blocks = (N + kChannels - 1) / kChannels, m_blocks = (M + BN - 1) / BN;
+  const int n_blocks = (N / 16 + 4 * NWG - 1) / (4 * NWG), m_blocks = (M + BN - 1) / BN;
   const int stages = K / kStageCols;
   const bool have_ws = split.ws != nullptr && split.ws_numel >= wxa16_gemm_workspace_floats(M, N);
   if (split.ksplit > 1 && !have_ws) return cudaErrorInvalidValue;
@@ -682,20 +444,18 @@ cudaError_t dispatch_config(int config, const void* x, int64_t ldx, void* xp, co
                             cudaStream_t stream) {
 #define QK_CONFIG(I)                                                                                        \
   case I:                                                                                                   \
-    return launch_wgmma<BITS, T, kConfigs[I].bn, kConfigs[I].nwg, kConfigs[I].s, kConfigs[I].mh>(           \
+    return launch_wgmma<BITS, T, kConfigs[I].bn, kConfigs[I].nwg, kConfigs[I].s>(                            \
         x, ldx, xp, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, split, stream);
   switch (config < 0 ? auto_config(M, N, K) : config) {
     QK_CONFIG(0)
     QK_CONFIG(1)
     QK_CONFIG(2)
-    QK_CONFIG(3)
-    QK_CONFIG(4)
     default:
       return cudaErrorInvalidValue;
   }
 #undef QK_CONFIG
 }
-static_assert(kNumConfigs == 5, "dispatch_config lists every config");
+static_assert(kNumConfigs == 3, "dispatch_config lists every config");
 
 }  // namespace
 

@@ -80,6 +80,15 @@ __device__ __forceinline__ uint4 lds128(const uint4* p) {
 
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 
+// The stage after `slot` in a ring of S (a mask where S is a power of two).
+template <int S>
+__device__ __forceinline__ int next_slot(int slot) {
+  if constexpr ((S & (S - 1)) == 0)
+    return (slot + 1) & (S - 1);
+  else
+    return slot == S - 1 ? 0 : slot + 1;
+}
+
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
@@ -486,22 +495,31 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
   const int gsize = gs16 * 16;
   ChunkSource<NT, KC> src;
   src.start(qw, nt0, n_tiles, NC, lane, c_begin, gsize);
-  const T* xsrc[MT];
+  // The lane's activations at the next chunk to load (xld) or, with XS, to copy (xcp); advanced one
+  // chunk at a time, like ChunkSource's pointers, so that ptxas keeps them rather than rebuilding
+  // them from the arguments every chunk. So are the stage slots (no % S per chunk).
+  const T* xld[MT];
+  const T* xcp[MT];
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt) xsrc[mt] = x + min(m0 + mt * 8 + g, M - 1) * ldx + t * KSPAN;
+  for (int mt = 0; mt < MT; ++mt) {
+    xld[mt] = x + min(m0 + mt * 8 + g, M - 1) * ldx + t * KSPAN + c_begin * KC;
+    xcp[mt] = xld[mt];
+  }
 
   uint4* xbuf = smem + S * NT * kThreads * 3 / 2;  // XS: [S][MT][XV][kThreads], after 24 bytes per weight slot
 
-  // Copy chunk c into stage `slot` (one group per call, maybe empty).
+  // Copy chunk c (the one after the previous call's) into stage `slot` (one group per call, maybe empty).
   auto issue = [&](int c, int slot) {
     if (c < c_end) {
       src.template copy<S, MODE != kAtEnd>(smem, slot, tid, c, scales, zeros, kgroup, gsize, n_tiles);
       if constexpr (XS) {
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
+        for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
           for (int v = 0; v < XV; ++v)
-            cp_async16_ca(xbuf + ((slot * MT + mt) * XV + v) * kThreads + tid, xsrc[mt] + c * KC + v * 8);
+            cp_async16_ca(xbuf + ((slot * MT + mt) * XV + v) * kThreads + tid, xcp[mt] + v * 8);
+          xcp[mt] += KC;
+        }
       }
     }
     cp_async_commit();
@@ -510,20 +528,26 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
 #pragma unroll
   for (int s = 0; s < S - 1; ++s) issue(c_begin + s, s);
 
-  for (int c = c_begin, it = 0; c < c_end; ++c, ++it) {
-    issue(c + S - 1, (it + S - 1) % S);
+  for (int c = c_begin, rslot = 0, wslot = S - 1; c < c_end; ++c) {
+    issue(c + S - 1, wslot);
+    wslot = next_slot<S>(wslot);
     // Activations for this chunk first: their latency overlaps the wait and the dequantization.
     uint4 xv[MT][XV];
-    if constexpr (!XS) load_x<BITS, T, MT>(xsrc, c, m0, M, xv);
+    if constexpr (!XS) {
+      load_x<BITS, T, MT>(xld, 0, m0, M, xv);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) xld[mt] += KC;
+    }
     cp_async_wait<S - 1>();  // this thread's copies of chunk c have landed
     if constexpr (XS) {
       // m-tiles past M hold clamped rows; consume_chunk skips them.
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int v = 0; v < XV; ++v) xv[mt][v] = lds128(xbuf + (((it % S) * MT + mt) * XV + v) * kThreads + tid);
+        for (int v = 0; v < XV; ++v) xv[mt][v] = lds128(xbuf + ((rslot * MT + mt) * XV + v) * kThreads + tid);
     }
-    consume_chunk<BITS, T, MT, NT, S, MODE>(smem, it % S, tid, zeros != nullptr, zsym, dc_end, xv, m0, M, acc);
+    consume_chunk<BITS, T, MT, NT, S, MODE>(smem, rslot, tid, zeros != nullptr, zsym, dc_end, xv, m0, M, acc);
+    rslot = next_slot<S>(rslot);
   }
   cp_async_wait<0>();
   if constexpr (MODE == kAtEnd) scale_rows<T>(acc, scales, nt0, n_tiles, g);

@@ -287,7 +287,7 @@ def table(shapes, ms, log):
 
 # ---------------------------------------------------------------------------------------------------
 def sm90_compile(cfg, zeros=False, dtype="fp16", fn=None):
-    """``qgemm_nk4_kernel`` (or ``fn``) compiled for sm_90 without a GPU, int4 g128, EVEN_K, with the
+    """``qgemm_nk4_kernel`` (its stream-K twin for STREAM_K candidates, or ``fn``) compiled for sm_90 without a GPU, int4 g128, EVEN_K, with the
     pointer and size arguments marked 16-divisible as a real launch specialises them (without that
     Triton neither vectorises nor pipelines the loads and the counts mean nothing)."""
     from triton.backends.compiler import GPUTarget
@@ -295,14 +295,15 @@ def sm90_compile(cfg, zeros=False, dtype="fp16", fn=None):
 
     from quantkernels.triton import kernels
 
-    fn = fn or kernels.qgemm_nk4_kernel
+    if fn is None:
+        fn = kernels.qgemm_nk4_streamk_kernel if cfg.kwargs.get("STREAM_K") else kernels.qgemm_nk4_kernel
     names = fn.arg_names
     ptrs = {"x_ptr": dtype, "qt_ptr": "u8", "s_ptr": dtype, "z_ptr": "u8" if zeros else dtype, "gidx_ptr": "i32",
             "bias_ptr": dtype, "out_ptr": dtype, "ws_ptr": "fp32", "cnt_ptr": "i32"}
     const = dict(GROUP_SIZE=128, HAS_ZEROS=zeros, HAS_GIDX=False, HAS_BIAS=False, USE_ASM=True, EVEN_K=True,
                  DOT_F32=False, **cfg.kwargs)
     sig = {a: "constexpr" if a in const else ("*" + ptrs[a] if a in ptrs else "i32") for a in names}
-    attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(names) if sig[a] != "constexpr" and a != "M"}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(names) if sig[a] != "constexpr" and a not in ("M", "iters")}
     src = ASTSource(fn, sig, {(names.index(a),): v for a, v in const.items() if a in names}, attrs)
     opts = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts)
@@ -311,7 +312,7 @@ def sm90_compile(cfg, zeros=False, dtype="fp16", fn=None):
 def sass_summary(compiled, tool_dir):
     """(registers, stack bytes, shared bytes, K-loop instruction count, Counter of its opcodes).
 
-    The K loop is the largest backward branch whose body holds an HGMMA (or FFMA)."""
+    The K loop is the innermost (shortest) backward branch whose body holds an HGMMA (or FFMA)."""
     path = os.path.join(tool_dir, "kernel.cubin")
     with open(path, "wb") as f:
         f.write(compiled.asm["cubin"])
@@ -339,7 +340,7 @@ def sass_summary(compiled, tool_dir):
         t = re.search(r"BRA.*\.L_x_(\d+)", text)
         if t and labels.get(t.group(1), addr + 1) < addr:
             body = [x for a, x in ins if labels[t.group(1)] <= a <= addr]
-            if any("HGMMA" in x or "FFMA" in x for x in body) and len(body) > len(loop):
+            if any("HGMMA" in x or "FFMA" in x for x in body) and (not loop or len(body) < len(loop)):
                 loop = body
     ops = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", x).split()[0].split(".")[0] for x in loop)
     return regs, stack, compiled.metadata.shared, len(loop), ops

@@ -36,6 +36,8 @@ Split-K (``SPLIT_K > 1``): each program adds its fp32 partial tile into ``ws`` w
 bumps the tile's arrival counter ``cnt``; the last program to arrive reads the sum, adds the bias,
 writes ``out`` in the activation dtype and puts ``ws`` and ``cnt`` back to zero. One launch, no
 second reduction pass; ``ws`` and ``cnt`` must be zero on entry and are zero again on exit.
+``qgemm_nk4_streamk_kernel`` shares the same K loop (``_nk4_acc``) and reduction, but cuts the
+layer's (tile, K tile) work into equal runs, one per program of a one-wave grid (stream-K).
 
 Limits: BITS in (4, 8); activations fp16/bf16; ``x`` has unit column stride. Test: ``PYTHONPATH=$PWD python -m pytest -q
 tests/test_triton_backend.py`` (interpreter on a CPU); benchmark: ``python benchmarks/triton_gemm.py``.
@@ -166,9 +168,13 @@ def _load_weight_tile(
 @triton.jit
 def _finish_tile(
     acc, offs_m, offs_n, tile_id, M, N, out_ptr, bias_ptr, ws_ptr, cnt_ptr,
-    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, arrivals=None,
 ):
-    """Write the fp32 tile ``acc [BM, BN]`` (+ bias) to ``out``, reducing over the K splits first."""
+    """Write the fp32 tile ``acc [BM, BN]`` (+ bias) to ``out``, reducing over the K splits first.
+
+    ``arrivals``: how many programs add into this tile (default SPLIT_K; stream-K passes its own)."""
+    if arrivals is None:
+        arrivals = SPLIT_K
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     offs = offs_m[:, None] * N + offs_n[None, :]
     if SPLIT_K == 1:
@@ -180,7 +186,7 @@ def _finish_tile(
         # Every thread's partial sums are issued before one thread publishes the arrival.
         tl.debug_barrier()
         arrived = tl.atomic_add(cnt_ptr + tile_id, 1, sem="acq_rel")
-        if arrived == SPLIT_K - 1:
+        if arrived == arrivals - 1:
             # An atomic read (add 0) comes from L2, never from a stale L1 line.
             total = tl.atomic_add(ws_ptr + offs, tl.zeros_like(acc), mask=mask, sem="relaxed")
             if HAS_BIAS:
@@ -507,54 +513,16 @@ def _nk4_tile(
 
 
 @triton.jit
-def qgemm_nk4_kernel(
-    x_ptr,  # [M, K] fp16/bf16, row stride stride_xm
-    qt_ptr,  # [N, Kp / 2] uint8: the bytes of the nk4 int32 words [N, Kp / 8]; stride_qn = Kp / 8
-    s_ptr,  # [G, N] fp16/bf16/fp32
-    z_ptr,  # [G, N] uint8 (HAS_ZEROS)
-    gidx_ptr,  # [K] int32 (HAS_GIDX)
-    bias_ptr,  # [N] (HAS_BIAS)
-    out_ptr,  # [M, N] x dtype, contiguous
-    ws_ptr,  # [M, N] fp32, zero on entry and exit (SPLIT_K > 1)
-    cnt_ptr,  # [cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N)] int32, zero on entry and exit (SPLIT_K > 1)
-    M, N, K, stride_xm, stride_qn,
-    GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_GIDX: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-    GROUP_M: tl.constexpr, USE_ASM: tl.constexpr, EVEN_K: tl.constexpr, DOT_F32: tl.constexpr,
-    SCALE_W: tl.constexpr = False, PREFETCH_S: tl.constexpr = False,
+def _nk4_acc(
+    x_ptr, qt_ptr, s_ptr, z_ptr, gidx_ptr, offs_m, offs_n, m_mask, n_mask, N, K, stride_xm, stride_qn,
+    kt_begin, kt_end, k_tiles,
+    GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_GIDX: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_ASM: tl.constexpr, EVEN_K: tl.constexpr,
+    DOT_F32: tl.constexpr, SCALE_W: tl.constexpr, PREFETCH_S: tl.constexpr,
 ):
-    """``out = x @ W.T (+ bias)`` for 4-bit nk4 weights: swap-AB ``tl.dot(W tile, x tile.T)``.
-
-    PREFETCH_S: load the next K tile's group scales (and zero points) one iteration ahead. Triton's
-    pipeliner stages only the loads that feed the dot (x, the words) through shared memory; the scale
-    row is a plain load, so without this every iteration waits a global-memory latency for it.
-
-    SCALE_W: multiply the weight tile by its group's scales before the dot (one more rounding per
-    weight, to the activation dtype) so that the dot accumulates in place: one accumulator instead of
-    a product tile plus the accumulator, and no wait for the MMA before the fp32 scaling of its result.
-
-    DOT_F32 (the interpreter only: numpy has no bfloat16 and mangles bf16 dot operands) upcasts the
-    operands; the values are the same, the products exact either way.
-    """
-    pid = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    num_pid_m = (M + BLOCK_M - 1) // BLOCK_M
-    num_pid_n = (N + BLOCK_N - 1) // BLOCK_N
-    width = GROUP_M * num_pid_n
-    first_m = (pid // width) * GROUP_M
-    group_rows = tl.minimum(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % group_rows
-    pid_n = (pid % width) // group_rows
-
+    """fp32 ``(W x.T)[offs_n, offs_m]`` (``[BLOCK_N, BLOCK_M]``) over K tiles ``kt_begin .. kt_end - 1``
+    (the K loop of ``qgemm_nk4_kernel``; its docstring describes SCALE_W, PREFETCH_S, DOT_F32)."""
     DTYPE: tl.constexpr = x_ptr.dtype.element_ty
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_mask = offs_m < M
-    n_mask = offs_n < N
-    k_tiles = (K + BLOCK_K - 1) // BLOCK_K
-    per_split = (k_tiles + SPLIT_K - 1) // SPLIT_K
-    kt_begin = pid_k * per_split
-    kt_end = tl.minimum(kt_begin + per_split, k_tiles)
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     TILE_IN_GROUP: tl.constexpr = (GROUP_SIZE % BLOCK_K == 0) and (not HAS_GIDX)
     if TILE_IN_GROUP and PREFETCH_S:
@@ -595,8 +563,120 @@ def qgemm_nk4_kernel(
             acc = tl.dot(w, tl.trans(x), acc)
         else:
             acc += tl.dot(w, tl.trans(x)) * s[:, None]
+    return acc
+
+
+@triton.jit
+def qgemm_nk4_kernel(
+    x_ptr,  # [M, K] fp16/bf16, row stride stride_xm
+    qt_ptr,  # [N, Kp / 2] uint8: the bytes of the nk4 int32 words [N, Kp / 8]; stride_qn = Kp / 8
+    s_ptr,  # [G, N] fp16/bf16/fp32
+    z_ptr,  # [G, N] uint8 (HAS_ZEROS)
+    gidx_ptr,  # [K] int32 (HAS_GIDX)
+    bias_ptr,  # [N] (HAS_BIAS)
+    out_ptr,  # [M, N] x dtype, contiguous
+    ws_ptr,  # [M, N] fp32, zero on entry and exit (SPLIT_K > 1)
+    cnt_ptr,  # [cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N)] int32, zero on entry and exit (SPLIT_K > 1)
+    M, N, K, stride_xm, stride_qn,
+    GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_GIDX: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    GROUP_M: tl.constexpr, USE_ASM: tl.constexpr, EVEN_K: tl.constexpr, DOT_F32: tl.constexpr,
+    SCALE_W: tl.constexpr = False, PREFETCH_S: tl.constexpr = False,
+):
+    """``out = x @ W.T (+ bias)`` for 4-bit nk4 weights: swap-AB ``tl.dot(W tile, x tile.T)``.
+
+    PREFETCH_S: load the next K tile's group scales (and zero points) one iteration ahead. Triton's
+    pipeliner stages only the loads that feed the dot (x, the words) through shared memory; the scale
+    row is a plain load, so without this every iteration waits a global-memory latency for it.
+
+    SCALE_W: multiply the weight tile by its group's scales before the dot (one more rounding per
+    weight, to the activation dtype) so that the dot accumulates in place: one accumulator instead of
+    a product tile plus the accumulator, and no wait for the MMA before the fp32 scaling of its result.
+
+    DOT_F32 (the interpreter only: numpy has no bfloat16 and mangles bf16 dot operands) upcasts the
+    operands; the values are the same, the products exact either way.
+    """
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    num_pid_m = (M + BLOCK_M - 1) // BLOCK_M
+    num_pid_n = (N + BLOCK_N - 1) // BLOCK_N
+    width = GROUP_M * num_pid_n
+    first_m = (pid // width) * GROUP_M
+    group_rows = tl.minimum(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % group_rows
+    pid_n = (pid % width) // group_rows
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    k_tiles = (K + BLOCK_K - 1) // BLOCK_K
+    per_split = (k_tiles + SPLIT_K - 1) // SPLIT_K
+    kt_begin = pid_k * per_split
+    kt_end = tl.minimum(kt_begin + per_split, k_tiles)
+    acc = _nk4_acc(
+        x_ptr, qt_ptr, s_ptr, z_ptr, gidx_ptr, offs_m, offs_n, m_mask, n_mask, N, K, stride_xm, stride_qn,
+        kt_begin, kt_end, k_tiles, GROUP_SIZE, HAS_ZEROS, HAS_GIDX, BLOCK_M, BLOCK_N, BLOCK_K, USE_ASM, EVEN_K,
+        DOT_F32, SCALE_W, PREFETCH_S,
+    )
     tile_id = pid_m * num_pid_n + pid_n
     _finish_tile(tl.trans(acc), offs_m, offs_n, tile_id, M, N, out_ptr, bias_ptr, ws_ptr, cnt_ptr, HAS_BIAS, SPLIT_K)
+
+
+@triton.jit
+def qgemm_nk4_streamk_kernel(
+    x_ptr,  # [M, K] fp16/bf16, row stride stride_xm
+    qt_ptr,  # [N, Kp / 2] uint8: nk4 words, as qgemm_nk4_kernel
+    s_ptr,  # [G, N] fp16/bf16/fp32
+    z_ptr,  # [G, N] uint8 (HAS_ZEROS)
+    gidx_ptr,  # [K] int32 (HAS_GIDX)
+    bias_ptr,  # [N] (HAS_BIAS)
+    out_ptr,  # [M, N] x dtype, contiguous
+    ws_ptr,  # [M, N] fp32, zero on entry and exit
+    cnt_ptr,  # [cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N)] int32, zero on entry and exit
+    M, N, K, stride_xm, stride_qn,
+    iters,  # K tiles per program: the grid is cdiv(tiles * k_tiles, iters) programs
+    GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_GIDX: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_ASM: tl.constexpr,
+    EVEN_K: tl.constexpr, DOT_F32: tl.constexpr, SCALE_W: tl.constexpr = False, PREFETCH_S: tl.constexpr = False,
+):
+    """``qgemm_nk4_kernel``'s product, the work shared evenly: stream-K.
+
+    The (output tile, K tile) pairs of the whole layer, tile-major, are cut into equal contiguous
+    runs of ``iters``, one per program, and the grid is one resident wave (a few programs per SM):
+    no program idles in a last partial wave, and on a tall layer (few output tiles, long K; split-K 8
+    of 28672x8192 is 1.3 waves of 6 programs per SM) every SM streams the same number of weight bytes.
+    A run may end inside a tile and the next begin there: a tile owned by one program is stored
+    directly, a shared one is summed in ``ws`` by its contributors, the last of which (arrival
+    counter) writes it, as split-K does.
+    """
+    pid = tl.program_id(0)
+    num_pid_n = (N + BLOCK_N - 1) // BLOCK_N
+    k_tiles = (K + BLOCK_K - 1) // BLOCK_K
+    total = ((M + BLOCK_M - 1) // BLOCK_M) * num_pid_n * k_tiles
+    it = pid * iters
+    end = tl.minimum(it + iters, total)
+    while it < end:
+        tile = it // k_tiles
+        kt_begin = it - tile * k_tiles
+        kt_end = tl.minimum(k_tiles, kt_begin + (end - it))
+        pid_m = tile // num_pid_n
+        pid_n = tile - pid_m * num_pid_n
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        acc = _nk4_acc(
+            x_ptr, qt_ptr, s_ptr, z_ptr, gidx_ptr, offs_m, offs_n, offs_m < M, offs_n < N, N, K, stride_xm,
+            stride_qn, kt_begin, kt_end, k_tiles, GROUP_SIZE, HAS_ZEROS, HAS_GIDX, BLOCK_M, BLOCK_N, BLOCK_K,
+            USE_ASM, EVEN_K, DOT_F32, SCALE_W, PREFETCH_S,
+        )
+        # Programs whose runs meet this tile: owners of its first and last K tile, and those between.
+        arrivals = (tile * k_tiles + k_tiles - 1) // iters - (tile * k_tiles) // iters + 1
+        if arrivals == 1:
+            _finish_tile(tl.trans(acc), offs_m, offs_n, tile, M, N, out_ptr, bias_ptr, ws_ptr, cnt_ptr, HAS_BIAS, 1)
+        else:
+            _finish_tile(tl.trans(acc), offs_m, offs_n, tile, M, N, out_ptr, bias_ptr, ws_ptr, cnt_ptr, HAS_BIAS, 2,
+                         arrivals)
+        it += kt_end - kt_begin
 
 
 @triton.jit

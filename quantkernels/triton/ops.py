@@ -119,11 +119,11 @@ def _nk4(bm, bn, bk, sk, w, st, gm=8, scale_w=False, prefetch_s=False) -> triton
     )
 
 
-def _nk4_stream_k(bm, bn, bk, per_sm, w, st, prefetch_s=False) -> triton.Config:
+def _nk4_stream_k(bm, bn, bk, per_sm, w, st, scale_w=False, prefetch_s=False) -> triton.Config:
     """``qgemm_nk4_streamk_kernel``: a grid of ``per_sm`` programs per SM sharing the work evenly (set
     it to the programs that fit on an SM: `benchmarks/triton_gemm.py --only asm` gives registers and
     shared memory)."""
-    return _cfg(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, STREAM_K=per_sm, SCALE_W=False, PREFETCH_S=prefetch_s,
+    return _cfg(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, STREAM_K=per_sm, SCALE_W=scale_w, PREFETCH_S=prefetch_s,
                 num_warps=w, num_stages=st)
 
 
@@ -174,6 +174,12 @@ CONFIGS_NK4: Dict[str, List[triton.Config]] = {  # BLOCK_K: a multiple of the la
         _nk4(64, 128, 128, 1, 4, 4),
         _nk4(64, 128, 128, 2, 8, 4, scale_w=True),
         _nk4(64, 64, 128, 2, 4, 4),
+        # Stream-K over the wide tiles: 64 x 256 has 32 tiles on 28672x8192 and 112 on 8192x28672, too
+        # few for 132 SMs without splitting K, and split-K 2 is 1.7 waves. sm_90 (triton 3.9): 228
+        # registers x 256 threads (64 x 256) and 156 (64 x 128): one program an SM; 2 = two waves.
+        _nk4_stream_k(64, 256, 128, 1, 8, 3, scale_w=True, prefetch_s=True),
+        _nk4_stream_k(64, 128, 128, 1, 8, 4, scale_w=True),
+        _nk4_stream_k(64, 128, 128, 2, 8, 4, scale_w=True),
     ],
     "large": [
         _nk4(128, 64, 128, 1, 4, 4),

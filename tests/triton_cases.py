@@ -105,30 +105,6 @@ def test_every_tuned_config(family, m):
             assert err <= BOUND[torch.float16], (family, bits, gs, cfg, err)
 
 
-@pytest.mark.parametrize("per_sm", [1, 3, 4, 6, "wide"])
-def test_stream_k_runs_across_tiles(per_sm):
-    # 4 output tiles (N = 200: the last one masked) x 5 K tiles = 20 units of work; the interpreter
-    # counts 2 SMs, so per_sm 1, 3, 4, 6 give runs of 10, 4, 3 and 2 K tiles: tiles owned by one
-    # program (stored directly), runs that end inside a tile and the next that begins there, tiles
-    # with 2 and 3 contributors. "wide": the 64 x 128 SCALE_W tile of 17 <= m <= 64, 2 tiles x 5 K
-    # tiles in runs of 2. The workspace is left zero (the next call reuses it).
-    if per_sm == "wide":
-        cfg = tops._nk4_stream_k(64, 128, 128, 3, 8, 3, scale_w=True, prefetch_s=True)
-        cases = ((40, torch.float16), (17, torch.float16))
-    else:
-        cfg = tops._nk4_stream_k(16, 64, 128, per_sm, 4, 3, prefetch_s=per_sm % 2 == 0)
-        cases = ((1, torch.float16), (5, torch.float16), (16, torch.float16), (1, torch.bfloat16))
-    for gs, sym in ((64, False), (128, True)):
-        layer = make_layer(640, 200, qk.QuantConfig(bits=4, group_size=gs, sym=sym), bias=True, seed=len(str(per_sm)))
-        st = layer._prepare("triton")
-        for m, dtype in cases:
-            x = torch.randn(m, 640, dtype=dtype, device=DEVICE)
-            with tops.force_config(cfg):
-                err = rel_err(layer(x), ref_out(layer, x))
-            assert err <= BOUND[dtype], (per_sm, gs, sym, m, dtype, err)
-            assert not st.workspace.any(), (per_sm, gs, m)
-
-
 def test_candidates_fit_shared_memory():
     # Every listed candidate fits the 227 KiB of shared memory of an H100/H200 by the estimate (a
     # candidate needing 240 KiB once made the tuner and the tests skip it there), and the device

@@ -36,8 +36,6 @@ Split-K (``SPLIT_K > 1``): each program adds its fp32 partial tile into ``ws`` w
 bumps the tile's arrival counter ``cnt``; the last program to arrive reads the sum, adds the bias,
 writes ``out`` in the activation dtype and puts ``ws`` and ``cnt`` back to zero. One launch, no
 second reduction pass; ``ws`` and ``cnt`` must be zero on entry and are zero again on exit.
-``qgemm_nk4_streamk_kernel`` shares the same K loop (``_nk4_acc``) and reduction, but cuts the
-layer's (tile, K tile) work into equal runs, one per program of a one-wave grid (stream-K).
 
 Limits: BITS in (4, 8); activations fp16/bf16; ``x`` has unit column stride. Test: ``PYTHONPATH=$PWD python -m pytest -q
 tests/test_triton_backend.py`` (interpreter on a CPU); benchmark: ``python benchmarks/triton_gemm.py``.
@@ -168,13 +166,9 @@ def _load_weight_tile(
 @triton.jit
 def _finish_tile(
     acc, offs_m, offs_n, tile_id, M, N, out_ptr, bias_ptr, ws_ptr, cnt_ptr,
-    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, arrivals=None,
+    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
-    """Write the fp32 tile ``acc [BM, BN]`` (+ bias) to ``out``, reducing over the K splits first.
-
-    ``arrivals``: how many programs add into this tile (default SPLIT_K; stream-K passes its own)."""
-    if arrivals is None:
-        arrivals = SPLIT_K
+    """Write the fp32 tile ``acc [BM, BN]`` (+ bias) to ``out``, reducing over the K splits first."""
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     offs = offs_m[:, None] * N + offs_n[None, :]
     if SPLIT_K == 1:
@@ -186,7 +180,7 @@ def _finish_tile(
         # Every thread's partial sums are issued before one thread publishes the arrival.
         tl.debug_barrier()
         arrived = tl.atomic_add(cnt_ptr + tile_id, 1, sem="acq_rel")
-        if arrived == arrivals - 1:
+        if arrived == SPLIT_K - 1:
             # An atomic read (add 0) comes from L2, never from a stale L1 line.
             total = tl.atomic_add(ws_ptr + offs, tl.zeros_like(acc), mask=mask, sem="relaxed")
             if HAS_BIAS:
@@ -364,49 +358,40 @@ def dequant_kernel(
 # inline PTX (the interpreter, ROCm) plain Triton computes the same values.
 
 @triton.jit
-def _unpack_words(wd, nzf, NZF_BITS: tl.constexpr, NZF_HI_BITS: tl.constexpr, DTYPE: tl.constexpr,
-                  USE_ASM: tl.constexpr):
+def _unpack_words(wd, nzf, NZF_BITS: tl.constexpr, DTYPE: tl.constexpr, USE_ASM: tl.constexpr):
     """int32 nk4 words -> 8 tensors ``o_j`` (DTYPE, wd's shape): magic + nibble ``P[j]`` + nzf, with
     P = 0, 4, 1, 5, 2, 6, 3, 7 and ``nzf`` (fp32, broadcast to wd's shape) = ``-(magic + z)``.
-    NZF_BITS: 0, or the bit pattern of a constant nzf in DTYPE (lets Triton place the words freely);
-    NZF_HI_BITS: then that of ``nzf + 960`` (fp16 only: ``-(64 + z)``, see below)."""
+    NZF_BITS: 0, or the bit pattern of a constant nzf in DTYPE (lets Triton place the words freely)."""
     if USE_ASM:
         # The packed operand of the fma.x2: a constant when NZF_BITS (nzf's DTYPE bits) is given.
-        # (Both constants are negative: sign bit set, so the packed pair is a negative int32.)
         if NZF_BITS != 0:
             nzf2 = tl.full(wd.shape, NZF_BITS * 65537 - (1 << 32), tl.int32)
         else:
             half = nzf.to(DTYPE).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
             nzf2 = half | (half << 16)
         if DTYPE == tl.float16:
-            # Nibbles (1, 5) and (3, 7) are masked in place (bits 4-7 of each half): 1024 + 16 q, exact
-            # in fp16, and fma(., 1/16, -(64 + z)) gives q - z exactly. One shift per word instead of
-            # three: 9 instructions per 8 weights instead of 11.
-            if NZF_BITS != 0:
-                nzf2_hi = tl.full(wd.shape, NZF_HI_BITS * 65537 - (1 << 32), tl.int32)
-            else:
-                half_hi = (nzf + 960.0).to(DTYPE).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-                nzf2_hi = half_hi | (half_hi << 16)
             o0, o1, o2, o3, o4, o5, o6, o7 = tl.inline_asm_elementwise(
                 asm="""{
-                .reg .b32 t, a, b, c, d, sixteenth;
-                mov.b32 sixteenth, 0x2c002c00;
+                .reg .b32 t, a, b, c, d, one;
+                mov.b32 one, 0x3c003c00;
                 lop3.b32 a, $8, 0x000f000f, 0x64006400, 0xea;
-                lop3.b32 b, $8, 0x00f000f0, 0x64006400, 0xea;
+                shr.b32 t, $8, 4;
+                lop3.b32 b, t, 0x000f000f, 0x64006400, 0xea;
                 shr.b32 t, $8, 8;
                 lop3.b32 c, t, 0x000f000f, 0x64006400, 0xea;
-                lop3.b32 d, t, 0x00f000f0, 0x64006400, 0xea;
-                add.rn.f16x2 a, a, $9;
-                fma.rn.f16x2 b, b, sixteenth, $10;
-                add.rn.f16x2 c, c, $9;
-                fma.rn.f16x2 d, d, sixteenth, $10;
+                shr.b32 t, $8, 12;
+                lop3.b32 d, t, 0x000f000f, 0x64006400, 0xea;
+                fma.rn.f16x2 a, a, one, $9;
+                fma.rn.f16x2 b, b, one, $9;
+                fma.rn.f16x2 c, c, one, $9;
+                fma.rn.f16x2 d, d, one, $9;
                 mov.b32 {$0, $1}, a;
                 mov.b32 {$2, $3}, b;
                 mov.b32 {$4, $5}, c;
                 mov.b32 {$6, $7}, d;
                 }""",
-                constraints="=h,=h,=h,=h,=h,=h,=h,=h,r,r,r",
-                args=[wd, nzf2, nzf2_hi], dtype=(tl.float16,) * 8, is_pure=True, pack=1,
+                constraints="=h,=h,=h,=h,=h,=h,=h,=h,r,r",
+                args=[wd, nzf2], dtype=(tl.float16,) * 8, is_pure=True, pack=1,
             )
         else:
             o0, o1, o2, o3, o4, o5, o6, o7 = tl.inline_asm_elementwise(
@@ -491,16 +476,12 @@ def _nk4_tile(
         nzf = nzf_grp
         if HAS_ZEROS:
             NZF_BITS: tl.constexpr = 0
-            NZF_HI_BITS: tl.constexpr = 0
         else:
             NZF_BITS: tl.constexpr = 0xE408 if DTYPE == tl.float16 else 0xC308  # -1032.0 / -136.0
-            NZF_HI_BITS: tl.constexpr = 0xD480  # fp16 -72.0 (= -1032 + 960)
     else:
         nzf = tl.full((BLOCK_N,), -MAGIC_F, tl.float32)  # the codes q themselves
         NZF_BITS: tl.constexpr = 0xE400 if DTYPE == tl.float16 else 0xC300  # -1024.0 / -128.0
-        NZF_HI_BITS: tl.constexpr = 0xD400  # fp16 -64.0 (= -1024 + 960)
-    o0, o1, o2, o3, o4, o5, o6, o7 = _unpack_words(wd, nzf[:, None, None, None], NZF_BITS, NZF_HI_BITS, DTYPE,
-                                                   USE_ASM)
+    o0, o1, o2, o3, o4, o5, o6, o7 = _unpack_words(wd, nzf[:, None, None, None], NZF_BITS, DTYPE, USE_ASM)
     # o_(4s + 2h + e) holds column 128b + 32q + 16s + 8h + 2c + e: stack (e, h, s), order the columns.
     t = tl.join(tl.join(tl.join(o0, o1), tl.join(o2, o3)), tl.join(tl.join(o4, o5), tl.join(o6, o7)))
     w = tl.reshape(tl.permute(t, (0, 1, 3, 6, 5, 2, 4)), (BLOCK_N, BLOCK_K))
@@ -523,60 +504,6 @@ def _nk4_tile(
             zk = 8.0
         w = ((w.to(tl.float32) - zk) * sk).to(DTYPE)
         return w, tl.full((BLOCK_N,), 1.0, tl.float32)
-
-
-@triton.jit
-def _nk4_acc(
-    x_ptr, qt_ptr, s_ptr, z_ptr, gidx_ptr, offs_m, offs_n, m_mask, n_mask, N, K, stride_xm, stride_qn,
-    kt_begin, kt_end, k_tiles,
-    GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_GIDX: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_ASM: tl.constexpr, EVEN_K: tl.constexpr,
-    DOT_F32: tl.constexpr, SCALE_W: tl.constexpr, PREFETCH_S: tl.constexpr,
-):
-    """fp32 ``(W x.T)[offs_n, offs_m]`` (``[BLOCK_N, BLOCK_M]``) over K tiles ``kt_begin .. kt_end - 1``
-    (the K loop of ``qgemm_nk4_kernel``; its docstring describes SCALE_W, PREFETCH_S, DOT_F32)."""
-    DTYPE: tl.constexpr = x_ptr.dtype.element_ty
-    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    TILE_IN_GROUP: tl.constexpr = (GROUP_SIZE % BLOCK_K == 0) and (not HAS_GIDX)
-    if TILE_IN_GROUP and PREFETCH_S:
-        # Clamped: a split past the last tile (empty loop) still reads in bounds.
-        s_grp, nzf_grp = _nk4_group(s_ptr, z_ptr, tl.minimum(kt_begin, k_tiles - 1) * BLOCK_K, offs_n, n_mask, N,
-                                    GROUP_SIZE, HAS_ZEROS, DTYPE)
-    for kt in range(kt_begin, kt_end):
-        k0 = kt * BLOCK_K
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        if TILE_IN_GROUP and PREFETCH_S:
-            s_cur, nzf_cur = s_grp, nzf_grp
-            # The next tile's group (clamped to the last tile: no mask, an in-bounds reload at the end).
-            s_grp, nzf_grp = _nk4_group(s_ptr, z_ptr, tl.minimum(kt + 1, k_tiles - 1) * BLOCK_K, offs_n, n_mask, N,
-                                        GROUP_SIZE, HAS_ZEROS, DTYPE)
-        elif TILE_IN_GROUP:
-            s_cur, nzf_cur = _nk4_group(s_ptr, z_ptr, k0, offs_n, n_mask, N, GROUP_SIZE, HAS_ZEROS, DTYPE)
-        else:  # per-weight scales: _nk4_tile loads them itself
-            s_cur = tl.zeros((BLOCK_N,), tl.float32)
-            nzf_cur = s_cur
-        if EVEN_K:
-            x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=m_mask[:, None], other=0.0)
-        else:
-            x = tl.load(
-                x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
-                mask=m_mask[:, None] & (offs_k[None, :] < K),
-                other=0.0,
-            )
-        w, s = _nk4_tile(
-            qt_ptr, s_ptr, z_ptr, gidx_ptr, k0, offs_n, n_mask, N, K, stride_qn, s_cur, nzf_cur,
-            GROUP_SIZE, HAS_ZEROS, HAS_GIDX, BLOCK_K, BLOCK_N, DTYPE, USE_ASM, EVEN_K,
-        )
-        if SCALE_W:
-            w = w * s[:, None].to(DTYPE)
-        if DOT_F32:
-            w = w.to(tl.float32)
-            x = x.to(tl.float32)
-        if SCALE_W:
-            acc = tl.dot(w, tl.trans(x), acc)
-        else:
-            acc += tl.dot(w, tl.trans(x)) * s[:, None]
-    return acc
 
 
 @triton.jit
@@ -619,6 +546,7 @@ def qgemm_nk4_kernel(
     pid_m = first_m + (pid % width) % group_rows
     pid_n = (pid % width) // group_rows
 
+    DTYPE: tl.constexpr = x_ptr.dtype.element_ty
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_mask = offs_m < M
@@ -627,69 +555,48 @@ def qgemm_nk4_kernel(
     per_split = (k_tiles + SPLIT_K - 1) // SPLIT_K
     kt_begin = pid_k * per_split
     kt_end = tl.minimum(kt_begin + per_split, k_tiles)
-    acc = _nk4_acc(
-        x_ptr, qt_ptr, s_ptr, z_ptr, gidx_ptr, offs_m, offs_n, m_mask, n_mask, N, K, stride_xm, stride_qn,
-        kt_begin, kt_end, k_tiles, GROUP_SIZE, HAS_ZEROS, HAS_GIDX, BLOCK_M, BLOCK_N, BLOCK_K, USE_ASM, EVEN_K,
-        DOT_F32, SCALE_W, PREFETCH_S,
-    )
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    TILE_IN_GROUP: tl.constexpr = (GROUP_SIZE % BLOCK_K == 0) and (not HAS_GIDX)
+    if TILE_IN_GROUP and PREFETCH_S:
+        # Clamped: a split past the last tile (empty loop) still reads in bounds.
+        s_grp, nzf_grp = _nk4_group(s_ptr, z_ptr, tl.minimum(kt_begin, k_tiles - 1) * BLOCK_K, offs_n, n_mask, N,
+                                    GROUP_SIZE, HAS_ZEROS, DTYPE)
+    for kt in range(kt_begin, kt_end):
+        k0 = kt * BLOCK_K
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        if TILE_IN_GROUP and PREFETCH_S:
+            s_cur, nzf_cur = s_grp, nzf_grp
+            # The next tile's group (clamped to the last tile: no mask, an in-bounds reload at the end).
+            s_grp, nzf_grp = _nk4_group(s_ptr, z_ptr, tl.minimum(kt + 1, k_tiles - 1) * BLOCK_K, offs_n, n_mask, N,
+                                        GROUP_SIZE, HAS_ZEROS, DTYPE)
+        elif TILE_IN_GROUP:
+            s_cur, nzf_cur = _nk4_group(s_ptr, z_ptr, k0, offs_n, n_mask, N, GROUP_SIZE, HAS_ZEROS, DTYPE)
+        else:  # per-weight scales: _nk4_tile loads them itself
+            s_cur = tl.zeros((BLOCK_N,), tl.float32)
+            nzf_cur = s_cur
+        if EVEN_K:
+            x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=m_mask[:, None], other=0.0)
+        else:
+            x = tl.load(
+                x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+                mask=m_mask[:, None] & (offs_k[None, :] < K),
+                other=0.0,
+            )
+        w, s = _nk4_tile(
+            qt_ptr, s_ptr, z_ptr, gidx_ptr, k0, offs_n, n_mask, N, K, stride_qn, s_cur, nzf_cur,
+            GROUP_SIZE, HAS_ZEROS, HAS_GIDX, BLOCK_K, BLOCK_N, DTYPE, USE_ASM, EVEN_K,
+        )
+        if SCALE_W:
+            w = w * s[:, None].to(DTYPE)
+        if DOT_F32:
+            w = w.to(tl.float32)
+            x = x.to(tl.float32)
+        if SCALE_W:
+            acc = tl.dot(w, tl.trans(x), acc)
+        else:
+            acc += tl.dot(w, tl.trans(x)) * s[:, None]
     tile_id = pid_m * num_pid_n + pid_n
     _finish_tile(tl.trans(acc), offs_m, offs_n, tile_id, M, N, out_ptr, bias_ptr, ws_ptr, cnt_ptr, HAS_BIAS, SPLIT_K)
-
-
-@triton.jit
-def qgemm_nk4_streamk_kernel(
-    x_ptr,  # [M, K] fp16/bf16, row stride stride_xm
-    qt_ptr,  # [N, Kp / 2] uint8: nk4 words, as qgemm_nk4_kernel
-    s_ptr,  # [G, N] fp16/bf16/fp32
-    z_ptr,  # [G, N] uint8 (HAS_ZEROS)
-    gidx_ptr,  # [K] int32 (HAS_GIDX)
-    bias_ptr,  # [N] (HAS_BIAS)
-    out_ptr,  # [M, N] x dtype, contiguous
-    ws_ptr,  # [M, N] fp32, zero on entry and exit
-    cnt_ptr,  # [cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N)] int32, zero on entry and exit
-    M, N, K, stride_xm, stride_qn,
-    iters,  # K tiles per program: the grid is cdiv(tiles * k_tiles, iters) programs
-    GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_GIDX: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_ASM: tl.constexpr,
-    EVEN_K: tl.constexpr, DOT_F32: tl.constexpr, SCALE_W: tl.constexpr = False, PREFETCH_S: tl.constexpr = False,
-):
-    """``qgemm_nk4_kernel``'s product, the work shared evenly: stream-K.
-
-    The (output tile, K tile) pairs of the whole layer, tile-major, are cut into equal contiguous
-    runs of ``iters``, one per program, and the grid is one resident wave (a few programs per SM):
-    no program idles in a last partial wave, and on a tall layer (few output tiles, long K; split-K 8
-    of 28672x8192 is 1.3 waves of 6 programs per SM) every SM streams the same number of weight bytes.
-    A run may end inside a tile and the next begin there: a tile owned by one program is stored
-    directly, a shared one is summed in ``ws`` by its contributors, the last of which (arrival
-    counter) writes it, as split-K does.
-    """
-    pid = tl.program_id(0)
-    num_pid_n = (N + BLOCK_N - 1) // BLOCK_N
-    k_tiles = (K + BLOCK_K - 1) // BLOCK_K
-    total = ((M + BLOCK_M - 1) // BLOCK_M) * num_pid_n * k_tiles
-    it = pid * iters
-    end = tl.minimum(it + iters, total)
-    while it < end:
-        tile = it // k_tiles
-        kt_begin = it - tile * k_tiles
-        kt_end = tl.minimum(k_tiles, kt_begin + (end - it))
-        pid_m = tile // num_pid_n
-        pid_n = tile - pid_m * num_pid_n
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        acc = _nk4_acc(
-            x_ptr, qt_ptr, s_ptr, z_ptr, gidx_ptr, offs_m, offs_n, offs_m < M, offs_n < N, N, K, stride_xm,
-            stride_qn, kt_begin, kt_end, k_tiles, GROUP_SIZE, HAS_ZEROS, HAS_GIDX, BLOCK_M, BLOCK_N, BLOCK_K,
-            USE_ASM, EVEN_K, DOT_F32, SCALE_W, PREFETCH_S,
-        )
-        # Programs whose runs meet this tile: owners of its first and last K tile, and those between.
-        arrivals = (tile * k_tiles + k_tiles - 1) // iters - (tile * k_tiles) // iters + 1
-        if arrivals == 1:
-            _finish_tile(tl.trans(acc), offs_m, offs_n, tile, M, N, out_ptr, bias_ptr, ws_ptr, cnt_ptr, HAS_BIAS, 1)
-        else:
-            _finish_tile(tl.trans(acc), offs_m, offs_n, tile, M, N, out_ptr, bias_ptr, ws_ptr, cnt_ptr, HAS_BIAS, 2,
-                         arrivals)
-        it += kt_end - kt_begin
 
 
 @triton.jit

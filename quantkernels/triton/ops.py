@@ -119,14 +119,6 @@ def _nk4(bm, bn, bk, sk, w, st, gm=8, scale_w=False, prefetch_s=False) -> triton
     )
 
 
-def _nk4_stream_k(bm, bn, bk, per_sm, w, st, scale_w=False, prefetch_s=False) -> triton.Config:
-    """``qgemm_nk4_streamk_kernel``: a grid of ``per_sm`` programs per SM sharing the work evenly (set
-    it to the programs that fit on an SM: `benchmarks/triton_gemm.py --only asm` gives registers and
-    shared memory)."""
-    return _cfg(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, STREAM_K=per_sm, SCALE_W=scale_w, PREFETCH_S=prefetch_s,
-                num_warps=w, num_stages=st)
-
-
 def _nk4_dequant(bn, bk, w=4) -> triton.Config:
     return _cfg(BLOCK_N=bn, BLOCK_K=bk, DEQUANT=True, num_warps=w, num_stages=1)
 
@@ -145,12 +137,6 @@ CONFIGS_NK4: Dict[str, List[triton.Config]] = {  # BLOCK_K: a multiple of the la
         _nk4(16, 64, 128, 8, 4, 4, prefetch_s=True),
         _nk4(16, 64, 128, 16, 4, 4, prefetch_s=True),
         _nk4(16, 64, 128, 16, 4, 4),
-        # Stream-K, one resident wave: the sm_90 compiles (triton 3.9, `triton_gemm.py --only asm`)
-        # take 95 registers with PREFETCH_S (113 without) and 28 KiB of shared memory at 4 stages, so 5
-        # (4) programs of 4 warps fit an SM; the same 212-instruction K loop as the split-K kernel.
-        _nk4_stream_k(16, 64, 128, 5, 4, 4, prefetch_s=True),
-        _nk4_stream_k(16, 64, 128, 4, 4, 4),
-        _nk4_stream_k(16, 64, 128, 10, 4, 4, prefetch_s=True),
     ],
     "small": [  # the same first candidate as "gemv": one compile serves both untuned
         _nk4(16, 64, 128, 8, 4, 4),
@@ -160,8 +146,6 @@ CONFIGS_NK4: Dict[str, List[triton.Config]] = {  # BLOCK_K: a multiple of the la
         _nk4(16, 128, 128, 4, 4, 4),
         _nk4(16, 128, 128, 2, 8, 4),
         _nk4(16, 64, 128, 2, 4, 4),
-        _nk4_stream_k(16, 64, 128, 5, 4, 4, prefetch_s=True),
-        _nk4_stream_k(16, 64, 128, 4, 4, 4),
     ],
     # 17 <= m <= 64: SCALE_W (weights scaled before an in-place dot, which lets Triton keep one wgmma
     # in flight across iterations) won with 8 warps. A 256-wide weight tile (x read from L2 once per
@@ -174,12 +158,6 @@ CONFIGS_NK4: Dict[str, List[triton.Config]] = {  # BLOCK_K: a multiple of the la
         _nk4(64, 128, 128, 1, 4, 4),
         _nk4(64, 128, 128, 2, 8, 4, scale_w=True),
         _nk4(64, 64, 128, 2, 4, 4),
-        # Stream-K over the wide tiles: 64 x 256 has 32 tiles on 28672x8192 and 112 on 8192x28672, too
-        # few for 132 SMs without splitting K, and split-K 2 is 1.7 waves. sm_90 (triton 3.9): 228
-        # registers x 256 threads (64 x 256) and 156 (64 x 128): one program an SM; 2 = two waves.
-        _nk4_stream_k(64, 256, 128, 1, 8, 3, scale_w=True, prefetch_s=True),
-        _nk4_stream_k(64, 128, 128, 1, 8, 4, scale_w=True),
-        _nk4_stream_k(64, 128, 128, 2, 8, 4, scale_w=True),
     ],
     "large": [
         _nk4(128, 64, 128, 1, 4, 4),
@@ -233,14 +211,6 @@ def _smem_limit(device) -> int:
         return 1 << 62
     props = torch.cuda.get_device_properties(device)
     return getattr(props, "shared_memory_per_block_optin", 0) or props.shared_memory_per_block
-
-
-def _sm_count(device) -> int:
-    """SMs of ``device`` (the stream-K grid); 2 in the interpreter, so that its runs cross tiles."""
-    if device.type != "cuda" or INTERPRETED:
-        return 2
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
 
 CHOSEN: Dict[Tuple, triton.Config] = {}
 TIMINGS: Dict[Tuple, List[Tuple[float, triton.Config]]] = {}  # the tuner's (ms, candidate) per key, fastest first
@@ -520,7 +490,6 @@ def _linear_nk4(x, qt, scales, z, gi, bias, consts, family, key, fake, workspace
     ws, cnt = _split_k_buffers(m, n, x.device, m <= SPLIT_K_MAX_M, out, workspace)
     b = scales if bias is None else bias
     gemm = torch.library.wrap_triton(kernels.qgemm_nk4_kernel)
-    stream_k = torch.library.wrap_triton(kernels.qgemm_nk4_streamk_kernel)
     deq = torch.library.wrap_triton(kernels.dequant_nk4_kernel)
     result = [out]
 
@@ -536,13 +505,6 @@ def _linear_nk4(x, qt, scales, z, gi, bias, consts, family, key, fake, workspace
             deq[grid](qt, scales, z, gi, w, n, k, stride_qn, **consts, **kw, EVEN_K=even_k, **_launch_opts(c))
             mm = torch.mm(x, w.t())
             result[0] = mm if bias is None else mm + bias.to(mm.dtype)
-        elif kw.get("STREAM_K"):
-            work = triton.cdiv(m, kw["BLOCK_M"]) * triton.cdiv(n, kw["BLOCK_N"]) * triton.cdiv(k, kw["BLOCK_K"])
-            iters = triton.cdiv(work, kw.pop("STREAM_K") * _sm_count(x.device))
-            stream_k[(triton.cdiv(work, iters),)](
-                x, qt, scales, z, gi, b, out, ws, cnt, m, n, k, x.stride(0), stride_qn, iters,
-                **consts, HAS_BIAS=bias is not None, **kw, EVEN_K=even_k, DOT_F32=INTERPRETED, **_launch_opts(c))
-            result[0] = out
         else:
             grid = (triton.cdiv(m, kw["BLOCK_M"]) * triton.cdiv(n, kw["BLOCK_N"]), kw["SPLIT_K"])
             gemm[grid](x, qt, scales, z, gi, b, out, ws, cnt, m, n, k, x.stride(0), stride_qn,
@@ -551,7 +513,7 @@ def _linear_nk4(x, qt, scales, z, gi, bias, consts, family, key, fake, workspace
             result[0] = out
 
     cfg = _choose(family, key, launch, not fake, True, x.device, 4)
-    if (SPLIT_K_MAX_M < m) and (cfg.kwargs.get("SPLIT_K", 1) > 1 or cfg.kwargs.get("STREAM_K")):
+    if (SPLIT_K_MAX_M < m) and cfg.kwargs.get("SPLIT_K", 1) > 1:
         raise ValueError(f"quantkernels::triton_linear: split-K configuration {cfg} for m = {m} > {SPLIT_K_MAX_M}")
     launch(cfg)
     return result[0]

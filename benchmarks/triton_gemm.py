@@ -16,14 +16,20 @@ Shapes are K x N (in_features x out_features).
 * ``sweep``: times (graph method) every candidate configuration of each m bucket (int4 g128 sym
   fp16) and prints the fastest, which is how the lists in quantkernels/triton/ops.py were chosen.
 * ``table``: the autotuned op against cuBLAS, the numbers the issue's targets are about.
+* ``asm`` (no GPU needed): compiles every 4-bit candidate for sm_90 with the local triton and
+  ptxas and prints its registers, stack (spills), shared memory and the SASS of its K loop
+  (instruction count, HGMMAs): how a CPU-only session checks a kernel change before GPU time.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
 import os
+import re
+import subprocess
 import sys
 import time
 
@@ -279,9 +285,87 @@ def table(shapes, ms, log):
     return rows
 
 
+# ---------------------------------------------------------------------------------------------------
+def sm90_compile(cfg, zeros=False, dtype="fp16", fn=None):
+    """``qgemm_nk4_kernel`` (its stream-K twin for STREAM_K candidates, or ``fn``) compiled for sm_90 without a GPU, int4 g128, EVEN_K, with the
+    pointer and size arguments marked 16-divisible as a real launch specialises them (without that
+    Triton neither vectorises nor pipelines the loads and the counts mean nothing)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from quantkernels.triton import kernels
+
+    if fn is None:
+        fn = kernels.qgemm_nk4_streamk_kernel if cfg.kwargs.get("STREAM_K") else kernels.qgemm_nk4_kernel
+    names = fn.arg_names
+    ptrs = {"x_ptr": dtype, "qt_ptr": "u8", "s_ptr": dtype, "z_ptr": "u8" if zeros else dtype, "gidx_ptr": "i32",
+            "bias_ptr": dtype, "out_ptr": dtype, "ws_ptr": "fp32", "cnt_ptr": "i32"}
+    const = dict(GROUP_SIZE=128, HAS_ZEROS=zeros, HAS_GIDX=False, HAS_BIAS=False, USE_ASM=True, EVEN_K=True,
+                 DOT_F32=False, **cfg.kwargs)
+    sig = {a: "constexpr" if a in const else ("*" + ptrs[a] if a in ptrs else "i32") for a in names}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(names) if sig[a] != "constexpr" and a not in ("M", "iters")}
+    src = ASTSource(fn, sig, {(names.index(a),): v for a, v in const.items() if a in names}, attrs)
+    opts = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts)
+
+
+def sass_summary(compiled, tool_dir):
+    """(registers, stack bytes, shared bytes, K-loop instruction count, Counter of its opcodes).
+
+    The K loop is the innermost (shortest) backward branch whose body holds an HGMMA (or FFMA)."""
+    path = os.path.join(tool_dir, "kernel.cubin")
+    with open(path, "wb") as f:
+        f.write(compiled.asm["cubin"])
+    bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    env = dict(os.environ, PATH=os.environ.get("PATH", "") + os.pathsep + bindir)
+    usage = subprocess.run(["cuobjdump", "--dump-resource-usage", path], capture_output=True, text=True, env=env).stdout
+    sass = subprocess.run(["nvdisasm", "-c", path], capture_output=True, text=True, env=env).stdout
+    regs = int(re.search(r"REG:(\d+)", usage).group(1))
+    stack = int(re.search(r"STACK:(\d+)", usage).group(1))
+    ins, labels, pending = [], {}, []
+    for line in sass.splitlines():
+        lab = re.match(r"\s*\.L_x_(\d+):", line)
+        if lab:
+            pending.append(lab.group(1))
+            continue
+        m = re.match(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*?);", line)
+        if m:
+            addr = int(m.group(1), 16)
+            for name in pending:
+                labels[name] = addr
+            pending = []
+            ins.append((addr, m.group(2).strip()))
+    loop = []
+    for addr, text in ins:
+        t = re.search(r"BRA.*\.L_x_(\d+)", text)
+        if t and labels.get(t.group(1), addr + 1) < addr:
+            body = [x for a, x in ins if labels[t.group(1)] <= a <= addr]
+            if any("HGMMA" in x or "FFMA" in x for x in body) and (not loop or len(body) < len(loop)):
+                loop = body
+    ops = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", x).split()[0].split(".")[0] for x in loop)
+    return regs, stack, compiled.metadata.shared, len(loop), ops
+
+
+def asm_report(out_dir):
+    """Every 4-bit candidate (int4 g128 sym fp16) compiled for sm_90: resources and K-loop SASS."""
+    from quantkernels.triton import ops as tops
+
+    seen = set()
+    for fam, cands in tops.CONFIGS_NK4.items():
+        for c in cands:
+            if c.kwargs.get("DEQUANT") or str(c) in seen:
+                continue
+            seen.add(str(c))
+            regs, stack, smem, n, ops = sass_summary(sm90_compile(c), out_dir)
+            top = " ".join(f"{o}:{k}" for o, k in ops.most_common(8))
+            flags = " ".join(f"{k}={v}" for k, v in c.kwargs.items())
+            print(f"{fam:>7} {flags} warps={c.num_warps} stages={c.num_stages}\n        regs {regs} stack {stack} smem {smem // 1024} KiB | K loop {n} instr: {top}",
+                  flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", choices=["check", "compile", "sweep", "table"], action="append")
+    p.add_argument("--only", choices=["check", "compile", "sweep", "table", "asm"], action="append")
     p.add_argument("--shapes", nargs="*", default=SHAPES)
     p.add_argument("--ms", nargs="*", type=int, default=MS)
     p.add_argument("--check-ms", nargs="*", type=int, default=None, help="check: only these m")
@@ -289,6 +373,9 @@ def main():
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     a = p.parse_args()
     parts = a.only or ["check", "sweep", "table"]
+    if parts == ["asm"]:
+        asm_report(a.out)
+        return
     print(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__}", flush=True)
     fails = 0
     if "check" in parts:

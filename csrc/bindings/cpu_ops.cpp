@@ -10,6 +10,7 @@
 #include <string>
 
 #include "cpu/cpu_features.h"
+#include "cpu/huge_pages.h"
 #include "cpu/qlinear.h"
 
 namespace {
@@ -176,6 +177,19 @@ at::Tensor linear_int8(const at::Tensor& x_in, const at::Tensor& w, const at::Te
   return out;
 }
 
+// A uint8 [nbytes] CPU tensor for a repacked weight: on transparent huge pages where the OS grants
+// them (cpu/huge_pages.h: untouched, 2 MiB aligned, advised before the repack first writes it), an
+// ordinary allocation otherwise.
+at::Tensor empty_huge_pages(int64_t nbytes) {
+  TORCH_CHECK(nbytes >= 0, "quantkernels::cpu_empty_huge_pages: nbytes must be >= 0, got ", nbytes);
+  const auto opts = at::TensorOptions().dtype(at::kByte).device(at::kCPU);
+  bool advised = false;
+  void* p = qk::cpu::huge_page_alloc(static_cast<size_t>(nbytes), &advised);
+  if (p == nullptr) return at::empty({nbytes}, opts);
+  const size_t n = static_cast<size_t>(nbytes);
+  return at::from_blob(p, {nbytes}, [n](void* q) { qk::cpu::huge_page_free(q, n); }, opts);
+}
+
 bool isa_supported(c10::string_view name) {
   Isa isa;
   const std::string s(name);
@@ -191,4 +205,5 @@ TORCH_LIBRARY_IMPL(quantkernels, CPU, m) {
 
 TORCH_LIBRARY_IMPL(quantkernels, CompositeExplicitAutograd, m) {
   m.impl("cpu_isa_supported", &isa_supported);
+  m.impl("cpu_empty_huge_pages", &empty_huge_pages);
 }

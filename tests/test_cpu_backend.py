@@ -380,6 +380,9 @@ def test_huge_page_buffer_op():
         assert int(t.sum()) == 7 * nbytes
     with pytest.raises(RuntimeError, match="nbytes must be >= 0"):
         torch.ops.quantkernels.cpu_empty_huge_pages(-1)
+    # schema and fake implementation (the contents are unspecified, so no value comparisons)
+    torch.library.opcheck(torch.ops.quantkernels.cpu_empty_huge_pages.default, ((2 << 20) + 5,),
+                          test_utils=("test_schema", "test_faketensor"))
 
 
 def test_unsupported_formats_fall_back_with_a_reason():

@@ -326,13 +326,20 @@ def test_repacked_layout_replaces_qweight_and_round_trips(cfg):
     assert "cpu" in moved._prepared and torch.equal(moved(x), layer(x))
 
 
-def _thp_mode():
-    """Linux's transparent-huge-page mode ("always", "madvise", "never"), or None elsewhere."""
+def _thp_mode(name="enabled"):
+    """Linux's transparent-huge-page setting (enabled: "always", "madvise", "never"; defrag: ...),
+    or None elsewhere."""
     try:
-        text = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+        text = open(f"/sys/kernel/mm/transparent_hugepage/{name}").read()
     except OSError:
         return None
     return text[text.index("[") + 1 : text.index("]")]
+
+
+def _thp_faults_in_advised_ranges():
+    """Whether a first write to an MADV_HUGEPAGE range gets a huge page right away: THP enabled for
+    it, and the kernel allowed to compact memory synchronously for such ranges when it must."""
+    return _thp_mode() in ("always", "madvise") and _thp_mode("defrag") in ("always", "defer+madvise", "madvise")
 
 
 def _anon_huge_kb(ptr):
@@ -355,7 +362,7 @@ def test_repacked_weight_on_huge_pages(cfg):
     w = layer._prepared["cpu"].w
     assert w.numel() * w.element_size() >= cpu_backend.HUGE_PAGE_MIN_BYTES
     assert w.is_contiguous() and w.data_ptr() % (2 << 20) == 0, "the buffer must start on a 2 MiB boundary"
-    if _thp_mode() in ("always", "madvise"):
+    if _thp_faults_in_advised_ranges():
         # the repack wrote the pages after madvise(MADV_HUGEPAGE): the kernel gave huge pages
         assert (_anon_huge_kb(w.data_ptr()) or 0) >= 2048, "no huge page backs the repacked weight"
     for m in (1, 3):

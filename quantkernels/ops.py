@@ -116,6 +116,9 @@ _define(
     " str isa='') -> Tensor"
 )
 _define("cpu_isa_supported(str isa) -> bool")
+# uint8 [nbytes] for a repacked weight, on transparent huge pages where the OS grants them (Linux THP;
+# an ordinary allocation elsewhere). See csrc/cpu/huge_pages.h.
+_define("cpu_empty_huge_pages(int nbytes) -> Tensor")
 
 
 @torch.library.register_fake("quantkernels::cpu_linear_float")
@@ -126,6 +129,11 @@ def _cpu_linear_float_fake(x, w, scales, zeros, bias, bits, isa=""):
 @torch.library.register_fake("quantkernels::cpu_linear_int8")
 def _cpu_linear_int8_fake(x, w, scales, zeros, bias, bits, act_group_size, isa=""):
     return x.new_empty((x.shape[0], scales.shape[1]), dtype=torch.float32)
+
+
+@torch.library.register_fake("quantkernels::cpu_empty_huge_pages")
+def _cpu_empty_huge_pages_fake(nbytes):
+    return torch.empty(nbytes, dtype=torch.uint8)
 
 
 

@@ -20,6 +20,7 @@ Error bounds, as ``||out - ref|| / ||ref||`` on fresh random data:
 
 from __future__ import annotations
 
+import copy
 import functools
 import io
 import math
@@ -323,6 +324,72 @@ def test_repacked_layout_replaces_qweight_and_round_trips(cfg):
     assert torch.equal(fresh(x), layer(x))
     moved = layer.to(torch.float32)  # _apply: back to portable, then repacked again
     assert "cpu" in moved._prepared and torch.equal(moved(x), layer(x))
+
+
+def _thp_mode(name="enabled"):
+    """Linux's transparent-huge-page setting (enabled: "always", "madvise", "never"; defrag: ...),
+    or None elsewhere."""
+    try:
+        text = open(f"/sys/kernel/mm/transparent_hugepage/{name}").read()
+    except OSError:
+        return None
+    return text[text.index("[") + 1 : text.index("]")]
+
+
+def _thp_faults_in_advised_ranges():
+    """Whether a first write to an MADV_HUGEPAGE range gets a huge page right away: THP enabled for
+    it, and the kernel allowed to compact memory synchronously for such ranges when it must."""
+    return _thp_mode() in ("always", "madvise") and _thp_mode("defrag") in ("always", "defer+madvise", "madvise")
+
+
+def _anon_huge_kb(ptr):
+    """AnonHugePages (kB) of the mapping that starts at address ptr, from /proc/self/smaps."""
+    found = False
+    for line in open("/proc/self/smaps"):
+        first = line.split()[0]
+        if "-" in first and not first.endswith(":"):
+            found = int(first.split("-")[0], 16) == ptr
+        elif found and first == "AnonHugePages:":
+            return int(line.split()[1])
+    return None
+
+
+# Repacked weights of >= 2 MiB (cpu.HUGE_PAGE_MIN_BYTES): 4-bit 2048 x 2056 is 2.1 MB (257 tiles,
+# an odd count); 8-bit 4.2 MB.
+@pytest.mark.parametrize("cfg", [QuantConfig(4, 128), QuantConfig(4, 128, act_bits=8), QuantConfig(8, -1, act_bits=8)], ids=_id)
+def test_repacked_weight_on_huge_pages(cfg):
+    layer, portable = make_layer(cfg, 2048, 2056, seed=11)
+    w = layer._prepared["cpu"].w
+    assert w.numel() * w.element_size() >= cpu_backend.HUGE_PAGE_MIN_BYTES
+    assert w.is_contiguous() and w.data_ptr() % (2 << 20) == 0, "the buffer must start on a 2 MiB boundary"
+    if _thp_faults_in_advised_ranges():
+        # the repack wrote the pages after madvise(MADV_HUGEPAGE): the kernel gave huge pages
+        assert (_anon_huge_kb(w.data_ptr()) or 0) >= 2048, "no huge page backs the repacked weight"
+    for m in (1, 3):
+        check(layer, portable, torch.randn(m, 2048), "")  # same results as on ordinary memory
+    # A proper tensor: the state dict, save/load, deepcopy and .to() see the portable weight.
+    assert torch.equal(layer.state_dict()["qweight"], portable["qweight"])
+    buf = io.BytesIO()
+    torch.save({"w": w, "sd": layer.state_dict()}, buf)
+    loaded = torch.load(io.BytesIO(buf.getvalue()))
+    assert torch.equal(loaded["w"], w) and torch.equal(loaded["sd"]["qweight"], portable["qweight"])
+    x = torch.randn(2, 2048)
+    assert torch.equal(copy.deepcopy(layer)(x), layer(x))
+    moved = layer.to(torch.float32)  # back to portable, then repacked again into a fresh buffer
+    assert torch.equal(moved(x), layer(x)) and moved._prepared["cpu"].w.data_ptr() % (2 << 20) == 0
+
+
+def test_huge_page_buffer_op():
+    for nbytes in (0, 5, (2 << 20) + 4097):
+        t = torch.ops.quantkernels.cpu_empty_huge_pages(nbytes)
+        assert t.dtype == torch.uint8 and t.shape == (nbytes,) and t.device.type == "cpu"
+        t.fill_(7)  # every byte is writable (the tail past the last 2 MiB is on small pages)
+        assert int(t.sum()) == 7 * nbytes
+    with pytest.raises(RuntimeError, match="nbytes must be >= 0"):
+        torch.ops.quantkernels.cpu_empty_huge_pages(-1)
+    # schema and fake implementation (the contents are unspecified, so no value comparisons)
+    torch.library.opcheck(torch.ops.quantkernels.cpu_empty_huge_pages.default, ((2 << 20) + 5,),
+                          test_utils=("test_schema", "test_faketensor"))
 
 
 def test_unsupported_formats_fall_back_with_a_reason():

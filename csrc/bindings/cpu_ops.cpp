@@ -10,6 +10,7 @@
 #include <string>
 
 #include "cpu/cpu_features.h"
+#include "cpu/huge_pages.h"
 #include "cpu/qlinear.h"
 
 namespace {
@@ -49,9 +50,22 @@ Fn kernel_at_or_below(Isa isa, Fn (*table)(Isa)) {
 // as long, so that the threads finish together. W4A8 m = 32 4096x11008, 2 threads, interleaved A/B
 // runs: long chunks of 1/8 of a share were 1-2% faster than ~16 equal chunks per thread, and 1/4
 // of a share 1-2% faster again.
+// `work_per_tile` (weight bytes x rows) sets how many threads are worth waking: each gets at least
+// kMinWorkPerThread, so a small layer runs on the calling thread alone. SmolLM2-sized layers at
+// m = 1 (W4A16 g64, through the op, 11:52 UTC, other work on the second core): 576x192 (55 KB of
+// weights) 11.7 us on one thread against 12.5 us on two (11.3 us with this rule); from 576x576
+// (166 KB) up, two threads were faster in some runs and slower in others on this busy machine, so
+// the threshold stays below that.
+constexpr int64_t kMinWorkPerThread = 64 << 10;
+
 template <class Fn>
-void parallel_over_tiles(int64_t tiles, const Fn& fn) {
-  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+void parallel_over_tiles(int64_t tiles, int64_t work_per_tile, const Fn& fn) {
+  const int64_t wanted = std::max<int64_t>(1, tiles * work_per_tile / kMinWorkPerThread);
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), wanted));
+  if (threads == 1) {  // no parallel region at all (waking the pool costs microseconds)
+    fn(0, tiles);
+    return;
+  }
   // A multiple of 4 tiles: the kernels' 2- and 4-tile passes then cover the same tiles whatever the
   // thread count, so results are bit-identical for any torch.get_num_threads().
   const int64_t big = (std::max<int64_t>(4, tiles / (threads * 4)) + 3) / 4 * 4;
@@ -121,7 +135,7 @@ at::Tensor linear_float(const at::Tensor& x_in, const at::Tensor& w, const at::T
   a.out = out.data_ptr<float>();
   a.M = M, a.N = N, a.K = K, a.G = G, a.ldx = ldxs, a.bits = static_cast<int>(bits);
   const auto fn = kernel_at_or_below(isa, qk::cpu::float_tiles_for);
-  parallel_over_tiles(N / qk::cpu::kTileN, [&](int64_t t0, int64_t t1) { fn(a, t0, t1); });
+  parallel_over_tiles(N / qk::cpu::kTileN, M * K * bits, [&](int64_t t0, int64_t t1) { fn(a, t0, t1); });
   return out;
 }
 
@@ -172,8 +186,21 @@ at::Tensor linear_int8(const at::Tensor& x_in, const at::Tensor& w, const at::Te
   a.bits = static_cast<int>(bits);
   a.act_per_block = per_block;
   const auto fn = kernel_at_or_below(isa, qk::cpu::int8_tiles_for);
-  parallel_over_tiles(N / qk::cpu::kTileN, [&](int64_t t0, int64_t t1) { fn(a, t0, t1); });
+  parallel_over_tiles(N / qk::cpu::kTileN, M * Kp * bits, [&](int64_t t0, int64_t t1) { fn(a, t0, t1); });
   return out;
+}
+
+// A uint8 [nbytes] CPU tensor for a repacked weight: on transparent huge pages where the OS grants
+// them (cpu/huge_pages.h: untouched, 2 MiB aligned, advised before the repack first writes it), an
+// ordinary allocation otherwise.
+at::Tensor empty_huge_pages(int64_t nbytes) {
+  TORCH_CHECK(nbytes >= 0, "quantkernels::cpu_empty_huge_pages: nbytes must be >= 0, got ", nbytes);
+  const auto opts = at::TensorOptions().dtype(at::kByte).device(at::kCPU);
+  bool advised = false;
+  void* p = qk::cpu::huge_page_alloc(static_cast<size_t>(nbytes), &advised);
+  if (p == nullptr) return at::empty({nbytes}, opts);
+  const size_t n = static_cast<size_t>(nbytes);
+  return at::from_blob(p, {nbytes}, [n](void* q) { qk::cpu::huge_page_free(q, n); }, opts);
 }
 
 bool isa_supported(c10::string_view name) {
@@ -191,4 +218,5 @@ TORCH_LIBRARY_IMPL(quantkernels, CPU, m) {
 
 TORCH_LIBRARY_IMPL(quantkernels, CompositeExplicitAutograd, m) {
   m.impl("cpu_isa_supported", &isa_supported);
+  m.impl("cpu_empty_huge_pages", &empty_huge_pages);
 }

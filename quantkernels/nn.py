@@ -269,26 +269,28 @@ class QuantLinear(nn.Module):
         return backends.get(name).linear(self, state, x2d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Kept lean: a decode step runs every quantized layer at m = 1, where this Python is a large
+        # part of a small layer's time (buffers are read from _buffers, not through Module.__getattr__).
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"QuantLinear: input must be a Tensor, got {type(x).__name__}")
         if x.dtype not in FLOAT_DTYPES:
             raise TypeError(f"QuantLinear: input dtype must be float32, float16 or bfloat16, got {x.dtype}")
-        if x.dim() == 0 or x.shape[-1] != self.in_features:
+        shape = x.shape
+        if not shape or shape[-1] != self.in_features:
             raise ValueError(
-                f"QuantLinear: input's last dimension must be in_features={self.in_features}, got shape {tuple(x.shape)}"
+                f"QuantLinear: input's last dimension must be in_features={self.in_features}, got shape {tuple(shape)}"
             )
-        if x.device != self.qweight.device:
-            raise ValueError(f"QuantLinear: input is on {x.device} but the layer's weights are on {self.qweight.device}")
-        lead = x.shape[:-1]
-        x2d = x.reshape(-1, self.in_features)
+        weight_device = self._buffers["qweight"].device
+        if x.device != weight_device:
+            raise ValueError(f"QuantLinear: input is on {x.device} but the layer's weights are on {weight_device}")
+        x2d = (x if len(shape) == 2 else x.reshape(-1, self.in_features)).contiguous()
         if x2d.shape[0] == 0:
-            return x.new_empty((*lead, self.out_features))
-        x2d = x2d.contiguous()
-        if torch.is_grad_enabled() and x.requires_grad:
+            return x.new_empty((*shape[:-1], self.out_features))
+        if x.requires_grad and torch.is_grad_enabled():
             out = _InputGrad.apply(x2d, self)
         else:
             out = self._forward_2d(x2d)
-        return out.reshape(*lead, self.out_features)
+        return out if len(shape) == 2 else out.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         c = self.config

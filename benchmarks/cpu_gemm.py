@@ -10,7 +10,10 @@ per-channel with dynamic per-token int8 activations; fp32 and bf16 ``torch.matmu
 once on transparent huge pages, where our repacked weights live) and reports each int4 GEMV as a
 fraction of the higher of the two.
 
-Times are medians after warm-up. Layers whose weights are smaller than 4x the L3 (32 MiB) are
+Each cell runs its methods in interleaved rounds (``--rounds``, default 3: every method, and the
+bandwidth probe before the GEMVs, once per round, in turn), so that baselines and kernels see the
+same minutes of a shared machine's memory system; a method's time is the median over the rounds of
+its per-round medians after warm-up. Layers whose weights are smaller than 4x the L3 (32 MiB) are
 rotated over several copies so that every call streams its weights from DRAM, as in a real model.
 GB/s counts the weight bytes each method reads (packed codes; int4 = 0.5 byte/weight, scales
 excluded); GOP/s counts 2*m*N*K.
@@ -99,7 +102,7 @@ def make_ours(cfg, k, n, gen):
     return QuantLinear.from_codes(codes, scales, zeros, cfg)
 
 
-def bench_shape(k, n, ms, threads, only, gen):
+def bench_shape(k, n, ms, threads, only, gen, rounds=3):
     rows = []
     w = torch.randn(n, k, generator=gen) * 0.02
     methods = {}
@@ -139,40 +142,40 @@ def bench_shape(k, n, ms, threads, only, gen):
     for nt in threads:
         torch.set_num_threads(nt)
         for m in ms:
-            # The machine's read bandwidth, measured right before the GEMVs it is compared with
-            # (on a shared machine it moves with the load).
-            bw_gbs = None
-            if m == 1:
-                bw_small, bw_huge = read_bandwidth_gbs()
-                bw_gbs = max(bw_small, bw_huge)
-                print(f"# read bandwidth, {nt} thread(s), before K={k} N={n} m=1: {bw_small:.1f} GB/s on 4 KiB pages, "
-                      f"{bw_huge:.1f} GB/s on huge pages (%readBW is against the higher)", flush=True)
             x32 = torch.randn(m, k, generator=gen)
-            res = {}
+            timers = {}  # name -> (budget_s -> median ms over that method's weight copies, weight bytes)
             for name, spec in methods.items():
-                if spec[0] == "int4pack":
-                    _, packs, sz, nbytes = spec
-                    best = min(
-                        median_ms(lambda p, xd=xd, szd=sz.to(dt): torch.ops.aten._weight_int4pack_mm_for_cpu(xd, p, 128, szd), packs)
-                        for dt in (torch.float32, torch.bfloat16)
-                        for xd in [x32.to(dt)]
-                    )
-                elif spec[0] == "int8pack":
-                    _, q8, s8, nbytes = spec
-                    best = min(
-                        median_ms(lambda qq, xd=xd, sd=s8.to(dt): torch.ops.aten._weight_int8pack_mm(xd, qq, sd), q8)
-                        for dt in (torch.float32, torch.bfloat16)
-                        for xd in [x32.to(dt)]
-                    )
+                if spec[0] in ("int4pack", "int8pack"):
+                    _, ws, sc, nbytes = spec
+                    op = (lambda xd, p, szd: torch.ops.aten._weight_int4pack_mm_for_cpu(xd, p, 128, szd)) if spec[0] == "int4pack" \
+                        else (lambda xd, p, szd: torch.ops.aten._weight_int8pack_mm(xd, p, szd))
+                    # the faster of fp32 and bf16 activations
+                    timers[name] = (lambda budget, op=op, ws=ws, sc=sc: min(
+                        median_ms(lambda p, xd=x32.to(dt), szd=sc.to(dt): op(xd, p, szd), ws, budget_s=budget)
+                        for dt in (torch.float32, torch.bfloat16)), nbytes)
                 else:
                     fn, args, dt, nbytes = spec
-                    xd = x32.to(dt)
-                    best = median_ms(lambda a, fn=fn, xd=xd: fn(xd, a), args)
-                res[name] = (best, nbytes)
+                    timers[name] = (lambda budget, fn=fn, args=args, xd=x32.to(dt): median_ms(lambda a: fn(xd, a), args, budget_s=budget), nbytes)
             for name, (layers, adt, nbytes) in ours.items():
                 xd = x32.to(adt)
                 assert layers[0](xd).shape == (m, n) and layers[0]._last_backend == "cpu"
-                res[name] = (median_ms(lambda l, xd=xd: l(xd), layers), nbytes)
+                timers[name] = (lambda budget, layers=layers, xd=xd: median_ms(lambda l: l(xd), layers, budget_s=budget), nbytes)
+            # Rounds: every method (and, before the GEMVs it is compared with, the bandwidth probe) once
+            # per round, in turn, so that all of them see the same minutes of this shared machine's
+            # memory system; each method's time is the median over rounds. A method slower than half
+            # a second a call (bf16 matmul without AVX512-BF16) is timed in the first round only.
+            samples, bws = {name: [] for name in timers}, []
+            for r in range(rounds):
+                if m == 1:
+                    bw_small, bw_huge = read_bandwidth_gbs()
+                    bws.append(max(bw_small, bw_huge))
+                    print(f"# read bandwidth, {nt} thread(s), round {r + 1}/{rounds} before K={k} N={n} m=1: {bw_small:.1f} GB/s on "
+                          f"4 KiB pages, {bw_huge:.1f} GB/s on huge pages (%readBW is against the higher)", flush=True)
+                for name, (timer, _) in timers.items():
+                    if r == 0 or samples[name][0] < 500:
+                        samples[name].append(timer(1.5 / rounds))
+            bw_gbs = statistics.median(bws) if bws else None
+            res = {name: (statistics.median(samples[name]), nbytes) for name, (_, nbytes) in timers.items()}
             for name, (t, nbytes) in res.items():
                 row = dict(K=k, N=n, m=m, threads=nt, method=name, ms=t, gbs=nbytes / t / 1e6, gops=2 * m * n * k / t / 1e6)
                 for b in BASELINES:
@@ -251,6 +254,7 @@ def main():
     p.add_argument("--m", nargs="*", type=int, default=MS)
     p.add_argument("--threads", nargs="*", type=int, default=[1, 2])
     p.add_argument("--methods", nargs="*", default=None, help=f"subset of {list(OURS) + BASELINES}")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per cell (each method's time: median over rounds)")
     p.add_argument("--targets", action="store_true", help="only the (shape, m, method) cells the issue's targets use, 2 threads")
     args = p.parse_args()
     info = _ext.build_info()
@@ -268,12 +272,12 @@ def main():
                 ((4096, 11008), [128], ["qk w8a8 chan", "qk w4a16 g128", "qk w4a16 g128 bf16", "bf16 matmul", "quantize_dynamic"]),
             ]
             for (k, n), ms, methods in plan:
-                rows += bench_shape(k, n, ms, [2], set(methods), gen)
+                rows += bench_shape(k, n, ms, [2], set(methods), gen, args.rounds)
         else:
             shapes = SHAPES if not args.shapes else [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes]
             print(HEADER)
             for k, n in shapes:
-                rows += bench_shape(k, n, args.m, args.threads, set(args.methods) if args.methods else None, gen)
+                rows += bench_shape(k, n, args.m, args.threads, set(args.methods) if args.methods else None, gen, args.rounds)
     report_targets(rows)
 
 

@@ -136,7 +136,6 @@ def _cpu_empty_huge_pages_fake(nbytes):
     return torch.empty(nbytes, dtype=torch.uint8)
 
 
-
 # ---------------------------------------------------------------------------------------------------
 # CUDA backend ops (layouts in csrc/cuda/; kernels registered by csrc/bindings/cuda_ops.cpp).
 # ---------------------------------------------------------------------------------------------------

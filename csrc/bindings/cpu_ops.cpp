@@ -196,8 +196,7 @@ at::Tensor linear_int8(const at::Tensor& x_in, const at::Tensor& w, const at::Te
 at::Tensor empty_huge_pages(int64_t nbytes) {
   TORCH_CHECK(nbytes >= 0, "quantkernels::cpu_empty_huge_pages: nbytes must be >= 0, got ", nbytes);
   const auto opts = at::TensorOptions().dtype(at::kByte).device(at::kCPU);
-  bool advised = false;
-  void* p = qk::cpu::huge_page_alloc(static_cast<size_t>(nbytes), &advised);
+  void* p = qk::cpu::huge_page_alloc(static_cast<size_t>(nbytes));
   if (p == nullptr) return at::empty({nbytes}, opts);
   const size_t n = static_cast<size_t>(nbytes);
   return at::from_blob(p, {nbytes}, [n](void* q) { qk::cpu::huge_page_free(q, n); }, opts);

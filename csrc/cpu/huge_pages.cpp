@@ -16,8 +16,7 @@ constexpr size_t kHuge = size_t(2) << 20;
 
 #if defined(__linux__)
 
-void* huge_page_alloc(size_t bytes, bool* advised) {
-  *advised = false;
+void* huge_page_alloc(size_t bytes) {
   if (bytes == 0) return nullptr;
   const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   const size_t len = (bytes + page - 1) / page * page;  // the tail past the last 2 MiB stays on small pages
@@ -32,7 +31,7 @@ void* huge_page_alloc(size_t bytes, bool* advised) {
   if (raw_end > end) munmap(reinterpret_cast<void*>(end), raw_end - end);
   void* p = reinterpret_cast<void*>(start);
 #if defined(MADV_HUGEPAGE)
-  *advised = madvise(p, len, MADV_HUGEPAGE) == 0;
+  madvise(p, len, MADV_HUGEPAGE);  // a refusal leaves ordinary pages, which is still correct
 #endif
   return p;
 }
@@ -44,10 +43,7 @@ void huge_page_free(void* p, size_t bytes) {
 
 #else
 
-void* huge_page_alloc(size_t, bool* advised) {
-  *advised = false;
-  return nullptr;
-}
+void* huge_page_alloc(size_t) { return nullptr; }
 
 void huge_page_free(void*, size_t) {}
 

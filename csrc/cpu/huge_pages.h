@@ -12,9 +12,9 @@ namespace qk::cpu {
 // `bytes` of fresh, untouched anonymous memory starting on a 2 MiB boundary, advised
 // MADV_HUGEPAGE (the pages fault in as huge pages when first written, if the kernel has them).
 // Returns nullptr where this is not possible (not Linux, mmap failed): the caller then allocates
-// ordinarily. *advised tells whether madvise accepted the hint (false with THP `never`).
+// ordinarily. Where madvise refuses the hint (THP `never`) the memory is simply on small pages.
 // Release with huge_page_free(p, bytes).
-void* huge_page_alloc(size_t bytes, bool* advised);
+void* huge_page_alloc(size_t bytes);
 void huge_page_free(void* p, size_t bytes);
 
 }  // namespace qk::cpu

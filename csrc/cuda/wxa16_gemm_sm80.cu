@@ -80,6 +80,15 @@ __device__ __forceinline__ uint4 lds128(const uint4* p) {
 
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 
+// The stage after `slot` in a ring of S (a mask where S is a power of two).
+template <int S>
+__device__ __forceinline__ int next_slot(int slot) {
+  if constexpr ((S & (S - 1)) == 0)
+    return (slot + 1) & (S - 1);
+  else
+    return slot == S - 1 ? 0 : slot + 1;
+}
+
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
@@ -165,30 +174,36 @@ __device__ __forceinline__ void store_out(float (&acc)[NT][MT][4], const bool (&
   });
 }
 
-// A warp's weight stream: for each of its NT n-tiles the lane's source at chunk 0 and the
-// lane's scale/zero slot, and the group of the columns it copies next. An n-tile past N (in a
-// partial last group) is clamped to the last real one: it streams real memory and its results
-// are never stored, so the loops have no per-tile branches. Chunks are copied in increasing
-// order, so without a group table the group advances by comparison, not by a division per chunk.
+// A warp's weight stream: for each of its NT n-tiles the lane's source at the next chunk to copy
+// and the lane's scale/zero slot, and the group of the columns it copies next. An n-tile past N (in
+// a partial last group) is clamped to the last real one: it streams real memory and its results
+// are never stored, so the loops have no per-tile branches. Chunks are copied in increasing order,
+// one after another, so the sources advance by one chunk per copy and, without a group table, the
+// group (and its scale offset) by comparison, not by a division per chunk. The advancing pointers
+// are loop-carried on purpose: written as chunk-0 pointers plus c * 32, ptxas rematerialized the
+// addresses from the kernel arguments every chunk (sm_90a SASS loop of tile (1,4,3), fp16,
+// symmetric g128: 394 -> 360 instructions per chunk with this; NOTES_gpu.md "Small-m round 5").
 template <int NT, int KC>
 struct ChunkSource {
-  const uint4* wsrc[NT];  // [N/16, K/KC, 32] lane slices of the n-tile, chunk 0
-  int soff[NT];           // n-tile * 8 + g
+  const uint4* wsrc[NT];  // [N/16, K/KC, 32] lane slices of the n-tile at the next chunk
+  int srel[NT];           // scale slot of n-tile n relative to n-tile 0's: 8 n (clamped edge tiles aside)
+  int64_t goff;           // group * N/16 * 8 + n-tile 0's slot: the next copy's scales / zeros offset
   int group, group_end;   // group of the next copy (no group table)
 
   __device__ __forceinline__ void start(const uint4* qw, int nt0, int n_tiles, int nc, int lane, int c, int gsize) {
 #pragma unroll
     for (int n = 0; n < NT; ++n) {
       const int nt = min(nt0 + n, n_tiles - 1);
-      wsrc[n] = qw + static_cast<int64_t>(nt) * nc * 32 + lane;
-      soff[n] = nt * 8 + (lane >> 2);
+      wsrc[n] = qw + (static_cast<int64_t>(nt) * nc + c) * 32 + lane;
+      srel[n] = (nt - min(nt0, n_tiles - 1)) * 8;
     }
     group = (c * KC + (lane & 3) * (KC / 4)) / gsize;
     group_end = (group + 1) * gsize;
+    goff = static_cast<int64_t>(group) * n_tiles * 8 + min(nt0, n_tiles - 1) * 8 + (lane >> 2);
   }
 
-  // Copy chunk c's weights, scales and zeros (weights only with SCALES = false) into stage `slot`
-  // of the lane's slots.
+  // Copy chunk c (the chunk after the previous copy, or the one start() was given) with its
+  // scales and zeros (weights only with SCALES = false) into stage `slot` of the lane's slots.
   template <int S, bool SCALES = true>
   __device__ __forceinline__ void copy(uint4* smem, int slot, int tid, int c, const uint32_t* scales,
                                        const uint32_t* zeros, const int32_t* kgroup, int gsize, int n_tiles) {
@@ -197,27 +212,33 @@ struct ChunkSource {
     uint32_t* zbuf = sbuf + S * NT * kThreads;
     if constexpr (!SCALES) {
 #pragma unroll
-      for (int n = 0; n < NT; ++n) cp_async16(wbuf + (slot * NT + n) * kThreads + tid, wsrc[n] + c * 32);
+      for (int n = 0; n < NT; ++n) {
+        cp_async16(wbuf + (slot * NT + n) * kThreads + tid, wsrc[n]);
+        wsrc[n] += 32;
+      }
       return;
     }
     const int col = c * KC + (tid & 3) * (KC / 4);
-    int gi;
+    int64_t gof;
     if (kgroup != nullptr) {
-      gi = __ldg(kgroup + (col >> 4));
+      // `group` keeps start()'s value here (goff is that group's offset)
+      gof = goff + static_cast<int64_t>(__ldg(kgroup + (col >> 4)) - group) * n_tiles * 8;
     } else {
       while (col >= group_end) {
         ++group;
         group_end += gsize;
+        goff += n_tiles * 8;
       }
-      gi = group;
+      gof = goff;
     }
-    const int64_t goff = static_cast<int64_t>(gi) * n_tiles * 8;
+    const uint32_t* sg = scales + gof;
 #pragma unroll
     for (int n = 0; n < NT; ++n) {
       const int sl = (slot * NT + n) * kThreads + tid;
-      cp_async16(wbuf + sl, wsrc[n] + c * 32);
-      cp_async4(sbuf + sl, scales + goff + soff[n]);
-      if (zeros != nullptr) cp_async4(zbuf + sl, zeros + goff + soff[n]);
+      cp_async16(wbuf + sl, wsrc[n]);
+      wsrc[n] += 32;
+      cp_async4(sbuf + sl, sg + srel[n]);
+      if (zeros != nullptr) cp_async4(zbuf + sl, zeros + gof + srel[n]);
     }
   }
 };
@@ -474,22 +495,31 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
   const int gsize = gs16 * 16;
   ChunkSource<NT, KC> src;
   src.start(qw, nt0, n_tiles, NC, lane, c_begin, gsize);
-  const T* xsrc[MT];
+  // The lane's activations at the next chunk to load (xld) or, with XS, to copy (xcp); advanced one
+  // chunk at a time, like ChunkSource's pointers, so that ptxas keeps them rather than rebuilding
+  // them from the arguments every chunk. So are the stage slots (no % S per chunk).
+  const T* xld[MT];
+  const T* xcp[MT];
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt) xsrc[mt] = x + min(m0 + mt * 8 + g, M - 1) * ldx + t * KSPAN;
+  for (int mt = 0; mt < MT; ++mt) {
+    xld[mt] = x + min(m0 + mt * 8 + g, M - 1) * ldx + t * KSPAN + c_begin * KC;
+    xcp[mt] = xld[mt];
+  }
 
   uint4* xbuf = smem + S * NT * kThreads * 3 / 2;  // XS: [S][MT][XV][kThreads], after 24 bytes per weight slot
 
-  // Copy chunk c into stage `slot` (one group per call, maybe empty).
+  // Copy chunk c (the one after the previous call's) into stage `slot` (one group per call, maybe empty).
   auto issue = [&](int c, int slot) {
     if (c < c_end) {
       src.template copy<S, MODE != kAtEnd>(smem, slot, tid, c, scales, zeros, kgroup, gsize, n_tiles);
       if constexpr (XS) {
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
+        for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
           for (int v = 0; v < XV; ++v)
-            cp_async16_ca(xbuf + ((slot * MT + mt) * XV + v) * kThreads + tid, xsrc[mt] + c * KC + v * 8);
+            cp_async16_ca(xbuf + ((slot * MT + mt) * XV + v) * kThreads + tid, xcp[mt] + v * 8);
+          xcp[mt] += KC;
+        }
       }
     }
     cp_async_commit();
@@ -498,20 +528,26 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
 #pragma unroll
   for (int s = 0; s < S - 1; ++s) issue(c_begin + s, s);
 
-  for (int c = c_begin, it = 0; c < c_end; ++c, ++it) {
-    issue(c + S - 1, (it + S - 1) % S);
+  for (int c = c_begin, rslot = 0, wslot = S - 1; c < c_end; ++c) {
+    issue(c + S - 1, wslot);
+    wslot = next_slot<S>(wslot);
     // Activations for this chunk first: their latency overlaps the wait and the dequantization.
     uint4 xv[MT][XV];
-    if constexpr (!XS) load_x<BITS, T, MT>(xsrc, c, m0, M, xv);
+    if constexpr (!XS) {
+      load_x<BITS, T, MT>(xld, 0, m0, M, xv);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) xld[mt] += KC;
+    }
     cp_async_wait<S - 1>();  // this thread's copies of chunk c have landed
     if constexpr (XS) {
       // m-tiles past M hold clamped rows; consume_chunk skips them.
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int v = 0; v < XV; ++v) xv[mt][v] = lds128(xbuf + (((it % S) * MT + mt) * XV + v) * kThreads + tid);
+        for (int v = 0; v < XV; ++v) xv[mt][v] = lds128(xbuf + ((rslot * MT + mt) * XV + v) * kThreads + tid);
     }
-    consume_chunk<BITS, T, MT, NT, S, MODE>(smem, it % S, tid, zeros != nullptr, zsym, dc_end, xv, m0, M, acc);
+    consume_chunk<BITS, T, MT, NT, S, MODE>(smem, rslot, tid, zeros != nullptr, zsym, dc_end, xv, m0, M, acc);
+    rslot = next_slot<S>(rslot);
   }
   cp_async_wait<0>();
   if constexpr (MODE == kAtEnd) scale_rows<T>(acc, scales, nt0, n_tiles, g);

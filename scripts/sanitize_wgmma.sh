@@ -35,7 +35,7 @@ for bits, gs, sym, act_order in [(4, 128, True, False), (4, 32, False, False), (
             xs = x if st.perm is None else x.index_select(1, st.perm)
             ws = torch.zeros(m * n + (n // 16) * ((m + 7) // 8), device="cuda")
             for config in range(NUM_CONFIGS):
-                for w, ks in ((None, -1), (ws, 2)):
+                for w, ks in ((None, -1), (ws, 4)):  # 6 stages: shares of 1.5 stages cross output tiles
                     out = torch.ops.quantkernels.cuda_wxa16_gemm_wgmma(
                         xs, st.qweight, st.scales[dt], st.zeros[dt], st.kgroup, st.group_size, st.bias[dt], bits,
                         w, config, ks)

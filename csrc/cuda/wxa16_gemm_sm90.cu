@@ -14,8 +14,11 @@
 // x once per call in that order, cut into the tiles the kernel reads, each laid out as the
 // no-swizzle K-major core matrices of the wgmma descriptor (M x K x 2 bytes each way, a few us).
 //
-// Block = NWG warpgroups (64 output channels each) x BN activation rows x a range of K (split over
-// blockIdx.z, partial sums through the caller's self-zeroing workspace, wxa16.h). K is consumed in
+// Output tile = NWG warpgroups (64 output channels each) x BN activation rows, one block per tile
+// over all of K; or, when the launcher splits K (too few tiles for the SMs, a workspace given),
+// stream-K: one wave of blocks shares the (tile, stage) items out evenly, a share may cross tiles,
+// and a tile cut between blocks sums its parts in fp32 through the caller's self-zeroing workspace
+// (wxa16.h), the last block to arrive storing it. K is consumed in
 // stages of 64 columns (one 4-bit chunk or two 8-bit chunks; four k16 steps): the stage's activation
 // tile (one contiguous run of the pre-cut tiles) and each lane's 16-byte weight slice, scale and
 // zero go to shared memory by cp.async, S slots, S - 2 stages ahead. Per stage each warp dequantizes
@@ -29,6 +32,8 @@
 // empty and wxa16_gemm_wgmma_available() reports false, so callers fall back to wxa16_gemm.
 // Test: PYTHONPATH=$PWD python -m pytest -q tests/test_cuda_wgmma.py (on an H100);
 // benchmark: PYTHONPATH=$PWD python benchmarks/gpu_gemm.py --wgmma.
+#include <algorithm>
+
 #include "cuda/wxa16.h"
 #include "cuda/wxa16_common.cuh"
 
@@ -183,7 +188,7 @@ constexpr int wgmma_smem_bytes() {
   return S * (BN * kStageCols * 2 + cps * NWG * 128 * (16 + 4 + 4));
 }
 
-template <int BITS, typename T, int BN, int NWG, int S>
+template <int BITS, typename T, int BN, int NWG, int S, bool STREAM_K>
 __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
     const T* __restrict__ xt,              // activation tiles (wxa16_tile_x_kernel)
     const uint4* __restrict__ qw,          // [N/16, K/KC, 32] (16 bytes per lane)
@@ -213,149 +218,173 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int n_tiles = N >> 4, NC = K / KC;
-  const int nt = blockIdx.y * (4 * NWG) + warp;  // this warp's 16 channels
-  const int ntc = min(nt, n_tiles - 1);          // past N: stream the last real tile, store nothing
-  const int m0 = blockIdx.x * BN;
-  const int NS = K / kStageCols, KS = gridDim.z;
-  const int s_begin = static_cast<int>(static_cast<int64_t>(blockIdx.z) * NS / KS);
-  const int s_end = static_cast<int>(static_cast<int64_t>(blockIdx.z + 1) * NS / KS);
-
-  const int soff = ntc * 8 + (lane >> 2);
+  const int NS = K / kStageCols, m_blocks = (M + BN - 1) / BN;
+  const int g = lane >> 2, t = lane & 3;
   const int lane_col = (lane & 3) * (KC / 4);
-
-  // Copy stage s into slot `slot`, one cp.async group per call (maybe empty): the activation tile
-  // (contiguous in xt, 16-byte unit i to byte 16 i), this lane's 16-byte weight slice of each chunk,
-  // and its scale and zero.
-  const T* xsrc = xt + static_cast<int64_t>(blockIdx.x) * NS * (BN * kStageCols);
-  auto issue = [&](int s, int slot) {
-    if (s < s_end) {
-      const uint4* xsrc4 = reinterpret_cast<const uint4*>(xsrc + static_cast<int64_t>(s) * (BN * kStageCols));
-      uint4* xdst = reinterpret_cast<uint4*>(xs + slot * XBYTES);
-#pragma unroll
-      for (int i = tid; i < BN * 8; i += THREADS) cp_async16(xdst + i, xsrc4 + i);
-#pragma unroll
-      for (int cc = 0; cc < CPS; ++cc) {
-        const int col = (s * CPS + cc) * KC + lane_col;
-        const int gi = kgroup != nullptr ? __ldg(kgroup + (col >> 4)) : col / gsize;
-        const int64_t goff = static_cast<int64_t>(gi) * n_tiles * 8 + soff;
-        const int sl = (slot * CPS + cc) * THREADS + tid;
-        cp_async16(wbuf + sl, qw + (static_cast<int64_t>(ntc) * NC + s * CPS + cc) * 32 + lane);
-        cp_async4(sbuf + sl, scales + goff);
-        if (zeros != nullptr) cp_async4(zbuf + sl, zeros + goff);
-      }
-    }
-    asm volatile("cp.async.commit_group;" ::: "memory");
-  };
-
   const uint32_t zsym = [] {
     using T2 = typename ActTraits<T>::T2;
     const T z = ActTraits<T>::from_float(static_cast<float>(1 << (BITS - 1)));
     return as_u32(T2{z, z});
   }();
+  __shared__ int s_last;
 
-  // This stage's A registers: 4 k16 steps x 4 registers, dequantized from the lane's slots.
-  auto dequant_stage = [&](int slot, uint32_t (&a)[4][4]) {
-#pragma unroll
-    for (int cc = 0; cc < CPS; ++cc) {
-      const int sl = (slot * CPS + cc) * THREADS + tid;
-      const uint4 w = wbuf[sl];
-      const DequantConsts dc = make_consts<BITS, T>(sbuf[sl], zeros != nullptr ? zbuf[sl] : zsym);
-#pragma unroll
-      for (int j = 0; j < RUNS; ++j)
-        dequant_run<BITS, T>(reinterpret_cast<const uint32_t*>(&w) + j * WPR, dc, a[cc * RUNS + j]);
-    }
-  };
+  // Stages s_begin .. s_end - 1 of output tile `tile` (= n-block * m_blocks + m-block), one of `parts`
+  // blocks that share the tile.
+  auto run_tile = [&](int tile, int s_begin, int s_end, int parts) {
+    const int mb = tile % m_blocks;
+    const int nt = (tile / m_blocks) * (4 * NWG) + warp;  // this warp's 16 channels
+    const int ntc = min(nt, n_tiles - 1);                 // past N: stream the last real tile, store nothing
+    const int m0 = mb * BN;
+    const int soff = ntc * 8 + (lane >> 2);
+    if constexpr (STREAM_K) __syncthreads();  // every warp is done with the previous tile's slots
 
-  float acc[NA];
+    // Copy stage s into slot `slot`, one cp.async group per call (maybe empty): the activation tile
+    // (contiguous in xt, 16-byte unit i to byte 16 i), this lane's 16-byte weight slice of each chunk,
+    // and its scale and zero.
+    const T* xsrc = xt + static_cast<int64_t>(mb) * NS * (BN * kStageCols);
+    auto issue = [&](int s, int slot) {
+      if (s < s_end) {
+        const uint4* xsrc4 = reinterpret_cast<const uint4*>(xsrc + static_cast<int64_t>(s) * (BN * kStageCols));
+        uint4* xdst = reinterpret_cast<uint4*>(xs + slot * XBYTES);
 #pragma unroll
-  for (int i = 0; i < NA; ++i) acc[i] = 0.0f;
-
-  auto mma_stage = [&](int slot, const uint32_t (&a)[4][4]) {
-    const uint8_t* xt = xs + slot * XBYTES;
-    wgmma_fence();  // the A registers were just written
+        for (int i = tid; i < BN * 8; i += THREADS) cp_async16(xdst + i, xsrc4 + i);
 #pragma unroll
-    for (int j = 0; j < 4; ++j) wgmma_rs<BF16>(WgmmaN<BN>{}, acc, a[j], smem_desc(xt + j * 256));
-    wgmma_commit();
-  };
-
-  // Stage s is consumed in iteration s - s_begin; its slot is rewritten (issue, S - 2 ahead) only
-  // after every warpgroup's wgmma on it has completed: each waits for all but its latest group at
-  // the end of an iteration, and the barrier at the start of the next orders that before the copy.
-#pragma unroll
-  for (int i = 0; i < S - 2; ++i) issue(s_begin + i, i);
-  uint32_t a0[4][4], a1[4][4];  // two register sets: one is read by wgmma while the other is filled
-  int it = 0;
-  auto step = [&](uint32_t (&a)[4][4]) {
-    const int slot = it % S;
-    asm volatile("cp.async.wait_group %0;" ::"n"(S - 3) : "memory");  // this thread's copies of stage it
-    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");      // cp.async writes -> tensor-core reads
-    __syncthreads();
-    issue(s_begin + it + S - 2, (it + S - 2) % S);
-    dequant_stage(slot, a);
-    mma_stage(slot, a);
-    wgmma_wait<1>();
-    ++it;
-  };
-  const int n_iters = s_end - s_begin;
-  while (it + 1 < n_iters) {
-    step(a0);
-    step(a1);
-  }
-  if (it < n_iters) step(a0);
-  wgmma_wait<0>();
-  fence_acc(acc);
-  asm volatile("cp.async.wait_group 0;" ::: "memory");
-
-  // acc[4 i + q] = out^T[channel 16 nt + g + 8 (q >> 1)][row m0 + 8 i + 2 t + (q & 1)].
-  const int g = lane >> 2, t = lane & 3;
-  const bool valid = nt < n_tiles;
-  auto for_each = [&](auto&& f) {
-    if (!valid) return;
-#pragma unroll
-    for (int i = 0; i < NA; ++i) {
-      const int m = m0 + 8 * (i >> 2) + 2 * t + (i & 1);
-      if (m < M) f(acc[i], m, 16 * nt + g + 8 * ((i >> 1) & 1));
-    }
-  };
-  if (KS > 1) {
-    // The block that arrives last for this output tile takes the sum and leaves zeros behind.
-    __shared__ int s_last;
-    // The workspace is used transposed here, ws[n, m]: a thread's (m, m + 1) pairs are adjacent,
-    // so they go as one 8-byte atomic (half the atomic operations of the L2, the split's cost).
-    if (valid) {
-#pragma unroll
-      for (int i = 0; i < NA; i += 2) {
-        const int m = m0 + 8 * (i >> 2) + 2 * t, n = 16 * nt + g + 8 * ((i >> 1) & 1);
-        float* p = ws + static_cast<int64_t>(n) * M + m;
-        if (m + 1 < M && (M & 1) == 0)
-          atomicAdd(reinterpret_cast<float2*>(p), make_float2(acc[i], acc[i + 1]));
-        else if (m < M) {
-          atomicAdd(p, acc[i]);
-          if (m + 1 < M) atomicAdd(p + 1, acc[i + 1]);
+        for (int cc = 0; cc < CPS; ++cc) {
+          const int col = (s * CPS + cc) * KC + lane_col;
+          const int gi = kgroup != nullptr ? __ldg(kgroup + (col >> 4)) : col / gsize;
+          const int64_t goff = static_cast<int64_t>(gi) * n_tiles * 8 + soff;
+          const int sl = (slot * CPS + cc) * THREADS + tid;
+          cp_async16(wbuf + sl, qw + (static_cast<int64_t>(ntc) * NC + s * CPS + cc) * 32 + lane);
+          cp_async4(sbuf + sl, scales + goff);
+          if (zeros != nullptr) cp_async4(zbuf + sl, zeros + goff);
         }
       }
+      asm volatile("cp.async.commit_group;" ::: "memory");
+    };
+
+    // This stage's A registers: 4 k16 steps x 4 registers, dequantized from the lane's slots.
+    auto dequant_stage = [&](int slot, uint32_t (&a)[4][4]) {
+#pragma unroll
+      for (int cc = 0; cc < CPS; ++cc) {
+        const int sl = (slot * CPS + cc) * THREADS + tid;
+        const uint4 w = wbuf[sl];
+        const DequantConsts dc = make_consts<BITS, T>(sbuf[sl], zeros != nullptr ? zbuf[sl] : zsym);
+#pragma unroll
+        for (int j = 0; j < RUNS; ++j)
+          dequant_run<BITS, T>(reinterpret_cast<const uint32_t*>(&w) + j * WPR, dc, a[cc * RUNS + j]);
+      }
+    };
+
+    float acc[NA];
+#pragma unroll
+    for (int i = 0; i < NA; ++i) acc[i] = 0.0f;
+
+    auto mma_stage = [&](int slot, const uint32_t (&a)[4][4]) {
+      const uint8_t* xt = xs + slot * XBYTES;
+      wgmma_fence();  // the A registers were just written
+#pragma unroll
+      for (int j = 0; j < 4; ++j) wgmma_rs<BF16>(WgmmaN<BN>{}, acc, a[j], smem_desc(xt + j * 256));
+      wgmma_commit();
+    };
+
+    // Stage s is consumed in iteration s - s_begin; its slot is rewritten (issue, S - 2 ahead) only
+    // after every warpgroup's wgmma on it has completed: each waits for all but its latest group at
+    // the end of an iteration, and the barrier at the start of the next orders that before the copy.
+#pragma unroll
+    for (int i = 0; i < S - 2; ++i) issue(s_begin + i, i);
+    uint32_t a0[4][4], a1[4][4];  // two register sets: one is read by wgmma while the other is filled
+    int it = 0;
+    auto step = [&](uint32_t (&a)[4][4]) {
+      const int slot = it % S;
+      asm volatile("cp.async.wait_group %0;" ::"n"(S - 3) : "memory");  // this thread's copies of stage it
+      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");      // cp.async writes -> tensor-core reads
+      __syncthreads();
+      issue(s_begin + it + S - 2, (it + S - 2) % S);
+      dequant_stage(slot, a);
+      mma_stage(slot, a);
+      wgmma_wait<1>();
+      ++it;
+    };
+    const int n_iters = s_end - s_begin;
+    while (it + 1 < n_iters) {
+      step(a0);
+      step(a1);
     }
-    __threadfence();
-    __syncthreads();
-    if (tid == 0) {
-      int* counter = reinterpret_cast<int*>(ws + static_cast<int64_t>(M) * N) + blockIdx.y * gridDim.x + blockIdx.x;
-      const int prev = atomicAdd(counter, 1);
-      s_last = prev == KS - 1;
-      if (s_last) *counter = 0;
+    if (it < n_iters) step(a0);
+    wgmma_wait<0>();
+    fence_acc(acc);
+    asm volatile("cp.async.wait_group 0;" ::: "memory");
+
+    // acc[4 i + q] = out^T[channel 16 nt + g + 8 (q >> 1)][row m0 + 8 i + 2 t + (q & 1)].
+    const bool valid = nt < n_tiles;
+    auto for_each = [&](auto&& f) {
+      if (!valid) return;
+#pragma unroll
+      for (int i = 0; i < NA; ++i) {
+        const int m = m0 + 8 * (i >> 2) + 2 * t + (i & 1);
+        if (m < M) f(acc[i], m, 16 * nt + g + 8 * ((i >> 1) & 1));
+      }
+    };
+    if (parts > 1) {
+      // The block that arrives last for this output tile takes the sum and leaves zeros behind.
+      // The workspace is used transposed here, ws[n, m]: a thread's (m, m + 1) pairs are adjacent,
+      // so they go as one 8-byte atomic (half the atomic operations of the L2, the split's cost).
+      if (valid) {
+#pragma unroll
+        for (int i = 0; i < NA; i += 2) {
+          const int m = m0 + 8 * (i >> 2) + 2 * t, n = 16 * nt + g + 8 * ((i >> 1) & 1);
+          float* p = ws + static_cast<int64_t>(n) * M + m;
+          if (m + 1 < M && (M & 1) == 0)
+            atomicAdd(reinterpret_cast<float2*>(p), make_float2(acc[i], acc[i + 1]));
+          else if (m < M) {
+            atomicAdd(p, acc[i]);
+            if (m + 1 < M) atomicAdd(p + 1, acc[i + 1]);
+          }
+        }
+      }
+      __threadfence();
+      __syncthreads();
+      if (tid == 0) {
+        int* counter = reinterpret_cast<int*>(ws + static_cast<int64_t>(M) * N) + tile;
+        const int prev = atomicAdd(counter, 1);
+        s_last = prev == parts - 1;
+        if (s_last) *counter = 0;
+      }
+      __syncthreads();
+      if (!s_last) return;
+      __threadfence();
+      for_each([&](float& v, int m, int n) {
+        float* p = ws + static_cast<int64_t>(n) * M + m;
+        v = __ldcg(p);
+        __stcg(p, 0.0f);
+      });
     }
-    __syncthreads();
-    if (!s_last) return;
-    __threadfence();
     for_each([&](float& v, int m, int n) {
-      float* p = ws + static_cast<int64_t>(n) * M + m;
-      v = __ldcg(p);
-      __stcg(p, 0.0f);
+      const float b = bias != nullptr ? ActTraits<T>::to_float(bias[n]) : 0.0f;
+      out[static_cast<int64_t>(m) * N + n] = ActTraits<T>::from_float(v + b);
     });
+  };
+
+  if constexpr (!STREAM_K) {
+    run_tile(blockIdx.x, 0, NS, 1);  // the grid is the tiles
+  } else {
+    // Stream-K: the (output tile, stage) items in tile-major order, an equal contiguous share per block
+    // (every SM busy whatever the tile count); a share may cross tiles, and a tile cut between blocks
+    // sums its parts through the workspace. owner(i) = the block whose share holds item i.
+    const int64_t n_items = static_cast<int64_t>((n_tiles + 4 * NWG - 1) / (4 * NWG)) * m_blocks * NS;
+    const int64_t G = gridDim.x;
+    auto owner = [&](int64_t i) { return ((i + 1) * G - 1) / n_items; };
+    const int64_t my_end = (blockIdx.x + 1) * n_items / G;
+    for (int64_t pos = blockIdx.x * n_items / G; pos < my_end;) {
+      const int tile = static_cast<int>(pos / NS);
+      const int s_begin = static_cast<int>(pos - static_cast<int64_t>(tile) * NS);
+      const int64_t left = my_end - static_cast<int64_t>(tile) * NS;  // the share's items from the tile's start
+      const int s_end = left < NS ? static_cast<int>(left) : NS;
+      pos = static_cast<int64_t>(tile) * NS + s_end;
+      run_tile(tile, s_begin, s_end,
+               static_cast<int>(owner(static_cast<int64_t>(tile + 1) * NS - 1) - owner(static_cast<int64_t>(tile) * NS)) + 1);
+    }
   }
-  for_each([&](float& v, int m, int n) {
-    const float b = bias != nullptr ? ActTraits<T>::to_float(bias[n]) : 0.0f;
-    out[static_cast<int64_t>(m) * N + n] = ActTraits<T>::from_float(v + b);
-  });
 #endif
 }
 
@@ -391,19 +420,23 @@ cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qw
   constexpr int kMinStages = 4, kMaxKs = 16;
   constexpr double kOverhead = 3.0;  // pipeline fill and epilogue, in stages (a guess)
   constexpr double kSplitGain = 0.85;  // a split must model 15% faster: its atomics load the L2
-  auto kernel = wxa16_gemm_wgmma_kernel<BITS, T, BN, NWG, S>;
+  auto kernel = wxa16_gemm_wgmma_kernel<BITS, T, BN, NWG, S, false>;
+  auto kernel_sk = wxa16_gemm_wgmma_kernel<BITS, T, BN, NWG, S, true>;
   // Not a stream operation (legal while capturing a graph); per device, so set it every launch.
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  if (err == cudaSuccess) err = cudaFuncSetAttribute(kernel_sk, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (err != cudaSuccess) return err;
   static int blocks_per_sm = 0;  // occupancy calculator, once
   if (blocks_per_sm == 0) {
     int b = 0;
-    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, kernel, kThreads, kSmem);
+    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, kernel_sk, kThreads, kSmem);
     if (err != cudaSuccess) return err;
     blocks_per_sm = b > 0 ? b : 1;
   }
   const int n_blocks = (N / 16 + 4 * NWG - 1) / (4 * NWG), m_blocks = (M + BN - 1) / BN;
   const int stages = K / kStageCols;
+  const int64_t tiles = static_cast<int64_t>(n_blocks) * m_blocks, items = tiles * stages;
+  const int64_t slots = static_cast<int64_t>(blocks_per_sm) * num_sms;
   const bool have_ws = split.ws != nullptr && split.ws_numel >= wxa16_gemm_workspace_floats(M, N);
   if (split.ksplit > 1 && !have_ws) return cudaErrorInvalidValue;
   // Split of K over blocks: the one with the least modelled time, waves x (stages per block +
@@ -412,10 +445,9 @@ cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qw
   if (split.ksplit > 0) {
     ks = split.ksplit < stages ? split.ksplit : stages;
   } else if (have_ws) {
-    const int64_t slots = static_cast<int64_t>(blocks_per_sm) * num_sms;
     double best = -1.0;
     for (int k = 1; k <= kMaxKs && k * kMinStages <= stages; ++k) {
-      const int64_t blocks = static_cast<int64_t>(n_blocks) * m_blocks * k;
+      const int64_t blocks = tiles * k;
       const double waves = static_cast<double>((blocks + slots - 1) / slots);
       const double time = waves * (static_cast<double>(stages) / k + kOverhead);
       if (best < 0 || time < best * kSplitGain) {
@@ -424,16 +456,24 @@ cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qw
       }
     }
   }
+  // When K is split, stream-K shares the stages out over one wave of the machine (forced: tiles x
+  // ks blocks), so the last wave is not partial (09:27 run, 28672x8192 m=64: 110 against 121 us
+  // with 4 blocks a tile). Without a split, one block per tile: there stream-K measured slower (its
+  // fp32 atomics on the cut tiles; 8192x28672 m=64: 125 against 112 us with 112 tiles).
+  int64_t grid = tiles;
+  if (split.ksplit > 1)
+    grid = tiles * ks;
+  else if (ks > 1)
+    grid = std::max(std::min(slots, items / kMinStages), std::min(tiles, slots));
   {
     const int64_t units = static_cast<int64_t>(m_blocks) * BN * (K / 8);
     const int blocks = static_cast<int>(units / 256 + 1 < 8L * num_sms ? units / 256 + 1 : 8L * num_sms);
     wxa16_tile_x_kernel<BITS><<<blocks, 256, 0, stream>>>(static_cast<const uint32_t*>(x), ldx / 2,
                                                            static_cast<uint4*>(xp), M, K, BN);
   }
-  dim3 grid(m_blocks, n_blocks, ks);
-  kernel<<<grid, kThreads, kSmem, stream>>>(static_cast<const T*>(xp), reinterpret_cast<const uint4*>(qweight), scales,
-                                            zeros, kgroup, group_size, static_cast<const T*>(bias),
-                                            static_cast<T*>(out), split.ws, M, N, K);
+  (ks > 1 ? kernel_sk : kernel)<<<static_cast<unsigned>(grid), kThreads, kSmem, stream>>>(
+      static_cast<const T*>(xp), reinterpret_cast<const uint4*>(qweight), scales, zeros, kgroup, group_size,
+      static_cast<const T*>(bias), static_cast<T*>(out), split.ws, M, N, K);
   return cudaGetLastError();
 }
 

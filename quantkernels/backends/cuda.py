@@ -53,10 +53,12 @@ STREAMK_MAX_M = 8  # rows up to which the GEMM gets the layer's workspace (its s
 # faster than the two paths above on an H100 (benchmarks/NOTES_gpu.md, `gpu_gemm.py --wgmma`, 09:09 run),
 # where the GPU and the build have it (CudaState.wgmma): rows (lo, hi] -> the fewest weights N x K of
 # a layer wider than deep (N > K), and of the others. m <= 32 never (8192x28672 m=16: 58 against 106 us
-# for the mma.sync tiles); 33-64 on the two largest layers only (8192x28672: 108 against 186 us;
-# 8192x8192: 54 against 50); 65-128 on all but 4096x4096 (41 against 28); 129-256 on all but 4096x4096
-# and 14336x4096 (124 against 114 us for dequantize + cuBLAS; 8192x8192 110 against 118).
-WGMMA_CELLS = ((32, 64, 1 << 27, 1 << 27), (64, 128, 1 << 25, 1 << 25), (128, 256, 1 << 25, 1 << 26))
+# for the mma.sync tiles); 33-64 on 8192x28672 (112 against 189 us) and on the layers no wider than deep
+# from 2^25 weights (09:27 run, stream-K split: 28672x8192 110 against 169, 14336x4096 43.3 against
+# 46.0, 8192x8192 50.5 against 51.4), not 4096x14336 (49.7 against 49.2); 65-128 on all but 4096x4096
+# (41 against 28); 129-256 on all but 4096x4096 and 14336x4096 (124 against 114 us for dequantize +
+# cuBLAS; 8192x8192 114 against 119).
+WGMMA_CELLS = ((32, 64, 1 << 27, 1 << 25), (64, 128, 1 << 25, 1 << 25), (128, 256, 1 << 25, 1 << 26))
 
 
 def workspace_floats(m: int, n: int) -> int:

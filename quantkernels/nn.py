@@ -47,6 +47,8 @@ class QuantLinear(nn.Module):
         dtype: dtype of the float buffers (scales, bias); default ``config.scale_dtype``.
     """
 
+    _backend: Optional[str] = None  # (class default: also for layers pickled before `backend` was a property)
+
     def __init__(
         self,
         in_features: int,
@@ -63,7 +65,7 @@ class QuantLinear(nn.Module):
         self.in_features = in_features
         self.out_features = out_features
         self.config = config
-        self.backend: Optional[str] = None  # per-layer override of the registry's choice
+        self._backend: Optional[str] = None  # per-layer override of the registry's choice (`backend`)
         fdtype = dtype or config.scale_dtype
         shapes = config.packed_shapes(in_features, out_features)
         self.register_buffer("qweight", torch.zeros(shapes["qweight"], dtype=torch.int32, device=device))
@@ -191,12 +193,32 @@ class QuantLinear(nn.Module):
         if self.qweight.device.type == "meta":
             return
         self.check_buffers()
+        self._prepare_selected()
+
+    def _prepare_selected(self) -> None:
+        """Repack once for the backend a call on this layer's device would select."""
         probe = torch.empty(0, self.in_features, dtype=self._activation_dtype_guess(), device=self.qweight.device)
         try:
             name = backends.select(self, probe)
         except backends.BackendError:
             return  # a forced backend that cannot serve reports itself at the first call
         self._prepare(name)
+
+    @property
+    def backend(self) -> Optional[str]:
+        """The backend this layer is forced to (one of ``backends.ORDER``), or None for the registry's
+        choice. Setting it repacks for that backend at once, so that the repacking (which reads the
+        weights' values) never first runs inside a ``torch.compile`` trace."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, name: Optional[str]) -> None:
+        if name is not None and name not in backends.ORDER:
+            raise ValueError(f"QuantLinear: backend must be None or one of {backends.ORDER}, got {name!r}")
+        self._backend = name
+        self._selected = {}
+        if self.qweight.device.type != "meta":
+            self._prepare_selected()
 
     def _activation_dtype_guess(self) -> torch.dtype:
         """The activation dtype to prepare for at load. On a GPU, the scales' (half-precision models);
@@ -265,6 +287,12 @@ class QuantLinear(nn.Module):
 
     def _forward_2d(self, x2d: torch.Tensor) -> torch.Tensor:
         name = self._select(x2d)
+        if name not in self._prepared and torch.compiler.is_compiling():
+            raise RuntimeError(
+                f"QuantLinear: the {name!r} backend has not repacked this layer's weights yet, and that "
+                "repacking cannot run inside torch.compile; call the layer once outside torch.compile "
+                "(or set layer.backend) before compiling"
+            )
         state = self._prepared[name] if name in self._prepared else self._prepare(name)
         return backends.get(name).linear(self, state, x2d)
 

@@ -199,6 +199,28 @@ def test_torch_compile_fullgraph():
         assert rel_err(compiled(x), eager) < 1e-6
 
 
+def test_setting_backend_repacks_at_once(monkeypatch):
+    # The repacking reads the weights' values (symmetric or not, trivial g_idx or not), which a
+    # torch.compile trace cannot branch on: setting `backend` does it before any trace.
+    _, q = make()
+    q.backend = "reference"
+    assert "reference" in q._prepared
+    x = torch.randn(3, 256)
+    torch._dynamo.reset()
+    assert rel_err(torch.compile(q, fullgraph=True)(x), x @ q.dequantize(torch.float32).t() + q.bias) < 1e-5
+    with pytest.raises(ValueError, match="backend must be None or one of"):
+        q.backend = "cuda_graphs"
+    # A backend forced through the environment after loading has repacked nothing: compiling the
+    # layer then says what to do instead of failing on a data-dependent branch inside the trace.
+    q.backend = None
+    monkeypatch.setenv("QUANTKERNELS_BACKEND", "reference")
+    _, q2 = make()
+    monkeypatch.delenv("QUANTKERNELS_BACKEND")
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="call the layer once outside torch.compile"):
+        torch.compile(q2, fullgraph=True)(x)
+
+
 # ---- bad input ----------------------------------------------------------------------------------
 def test_bad_inputs_raise_clear_errors():
     _, q = make()

@@ -131,11 +131,11 @@ CONFIGS_NK4: Dict[str, List[triton.Config]] = {  # BLOCK_K: a multiple of the la
     # any eager call has tuned). BLOCK_K = 256 measured 3x slower than 128 everywhere: not listed.
     # PREFETCH_S (the next K tile's scales loaded one iteration ahead): timed on the H100 on
     # 2026-11-23 08:38 (docs/triton.md, fourth round), where it won at m = 1 on both large shapes.
-    # Split-K 5 / 6 / 7 / 12 (K tiles dealt evenly) fill whole waves of 132 SMs: the 16 x 64 tile takes
-    # 79 registers (6 programs an SM, 792 at once) or 95 with PREFETCH_S (5, 660) in sm_90 compiles.
-    # 28672x8192 (128 tiles): split 6 = 768 programs, one wave at 6 an SM, split 5 = 640 at 5, where
-    # split 8 made 1.3 waves; 8192x28672 (448 tiles): split 7 = 3136, four waves at 6, where 8 made
-    # 4.5. SPLIT_INNER: a tile's splits run side by side.
+    # Split-K 5 / 6 / 7 / 12 (K tiles dealt evenly) were added to fill whole waves of 132 SMs (the
+    # 16 x 64 tile: 79 registers, 6 programs an SM, or 95 with PREFETCH_S, 5); SPLIT_INNER runs a
+    # tile's splits side by side. On the H100 (2026-11-23 15:40) SPLIT_INNER won on both large
+    # shapes (28672x8192: split 8 54.8 us against 62.4 tiles outer; 8192x28672: split 12 58.8 against
+    # 64.9 for the old best), the wave counts alone did not.
     "gemv": [
         _nk4(16, 64, 128, 8, 4, 4),
         _nk4(16, 64, 128, 8, 4, 3, prefetch_s=True),

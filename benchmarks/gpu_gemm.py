@@ -254,9 +254,10 @@ def mid_m(shapes, m_list, out_dir, with_triton):
     save_lines(out_dir, "mid_m.txt", lines)
 
 
-# csrc/cuda/wxa16_gemm_sm80.cu: plain tiles and their twins with staged activations (kLateTiles)
-STAGED_PAIRS_M8 = ((0,), (1, 12), (2,))  # m <= 8
-STAGED_PAIRS_M16 = ((5, 13),)  # 8 < m <= 16
+# --small's forced (tile, ksplit) variants (tile ids: csrc/cuda/wxa16_gemm_sm80.cu, kTiles / kLateTiles;
+# 7 = stream-K; ksplit > 1 splits K over that many blocks through the workspace)
+SMALL_VARIANTS_M8 = ((7, -1), (0, -1), (2, -1), (12, -1), (2, 2), (12, 2), (12, 4))  # m <= 8
+SMALL_VARIANTS_M16 = ((4, -1), (13, -1), (5, -1), (4, 2), (13, 2), (4, 4))  # 8 < m <= 16
 
 
 WGMMA_CONFIGS = 3  # csrc/cuda/wxa16_gemm_sm90.cu, kConfigs
@@ -304,15 +305,15 @@ def wgmma_m(shapes, m_list, out_dir, with_triton, configs):
     save_lines(out_dir, "wgmma_m.txt", lines)
 
 
-def small_m(shapes, m_list, out_dir):
+def small_m(shapes, m_list, out_dir, dtypes=(torch.float16, torch.bfloat16)):
     """m <= 16, the memory-bound cells: per shape and m, cuBLAS and the GEMM without a workspace
-    (`plain`: the plain tiles), with one (`auto`: what QuantLinear runs), the stream-K tile auto
-    takes forced (`sk7`, m <= 8), and plain tiles with and without staged activations forced (`tN`:
-    m <= 8 tiles 0, 1, 2 and 12; 8 < m <= 16: 5 and 13), for int4 g128 fp16 / bf16 and int8
-    per-channel fp16."""
+    (`plain`: the plain tiles), with one (`auto`: what QuantLinear runs), and the forced variants of
+    SMALL_VARIANTS_M8 / _M16 (`tN`: tile N; `tNkS`: tile N with K split over S blocks through the
+    workspace; `sk7`: the stream-K tile), for int4 g128 fp16 / bf16 and int8 per-channel fp16
+    (`dtypes` narrows the int4 activation dtypes)."""
     lines = []
     for k, n in shapes:
-        for bits, gs, dts in ((4, 128, (torch.float16, torch.bfloat16)), (8, -1, (torch.float16,))):
+        for bits, gs, dts in ((4, 128, dtypes), (8, -1, (torch.float16,))):
             codes, scales, zeros = make_quant(k, n, bits, gs)
             cfg = QuantConfig(bits=bits, group_size=gs, sym=True)
             qbytes = n * k * bits // 8 + scales.numel() * 2
@@ -327,16 +328,15 @@ def small_m(shapes, m_list, out_dir):
                     res["cublas"], _ = time_us([lambda w=w: torch.nn.functional.linear(x, w) for w in copies])
                     del copies
                     ws = torch.zeros(qk_cuda.workspace_floats(m, n), dtype=torch.float32, device="cuda")
-                    variants = [("plain", -1, None)]
-                    if m <= qk_cuda.STREAMK_MAX_M:
-                        variants.append(("auto", -1, ws))
-                    variants += [("sk7", 7, ws)] if m <= 8 else []  # the stream-K tile auto takes
-                    pairs = STAGED_PAIRS_M8 if m <= 8 else STAGED_PAIRS_M16 if m <= 16 else ()
-                    variants += [(f"t{t}", t, None) for pair in pairs for t in pair]
-                    for name, tile, w in variants:
+                    variants = [("plain", -1, None, -1), ("auto", -1, ws, -1)]
+                    forced = SMALL_VARIANTS_M8 if m <= 8 else SMALL_VARIANTS_M16 if m <= 16 else ()
+                    variants += [(f"t{t}" + (f"k{ks}" if ks > 1 else ""), t, ws if ks > 1 or t == 7 else None, ks)
+                                 for t, ks in forced]
+                    for name, tile, w, ks in variants:
                         res[name], _ = time_us([
-                            lambda s=s, tile=tile, w=w: torch.ops.quantkernels.cuda_wxa16_gemm(
-                                x, s.qweight, s.scales[dt], None, None, gsz, None, bits, w, tile) for s in states])
+                            lambda s=s, tile=tile, w=w, ks=ks: torch.ops.quantkernels.cuda_wxa16_gemm(
+                                x, s.qweight, s.scales[dt], None, None, gsz, None, bits, w, tile, ks)
+                            for s in states])
                     line = f"{k}x{n} m={m} int{bits} {str(dt).split('.')[-1]}: " + " ".join(
                         f"{key}={v:.1f}" for key, v in res.items())
                     line += " | x" + " ".join(f"{key}={res['cublas'] / v:.2f}" for key, v in res.items() if key != "cublas")
@@ -418,13 +418,14 @@ def main():
     ap.add_argument("--configs", help="wgmma configs to force in --wgmma, comma-separated C or C:KSPLIT (default: all)")
     ap.add_argument("--shapes", help="subset of KxN shapes, comma-separated (default: all six)")
     ap.add_argument("--ms", help="subset of m values, comma-separated")
+    ap.add_argument("--dtypes", default="float16,bfloat16", help="--small: int4 activation dtypes, comma-separated")
     args = ap.parse_args()
     shape_sel = SHAPES if not args.shapes else [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     m_sel = None if not args.ms else [int(v) for v in args.ms.split(",")]
     if args.small:
         print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, "
               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
-        small_m(shape_sel, m_sel or [1, 4, 16], args.out)
+        small_m(shape_sel, m_sel or [1, 4, 16], args.out, [getattr(torch, d) for d in args.dtypes.split(",")])
         return
     if args.mid:
         print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, "

@@ -1058,15 +1058,14 @@ constexpr int kNumTiles = kNumPlainTiles + kNumMidTiles + sizeof(kLateTiles) / s
 // and 4), also the tall ones, where they beat stream-K for 4 bits (m = 1: 14336x4096 15.2 against
 // 18.5 us, 28672x8192 49.2 against 53.2; m = 16 on 14336x4096: 19.2 against 27.3 for tile 3).
 // 8 bits up to 8 rows: stream-K on tall layers with N/16 >= 2 x SMs (28672x8192: 87.0 against 92.3
-// us), tile 0 from N/16 >= 4 x SMs (8192x28672: 87.7 against 89.7), else tile 12.
+// us), else tile 12. Since the 15:36 run (round 6), tile 12 also serves the widest layers up to 8
+// rows: with the loop-carried addresses tile 2 holds 2 blocks per SM, not 3, and tile 12 beat it
+// (8192x28672 m=1: 50.6 against 51.6-52.1 us), as it beat tile 0 for 8 bits (88.9 against 90.5).
 int auto_tile(int M, int n_tiles, int nc, int bits, bool have_ws, int num_sms) {
   constexpr int kStaged1 = kNumPlainTiles + kNumMidTiles, kStaged5 = kStaged1 + 1;  // tiles 1, 5 staged
   if (M <= 8) {
-    if (bits == 8) {
-      if (have_ws && nc > 2 * ((n_tiles + 3) / 4) && n_tiles >= 2 * num_sms) return 7;
-      return n_tiles >= 4 * num_sms ? 0 : kStaged1;
-    }
-    return n_tiles >= 8 * num_sms ? 2 : kStaged1;
+    if (bits == 8 && have_ws && nc > 2 * ((n_tiles + 3) / 4) && n_tiles >= 2 * num_sms) return 7;
+    return kStaged1;
   }
   if (M <= 16) return n_tiles >= (bits == 8 ? 4 : 8) * num_sms ? 4 : kStaged5;
   if (M > 64 && M <= 128) {

@@ -143,25 +143,6 @@ def test_workspace_is_left_zero(bits):
         assert not st.workspace.any(), (bits, m)
 
 
-@pytest.mark.parametrize("split_inner", [False, True])
-def test_split_k_deals_k_tiles_evenly(split_inner):
-    # 10 K tiles over 7 splits: the kernel deals 1 or 2 tiles to each (10 * s // 7 onwards); rounding
-    # the share up instead would give 2, 2, 2, 2, 2 and two empty splits, so an off-by-one in either
-    # bound drops or doubles a tile (an error of 0.4-0.6 when the remainder was dropped). SPLIT_INNER
-    # reorders the programs (split fastest in a 1-D grid): every tile must still see all 7 arrivals
-    # and leave the workspace zero.
-    layer = make_layer(1280, 48, qk.QuantConfig(bits=4, group_size=128, sym=False), bias=True, seed=13)
-    st = layer._prepare("triton")
-    for m, cfg in ((1, tops._nk4(16, 64, 128, 7, 4, 4, prefetch_s=True, split_inner=split_inner)),
-                   (1, tops._nk4(16, 64, 128, 12, 4, 4, split_inner=split_inner)),
-                   (40, tops._nk4(64, 128, 128, 7, 8, 4, scale_w=True, split_inner=split_inner))):
-        x = torch.randn(m, 1280, dtype=torch.float16, device=DEVICE)
-        with tops.force_config(cfg):
-            err = rel_err(layer(x), ref_out(layer, x))
-        assert err <= BOUND[torch.float16], (m, cfg, err)
-        assert not st.workspace.any(), (m, cfg)
-
-
 @pytest.mark.skipif(DEVICE != "cuda", reason="the interpreter times nothing: tuning needs a GPU")
 def test_tuning_caches_the_fastest():
     layer = make_layer(1024, 320, qk.QuantConfig(bits=4, group_size=128), seed=11)

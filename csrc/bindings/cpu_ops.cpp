@@ -9,12 +9,14 @@
 #include <atomic>
 #include <string>
 
+#include "bindings/check.h"
 #include "cpu/cpu_features.h"
 #include "cpu/huge_pages.h"
 #include "cpu/qlinear.h"
 
 namespace {
 
+using qk::binding::shape;
 using qk::cpu::Isa;
 
 // The instruction set a call runs: the process-wide choice, or the one named by `isa` (tests).
@@ -22,9 +24,9 @@ Isa resolve_isa(c10::string_view name) {
   if (name.empty()) return qk::cpu::selected_isa();
   Isa isa;
   const std::string s(name);
-  TORCH_CHECK(qk::cpu::parse_isa(s.c_str(), &isa), "quantkernels cpu: unknown isa '", s,
+  QK_CHECK(qk::cpu::parse_isa(s.c_str(), &isa), "quantkernels cpu: unknown isa '", s,
               "' (expected scalar, avx2, avx512, avx512_vnni, neon or i8mm)");
-  TORCH_CHECK(qk::cpu::isa_supported(isa), "quantkernels cpu: isa '", s, "' is not supported by this CPU/OS");
+  QK_CHECK(qk::cpu::isa_supported(isa), "quantkernels cpu: isa '", s, "' is not supported by this CPU/OS");
   return isa;
 }
 
@@ -84,20 +86,20 @@ void parallel_over_tiles(int64_t tiles, int64_t work_per_tile, const Fn& fn) {
 
 void check_common(const at::Tensor& x, const at::Tensor& scales, const at::Tensor& zeros,
                   const std::optional<at::Tensor>& bias, const char* op) {
-  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 2, op,
-              ": x must be a 2-D float32 CPU tensor [M, K], got ", x.scalar_type(), " ", x.sizes(), " on ",
+  QK_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 2, op,
+              ": x must be a 2-D float32 CPU tensor [M, K], got ", x.scalar_type(), " ", shape(x), " on ",
               x.device());
-  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.dim() == 2 && scales.is_contiguous(), op,
-              ": scales must be contiguous float32 [G, N], got ", scales.scalar_type(), " ", scales.sizes());
-  TORCH_CHECK(zeros.scalar_type() == at::kFloat && zeros.sizes() == scales.sizes() && zeros.is_contiguous(), op,
-              ": zeros must be contiguous float32 with the shape of scales ", scales.sizes(), ", got ",
-              zeros.scalar_type(), " ", zeros.sizes());
+  QK_CHECK(scales.scalar_type() == at::kFloat && scales.dim() == 2 && scales.is_contiguous(), op,
+              ": scales must be contiguous float32 [G, N], got ", scales.scalar_type(), " ", shape(scales));
+  QK_CHECK(zeros.scalar_type() == at::kFloat && zeros.sizes() == scales.sizes() && zeros.is_contiguous(), op,
+              ": zeros must be contiguous float32 with the shape of scales ", shape(scales), ", got ",
+              zeros.scalar_type(), " ", shape(zeros));
   const int64_t N = scales.size(1), G = scales.size(0), K = x.size(1);
-  TORCH_CHECK(N > 0 && N % qk::cpu::kTileN == 0, op, ": N = scales.size(1) = ", N, " must be a positive multiple of 8");
-  TORCH_CHECK(G > 0 && K % G == 0, op, ": K = x.size(1) = ", K, " must be divisible by G = scales.size(0) = ", G);
+  QK_CHECK(N > 0 && N % qk::cpu::kTileN == 0, op, ": N = scales.size(1) = ", N, " must be a positive multiple of 8");
+  QK_CHECK(G > 0 && K % G == 0, op, ": K = x.size(1) = ", K, " must be divisible by G = scales.size(0) = ", G);
   if (bias) {
-    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->dim() == 1 && bias->size(0) == N && bias->is_contiguous(),
-                op, ": bias must be contiguous float32 [N = ", N, "], got ", bias->scalar_type(), " ", bias->sizes());
+    QK_CHECK(bias->scalar_type() == at::kFloat && bias->dim() == 1 && bias->size(0) == N && bias->is_contiguous(),
+                op, ": bias must be contiguous float32 [N = ", N, "], got ", bias->scalar_type(), " ", shape(*bias));
   }
 }
 
@@ -106,13 +108,13 @@ at::Tensor linear_float(const at::Tensor& x_in, const at::Tensor& w, const at::T
                         c10::string_view isa_name) {
   const char* op = "quantkernels::cpu_linear_float";
   check_common(x_in, scales, zeros, bias, op);
-  TORCH_CHECK(bits == 4 || bits == 8, op, ": bits must be 4 or 8, got ", bits);
+  QK_CHECK(bits == 4 || bits == 8, op, ": bits must be 4 or 8, got ", bits);
   const at::Tensor x = x_in.stride(1) == 1 ? x_in : x_in.contiguous();
   const int64_t M = x.size(0), K = x.size(1), G = scales.size(0), N = scales.size(1), per = 32 / bits;
-  TORCH_CHECK((K / G) % per == 0, op, ": the group length K / G = ", K / G, " must be a multiple of ", per);
-  TORCH_CHECK(w.scalar_type() == at::kInt && w.is_contiguous() && w.numel() == N * K * bits / 32, op,
+  QK_CHECK((K / G) % per == 0, op, ": the group length K / G = ", K / G, " must be a multiple of ", per);
+  QK_CHECK(w.scalar_type() == at::kInt && w.is_contiguous() && w.numel() == N * K * bits / 32, op,
               ": w must be the contiguous int32 float layout [N/8, K*bits/32, 8] = [", N / 8, ", ", K * bits / 32,
-              ", 8], got ", w.scalar_type(), " ", w.sizes());
+              ", 8], got ", w.scalar_type(), " ", shape(w));
   const Isa isa = resolve_isa(isa_name);
   auto out = at::empty({M, N}, x.options());
   if (M == 0) return out;
@@ -145,20 +147,20 @@ at::Tensor linear_int8(const at::Tensor& x_in, const at::Tensor& w, const at::Te
   const char* op = "quantkernels::cpu_linear_int8";
   using qk::cpu::kBlockK;
   check_common(x_in, scales, zeros, bias, op);
-  TORCH_CHECK(bits == 4 || bits == 8, op, ": bits must be 4 or 8, got ", bits);
-  TORCH_CHECK(act_group_size == -1 || act_group_size == kBlockK, op, ": act_group_size must be -1 or 32, got ",
+  QK_CHECK(bits == 4 || bits == 8, op, ": bits must be 4 or 8, got ", bits);
+  QK_CHECK(act_group_size == -1 || act_group_size == kBlockK, op, ": act_group_size must be -1 or 32, got ",
               act_group_size);
   const at::Tensor x = x_in.stride(1) == 1 ? x_in : x_in.contiguous();
   const int64_t M = x.size(0), K = x.size(1), G = scales.size(0), N = scales.size(1);
   const int64_t Kp = (K + kBlockK - 1) / kBlockK * kBlockK, KB = Kp / kBlockK;
   const bool per_block = act_group_size == kBlockK;
-  TORCH_CHECK(!per_block || K % kBlockK == 0, op, ": per-32-column activation scales need K % 32 == 0, got K = ", K);
-  TORCH_CHECK(G == 1 || (K / G) % kBlockK == 0, op, ": the group length K / G = ", K / G,
+  QK_CHECK(!per_block || K % kBlockK == 0, op, ": per-32-column activation scales need K % 32 == 0, got K = ", K);
+  QK_CHECK(G == 1 || (K / G) % kBlockK == 0, op, ": the group length K / G = ", K / G,
               " must be a multiple of 32 (or G = 1)");
   const int64_t wbytes = bits == 4 ? N * Kp / 2 : N * Kp;
-  TORCH_CHECK(w.scalar_type() == (bits == 4 ? at::kByte : at::kChar) && w.is_contiguous() && w.numel() == wbytes,
+  QK_CHECK(w.scalar_type() == (bits == 4 ? at::kByte : at::kChar) && w.is_contiguous() && w.numel() == wbytes,
               op, ": w must be the contiguous ", bits == 4 ? "uint8" : "int8", " int8-activation layout of ", wbytes,
-              " bytes (N = ", N, ", K padded to ", Kp, "), got ", w.scalar_type(), " ", w.sizes());
+              " bytes (N = ", N, ", K padded to ", Kp, "), got ", w.scalar_type(), " ", shape(w));
   const Isa isa = resolve_isa(isa_name);
   auto out = at::empty({M, N}, x.options());
   if (M == 0) return out;
@@ -194,7 +196,7 @@ at::Tensor linear_int8(const at::Tensor& x_in, const at::Tensor& w, const at::Te
 // them (cpu/huge_pages.h: untouched, 2 MiB aligned, advised before the repack first writes it), an
 // ordinary allocation otherwise.
 at::Tensor empty_huge_pages(int64_t nbytes) {
-  TORCH_CHECK(nbytes >= 0, "quantkernels::cpu_empty_huge_pages: nbytes must be >= 0, got ", nbytes);
+  QK_CHECK(nbytes >= 0, "quantkernels::cpu_empty_huge_pages: nbytes must be >= 0, got ", nbytes);
   const auto opts = at::TensorOptions().dtype(at::kByte).device(at::kCPU);
   void* p = qk::cpu::huge_page_alloc(static_cast<size_t>(nbytes));
   if (p == nullptr) return at::empty({nbytes}, opts);

@@ -8,38 +8,15 @@
 #include <array>
 #include <atomic>
 #include <string>
-#include <type_traits>
 
+#include "bindings/check.h"
 #include "cuda/wxa16.h"
 
 namespace {
 
 using qk::cuda::ActDtype;
 
-// Error messages are assembled here from strings only and handed to TORCH_CHECK whole: on the GPU
-// box (torch 2.11) a TORCH_CHECK that streamed integers or shapes crashed the process at the next
-// call, while the same code ran on torch 2.13.
-inline std::string piece(const char* v) { return v; }
-inline std::string piece(const std::string& v) { return v; }
-inline std::string piece(c10::ScalarType v) { return c10::toString(v); }
-inline std::string piece(const c10::Device& v) { return v.str(); }
-template <typename I, typename = std::enable_if_t<std::is_integral_v<I>>>
-inline std::string piece(I v) {
-  return std::to_string(v);
-}
-template <typename... A>
-std::string cat(const A&... a) {
-  std::string s;
-  ((s += piece(a)), ...);
-  return s;
-}
-#define QK_CHECK(cond, ...)                                    \
-  do {                                                         \
-    if (!(cond)) {                                             \
-      const std::string qk_msg_ = cat(__VA_ARGS__);            \
-      TORCH_CHECK(false, qk_msg_);                             \
-    }                                                          \
-  } while (0)
+using qk::binding::shape;
 
 ActDtype act_dtype(const at::Tensor& t, const char* name) {
   QK_CHECK(t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16, name,
@@ -63,14 +40,6 @@ int num_sms(int device) {
     cache[device].store(v, std::memory_order_relaxed);
   }
   return v;
-}
-
-// "[3, 128]": shapes are formatted here rather than by streaming IntArrayRef into TORCH_CHECK
-// (that crashed with torch 2.11 headers built as C++20).
-std::string shape(const at::Tensor& t) {
-  std::string s = "[";
-  for (int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
-  return s + "]";
 }
 
 struct Layout {

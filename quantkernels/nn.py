@@ -287,13 +287,16 @@ class QuantLinear(nn.Module):
 
     def _forward_2d(self, x2d: torch.Tensor) -> torch.Tensor:
         name = self._select(x2d)
-        if name not in self._prepared and torch.compiler.is_compiling():
+        if name in self._prepared:  # (a backend's state may be None: test membership, not the value)
+            state = self._prepared[name]
+        elif torch.compiler.is_compiling():
             raise RuntimeError(
                 f"QuantLinear: the {name!r} backend has not repacked this layer's weights yet, and that "
                 "repacking cannot run inside torch.compile; call the layer once outside torch.compile "
                 "(or set layer.backend) before compiling"
             )
-        state = self._prepared[name] if name in self._prepared else self._prepare(name)
+        else:
+            state = self._prepare(name)
         return backends.get(name).linear(self, state, x2d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -143,6 +143,25 @@ def test_workspace_is_left_zero(bits):
         assert not st.workspace.any(), (bits, m)
 
 
+@pytest.mark.parametrize("split_inner", [False, True])
+def test_split_k_deals_k_tiles_evenly(split_inner):
+    # 10 K tiles over 7 splits: the kernel deals 1 or 2 tiles to each (10 * s // 7 onwards); rounding
+    # the share up instead would give 2, 2, 2, 2, 2 and two empty splits, so an off-by-one in either
+    # bound drops or doubles a tile (an error of 0.4-0.6 when the remainder was dropped). SPLIT_INNER
+    # reorders the programs (split fastest in a 1-D grid): every tile must still see all 7 arrivals
+    # and leave the workspace zero.
+    layer = make_layer(1280, 48, qk.QuantConfig(bits=4, group_size=128, sym=False), bias=True, seed=13)
+    st = layer._prepare("triton")
+    for m, cfg in ((1, tops._nk4(16, 64, 128, 7, 4, 4, prefetch_s=True, split_inner=split_inner)),
+                   (1, tops._nk4(16, 64, 128, 12, 4, 4, split_inner=split_inner)),
+                   (40, tops._nk4(64, 128, 128, 7, 8, 4, scale_w=True, split_inner=split_inner))):
+        x = torch.randn(m, 1280, dtype=torch.float16, device=DEVICE)
+        with tops.force_config(cfg):
+            err = rel_err(layer(x), ref_out(layer, x))
+        assert err <= BOUND[torch.float16], (m, cfg, err)
+        assert not st.workspace.any(), (m, cfg)
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="the interpreter times nothing: tuning needs a GPU")
 def test_tuning_caches_the_fastest():
     layer = make_layer(1024, 320, qk.QuantConfig(bits=4, group_size=128), seed=11)
@@ -154,6 +173,25 @@ def test_tuning_caches_the_fastest():
     assert len(new) == 1 and new[0][:4] == ("small", 16, 320, 1024), new
     assert tops.CHOSEN[new[0]] in tops._configs("small", nk4=True)
     assert rel_err(out, ref_out(layer, x)) <= BOUND[torch.float16]
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="the interpreter times nothing: tuning needs a GPU")
+@pytest.mark.parametrize("m", [1, 3, 40])
+def test_tuning_leaves_the_split_k_workspace_zero(m):
+    # The tuner times on a stream of its own (do_bench_cudagraph). Unless it waits for the compile
+    # launch on the caller's stream, the two launches overlap and share one split-K arrival counter,
+    # which then stays off zero: the next call's "last arrival" is an early split and the output is
+    # the bias plus whatever had arrived (2026-11-23 16:10, K = 64: one K tile, every split but one
+    # empty). K = 64 and a fresh key for every m: each tuning starts on a zero-filled workspace.
+    layer = make_layer(64, 48 + m, qk.QuantConfig(bits=4, group_size=32), bias=True, seed=m)
+    st = layer._prepare("triton")
+    for _ in range(3):
+        x = torch.randn(m, 64, dtype=torch.float16, device=DEVICE)
+        with tops.tuning(True):
+            out = layer(x)
+        torch.cuda.synchronize()
+        assert not st.workspace.any(), m
+        assert rel_err(out, ref_out(layer, x)) <= BOUND[torch.float16], m
 
 
 @pytest.mark.parametrize("bits", [4, 8])

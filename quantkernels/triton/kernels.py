@@ -521,7 +521,7 @@ def qgemm_nk4_kernel(
     GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_GIDX: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
     GROUP_M: tl.constexpr, USE_ASM: tl.constexpr, EVEN_K: tl.constexpr, DOT_F32: tl.constexpr,
-    SCALE_W: tl.constexpr = False, PREFETCH_S: tl.constexpr = False,
+    SCALE_W: tl.constexpr = False, PREFETCH_S: tl.constexpr = False, SPLIT_INNER: tl.constexpr = False,
 ):
     """``out = x @ W.T (+ bias)`` for 4-bit nk4 weights: swap-AB ``tl.dot(W tile, x tile.T)``.
 
@@ -533,11 +533,24 @@ def qgemm_nk4_kernel(
     weight, to the activation dtype) so that the dot accumulates in place: one accumulator instead of
     a product tile plus the accumulator, and no wait for the MMA before the fp32 scaling of its result.
 
+    SPLIT_INNER: a 1-D grid of ``tiles * SPLIT_K`` programs with the split fastest, so that the K
+    splits of one output tile run side by side: together they read whole weight rows (runs of
+    ``K / 2`` bytes) instead of ``K / (2 SPLIT_K)``-byte pieces of many rows, and the tile's partial
+    sums meet in L2 while they are fresh. Otherwise the grid is ``(tiles, SPLIT_K)``.
+
+    The K tiles are dealt to the splits as evenly as integers allow (``k_tiles * s // SPLIT_K``
+    onwards), so any SPLIT_K can be chosen to fill whole waves of the GPU (e.g. 6 or 7, where
+    rounding up would leave the last split short or empty).
+
     DOT_F32 (the interpreter only: numpy has no bfloat16 and mangles bf16 dot operands) upcasts the
     operands; the values are the same, the products exact either way.
     """
-    pid = tl.program_id(0)
-    pid_k = tl.program_id(1)
+    if SPLIT_INNER:
+        pid = tl.program_id(0) // SPLIT_K
+        pid_k = tl.program_id(0) % SPLIT_K
+    else:
+        pid = tl.program_id(0)
+        pid_k = tl.program_id(1)
     num_pid_m = (M + BLOCK_M - 1) // BLOCK_M
     num_pid_n = (N + BLOCK_N - 1) // BLOCK_N
     width = GROUP_M * num_pid_n
@@ -552,9 +565,8 @@ def qgemm_nk4_kernel(
     m_mask = offs_m < M
     n_mask = offs_n < N
     k_tiles = (K + BLOCK_K - 1) // BLOCK_K
-    per_split = (k_tiles + SPLIT_K - 1) // SPLIT_K
-    kt_begin = pid_k * per_split
-    kt_end = tl.minimum(kt_begin + per_split, k_tiles)
+    kt_begin = pid_k * k_tiles // SPLIT_K
+    kt_end = (pid_k + 1) * k_tiles // SPLIT_K
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     TILE_IN_GROUP: tl.constexpr = (GROUP_SIZE % BLOCK_K == 0) and (not HAS_GIDX)
     if TILE_IN_GROUP and PREFETCH_S:

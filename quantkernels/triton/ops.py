@@ -112,10 +112,10 @@ CONFIGS: Dict[str, List[triton.Config]] = {
 }
 
 
-def _nk4(bm, bn, bk, sk, w, st, gm=8, scale_w=False, prefetch_s=False) -> triton.Config:
+def _nk4(bm, bn, bk, sk, w, st, gm=8, scale_w=False, prefetch_s=False, split_inner=False) -> triton.Config:
     return _cfg(
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=sk, GROUP_M=gm, SCALE_W=scale_w, PREFETCH_S=prefetch_s,
-        num_warps=w, num_stages=st,
+        SPLIT_INNER=split_inner, num_warps=w, num_stages=st,
     )
 
 
@@ -131,12 +131,25 @@ CONFIGS_NK4: Dict[str, List[triton.Config]] = {  # BLOCK_K: a multiple of the la
     # any eager call has tuned). BLOCK_K = 256 measured 3x slower than 128 everywhere: not listed.
     # PREFETCH_S (the next K tile's scales loaded one iteration ahead): timed on the H100 on
     # 2026-11-23 08:38 (docs/triton.md, fourth round), where it won at m = 1 on both large shapes.
+    # Split-K 5 / 6 / 7 / 12 (K tiles dealt evenly) were added to fill whole waves of 132 SMs (the
+    # 16 x 64 tile: 79 registers, 6 programs an SM, or 95 with PREFETCH_S, 5); SPLIT_INNER runs a
+    # tile's splits side by side. On the H100 (2026-11-23 15:40) SPLIT_INNER won on both large
+    # shapes (28672x8192: split 8 54.8 us against 62.4 tiles outer; 8192x28672: split 12 58.8 against
+    # 64.9 for the old best), the wave counts alone did not.
     "gemv": [
         _nk4(16, 64, 128, 8, 4, 4),
         _nk4(16, 64, 128, 8, 4, 3, prefetch_s=True),
         _nk4(16, 64, 128, 8, 4, 4, prefetch_s=True),
         _nk4(16, 64, 128, 16, 4, 4, prefetch_s=True),
         _nk4(16, 64, 128, 16, 4, 4),
+        _nk4(16, 64, 128, 8, 4, 3, prefetch_s=True, split_inner=True),
+        _nk4(16, 64, 128, 6, 4, 4),
+        _nk4(16, 64, 128, 6, 4, 4, split_inner=True),
+        _nk4(16, 64, 128, 5, 4, 4, prefetch_s=True, split_inner=True),
+        _nk4(16, 64, 128, 7, 4, 4),
+        _nk4(16, 64, 128, 7, 4, 4, split_inner=True),
+        _nk4(16, 64, 128, 7, 4, 4, prefetch_s=True, split_inner=True),
+        _nk4(16, 64, 128, 12, 4, 4, split_inner=True),
     ],
     "small": [  # the same first candidate as "gemv": one compile serves both untuned
         _nk4(16, 64, 128, 8, 4, 4),
@@ -158,6 +171,11 @@ CONFIGS_NK4: Dict[str, List[triton.Config]] = {  # BLOCK_K: a multiple of the la
         _nk4(64, 128, 128, 1, 4, 4),
         _nk4(64, 128, 128, 2, 8, 4, scale_w=True),
         _nk4(64, 64, 128, 2, 4, 4),
+        # Whole waves at 1-2 programs an SM: 28672x8192 has 32 tiles of 256 (split 4: 128 programs) and
+        # 64 of 128 (split 4: 256); 8192x28672 224 tiles of 128 (split 7: 1568, six waves of 264).
+        _nk4(64, 256, 128, 4, 8, 3, scale_w=True, split_inner=True),
+        _nk4(64, 128, 128, 4, 8, 4, scale_w=True, split_inner=True),
+        _nk4(64, 128, 128, 7, 8, 4, scale_w=True, split_inner=True),
     ],
     "large": [
         _nk4(128, 64, 128, 1, 4, 4),
@@ -311,6 +329,11 @@ def _choose(family: str, key: Tuple, launch, real: bool, nk4: bool, device, bits
     for c in candidates:
         try:
             launch(c)  # compile outside the capture
+            # do_bench_cudagraph runs on a stream of its own, which nothing orders after this one:
+            # without the wait, its first launch overlapped the launch above (and the zero-fill of a
+            # fresh workspace), two launches counted arrivals in one split-K counter, and the counter
+            # was left off zero for the call that followed (H100, 2026-11-23 16:10: a bias-only output).
+            torch.cuda.current_stream(device).synchronize()
             # Replayed from a CUDA graph: the kernel's time, not the Python launch path's.
             t = triton.testing.do_bench_cudagraph(lambda: launch(c), rep=20, return_mode="median")
         except triton.runtime.errors.OutOfResources:
@@ -506,7 +529,8 @@ def _linear_nk4(x, qt, scales, z, gi, bias, consts, family, key, fake, workspace
             mm = torch.mm(x, w.t())
             result[0] = mm if bias is None else mm + bias.to(mm.dtype)
         else:
-            grid = (triton.cdiv(m, kw["BLOCK_M"]) * triton.cdiv(n, kw["BLOCK_N"]), kw["SPLIT_K"])
+            tiles = triton.cdiv(m, kw["BLOCK_M"]) * triton.cdiv(n, kw["BLOCK_N"])
+            grid = (tiles * kw["SPLIT_K"], 1) if kw.get("SPLIT_INNER") else (tiles, kw["SPLIT_K"])
             gemm[grid](x, qt, scales, z, gi, b, out, ws, cnt, m, n, k, x.stride(0), stride_qn,
                        **consts, HAS_BIAS=bias is not None, **kw, EVEN_K=even_k, DOT_F32=INTERPRETED,
                        **_launch_opts(c))

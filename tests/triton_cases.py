@@ -182,8 +182,8 @@ def test_tuning_leaves_the_split_k_workspace_zero(m):
     # launch on the caller's stream, the two launches overlap and share one split-K arrival counter,
     # which then stays off zero: the next call's "last arrival" is an early split and the output is
     # the bias plus whatever had arrived (2026-11-23 16:10, K = 64: one K tile, every split but one
-    # empty). K = 64 and a fresh key for every m: each tuning starts on a zero-filled workspace.
-    layer = make_layer(64, 48 + m, qk.QuantConfig(bits=4, group_size=32), bias=True, seed=m)
+    # empty). K = 64 and a fresh key (N) for every m: each tuning starts on a zero-filled workspace.
+    layer = make_layer(64, 48 + 8 * m, qk.QuantConfig(bits=4, group_size=32), bias=True, seed=m)
     st = layer._prepare("triton")
     for _ in range(3):
         x = torch.randn(m, 64, dtype=torch.float16, device=DEVICE)

@@ -194,6 +194,28 @@ def test_tuning_leaves_the_split_k_workspace_zero(m):
         assert rel_err(out, ref_out(layer, x)) <= BOUND[torch.float16], m
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need a GPU")
+def test_cuda_graph_capture_of_an_untuned_key():
+    # A key first met inside a CUDA graph capture cannot be tuned (timing synchronizes, which a
+    # capture forbids): the call launches the first candidate, and the key stays untuned.
+    layer = make_layer(512, 136, qk.QuantConfig(bits=4, group_size=128), bias=True, seed=21)
+    with tops.tuning(True):
+        layer(torch.randn(3, 512, dtype=torch.float16, device=DEVICE))  # compiles the "small" candidates
+        x = torch.randn(2, 512, dtype=torch.float16, device=DEVICE)  # another m bucket: a new key
+        before = set(tops.CHOSEN)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = layer(x)
+        assert set(tops.CHOSEN) == before
+        for _ in range(3):
+            x.copy_(torch.randn_like(x))
+            graph.replay()
+            torch.cuda.synchronize()
+            assert rel_err(out, ref_out(layer, x)) <= BOUND[torch.float16]
+        layer(x)  # eager: now it tunes
+        assert len(set(tops.CHOSEN) - before) == 1
+
+
 @pytest.mark.parametrize("bits", [4, 8])
 def test_group_not_a_multiple_of_the_k_tile(bits):
     # Group 192: a 128-column K tile straddles two groups, so it must not take one group's scale

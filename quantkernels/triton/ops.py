@@ -324,6 +324,11 @@ def _choose(family: str, key: Tuple, launch, real: bool, nk4: bool, device, bits
         return candidates[0]
     if INTERPRETED or not real or not _tuning or len(candidates) == 1:
         return candidates[0]
+    if torch.cuda.is_current_stream_capturing():
+        # Timing needs launches outside the capture and a synchronize, which a capture forbids: a
+        # key first met while a CUDA graph is captured launches the first candidate, untuned and
+        # not cached, so that the first eager call still tunes it.
+        return candidates[0]
     best, best_t = candidates[0], float("inf")
     times = []
     for c in candidates:

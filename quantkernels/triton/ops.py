@@ -134,8 +134,8 @@ CONFIGS_NK4: Dict[str, List[triton.Config]] = {  # BLOCK_K: a multiple of the la
     # Split-K 5 / 6 / 7 / 12 (K tiles dealt evenly) were added to fill whole waves of 132 SMs (the
     # 16 x 64 tile: 79 registers, 6 programs an SM, or 95 with PREFETCH_S, 5); SPLIT_INNER runs a
     # tile's splits side by side. On the H100 (2026-11-23 15:40) SPLIT_INNER won on both large
-    # shapes (28672x8192: split 8 54.8 us against 62.4 tiles outer; 8192x28672: split 12 58.8 against
-    # 64.9 for the old best), the wave counts alone did not.
+    # shapes (K x N 8192x28672: split 8 54.8 us against 62.4 tiles outer; 28672x8192: split 12 58.8
+    # against 64.9 for the old best), the wave counts alone did not.
     "gemv": [
         _nk4(16, 64, 128, 8, 4, 4),
         _nk4(16, 64, 128, 8, 4, 3, prefetch_s=True),
@@ -335,9 +335,10 @@ def _choose(family: str, key: Tuple, launch, real: bool, nk4: bool, device, bits
         try:
             launch(c)  # compile outside the capture
             # do_bench_cudagraph runs on a stream of its own, which nothing orders after this one:
-            # without the wait, its first launch overlapped the launch above (and the zero-fill of a
-            # fresh workspace), two launches counted arrivals in one split-K counter, and the counter
-            # was left off zero for the call that followed (H100, 2026-11-23 16:10: a bias-only output).
+            # without the wait, its first launch can overlap the launch above (or run before the
+            # zero-fill of a fresh workspace), two launches then count arrivals in one split-K
+            # counter, and the counter is left off zero for the next call. (A wrong, bias-only output
+            # seen once on an H100, 2026-11-23 16:10, fits this race; it did not reproduce.)
             torch.cuda.current_stream(device).synchronize()
             # Replayed from a CUDA graph: the kernel's time, not the Python launch path's.
             t = triton.testing.do_bench_cudagraph(lambda: launch(c), rep=20, return_mode="median")

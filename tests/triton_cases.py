@@ -181,8 +181,9 @@ def test_tuning_leaves_the_split_k_workspace_zero(m):
     # The tuner times on a stream of its own (do_bench_cudagraph). Unless it waits for the compile
     # launch on the caller's stream, the two launches overlap and share one split-K arrival counter,
     # which then stays off zero: the next call's "last arrival" is an early split and the output is
-    # the bias plus whatever had arrived (2026-11-23 16:10, K = 64: one K tile, every split but one
-    # empty). K = 64 and a fresh key (N) for every m: each tuning starts on a zero-filled workspace.
+    # the bias plus whatever had arrived (what a K = 64 layer, one K tile and every split but one
+    # empty, returned once on an H100 on 2026-11-23 16:10; it did not reproduce). K = 64 and a fresh
+    # key (N) for every m: each tuning starts on a zero-filled workspace.
     layer = make_layer(64, 48 + 8 * m, qk.QuantConfig(bits=4, group_size=32), bias=True, seed=m)
     st = layer._prepare("triton")
     for _ in range(3):

@@ -439,6 +439,87 @@ def test_cuda_graph_capture():
         assert _rel(out, _ref(portable, x, 4)) < BOUND[torch.float16]
 
 
+# Programmatic dependent launch (csrc/cuda/wxa16_common.cuh): on sm_90 each kernel may start while
+# the previous one on the stream finishes, so its wait must come before every read of the previous
+# kernel's output. A chain of layers, each reading the output of the one before it (queued back to
+# back, eagerly and in a CUDA graph), catches a wait in the wrong place: a layer would read an
+# activation not yet written. Every kernel kind is on the chain: the small-m tiles (m <= 16), the
+# 8-bit stream-K tiles (tall layer, m <= 8), the wgmma GEMM and its activation pre-pass (8192 ->
+# 4224 at 33 <= m <= 64), the middle-m / plain tiles, and dequantize + cuBLAS (m = 300).
+_CHAIN = (  # (K, N, bits, group_size, sym)
+    (2048, 8192, 4, 128, True),
+    (8192, 4224, 8, -1, True),
+    (4224, 1024, 4, 128, False),
+    (1024, 2048, 4, 32, True),
+)
+
+
+def _chain_layers():
+    layers = []
+    for k, n, bits, gs, sym in _CHAIN:
+        layer = _layer(k, n, QuantConfig(bits=bits, group_size=gs, sym=sym), torch.float16)
+        layer.backend = "cuda"
+        layers.append((layer, _portable(layer), bits))
+    return layers
+
+
+def _check_chain(layers, x, outs):
+    inp = x
+    for i, ((layer, portable, bits), out) in enumerate(zip(layers, outs)):
+        err = _rel(out, _ref(portable, inp, bits))
+        assert err < BOUND[torch.float16], f"layer {i} ({_CHAIN[i]}), m={x.shape[0]}: rel err {err:.2e}"
+        inp = out
+
+
+@needs_gpu
+@pytest.mark.parametrize("m", [1, 5, 16, 48, 100, 300])
+def test_dependent_chain(m):
+    layers = _chain_layers()
+    x = torch.randn(m, _CHAIN[0][0], device="cuda", dtype=torch.float16)
+
+    def run(inp):
+        outs = []
+        for layer, _, _ in layers:
+            inp = layer(inp)
+            outs.append(inp)
+        return outs
+
+    torch.cuda.synchronize()
+    outs = run(x)  # queued back to back, no sync in between
+    torch.cuda.synchronize()
+    assert all(layer._last_backend == "cuda" for layer, _, _ in layers)
+    _check_chain(layers, x, outs)
+
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = run(x)
+    for _ in range(2):
+        x.copy_(torch.randn_like(x))
+        for o in outs:
+            o.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        _check_chain(layers, x, outs)
+
+
+@needs_gpu
+def test_dependent_chain_without_pdl():
+    """QUANTKERNELS_CUDA_PDL=0 launches every kernel plainly: the chain is right that way too."""
+    import os
+    import subprocess
+    import sys
+
+    if os.environ.get("QUANTKERNELS_CUDA_PDL") == "0":
+        pytest.skip("already the PDL-off run (this test's child)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, QUANTKERNELS_CUDA_PDL="0", PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", os.path.abspath(__file__), "-k", "test_dependent_chain and not without"],
+        capture_output=True, text=True, env=env, cwd=root,
+    )
+    assert proc.returncode == 0 and "6 passed" in proc.stdout, (proc.returncode, proc.stdout[-3000:], proc.stderr[-2000:])
+
+
 @needs_gpu
 def test_opcheck():
     layer = _layer(256, 64, QuantConfig(bits=4, group_size=64, sym=False), torch.float16)

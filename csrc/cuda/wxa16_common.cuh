@@ -3,14 +3,106 @@
 // Needs sm_80 or newer (bf16 half2 arithmetic, mma.sync with bf16 inputs).
 #pragma once
 
+#include <array>
+#include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <type_traits>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_runtime.h>
 
 namespace qk {
 namespace cuda {
+
+// ---- Programmatic dependent launch (PDL, sm_90 and newer) ----
+// Every kernel here is launched with cudaLaunchAttributeProgrammaticStreamSerialization where the
+// device supports it (launch_kernel below), so that it may start while the kernel before it on the
+// stream is still finishing. Before pdl_wait() a kernel does only what cannot depend on that
+// kernel: address arithmetic and L2 prefetches of its weights (a prefetch never yields a value, so
+// it cannot read anything stale). pdl_wait() returns once the previous grid has completed and its
+// memory is visible; every read of the activations, bias, scales, workspace and every store comes
+// after it. pdl_launch_dependents(), right after the wait, lets the next such kernel launch (and
+// prefetch) while this one runs; calling it only after the wait keeps at most two grids in flight.
+// Both are no-ops when the launch did not ask for PDL, and compile to nothing before sm_90.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Both of the above, in the order every kernel uses them.
+__device__ __forceinline__ void pdl_wait_then_release() {
+  pdl_wait();
+  pdl_launch_dependents();
+}
+
+// A hint to bring the 128-byte line holding p into L2 (no register written, no fault on use).
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+
+// Whether launches on the current device ask for PDL: compute capability 9.0 or newer, unless the
+// environment variable QUANTKERNELS_CUDA_PDL is "0" (read once per process; for A/B timing and as
+// a workaround). Cached per device.
+inline bool pdl_enabled() {
+  static const bool allowed = [] {
+    const char* v = std::getenv("QUANTKERNELS_CUDA_PDL");
+    return v == nullptr || !(v[0] == '0' && v[1] == '\0');
+  }();
+  if (!allowed) return false;
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return false;
+  static std::array<std::atomic<int>, 64> cache{};  // 0 unknown, 1 no, 2 yes
+  int v = cache[dev].load(std::memory_order_relaxed);
+  if (v == 0) {
+    int major = 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
+    v = major >= 9 ? 2 : 1;
+    cache[dev].store(v, std::memory_order_relaxed);
+  }
+  return v == 2;
+}
+
+// The kernels' `pdl_pf` argument: how many chunk slices (512 bytes of one warp's weights, at most
+// kPdlPrefetchChunks: about 8 KB a warp) a warp prefetches into L2 before pdl_wait(). Only for
+// grids of more blocks than SMs, whose next launch finds the SMs full and so starts (and prefetches)
+// as this one's blocks drain; a grid of at most one block an SM leaves room for the next one's
+// blocks at once, and their prefetches then compete with this kernel's own loads from its start.
+// H100, `gpu_gemm.py`, m = 1, int4 g128 fp16 (2026-11-23 19:24, us, prefetch 0 / 16): N = 4096
+// (128 blocks): 4096x4096 5.66 / 6.62, 14336x4096 13.7 / 15.7; more blocks than SMs: 4096x14336
+// 14.7 / 13.2, 8192x8192 16.0 / 15.3. Triggering the next launch after the main loop instead of
+// after the wait measured slower (14336x4096 m = 16: 25.4 against 18.1 us). 0 without PDL.
+constexpr int kPdlPrefetchChunks = 16;
+inline int pdl_prefetch_chunks(int64_t blocks, int num_sms) {
+  return blocks > num_sms && pdl_enabled() ? kPdlPrefetchChunks : 0;
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...), with PDL where pdl_enabled(); returns the launch's error.
+template <typename... KArgs, typename... Args>
+cudaError_t launch_kernel(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                          Args... args) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  if (pdl_enabled()) {
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+  }
+  return cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...);
+}
 
 template <typename T>
 struct ActTraits;

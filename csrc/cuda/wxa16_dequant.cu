@@ -35,7 +35,8 @@ __global__ void __launch_bounds__(kDqWarps * 32) wxa16_dequant_kernel(
     const int32_t* __restrict__ kgroup,    // [K/16] or null
     int gs16,
     T* __restrict__ w,                     // [N, K]
-    int N, int K) {
+    int N, int K,
+    int pdl_pf) {                          // prefetched chunk slices (pdl_prefetch_chunks)
   using T2 = typename ActTraits<T>::T2;
   constexpr int KC = BITS == 4 ? 64 : 32;
   constexpr int RUNS = BITS == 4 ? 4 : 2;
@@ -53,6 +54,13 @@ __global__ void __launch_bounds__(kDqWarps * 32) wxa16_dequant_kernel(
   if (wid >= static_cast<int64_t>(n_tiles) * col_blocks) return;           // whole warp
   const int nt = static_cast<int>(wid / col_blocks), cb = static_cast<int>(wid % col_blocks);
   const int c0 = cb * CPW;
+
+  if ((lane & 7) == 0) {  // before pdl_wait (wxa16_common.cuh): L2 prefetches of the warp's weights only
+#pragma unroll
+    for (int cc = 0; cc < CPW; ++cc)
+      if (c0 + cc < NC && cc < pdl_pf) prefetch_l2(qw + (static_cast<int64_t>(nt) * NC + c0 + cc) * 32 + lane);
+  }
+  pdl_wait_then_release();
 
   uint4 q[CPW];
 #pragma unroll
@@ -103,9 +111,9 @@ cudaError_t launch(const int32_t* qweight, const uint32_t* scales, const uint32_
                    int group_size, void* w, int N, int K, cudaStream_t stream) {
   const int64_t warps = static_cast<int64_t>(N / 16) * ((K + kDqCols - 1) / kDqCols);
   const int64_t blocks = (warps + kDqWarps - 1) / kDqWarps;
-  wxa16_dequant_kernel<BITS, T><<<static_cast<unsigned>(blocks), kDqWarps * 32, 0, stream>>>(
-      reinterpret_cast<const uint4*>(qweight), scales, zeros, kgroup, group_size / 16, static_cast<T*>(w), N, K);
-  return cudaGetLastError();
+  return launch_kernel(wxa16_dequant_kernel<BITS, T>, dim3(static_cast<unsigned>(blocks)), dim3(kDqWarps * 32), 0,
+                       stream, reinterpret_cast<const uint4*>(qweight), scales, zeros, kgroup, group_size / 16,
+                       static_cast<T*>(w), N, K, pdl_enabled() ? kPdlPrefetchChunks : 0);  // many waves
 }
 
 }  // namespace

@@ -174,6 +174,22 @@ __device__ __forceinline__ void store_out(float (&acc)[NT][MT][4], const bool (&
   });
 }
 
+// Before pdl_wait() (wxa16_common.cuh): L2 prefetches of a warp's weights, chunks c_begin .. of
+// n-tiles nt0 .. nt0 + NT - 1 (clamped like ChunkSource's), at most `pf` slices in all (the
+// kernel's pdl_pf), by one lane per 128-byte line. Not inlined: inlined, it cost the stream-K kernel
+// an 8-byte register spill on sm_80.
+template <int NT>
+__device__ __noinline__ void prefetch_weights(const uint4* qw, int nt0, int n_tiles, int nc, int lane, int c_begin,
+                                              int chunks, int pf) {
+  if ((lane & 7) != 0) return;
+  chunks = min(chunks, pf / NT);
+#pragma unroll
+  for (int n = 0; n < NT; ++n) {
+    const uint4* p = qw + (static_cast<int64_t>(min(nt0 + n, n_tiles - 1)) * nc + c_begin) * 32 + lane;
+    for (int c = 0; c < chunks; ++c) prefetch_l2(p + c * 32);
+  }
+}
+
 // A warp's weight stream: for each of its NT n-tiles the lane's source at the next chunk to copy
 // and the lane's scale/zero slot, and the group of the columns it copies next. An n-tile past N (in
 // a partial last group) is clamped to the last real one: it streams real memory and its results
@@ -455,7 +471,8 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
     const T* __restrict__ bias,            // [N] or null
     T* __restrict__ out,                   // [M, N]
     float* __restrict__ ws,                // [M, N] fp32 zeros, then grid.x * grid.y int counters
-    int M, int N, int K, int wk_log2) {
+    int M, int N, int K, int wk_log2,
+    int pdl_pf) {                          // prefetched chunk slices (pdl_prefetch_chunks)
   constexpr int KC = BITS == 4 ? 64 : 32;   // columns per chunk
   constexpr int KSPAN = KC / 4;             // consecutive columns a lane owns per chunk
   constexpr int XV = KSPAN / 8;             // 16-byte activation loads per row per chunk
@@ -482,6 +499,9 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
   bool valid[NT];
 #pragma unroll
   for (int n = 0; n < NT; ++n) valid[n] = nt0 + n < n_tiles;
+
+  prefetch_weights<NT>(qw, nt0, n_tiles, NC, lane, c_begin, c_end - c_begin, pdl_pf);
+  pdl_wait_then_release();  // nothing above read memory
 
   const uint32_t zsym = sym_zero2<BITS, T>();
   DequantConsts dc_end[NT];  // kAtEnd: the constants of the one group; kPerChunkSym: of the symmetric zero
@@ -650,7 +670,8 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_mid_kernel(
     const T* __restrict__ bias,            // [N] or null
     T* __restrict__ out,                   // [M, N]
     float* __restrict__ ws,                // [M, N] fp32 zeros, then grid.x * grid.y int counters
-    int M, int N, int K, int wk_log2) {
+    int M, int N, int K, int wk_log2,
+    int pdl_pf) {                          // prefetched chunk slices (pdl_prefetch_chunks)
   constexpr int KC = BITS == 4 ? 64 : 32;
   constexpr int BM = 8 * MT;
   constexpr int XU = xrow_units<BITS>();
@@ -676,6 +697,8 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_mid_kernel(
   bool valid[NT];
 #pragma unroll
   for (int n = 0; n < NT; ++n) valid[n] = nt0 + n < n_tiles;
+  prefetch_weights<NT>(qw, nt0, n_tiles, NC, lane, c_begin, c_end - c_begin, pdl_pf);
+  pdl_wait_then_release();  // nothing above read memory
   const uint32_t zsym = sym_zero2<BITS, T>();
 
   float acc[NT][MT][4];
@@ -743,7 +766,8 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_streamk_kernel(
     const T* __restrict__ bias,            // [N] or null
     T* __restrict__ out,                   // [M, N]
     float* __restrict__ ws,                // [M, N] fp32 zeros, then one int counter per n-slice (zeros)
-    int M, int N, int K) {
+    int M, int N, int K,
+    int pdl_pf) {                          // prefetched chunk slices (pdl_prefetch_chunks)
   constexpr int KC = BITS == 4 ? 64 : 32;
   constexpr int KSPAN = KC / 4;
   constexpr int XV = KSPAN / 8;
@@ -762,6 +786,9 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_streamk_kernel(
   // int: the launcher keeps items below 2**31
   const int u_begin = static_cast<int>(gw * items / warps), u_end = static_cast<int>((gw + 1) * items / warps);
   if (u_begin >= u_end) return;  // warp-uniform; no block-wide barrier follows
+  prefetch_weights<NT>(qw, (u_begin / NC) * NT, n_tiles, NC, lane, u_begin % NC,
+                       min(u_end - u_begin, NC - u_begin % NC), pdl_pf);
+  pdl_wait_then_release();  // nothing above read memory
 
   const uint32_t zsym = sym_zero2<BITS, T>();
   const T* xsrc[MT];
@@ -867,11 +894,10 @@ cudaError_t launch_streamk(int mode, const void* x, int64_t ldx, const int32_t* 
   const int64_t items = static_cast<int64_t>((N / 16 + NT - 1) / NT) * (K / KC);
   const int64_t per_sm = items / (static_cast<int64_t>(kWarps) * kMinItems * num_sms);
   const int b = static_cast<int>(per_sm < 1 ? 1 : per_sm < blocks_per_sm ? per_sm : blocks_per_sm);
-  kernel<<<b * num_sms, kThreads, kSmem, stream>>>(static_cast<const T*>(x), ldx,
-                                                   reinterpret_cast<const uint4*>(qweight), scales, zeros, kgroup,
-                                                   group_size / 16, static_cast<const T*>(bias), static_cast<T*>(out),
-                                                   ws, M, N, K);
-  return cudaGetLastError();
+  return launch_kernel(kernel, dim3(b * num_sms), dim3(kThreads), kSmem, stream, static_cast<const T*>(x), ldx,
+                       reinterpret_cast<const uint4*>(qweight), scales, zeros, kgroup, group_size / 16,
+                       static_cast<const T*>(bias), static_cast<T*>(out), ws, M, N, K,
+                       pdl_prefetch_chunks(b * num_sms, num_sms));
 }
 
 template <int BITS, typename T, int MT, int NT, int S, bool AFTER_OK, bool STREAMK, bool XS>
@@ -937,10 +963,10 @@ cudaError_t launch(const void* x, int64_t ldx, const int32_t* qweight, const uin
   }
   const int wn = kWarps >> wk_log2;
   dim3 grid(passes, (n_tiles + NT * wn - 1) / (NT * wn), ks);
-  kernel<<<grid, kThreads, kSmem, stream>>>(static_cast<const T*>(x), ldx, reinterpret_cast<const uint4*>(qweight),
-                                            scales, zeros, kgroup, group_size / 16, static_cast<const T*>(bias),
-                                            static_cast<T*>(out), split.ws, M, N, K, wk_log2);
-  return cudaGetLastError();
+  return launch_kernel(kernel, grid, dim3(kThreads), kSmem, stream, static_cast<const T*>(x), ldx,
+                       reinterpret_cast<const uint4*>(qweight), scales, zeros, kgroup, group_size / 16,
+                       static_cast<const T*>(bias), static_cast<T*>(out), split.ws, M, N, K, wk_log2,
+                       pdl_prefetch_chunks(static_cast<int64_t>(grid.x) * grid.y * grid.z, num_sms));
 }
 
 // The middle-m kernel: WK k-slices per block (in-block sum) and KS blocks per output tile
@@ -1005,10 +1031,10 @@ cudaError_t launch_mid(const void* x, int64_t ldx, const int32_t* qweight, const
   if (err != cudaSuccess) return err;
   const int wn = kWarps >> wk_log2;
   dim3 grid(passes, (n_tiles + NT * wn - 1) / (NT * wn), ks);
-  kernel<<<grid, kThreads, smem, stream>>>(static_cast<const T*>(x), ldx, reinterpret_cast<const uint4*>(qweight),
-                                           scales, zeros, kgroup, group_size / 16, static_cast<const T*>(bias),
-                                           static_cast<T*>(out), split.ws, M, N, K, wk_log2);
-  return cudaGetLastError();
+  return launch_kernel(kernel, grid, dim3(kThreads), smem, stream, static_cast<const T*>(x), ldx,
+                       reinterpret_cast<const uint4*>(qweight), scales, zeros, kgroup, group_size / 16,
+                       static_cast<const T*>(bias), static_cast<T*>(out), split.ws, M, N, K, wk_log2,
+                       pdl_prefetch_chunks(static_cast<int64_t>(grid.x) * grid.y * grid.z, num_sms));
 }
 
 // The bounded list of tile shapes: (MT m-tiles of 8 rows, NT n-tiles of 16 rows per warp, S

@@ -75,6 +75,7 @@ __global__ void wxa16_tile_x_kernel(const uint32_t* __restrict__ x,  // [M, ldx 
                                     int64_t ldx2,                   // row stride of x, in pairs
                                     uint4* __restrict__ xt,         // [ceil(M / BN), K / 64, BN * 8]
                                     int M, int K, int bn) {
+  pdl_wait_then_release();  // x may be the previous kernel's output
   const int stages = K / kStageCols;
   const int64_t units = static_cast<int64_t>((M + bn - 1) / bn) * stages * bn * 8;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < units;
@@ -199,7 +200,8 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
     const T* __restrict__ bias,            // [N] or null
     T* __restrict__ out,                   // [M, N]
     float* __restrict__ ws,                // [M, N] fp32 zeros, then one int counter per tile (split only)
-    int M, int N, int K) {
+    int M, int N, int K,
+    int pdl_pf) {                          // prefetched chunk slices (pdl_prefetch_chunks)
 #ifdef QK_HAVE_WGMMA
   constexpr int KC = BITS == 4 ? 64 : 32;
   constexpr int CPS = kStageCols / KC;  // chunks per stage
@@ -227,6 +229,14 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
     return as_u32(T2{z, z});
   }();
   __shared__ int s_last;
+
+  if constexpr (!STREAM_K) {  // before pdl_wait (wxa16_common.cuh): L2 prefetches of the warp's first weights only
+    const int ntc = min(static_cast<int>(blockIdx.x) / m_blocks * (4 * NWG) + warp, n_tiles - 1);
+    if ((lane & 7) == 0)
+      for (int c = 0; c < min(NC, pdl_pf); ++c)
+        prefetch_l2(qw + (static_cast<int64_t>(ntc) * NC + c) * 32 + lane);
+  }
+  pdl_wait_then_release();
 
   // Stages s_begin .. s_end - 1 of output tile `tile` (= n-block * m_blocks + m-block), one of `parts`
   // blocks that share the tile.
@@ -468,13 +478,14 @@ cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qw
   {
     const int64_t units = static_cast<int64_t>(m_blocks) * BN * (K / 8);
     const int blocks = static_cast<int>(units / 256 + 1 < 8L * num_sms ? units / 256 + 1 : 8L * num_sms);
-    wxa16_tile_x_kernel<BITS><<<blocks, 256, 0, stream>>>(static_cast<const uint32_t*>(x), ldx / 2,
-                                                           static_cast<uint4*>(xp), M, K, BN);
+    const cudaError_t err = launch_kernel(wxa16_tile_x_kernel<BITS>, dim3(blocks), dim3(256), 0, stream,
+                                          static_cast<const uint32_t*>(x), ldx / 2, static_cast<uint4*>(xp), M, K, BN);
+    if (err != cudaSuccess) return err;
   }
-  (ks > 1 ? kernel_sk : kernel)<<<static_cast<unsigned>(grid), kThreads, kSmem, stream>>>(
-      static_cast<const T*>(xp), reinterpret_cast<const uint4*>(qweight), scales, zeros, kgroup, group_size,
-      static_cast<const T*>(bias), static_cast<T*>(out), split.ws, M, N, K);
-  return cudaGetLastError();
+  return launch_kernel(ks > 1 ? kernel_sk : kernel, dim3(static_cast<unsigned>(grid)), dim3(kThreads), kSmem, stream,
+                       static_cast<const T*>(xp), reinterpret_cast<const uint4*>(qweight), scales, zeros, kgroup,
+                       group_size, static_cast<const T*>(bias), static_cast<T*>(out), split.ws, M, N, K,
+                       pdl_prefetch_chunks(grid, num_sms));
 }
 
 template <int BITS, typename T>

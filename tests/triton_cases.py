@@ -217,6 +217,26 @@ def test_cuda_graph_capture_of_an_untuned_key():
         assert len(set(tops.CHOSEN) - before) == 1
 
 
+def test_dependent_chain():
+    # Each layer reads the previous one's output (m = 64: through the split-K workspace of the first
+    # medium candidate), queued back to back with no sync: the guard for any launch overlap (the CUDA
+    # backend's programmatic dependent launch; tried for these kernels and dropped, docs/triton.md).
+    dims = (512, 1024, 256, 512)
+    layers = [make_layer(k, n, qk.QuantConfig(bits=4, group_size=128, sym=i % 2 == 0), bias=True, seed=40 + i)
+              for i, (k, n) in enumerate(zip(dims, dims[1:]))]
+    for m in (1, 16, 64):
+        x = torch.randn(m, dims[0], dtype=torch.float16, device=DEVICE)
+        outs, inp = [], x
+        for layer in layers:
+            inp = layer(inp)
+            outs.append(inp)
+        inp = x
+        for i, (layer, out) in enumerate(zip(layers, outs)):
+            assert torch.isfinite(out).all()
+            assert rel_err(out, ref_out(layer, inp)) <= BOUND[torch.float16], (m, i)
+            inp = out
+
+
 @pytest.mark.parametrize("bits", [4, 8])
 def test_group_not_a_multiple_of_the_k_tile(bits):
     # Group 192: a 128-column K tile straddles two groups, so it must not take one group's scale

@@ -49,6 +49,22 @@ __device__ __forceinline__ void prefetch_l2(const void* p) {
   asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
 }
 
+// Before pdl_wait(): L2 prefetches of a warp's weights in the mma-shuffled layout (qw [N/16, K/KC,
+// 32] 16-byte lane slices, wxa16.h), chunks c_begin .. of n-tiles nt0 .. nt0 + NT - 1 (clamped to
+// the last n-tile), at most `pf` slices in all (the kernel's pdl_pf), by one lane per 128-byte
+// line. Not inlined: inlined, it cost the GEMM's stream-K kernel an 8-byte register spill on sm_80.
+template <int NT>
+__device__ __noinline__ void prefetch_weights(const uint4* qw, int nt0, int n_tiles, int nc, int lane, int c_begin,
+                                              int chunks, int pf) {
+  if ((lane & 7) != 0) return;
+  chunks = min(chunks, pf / NT);
+#pragma unroll
+  for (int n = 0; n < NT; ++n) {
+    const uint4* p = qw + (static_cast<int64_t>(min(nt0 + n, n_tiles - 1)) * nc + c_begin) * 32 + lane;
+    for (int c = 0; c < chunks; ++c) prefetch_l2(p + c * 32);
+  }
+}
+
 // Whether launches on the current device ask for PDL: compute capability 9.0 or newer, unless the
 // environment variable QUANTKERNELS_CUDA_PDL is "0" (read once per process; for A/B timing and as
 // a workaround). Cached per device.

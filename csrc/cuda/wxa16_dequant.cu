@@ -55,12 +55,8 @@ __global__ void __launch_bounds__(kDqWarps * 32) wxa16_dequant_kernel(
   const int nt = static_cast<int>(wid / col_blocks), cb = static_cast<int>(wid % col_blocks);
   const int c0 = cb * CPW;
 
-  if ((lane & 7) == 0) {  // before pdl_wait (wxa16_common.cuh): L2 prefetches of the warp's weights only
-#pragma unroll
-    for (int cc = 0; cc < CPW; ++cc)
-      if (c0 + cc < NC && cc < pdl_pf) prefetch_l2(qw + (static_cast<int64_t>(nt) * NC + c0 + cc) * 32 + lane);
-  }
-  pdl_wait_then_release();
+  prefetch_weights<1>(qw, nt, n_tiles, NC, lane, c0, min(CPW, NC - c0), pdl_pf);
+  pdl_wait_then_release();  // nothing above read memory
 
   uint4 q[CPW];
 #pragma unroll

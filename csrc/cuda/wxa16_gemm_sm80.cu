@@ -174,22 +174,6 @@ __device__ __forceinline__ void store_out(float (&acc)[NT][MT][4], const bool (&
   });
 }
 
-// Before pdl_wait() (wxa16_common.cuh): L2 prefetches of a warp's weights, chunks c_begin .. of
-// n-tiles nt0 .. nt0 + NT - 1 (clamped like ChunkSource's), at most `pf` slices in all (the
-// kernel's pdl_pf), by one lane per 128-byte line. Not inlined: inlined, it cost the stream-K kernel
-// an 8-byte register spill on sm_80.
-template <int NT>
-__device__ __noinline__ void prefetch_weights(const uint4* qw, int nt0, int n_tiles, int nc, int lane, int c_begin,
-                                              int chunks, int pf) {
-  if ((lane & 7) != 0) return;
-  chunks = min(chunks, pf / NT);
-#pragma unroll
-  for (int n = 0; n < NT; ++n) {
-    const uint4* p = qw + (static_cast<int64_t>(min(nt0 + n, n_tiles - 1)) * nc + c_begin) * 32 + lane;
-    for (int c = 0; c < chunks; ++c) prefetch_l2(p + c * 32);
-  }
-}
-
 // A warp's weight stream: for each of its NT n-tiles the lane's source at the next chunk to copy
 // and the lane's scale/zero slot, and the group of the columns it copies next. An n-tile past N (in
 // a partial last group) is clamped to the last real one: it streams real memory and its results

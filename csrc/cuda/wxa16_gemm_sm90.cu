@@ -230,13 +230,10 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
   }();
   __shared__ int s_last;
 
-  if constexpr (!STREAM_K) {  // before pdl_wait (wxa16_common.cuh): L2 prefetches of the warp's first weights only
-    const int ntc = min(static_cast<int>(blockIdx.x) / m_blocks * (4 * NWG) + warp, n_tiles - 1);
-    if ((lane & 7) == 0)
-      for (int c = 0; c < min(NC, pdl_pf); ++c)
-        prefetch_l2(qw + (static_cast<int64_t>(ntc) * NC + c) * 32 + lane);
-  }
-  pdl_wait_then_release();
+  if constexpr (!STREAM_K)  // the warp's 16 channels of the tile the grid gives this block
+    prefetch_weights<1>(qw, static_cast<int>(blockIdx.x) / m_blocks * (4 * NWG) + warp, n_tiles, NC, lane, 0, NC,
+                        pdl_pf);
+  pdl_wait_then_release();  // nothing above read memory
 
   // Stages s_begin .. s_end - 1 of output tile `tile` (= n-block * m_blocks + m-block), one of `parts`
   // blocks that share the tile.

@@ -260,7 +260,7 @@ SMALL_VARIANTS_M8 = ((7, -1), (0, -1), (2, -1), (12, -1), (2, 2), (12, 2), (12, 
 SMALL_VARIANTS_M16 = ((4, -1), (13, -1), (5, -1), (4, 2), (13, 2), (4, 4))  # 8 < m <= 16
 
 
-WGMMA_CONFIGS = 3  # csrc/cuda/wxa16_gemm_sm90.cu, kConfigs
+WGMMA_CONFIGS = 6  # csrc/cuda/wxa16_gemm_sm90.cu, kConfigs
 
 
 def wgmma_m(shapes, m_list, out_dir, with_triton, configs):

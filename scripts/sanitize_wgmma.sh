@@ -16,7 +16,7 @@ from quantkernels import QuantConfig
 from quantkernels.nn import QuantLinear
 
 torch.manual_seed(0)
-NUM_CONFIGS = 3
+NUM_CONFIGS = 6  # kConfigs in csrc/cuda/wxa16_gemm_sm90.cu
 for bits, gs, sym, act_order in [(4, 128, True, False), (4, 32, False, False), (8, -1, True, False), (4, 64, True, True)]:
     k, n = 384, 48  # 6 stages; 3 n-tiles: partial blocks
     g_idx = None

@@ -21,7 +21,7 @@ from quantkernels.backends import cuda as cuda_backend
 from quantkernels.nn import QuantLinear
 
 BOUND = {torch.float16: 1e-3, torch.bfloat16: 8e-3}
-NUM_CONFIGS = 3  # kConfigs in csrc/cuda/wxa16_gemm_sm90.cu
+NUM_CONFIGS = 6  # kConfigs in csrc/cuda/wxa16_gemm_sm90.cu
 
 
 def _reason():
@@ -138,13 +138,14 @@ def test_real_layer_shapes(k, n, ms):
 
 def test_wgmma_cells():
     """The routing table (runs anywhere): the cells measured faster on an H100, and no others."""
-    serves = cuda_backend._wgmma_serves
-    assert not serves(32, 28672, 8192) and serves(33, 28672, 8192) and serves(64, 8192, 28672)
-    assert serves(64, 8192, 8192) and serves(64, 4096, 14336) and not serves(64, 14336, 4096)
-    assert not serves(64, 4096, 4096) and serves(65, 8192, 8192) and not serves(128, 4096, 4096)
-    assert serves(256, 14336, 4096) and not serves(256, 4096, 14336) and serves(256, 8192, 8192)
-    assert not serves(256, 4096, 4096) and serves(129, 8192, 28672)
-    assert serves(256, 8192, 28672) and not serves(257, 8192, 28672) and not serves(16, 8192, 28672)
+    serves = cuda_backend._wgmma_serves  # (m, N, K)
+    assert not serves(16, 28672, 8192) and serves(17, 28672, 8192) and serves(32, 8192, 28672)
+    assert not serves(32, 8192, 8192) and serves(32, 4096, 14336) and not serves(32, 14336, 4096)
+    assert serves(33, 8192, 8192) and serves(64, 14336, 4096) and serves(64, 4096, 14336)
+    assert not serves(64, 4096, 4096) and not serves(128, 4096, 4096) and serves(256, 4096, 14336)
+    assert not serves(256, 4096, 4096) and serves(257, 8192, 8192) and serves(1024, 28672, 8192)
+    assert serves(1024, 8192, 28672) and not serves(512, 14336, 4096) and not serves(384, 4096, 14336)
+    assert not serves(1025, 28672, 8192) and not serves(1, 8192, 28672)
 
 
 @needs_wgmma

@@ -18,12 +18,14 @@
 // over all of K; or, when the launcher splits K (too few tiles for the SMs, a workspace given),
 // stream-K: one wave of blocks shares the (tile, stage) items out evenly, a share may cross tiles,
 // and a tile cut between blocks sums its parts in fp32 through the caller's self-zeroing workspace
-// (wxa16.h), the last block to arrive storing it. K is consumed in
-// stages of 64 columns (one 4-bit chunk or two 8-bit chunks; four k16 steps): the stage's activation
-// tile (one contiguous run of the pre-cut tiles) and each lane's 16-byte weight slice, scale and
-// zero go to shared memory by cp.async, S slots, S - 2 stages ahead. Per stage each warp dequantizes
-// its 16 channels into 16 registers and the warpgroup issues four async wgmma; the next stage's
-// dequantization runs while they execute (two register sets, wgmma.wait_group 1). Blocks of 4
+// (wxa16.h), the last block to arrive storing it. K is consumed in stages of SC = 64 or 128 columns
+// (SC / 16 k16 steps; a 4-bit chunk is 64 columns, an 8-bit one 32): the stage's activation tile
+// (one contiguous run of the pre-cut tiles) and each lane's 16-byte weight slice, scale and zero of
+// each chunk go to shared memory by cp.async, S slots, S - 2 stages ahead. A stage is one or two
+// 64-column halves: per half each warp dequantizes its 16 channels into 16 registers and the
+// warpgroup issues four async wgmma as one group; the next half's dequantization runs while they
+// execute (two register sets, wgmma.wait_group 1). 128-column stages halve the barriers, copies'
+// address arithmetic and waits per weight byte with the registers of 64-column ones. Blocks of 4
 // warpgroups (256 channels) keep the activation bytes a stage no larger than the weight bytes at
 // 64 rows (both come through L2; the 08:51 run with 128-channel blocks was bound by them).
 //
@@ -53,41 +55,40 @@ __device__ int g_wgmma_built = 1;
 __device__ int g_wgmma_built = 0;
 #endif
 
-constexpr int kStageCols = 64;  // K columns per pipeline stage: four k16 steps
-
 __host__ __device__ constexpr int chunk_cols_c(int bits) { return bits == 4 ? 64 : 32; }
 
-// Physical column (within a 64-column stage) of the even logical column 16 j + 2 t + 8 hi: the
+// Physical column (within an SC-column stage) of the even logical column 16 j + 2 t + 8 hi: the
 // permutation of wxa16.h (a lane's run j holds logical k 2t, 2t+1 at i = 0, 1 and 2t+8, 2t+9 at i =
 // 2, 3, at columns (KC/4) t + 4 j' + i of chunk j / (KC/16), j' = j % (KC/16)).
 template <int BITS>
 __host__ __device__ constexpr int phys_col(int j, int t, int hi) {
-  return BITS == 4 ? 16 * t + 4 * j + 2 * hi : 32 * (j >> 1) + 8 * t + 4 * (j & 1) + 2 * hi;
+  return BITS == 4 ? 64 * (j >> 2) + 16 * t + 4 * (j & 3) + 2 * hi : 32 * (j >> 1) + 8 * t + 4 * (j & 1) + 2 * hi;
 }
 
-// x -> the kernel's tiles: xt[mb, s] is the BN x 64 activation tile of rows BN mb .. and stage s,
-// BN * 128 bytes laid out exactly as the kernel's shared memory wants it (one contiguous run a stage):
-// 16-byte unit i is row 8 (i / 64) + i % 8, logical columns 8 u .. 8 u + 7, u = (i / 8) % 8 (the
-// no-swizzle K-major core matrices of smem_desc), and logical column 16 j + p of a stage is
-// physical column phys_col(j, p) of x. Rows past M are zeros.
-template <int BITS>
+// x -> the kernel's tiles: xt[mb, s] is the BN x SC activation tile of rows BN mb .. and stage s,
+// BN * SC * 2 bytes laid out exactly as the kernel's shared memory wants it (one contiguous run a
+// stage): 16-byte unit i is row 8 (i / SC) + i % 8, logical columns 8 u .. 8 u + 7, u = (i / 8) %
+// (SC / 8) (the no-swizzle K-major core matrices of smem_desc), and logical column 16 j + p of a
+// stage is physical column phys_col(j, p) of x. Rows past M are zeros.
+template <int BITS, int SC>
 __global__ void wxa16_tile_x_kernel(const uint32_t* __restrict__ x,  // [M, ldx / 2] pairs
                                     int64_t ldx2,                   // row stride of x, in pairs
-                                    uint4* __restrict__ xt,         // [ceil(M / BN), K / 64, BN * 8]
+                                    uint4* __restrict__ xt,         // [ceil(M / BN), K / SC, BN * SC / 8]
                                     int M, int K, int bn) {
   pdl_wait_then_release();  // x may be the previous kernel's output
-  const int stages = K / kStageCols;
-  const int64_t units = static_cast<int64_t>((M + bn - 1) / bn) * stages * bn * 8;
+  const int stages = K / SC;
+  const int tile_units = bn * (SC / 8);
+  const int64_t units = static_cast<int64_t>((M + bn - 1) / bn) * stages * tile_units;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < units;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int in_tile = static_cast<int>(i % (bn * 8));
-    const int64_t tile = i / (bn * 8);
+    const int in_tile = static_cast<int>(i % tile_units);
+    const int64_t tile = i / tile_units;
     const int s = static_cast<int>(tile % stages);
-    const int64_t m = (tile / stages) * bn + (in_tile >> 6) * 8 + (in_tile & 7);
-    const int u = (in_tile >> 3) & 7, j = u >> 1, hi = u & 1;
+    const int64_t m = (tile / stages) * bn + (in_tile / SC) * 8 + (in_tile & 7);
+    const int u = (in_tile >> 3) % (SC / 8), j = u >> 1, hi = u & 1;
     uint4 v = make_uint4(0, 0, 0, 0);
     if (m < M) {
-      const uint32_t* src = x + m * ldx2 + s * (kStageCols / 2);
+      const uint32_t* src = x + m * ldx2 + s * (SC / 2);
       v.x = __ldg(src + phys_col<BITS>(j, 0, hi) / 2);
       v.y = __ldg(src + phys_col<BITS>(j, 1, hi) / 2);
       v.z = __ldg(src + phys_col<BITS>(j, 2, hi) / 2);
@@ -115,10 +116,11 @@ __device__ __forceinline__ void cp_async4(void* dst, const void* src) {
 }
 
 // Descriptor of a K-major B tile without swizzle: 8-row x 16-byte core matrices, the two of one
-// k16 step 128 bytes apart (leading byte offset), row groups kStageCols * 16 bytes apart (stride).
+// k16 step 128 bytes apart (leading byte offset), row groups SC * 16 bytes apart (stride).
+template <int SC>
 __device__ __forceinline__ uint64_t smem_desc(const void* p) {
   const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
-  constexpr uint64_t lbo = 128 >> 4, sbo = (kStageCols * 16) >> 4;
+  constexpr uint64_t lbo = 128 >> 4, sbo = (SC * 16) >> 4;
   return static_cast<uint64_t>((a & 0x3FFFF) >> 4) | (lbo << 16) | (sbo << 32);
 }
 
@@ -173,6 +175,13 @@ template <int N>
 __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
 }
+// Group of input column `col` without the table: col >> gshift (gshift from group_shift) or, for a
+// group size that is not a power of two, a division (a uniform branch; the division costs ~20
+// instructions, a shift one).
+__device__ __forceinline__ int group_of(int col, int gsize, int gshift) {
+  return gshift >= 0 ? col >> gshift : col / gsize;
+}
+
 // Ties the accumulators to the preceding asm (a wait): their reads cannot move above it.
 template <int NA>
 __device__ __forceinline__ void fence_acc(float (&d)[NA]) {
@@ -181,15 +190,15 @@ __device__ __forceinline__ void fence_acc(float (&d)[NA]) {
 }
 #endif
 
-// Shared memory of one block: S stages of [activation tile BN x 64 columns][weights, scales, zeros
+// Shared memory of one block: S stages of [activation tile BN x SC columns][weights, scales, zeros
 // of every thread's lane slots].
-template <int BITS, int BN, int NWG, int S>
+template <int BITS, int BN, int NWG, int S, int SC>
 constexpr int wgmma_smem_bytes() {
-  constexpr int cps = kStageCols / chunk_cols_c(BITS);
-  return S * (BN * kStageCols * 2 + cps * NWG * 128 * (16 + 4 + 4));
+  constexpr int cps = SC / chunk_cols_c(BITS);
+  return S * (BN * SC * 2 + cps * NWG * 128 * (16 + 4 + 4));
 }
 
-template <int BITS, typename T, int BN, int NWG, int S, bool STREAM_K>
+template <int BITS, typename T, int BN, int NWG, int S, int SC, bool STREAM_K>
 __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
     const T* __restrict__ xt,              // activation tiles (wxa16_tile_x_kernel)
     const uint4* __restrict__ qw,          // [N/16, K/KC, 32] (16 bytes per lane)
@@ -197,6 +206,7 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
     const uint32_t* __restrict__ zeros,    // [G, N/16, 8] or null
     const int32_t* __restrict__ kgroup,    // [K/16] or null
     int gsize,                             // columns per group
+    int gshift,                            // group_shift(gsize, K)
     const T* __restrict__ bias,            // [N] or null
     T* __restrict__ out,                   // [M, N]
     float* __restrict__ ws,                // [M, N] fp32 zeros, then one int counter per tile (split only)
@@ -204,11 +214,12 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
     int pdl_pf) {                          // prefetched chunk slices (pdl_prefetch_chunks)
 #ifdef QK_HAVE_WGMMA
   constexpr int KC = BITS == 4 ? 64 : 32;
-  constexpr int CPS = kStageCols / KC;  // chunks per stage
-  constexpr int RUNS = KC / 16;         // k16 steps per chunk
+  constexpr int CPS = SC / KC;     // chunks per stage
+  constexpr int RUNS = KC / 16;    // k16 steps per chunk
   constexpr int WPR = BITS == 4 ? 1 : 2;
   constexpr int THREADS = NWG * 128;
-  constexpr int XBYTES = BN * kStageCols * 2;
+  constexpr int XBYTES = BN * SC * 2;
+  constexpr int XUNITS = BN * SC / 8;  // 16-byte units of an activation tile
   constexpr int NA = BN / 2;  // accumulators per thread
   constexpr bool BF16 = std::is_same<T, __nv_bfloat16>::value;
 
@@ -220,7 +231,7 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int n_tiles = N >> 4, NC = K / KC;
-  const int NS = K / kStageCols, m_blocks = (M + BN - 1) / BN;
+  const int NS = K / SC, m_blocks = (M + BN - 1) / BN;
   const int g = lane >> 2, t = lane & 3;
   const int lane_col = (lane & 3) * (KC / 4);
   const uint32_t zsym = [] {
@@ -248,37 +259,46 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
     // Copy stage s into slot `slot`, one cp.async group per call (maybe empty): the activation tile
     // (contiguous in xt, 16-byte unit i to byte 16 i), this lane's 16-byte weight slice of each chunk,
     // and its scale and zero.
-    const T* xsrc = xt + static_cast<int64_t>(mb) * NS * (BN * kStageCols);
+    const T* xsrc = xt + static_cast<int64_t>(mb) * NS * (BN * SC);
+    const uint4* wsrc = qw + static_cast<int64_t>(ntc) * NC * 32 + lane;  // the lane's slice of chunk 0
+    const int gstride = n_tiles * 8;                                       // words a group of scales
+    const uint32_t* ssrc = scales + soff;
     auto issue = [&](int s, int slot) {
       if (s < s_end) {
-        const uint4* xsrc4 = reinterpret_cast<const uint4*>(xsrc + static_cast<int64_t>(s) * (BN * kStageCols));
+        const uint4* xsrc4 = reinterpret_cast<const uint4*>(xsrc + static_cast<int64_t>(s) * (BN * SC));
         uint4* xdst = reinterpret_cast<uint4*>(xs + slot * XBYTES);
 #pragma unroll
-        for (int i = tid; i < BN * 8; i += THREADS) cp_async16(xdst + i, xsrc4 + i);
+        for (int r = 0; r < (XUNITS + THREADS - 1) / THREADS; ++r) {  // a fixed count: no loop code
+          const int i = tid + r * THREADS;
+          if (XUNITS % THREADS == 0 || i < XUNITS) cp_async16(xdst + i, xsrc4 + i);
+        }
 #pragma unroll
         for (int cc = 0; cc < CPS; ++cc) {
           const int col = (s * CPS + cc) * KC + lane_col;
-          const int gi = kgroup != nullptr ? __ldg(kgroup + (col >> 4)) : col / gsize;
-          const int64_t goff = static_cast<int64_t>(gi) * n_tiles * 8 + soff;
+          const int gi = kgroup != nullptr ? __ldg(kgroup + (col >> 4)) : group_of(col, gsize, gshift);
+          const int64_t goff = static_cast<int64_t>(gi) * gstride;
           const int sl = (slot * CPS + cc) * THREADS + tid;
-          cp_async16(wbuf + sl, qw + (static_cast<int64_t>(ntc) * NC + s * CPS + cc) * 32 + lane);
-          cp_async4(sbuf + sl, scales + goff);
-          if (zeros != nullptr) cp_async4(zbuf + sl, zeros + goff);
+          cp_async16(wbuf + sl, wsrc + (s * CPS + cc) * 32);
+          cp_async4(sbuf + sl, ssrc + goff);
+          if (zeros != nullptr) cp_async4(zbuf + sl, zeros + soff + goff);
         }
       }
       asm volatile("cp.async.commit_group;" ::: "memory");
     };
 
-    // This stage's A registers: 4 k16 steps x 4 registers, dequantized from the lane's slots.
-    auto dequant_stage = [&](int slot, uint32_t (&a)[4][4]) {
+    // This stage's A registers: STEPS k16 steps x 4 registers, dequantized from the lane's slots.
+    // The A registers of half h of a stage (its 64 columns h * 64 ..; the whole stage when SC = 64):
+    // 4 k16 steps x 4 registers, dequantized from the lane's slots.
+    auto dequant_half = [&](int slot, int h, uint32_t (&a)[4][4]) {
 #pragma unroll
-      for (int cc = 0; cc < CPS; ++cc) {
+      for (int c = 0; c < 64 / KC; ++c) {
+        const int cc = h * (64 / KC) + c;
         const int sl = (slot * CPS + cc) * THREADS + tid;
         const uint4 w = wbuf[sl];
         const DequantConsts dc = make_consts<BITS, T>(sbuf[sl], zeros != nullptr ? zbuf[sl] : zsym);
 #pragma unroll
         for (int j = 0; j < RUNS; ++j)
-          dequant_run<BITS, T>(reinterpret_cast<const uint32_t*>(&w) + j * WPR, dc, a[cc * RUNS + j]);
+          dequant_run<BITS, T>(reinterpret_cast<const uint32_t*>(&w) + j * WPR, dc, a[c * RUNS + j]);
       }
     };
 
@@ -286,12 +306,18 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
 #pragma unroll
     for (int i = 0; i < NA; ++i) acc[i] = 0.0f;
 
-    auto mma_stage = [&](int slot, const uint32_t (&a)[4][4]) {
-      const uint8_t* xt = xs + slot * XBYTES;
+    // Dequantize half h into `a`, issue its four wgmma as one group, and wait for all but that group:
+    // the other register set (the previous half's) is free again when this returns.
+    auto mma_half = [&](int slot, int h, uint32_t (&a)[4][4]) {
+      dequant_half(slot, h, a);
+      // k16 step j starts 256 bytes after step j - 1: 16 in the descriptor's address field (bits
+      // 0-13, address / 16; shared memory ends below 2^18 bytes, so the add never carries out of it).
+      const uint64_t desc = smem_desc<SC>(xs + slot * XBYTES + h * 4 * 256);
       wgmma_fence();  // the A registers were just written
 #pragma unroll
-      for (int j = 0; j < 4; ++j) wgmma_rs<BF16>(WgmmaN<BN>{}, acc, a[j], smem_desc(xt + j * 256));
+      for (int j = 0; j < 4; ++j) wgmma_rs<BF16>(WgmmaN<BN>{}, acc, a[j], desc + 16 * j);
       wgmma_commit();
+      wgmma_wait<1>();
     };
 
     // Stage s is consumed in iteration s - s_begin; its slot is rewritten (issue, S - 2 ahead) only
@@ -301,23 +327,29 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
     for (int i = 0; i < S - 2; ++i) issue(s_begin + i, i);
     uint32_t a0[4][4], a1[4][4];  // two register sets: one is read by wgmma while the other is filled
     int it = 0;
-    auto step = [&](uint32_t (&a)[4][4]) {
-      const int slot = it % S;
+    auto begin_stage = [&]() {  // -> the slot of stage it, its copies visible to every thread
       asm volatile("cp.async.wait_group %0;" ::"n"(S - 3) : "memory");  // this thread's copies of stage it
       asm volatile("fence.proxy.async.shared::cta;" ::: "memory");      // cp.async writes -> tensor-core reads
       __syncthreads();
       issue(s_begin + it + S - 2, (it + S - 2) % S);
-      dequant_stage(slot, a);
-      mma_stage(slot, a);
-      wgmma_wait<1>();
-      ++it;
+      return it % S;
     };
     const int n_iters = s_end - s_begin;
-    while (it + 1 < n_iters) {
-      step(a0);
-      step(a1);
+    static_assert(SC == 64 || SC == 128, "a stage is one or two 64-column halves");
+    if constexpr (SC == 128) {
+      for (; it < n_iters; ++it) {
+        const int slot = begin_stage();
+        mma_half(slot, 0, a0);
+        mma_half(slot, 1, a1);
+      }
+    } else {
+      for (; it + 1 < n_iters; ++it) {
+        mma_half(begin_stage(), 0, a0);
+        ++it;
+        mma_half(begin_stage(), 0, a1);
+      }
+      if (it < n_iters) mma_half(begin_stage(), 0, a0);
     }
-    if (it < n_iters) step(a0);
     wgmma_wait<0>();
     fence_acc(acc);
     asm volatile("cp.async.wait_group 0;" ::: "memory");
@@ -396,39 +428,68 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
 }
 
 // The bounded list of tile shapes: BN activation rows per block (the wgmma's N), NWG warpgroups
-// (64 output channels each), S pipeline stages. kConfigs[i] is config id i.
+// (64 output channels each), S pipeline stages (at most: fewer where S stages of 8-bit weights would
+// not fit), SC input columns a stage. kConfigs[i] is config id i; a config whose SC does not divide
+// K runs as its 64-column twin (same BN and NWG).
 struct WgmmaConfig {
-  int bn, nwg, s;
+  int bn, nwg, s, sc;
 };
-constexpr WgmmaConfig kConfigs[] = {{64, 4, 6}, {128, 4, 4}, {32, 4, 8}};
+constexpr WgmmaConfig kConfigs[] = {{64, 4, 6, 64},  {128, 4, 4, 64},  {32, 4, 8, 64},
+                                    {64, 4, 5, 128}, {32, 4, 6, 128}, {128, 4, 4, 128}};
 constexpr int kNumConfigs = sizeof(kConfigs) / sizeof(kConfigs[0]);
-
-// The config by m and layer shape, from `gpu_gemm.py --wgmma` on an H100 (benchmarks/NOTES_gpu.md,
-// 09:01 run): 64-row tiles up to 64 rows and, beyond, on layers under 2^27 weights (4096x14336
-// m=128: 58.5 us against 90.8 with 128-row tiles), except past 128 rows on layers wider than deep
-// (4096x14336 m=256: 79.2 against 120.3); 128-row tiles on the largest layers (8192x28672 m=128:
-// 151.8 against 220.2 us). Measured and dropped: 256-row tiles (2 warpgroups; slower everywhere),
-// 2-warpgroup 64-row tiles, and bulk copies (cp.async.bulk on an mbarrier) instead of cp.async
-// (8192x28672 m=64: 138.8 against 110.9 us; m=128: 168.0 against 151.8).
-int auto_config(int M, int N, int K) {
-  const bool large = static_cast<int64_t>(N) * K >= (int64_t{1} << 27);
-  if (M <= 32) return 2;
-  if (M <= 64) return 0;
-  if (M <= 128) return large ? 1 : 0;
-  return large || N > K ? 1 : 0;
+constexpr int twin64(int c) { return c == 3 ? 0 : c == 4 ? 2 : c == 5 ? 1 : c; }
+constexpr int kSmemBudget = 224 * 1024;  // of the 227 KB a block may have on sm_90
+// Whether three stages of config c fit the budget with BITS-bit weights (128-row, 128-column stages
+// of 8-bit weights do not: that config runs as its twin).
+constexpr bool fits(int bits, const WgmmaConfig& c) {
+  return 3 * (c.bn * c.sc * 2 + c.sc / chunk_cols_c(bits) * c.nwg * 128 * (16 + 4 + 4)) <= kSmemBudget;
 }
 
-template <int BITS, typename T, int BN, int NWG, int S>
+// The config by m and layer shape, from `gpu_gemm.py --wgmma` on an H100 (benchmarks/NOTES_gpu.md,
+// 21:21 run of 2026-11-23, configs 0-5): 32-row tiles up to 32 rows, and up to 64 on layers wider
+// than deep under 2^27 weights (4096x14336 m=64: 33.5 us against 43.8 with 64-row tiles: twice the
+// blocks of a layer of 56 n-blocks); 64-row tiles up to 64 rows and, up to 128, on layers under 2^27
+// weights (14336x4096 m=128: 60.1 against 67.7 with 128-row tiles); 128-row tiles beyond, on the
+// largest layers from 65 rows (8192x28672 m=128: 125.9 against 168.5) and on the wider than deep
+// from 129 (4096x14336 m=256: 64.0 against 82.1), and on all from 257 (21:34 run). 128-column stages in all (8192x28672 m=64: 82.5
+// against 89.1 us with 64-column ones, 21:16 run). Measured and dropped: 256-row tiles (2 warpgroups;
+// slower everywhere), 2-warpgroup 64-row tiles, bulk copies (cp.async.bulk on an mbarrier) instead of
+// cp.async (8192x28672 m=64: 138.8 against 110.9 us; m=128: 168.0 against 151.8, 09:01 run), and a
+// forced stream-K split over one wave on layers of fewer tiles than SMs (8192x28672 m=64: 117.8
+// against 90.9 us, 21:21 run).
+int auto_config(int M, int N, int K) {
+  const bool large = static_cast<int64_t>(N) * K >= (int64_t{1} << 27), wide = N > K;
+  if (M <= 32) return 4;
+  if (M <= 64) return wide && !large ? 4 : 3;
+  if (M <= 128) return large ? 5 : 3;
+  if (M <= 256) return large || wide ? 5 : 3;
+  return 5;  // 257-1024 rows on the layers the backend routes here (8192x8192 m=1024: 245.2 against 422.2)
+}
+
+// log2(gsize) for a power-of-two group size, 30 for one group over all of K (col >> 30 == 0), or
+// -1: divide.
+int group_shift(int gsize, int K) {
+  if (gsize >= K) return 30;
+  if ((gsize & (gsize - 1)) != 0) return -1;
+  int shift = 0;
+  while ((1 << shift) < gsize) ++shift;
+  return shift;
+}
+
+template <int BITS, typename T, int BN, int NWG, int S0, int SC>
 cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qweight, const uint32_t* scales,
                          const uint32_t* zeros, const int32_t* kgroup, int group_size, const void* bias, void* out,
                          int M, int N, int K, int num_sms, const SplitK& split, cudaStream_t stream) {
-  constexpr int kSmem = wgmma_smem_bytes<BITS, BN, NWG, S>();
+  constexpr int kStageBytes = wgmma_smem_bytes<BITS, BN, NWG, 1, SC>();
+  constexpr int S = S0 * kStageBytes <= kSmemBudget ? S0 : kSmemBudget / kStageBytes;
+  static_assert(S >= 3, "the pipeline needs 3 stages (dispatch_config runs only configs that fit)");
+  constexpr int kSmem = S * kStageBytes;
   constexpr int kThreads = NWG * 128;
-  constexpr int kMinStages = 4, kMaxKs = 16;
-  constexpr double kOverhead = 3.0;  // pipeline fill and epilogue, in stages (a guess)
+  constexpr int kMinStages = 256 / SC, kMaxKs = 16;
+  constexpr double kOverhead = 3.0 * 64 / SC;  // pipeline fill and epilogue, in stages (a guess)
   constexpr double kSplitGain = 0.85;  // a split must model 15% faster: its atomics load the L2
-  auto kernel = wxa16_gemm_wgmma_kernel<BITS, T, BN, NWG, S, false>;
-  auto kernel_sk = wxa16_gemm_wgmma_kernel<BITS, T, BN, NWG, S, true>;
+  auto kernel = wxa16_gemm_wgmma_kernel<BITS, T, BN, NWG, S, SC, false>;
+  auto kernel_sk = wxa16_gemm_wgmma_kernel<BITS, T, BN, NWG, S, SC, true>;
   // Not a stream operation (legal while capturing a graph); per device, so set it every launch.
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (err == cudaSuccess) err = cudaFuncSetAttribute(kernel_sk, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
@@ -441,7 +502,7 @@ cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qw
     blocks_per_sm = b > 0 ? b : 1;
   }
   const int n_blocks = (N / 16 + 4 * NWG - 1) / (4 * NWG), m_blocks = (M + BN - 1) / BN;
-  const int stages = K / kStageCols;
+  const int stages = K / SC;
   const int64_t tiles = static_cast<int64_t>(n_blocks) * m_blocks, items = tiles * stages;
   const int64_t slots = static_cast<int64_t>(blocks_per_sm) * num_sms;
   const bool have_ws = split.ws != nullptr && split.ws_numel >= wxa16_gemm_workspace_floats(M, N);
@@ -451,7 +512,12 @@ cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qw
   int ks = 1;
   if (split.ksplit > 0) {
     ks = split.ksplit < stages ? split.ksplit : stages;
-  } else if (have_ws) {
+  } else if (have_ws && (BN < 128 || 2 * tiles <= slots)) {
+    // (128-row tiles split only when half the SMs would idle: ptxas serializes the wgmma of their
+    // stream-K kernel for want of registers (C7512). It measured slower than one block a tile with
+    // a quarter of the SMs idle: 8192x8192 m=384, 96 tiles, 164.7 against 124.0 us for m=512 in
+    // 128 tiles (21:34 run); faster with half idle: 28672x8192 m=256, 64 tiles, 276.9 (21:21 run)
+    // against 406.7 us unsplit (21:38 run).)
     double best = -1.0;
     for (int k = 1; k <= kMaxKs && k * kMinStages <= stages; ++k) {
       const int64_t blocks = tiles * k;
@@ -464,25 +530,25 @@ cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qw
     }
   }
   // When K is split, stream-K shares the stages out over one wave of the machine (forced: tiles x
-  // ks blocks), so the last wave is not partial (09:27 run, 28672x8192 m=64: 110 against 121 us
+  // ks blocks, at most one wave or one block a tile), so the last wave is not partial (09:27 run, 28672x8192 m=64: 110 against 121 us
   // with 4 blocks a tile). Without a split, one block per tile: there stream-K measured slower (its
   // fp32 atomics on the cut tiles; 8192x28672 m=64: 125 against 112 us with 112 tiles).
   int64_t grid = tiles;
   if (split.ksplit > 1)
-    grid = tiles * ks;
+    grid = std::min(tiles * ks, std::max(slots, tiles));
   else if (ks > 1)
     grid = std::max(std::min(slots, items / kMinStages), std::min(tiles, slots));
   {
     const int64_t units = static_cast<int64_t>(m_blocks) * BN * (K / 8);
     const int blocks = static_cast<int>(units / 256 + 1 < 8L * num_sms ? units / 256 + 1 : 8L * num_sms);
-    const cudaError_t err = launch_kernel(wxa16_tile_x_kernel<BITS>, dim3(blocks), dim3(256), 0, stream,
+    const cudaError_t err = launch_kernel(wxa16_tile_x_kernel<BITS, SC>, dim3(blocks), dim3(256), 0, stream,
                                           static_cast<const uint32_t*>(x), ldx / 2, static_cast<uint4*>(xp), M, K, BN);
     if (err != cudaSuccess) return err;
   }
   return launch_kernel(ks > 1 ? kernel_sk : kernel, dim3(static_cast<unsigned>(grid)), dim3(kThreads), kSmem, stream,
                        static_cast<const T*>(xp), reinterpret_cast<const uint4*>(qweight), scales, zeros, kgroup,
-                       group_size, static_cast<const T*>(bias), static_cast<T*>(out), split.ws, M, N, K,
-                       pdl_prefetch_chunks(grid, num_sms));
+                       group_size, group_shift(group_size, K), static_cast<const T*>(bias), static_cast<T*>(out),
+                       split.ws, M, N, K, pdl_prefetch_chunks(grid, num_sms));
 }
 
 template <int BITS, typename T>
@@ -490,20 +556,35 @@ cudaError_t dispatch_config(int config, const void* x, int64_t ldx, void* xp, co
                             const uint32_t* scales, const uint32_t* zeros, const int32_t* kgroup, int group_size,
                             const void* bias, void* out, int M, int N, int K, int num_sms, const SplitK& split,
                             cudaStream_t stream) {
-#define QK_CONFIG(I)                                                                                        \
-  case I:                                                                                                   \
-    return launch_wgmma<BITS, T, kConfigs[I].bn, kConfigs[I].nwg, kConfigs[I].s>(                            \
-        x, ldx, xp, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, split, stream);
-  switch (config < 0 ? auto_config(M, N, K) : config) {
+  if (config < 0) config = auto_config(M, N, K);
+  if (K % kConfigs[config].sc != 0 || !fits(BITS, kConfigs[config])) config = twin64(config);
+#define QK_CONFIG(I)                                                                                         \
+  case I:                                                                                                    \
+    if constexpr (fits(BITS, kConfigs[I]))  /* else remapped above: never instantiated */                    \
+      return launch_wgmma<BITS, T, kConfigs[I].bn, kConfigs[I].nwg, kConfigs[I].s, kConfigs[I].sc>(           \
+          x, ldx, xp, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, split, stream); \
+    return cudaErrorInvalidValue;
+  switch (config) {
     QK_CONFIG(0)
     QK_CONFIG(1)
     QK_CONFIG(2)
+    QK_CONFIG(3)
+    QK_CONFIG(4)
+    QK_CONFIG(5)
     default:
       return cudaErrorInvalidValue;
   }
 #undef QK_CONFIG
 }
-static_assert(kNumConfigs == 3, "dispatch_config lists every config");
+static_assert(kNumConfigs == 6, "dispatch_config lists every config");
+constexpr bool twins_ok() {
+  for (int c = 0; c < kNumConfigs; ++c) {
+    const WgmmaConfig& t = kConfigs[twin64(c)];
+    if (t.sc != 64 || t.bn != kConfigs[c].bn || t.nwg != kConfigs[c].nwg || !fits(8, t)) return false;
+  }
+  return true;
+}
+static_assert(twins_ok(), "every config's twin has its BN and NWG, 64-column stages, and fits 8-bit weights");
 
 }  // namespace
 
@@ -522,7 +603,7 @@ cudaError_t wxa16_gemm_wgmma(const void* x, int64_t ldx, void* xp, const int32_t
                              const uint32_t* zeros, const int32_t* kgroup, int group_size, const void* bias, void* out,
                              int M, int N, int K, int bits, ActDtype dtype, int num_sms, int config,
                              const SplitK& split, cudaStream_t stream) {
-  if (M <= 0 || N % 16 != 0 || K % kStageCols != 0 || group_size % 16 != 0 || ldx % 2 != 0 ||
+  if (M <= 0 || N % 16 != 0 || K % 64 != 0 || group_size % 16 != 0 || ldx % 2 != 0 ||
       config >= kNumConfigs)
     return cudaErrorInvalidValue;
   if (bits == 4 && dtype == ActDtype::kF16)

@@ -24,7 +24,7 @@ Dispatch by the number of rows m of the activation:
 
 ``GEMM_MAX_M`` comes from ``benchmarks/gpu_gemm.py`` on an H100 (see ``benchmarks/NOTES_gpu.md``).
 
-On a Hopper GPU with an sm_90a build, the (m, layer) cells of ``WGMMA_CELLS`` (33 <= m <= 256, by
+On a Hopper GPU with an sm_90a build, the (m, layer) cells of ``WGMMA_CELLS`` (17 <= m <= 1024, by
 layer size) go instead to ``quantkernels::cuda_wxa16_gemm_wgmma``: the same weights and formula on the
 warpgroup tensor-core instruction (csrc/cuda/wxa16_gemm_sm90.cu), where it measured faster.
 """
@@ -50,15 +50,19 @@ MID_MIN_M = 65  # rows from which the GEMM may pick a middle-m tile, which split
 STREAMK_MAX_M = 8  # rows up to which the GEMM gets the layer's workspace (its stream-K tiles serve one pass of 8)
 
 # The Hopper wgmma GEMM (csrc/cuda/wxa16_gemm_sm90.cu) serves the (m, layer) cells where it measured
-# faster than the two paths above on an H100 (benchmarks/NOTES_gpu.md, `gpu_gemm.py --wgmma`, 09:09 run),
-# where the GPU and the build have it (CudaState.wgmma): rows (lo, hi] -> the fewest weights N x K of
-# a layer wider than deep (N > K), and of the others. m <= 32 never (8192x28672 m=16: 58 against 106 us
-# for the mma.sync tiles); 33-64 on 8192x28672 (112 against 189 us) and on the layers no wider than deep
-# from 2^25 weights (09:27 run, stream-K split: 28672x8192 110 against 169, 14336x4096 43.3 against
-# 46.0, 8192x8192 50.5 against 51.4), not 4096x14336 (49.7 against 49.2); 65-128 on all but 4096x4096
-# (41 against 28); 129-256 on all but 4096x4096 and 14336x4096 (124 against 114 us for dequantize +
-# cuBLAS; 8192x8192 114 against 119).
-WGMMA_CELLS = ((32, 64, 1 << 27, 1 << 25), (64, 128, 1 << 25, 1 << 25), (128, 256, 1 << 25, 1 << 26))
+# faster than the two paths above on an H100 (benchmarks/NOTES_gpu.md, `gpu_gemm.py --wgmma`, 21:21-21:34
+# runs of 2026-11-23, after its 128-column stages), where the GPU and the build have it
+# (CudaState.wgmma): rows (lo, hi] -> the fewest weights N x K of a layer at least as wide as deep
+# (N >= K), and of the others. m <= 16 never (the mma.sync tiles stream the weights once); 17-32 on
+# the wide layers from 2^27 weights and the others from 2^25 (8192x28672 m=32: 65.7 against 80.0 us;
+# 14336x4096 m=24: 25.3 against 32.5; not 8192x8192: 29.1 against 25.9, nor 4096x14336: 28.8
+# against 24.2); 33-256 on layers from 2^25 weights (4096x14336 m=64: 33.5 against 40.4; 14336x4096
+# m=256: 98.3 against 114.5 for dequantize + cuBLAS), not 4096x4096 (m=64: 22.5 against 15.5);
+# 257-1024 on the wide layers from 2^26 weights and the others from 2^27 (8192x28672 m=1024: 871.8
+# against 927.1; 28672x8192 m=512: 429.8 against 569.2; not 14336x4096: 228.8 against 231.2 at
+# m=1024 but 169.2 against 145.8 at m=512, nor 4096x14336: 163.4 against 127.9 at m=384).
+WGMMA_CELLS = ((16, 32, 1 << 27, 1 << 25), (32, 256, 1 << 25, 1 << 25), (256, 1024, 1 << 26, 1 << 27))
+WGMMA_SPLIT_MAX_M = 256  # rows up to which the wgmma GEMM gets the shared workspace to split K over blocks
 
 
 def workspace_floats(m: int, n: int) -> int:
@@ -69,9 +73,9 @@ def workspace_floats(m: int, n: int) -> int:
 
 
 # Zeroed float32 workspaces for the GEMM's split of K over blocks at m > STREAMK_MAX_M (the middle-m
-# tiles take it when the layer has too few n-slices to fill the GPU), one per (device, stream): a
-# launch leaves it zeroed again, and launches on one stream never overlap. Grown to the largest
-# m x N seen; kept for the process (at most GEMM_MAX_M x N floats per stream).
+# tiles and the wgmma GEMM take it when the layer has too few tiles to fill the GPU), one per
+# (device, stream): a launch leaves it zeroed again, and launches on one stream never overlap. Grown
+# to the largest m x N seen; kept for the process (at most WGMMA_SPLIT_MAX_M x N floats per stream).
 _SHARED_WS: Dict[Tuple[int, int], torch.Tensor] = {}
 
 
@@ -97,7 +101,7 @@ def _wgmma_serves(m: int, n: int, k: int) -> bool:
     """Whether the wgmma GEMM serves m rows of an N x K layer (WGMMA_CELLS)."""
     for lo, hi, min_wide, min_other in WGMMA_CELLS:
         if lo < m <= hi:
-            return n * k >= (min_wide if n > k else min_other)
+            return n * k >= (min_wide if n >= k else min_other)
     return False
 
 
@@ -297,7 +301,9 @@ class CudaBackend:
         bits = layer.config.bits
         m = x2d.shape[0]
         if state.wgmma and _wgmma_serves(m, layer.out_features, layer.in_features):
-            ws = _shared_workspace(x2d.device, workspace_floats(m, layer.out_features))
+            ws = None  # beyond WGMMA_SPLIT_MAX_M its 128-row tiles never split K
+            if m <= WGMMA_SPLIT_MAX_M:
+                ws = _shared_workspace(x2d.device, workspace_floats(m, layer.out_features))
             return torch.ops.quantkernels.cuda_wxa16_gemm_wgmma(
                 x2d, state.qweight, state.scales[dt], state.zeros[dt], state.kgroup, state.group_size,
                 state.bias[dt], bits, ws,

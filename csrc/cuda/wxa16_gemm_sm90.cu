@@ -260,7 +260,6 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
     // (contiguous in xt, 16-byte unit i to byte 16 i), this lane's 16-byte weight slice of each chunk,
     // and its scale and zero.
     const T* xsrc = xt + static_cast<int64_t>(mb) * NS * (BN * SC);
-    const uint4* wsrc = qw + static_cast<int64_t>(ntc) * NC * 32 + lane;  // the lane's slice of chunk 0
     const int gstride = n_tiles * 8;                                       // words a group of scales
     const uint32_t* ssrc = scales + soff;
     auto issue = [&](int s, int slot) {
@@ -278,7 +277,7 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
           const int gi = kgroup != nullptr ? __ldg(kgroup + (col >> 4)) : group_of(col, gsize, gshift);
           const int64_t goff = static_cast<int64_t>(gi) * gstride;
           const int sl = (slot * CPS + cc) * THREADS + tid;
-          cp_async16(wbuf + sl, wsrc + (s * CPS + cc) * 32);
+          cp_async16(wbuf + sl, qw + (static_cast<int64_t>(ntc) * NC + s * CPS + cc) * 32 + lane);
           cp_async4(sbuf + sl, ssrc + goff);
           if (zeros != nullptr) cp_async4(zbuf + sl, zeros + soff + goff);
         }

@@ -120,7 +120,7 @@ def _rel(out, ref):
 @needs_gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("sym", [True, False])
-@pytest.mark.parametrize("group_size", [32, 64, 128, -1])
+@pytest.mark.parametrize("group_size", [32, 48, 64, 128, -1])  # 48: a group size that is not a power of two
 @pytest.mark.parametrize("bits", [4, 8])
 def test_linear_every_format_every_m(bits, group_size, sym, dtype):
     k, n = 384, 272  # 17 n-tiles: not a multiple of any block shape

@@ -102,14 +102,15 @@ def test_tiny_shapes(bits, dtype):
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize(
     "group_size,sym,act_order",
-    [(32, False, False), (64, True, False), (128, True, False), (128, False, False), (-1, True, False),
-     (-1, False, False), (64, False, True)],
+    [(32, False, False), (48, True, False), (64, True, False), (128, True, False), (128, False, False),
+     (-1, True, False), (-1, False, False), (64, False, True)],
 )
 def test_every_format_config_and_split(group_size, sym, act_order, bits, dtype):
     """Every config at odd and round m, without a workspace, with one (automatic stream-K split of
     the stages over blocks) and with a forced split of 4 (18 stages: 4.5 a block, so shares cross
     output tiles); the workspace must come back all zeros. 1152 x 336: 21 n-tiles (partial blocks of
-    4 or 8), 18 stages; act_order through the group table."""
+    4 or 8), 18 stages; act_order through the group table; group size 48 through the kernel's division
+    (the others take a shift)."""
     k, n = 1152, 336
     layer, portable = _layer(k, n, bits, group_size, sym, dtype, act_order=act_order)
     assert (layer._prepared["cuda"].kgroup is not None) == act_order

@@ -190,12 +190,10 @@ __device__ __forceinline__ void fence_acc(float (&d)[NA]) {
 }
 #endif
 
-// Shared memory of one block: S stages of [activation tile BN x SC columns][weights, scales, zeros
-// of every thread's lane slots].
-template <int BITS, int BN, int NWG, int S, int SC>
-constexpr int wgmma_smem_bytes() {
-  constexpr int cps = SC / chunk_cols_c(BITS);
-  return S * (BN * SC * 2 + cps * NWG * 128 * (16 + 4 + 4));
+// Shared memory of one pipeline stage: [activation tile BN x SC columns][weights, scales, zeros of
+// every thread's lane slots].
+constexpr int wgmma_stage_bytes(int bits, int bn, int nwg, int sc) {
+  return bn * sc * 2 + sc / chunk_cols_c(bits) * nwg * 128 * (16 + 4 + 4);
 }
 
 template <int BITS, typename T, int BN, int NWG, int S, int SC, bool STREAM_K>
@@ -285,7 +283,6 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
       asm volatile("cp.async.commit_group;" ::: "memory");
     };
 
-    // This stage's A registers: STEPS k16 steps x 4 registers, dequantized from the lane's slots.
     // The A registers of half h of a stage (its 64 columns h * 64 ..; the whole stage when SC = 64):
     // 4 k16 steps x 4 registers, dequantized from the lane's slots.
     auto dequant_half = [&](int slot, int h, uint32_t (&a)[4][4]) {
@@ -441,7 +438,7 @@ constexpr int kSmemBudget = 224 * 1024;  // of the 227 KB a block may have on sm
 // Whether three stages of config c fit the budget with BITS-bit weights (128-row, 128-column stages
 // of 8-bit weights do not: that config runs as its twin).
 constexpr bool fits(int bits, const WgmmaConfig& c) {
-  return 3 * (c.bn * c.sc * 2 + c.sc / chunk_cols_c(bits) * c.nwg * 128 * (16 + 4 + 4)) <= kSmemBudget;
+  return 3 * wgmma_stage_bytes(bits, c.bn, c.nwg, c.sc) <= kSmemBudget;
 }
 
 // The config by m and layer shape, from `gpu_gemm.py --wgmma` on an H100 (benchmarks/NOTES_gpu.md,
@@ -450,12 +447,12 @@ constexpr bool fits(int bits, const WgmmaConfig& c) {
 // blocks of a layer of 56 n-blocks); 64-row tiles up to 64 rows and, up to 128, on layers under 2^27
 // weights (14336x4096 m=128: 60.1 against 67.7 with 128-row tiles); 128-row tiles beyond, on the
 // largest layers from 65 rows (8192x28672 m=128: 125.9 against 168.5) and on the wider than deep
-// from 129 (4096x14336 m=256: 64.0 against 82.1), and on all from 257 (21:34 run). 128-column stages in all (8192x28672 m=64: 82.5
-// against 89.1 us with 64-column ones, 21:16 run). Measured and dropped: 256-row tiles (2 warpgroups;
-// slower everywhere), 2-warpgroup 64-row tiles, bulk copies (cp.async.bulk on an mbarrier) instead of
-// cp.async (8192x28672 m=64: 138.8 against 110.9 us; m=128: 168.0 against 151.8, 09:01 run), and a
-// forced stream-K split over one wave on layers of fewer tiles than SMs (8192x28672 m=64: 117.8
-// against 90.9 us, 21:21 run).
+// from 129 (4096x14336 m=256: 64.0 against 82.1), and on all from 257 (21:34 run). 128-column
+// stages in all (8192x28672 m=64: 82.5 against 89.1 us with 64-column ones, 21:16 run). Measured
+// and dropped: 256-row tiles (2 warpgroups; slower everywhere), 2-warpgroup 64-row tiles, bulk
+// copies (cp.async.bulk on an mbarrier) instead of cp.async (8192x28672 m=64: 138.8 against 110.9
+// us; m=128: 168.0 against 151.8, 09:01 run), and a forced stream-K split over one wave on layers
+// of fewer tiles than SMs (8192x28672 m=64: 117.8 against 90.9 us, 21:21 run).
 int auto_config(int M, int N, int K) {
   const bool large = static_cast<int64_t>(N) * K >= (int64_t{1} << 27), wide = N > K;
   if (M <= 32) return 4;
@@ -479,7 +476,7 @@ template <int BITS, typename T, int BN, int NWG, int S0, int SC>
 cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qweight, const uint32_t* scales,
                          const uint32_t* zeros, const int32_t* kgroup, int group_size, const void* bias, void* out,
                          int M, int N, int K, int num_sms, const SplitK& split, cudaStream_t stream) {
-  constexpr int kStageBytes = wgmma_smem_bytes<BITS, BN, NWG, 1, SC>();
+  constexpr int kStageBytes = wgmma_stage_bytes(BITS, BN, NWG, SC);
   constexpr int S = S0 * kStageBytes <= kSmemBudget ? S0 : kSmemBudget / kStageBytes;
   static_assert(S >= 3, "the pipeline needs 3 stages (dispatch_config runs only configs that fit)");
   constexpr int kSmem = S * kStageBytes;
@@ -529,9 +526,10 @@ cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qw
     }
   }
   // When K is split, stream-K shares the stages out over one wave of the machine (forced: tiles x
-  // ks blocks, at most one wave or one block a tile), so the last wave is not partial (09:27 run, 28672x8192 m=64: 110 against 121 us
-  // with 4 blocks a tile). Without a split, one block per tile: there stream-K measured slower (its
-  // fp32 atomics on the cut tiles; 8192x28672 m=64: 125 against 112 us with 112 tiles).
+  // ks blocks, at most one wave or one block a tile), so the last wave is not partial (09:27 run,
+  // 28672x8192 m=64: 110 against 121 us with 4 blocks a tile). Without a split, one block per tile:
+  // there stream-K measured slower (its fp32 atomics on the cut tiles; 8192x28672 m=64: 125 against
+  // 112 us with 112 tiles).
   int64_t grid = tiles;
   if (split.ksplit > 1)
     grid = std::min(tiles * ks, std::max(slots, tiles));

@@ -255,8 +255,10 @@ def mid_m(shapes, m_list, out_dir, with_triton):
 
 
 # --small's forced (tile, ksplit) variants (tile ids: csrc/cuda/wxa16_gemm_sm80.cu, kTiles / kLateTiles;
-# 7 = stream-K; ksplit > 1 splits K over that many blocks through the workspace)
-SMALL_VARIANTS_M8 = ((7, -1), (0, -1), (2, -1), (12, -1), (2, 2), (12, 2), (12, 4))  # m <= 8
+# 7-9, 14 = stream-K (14 with staged activations); ksplit > 1 splits K over that many blocks through
+# the workspace)
+STREAMK_TILES = (7, 8, 9, 14)
+SMALL_VARIANTS_M8 = ((7, -1), (12, -1), (14, -1), (2, -1), (12, 2))  # m <= 8
 SMALL_VARIANTS_M16 = ((4, -1), (13, -1), (5, -1), (4, 2), (13, 2), (4, 4))  # 8 < m <= 16
 
 
@@ -330,7 +332,7 @@ def small_m(shapes, m_list, out_dir, dtypes=(torch.float16, torch.bfloat16)):
                     ws = torch.zeros(qk_cuda.workspace_floats(m, n), dtype=torch.float32, device="cuda")
                     variants = [("plain", -1, None, -1), ("auto", -1, ws, -1)]
                     forced = SMALL_VARIANTS_M8 if m <= 8 else SMALL_VARIANTS_M16 if m <= 16 else ()
-                    variants += [(f"t{t}" + (f"k{ks}" if ks > 1 else ""), t, ws if ks > 1 or t == 7 else None, ks)
+                    variants += [(f"t{t}" + (f"k{ks}" if ks > 1 else ""), t, ws if ks > 1 or t in STREAMK_TILES else None, ks)
                                  for t, ks in forced]
                     for name, tile, w, ks in variants:
                         res[name], _ = time_us([

@@ -49,7 +49,7 @@ for bits, gs, sym, act_order in cases:
                     torch.ops.quantkernels.cuda_wxa16_gemm(
                         x if st.perm is None else x.index_select(1, st.perm), st.qweight, st.scales[dt], st.zeros[dt],
                         st.kgroup, st.group_size, st.bias[dt], bits, w, tile, ks)
-            for tile in (7, 8, 9) if m <= 8 else ():  # stream-K tiles: workspace sums
+            for tile in (7, 8, 9, 14) if m <= 8 else ():  # stream-K tiles (14 staged): workspace sums
                 torch.ops.quantkernels.cuda_wxa16_gemm(
                     x if st.perm is None else x.index_select(1, st.perm), st.qweight, st.scales[dt], st.zeros[dt],
                     st.kgroup, st.group_size, st.bias[dt], bits, ws, tile)

@@ -25,7 +25,7 @@ from quantkernels.backends import cuda as cuda_backend
 from quantkernels.nn import QuantLinear
 
 BOUND = {torch.float16: 1e-3, torch.bfloat16: 8e-3}
-NUM_TILES = 14  # the GEMM's tile list (csrc/cuda/wxa16_gemm_sm80.cu, kTiles, kMidTiles, kLateTiles)
+NUM_TILES = 15  # the GEMM's tile list (csrc/cuda/wxa16_gemm_sm80.cu, kTiles, kMidTiles, kLateTiles)
 MID_TILES = (10, 11)  # the middle-m kernel's tiles (64 rows a pass, 2 or 4 n-tiles a warp)
 M_LIST = (1, 2, 3, 7, 16, 33, 64, 100, 256, 1000, 4096)
 
@@ -161,8 +161,8 @@ def test_gemm_kernel_at_every_m(bits, m):
 @pytest.mark.parametrize("tile", range(NUM_TILES))
 def test_every_gemm_tile(tile, group_size, sym, bits, dtype):
     """Each tile shape of the kernel's list (auto picks some only for large N), forced, with and
-    without a workspace (the stream-K tiles 7-9 use it for m <= 8, else run as their plain
-    twins). Group 128 scales per weight or per chunk (symmetric: the zero's constants made once),
+    without a workspace (the stream-K tiles 7-9 and 14 use it for m <= 8, else run as their
+    plain twins). Group 128 scales per weight or per chunk (symmetric: the zero's constants made once),
     per-channel (-1) once at the end."""
     k, n = 640, 336  # 21 n-tiles: partial NT groups for NT = 2 and 4
     layer = _layer(k, n, QuantConfig(bits=bits, group_size=group_size, sym=sym), dtype, seed=tile)
@@ -183,7 +183,7 @@ def test_every_gemm_tile(tile, group_size, sym, bits, dtype):
 
 
 @needs_gpu
-@pytest.mark.parametrize("tile", [7, 8, 9])
+@pytest.mark.parametrize("tile", [7, 8, 9, 14])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("k,n", [(128, 33808), (4096, 1040), (1152, 272)])

@@ -204,9 +204,16 @@ struct ChunkSource {
 
   // Copy chunk c (the chunk after the previous copy, or the one start() was given) with its
   // scales and zeros (weights only with SCALES = false) into stage `slot` of the lane's slots.
-  template <int S, bool SCALES = true>
+  // MODE (ScaleMode) states what the launcher guarantees: the per-chunk modes have no group table
+  // and one group per chunk (a copy moves at most one group on), kPerChunkSym no zeros. Their code
+  // is then left out of the loop: the main loop of tile 12 (sm_90a SASS, fp16, symmetric g128) went
+  // from 222 to 174 instructions, and that of its stream-K twin 14 from about 300 to 232.
+  template <int S, bool SCALES = true, int MODE = kPerWeight>
   __device__ __forceinline__ void copy(uint4* smem, int slot, int tid, int c, const uint32_t* scales,
                                        const uint32_t* zeros, const int32_t* kgroup, int gsize, int n_tiles) {
+    constexpr bool kPerChunkMode = MODE == kPerChunk || MODE == kPerChunkSym;
+    if constexpr (kPerChunkMode) kgroup = nullptr;
+    if constexpr (MODE == kPerChunkSym) zeros = nullptr;
     uint4* wbuf = smem;
     uint32_t* sbuf = reinterpret_cast<uint32_t*>(wbuf + S * NT * kThreads);
     uint32_t* zbuf = sbuf + S * NT * kThreads;
@@ -223,6 +230,13 @@ struct ChunkSource {
     if (kgroup != nullptr) {
       // `group` keeps start()'s value here (goff is that group's offset)
       gof = goff + static_cast<int64_t>(__ldg(kgroup + (col >> 4)) - group) * n_tiles * 8;
+    } else if constexpr (kPerChunkMode) {
+      if (col >= group_end) {
+        ++group;
+        group_end += gsize;
+        goff += n_tiles * 8;
+      }
+      gof = goff;
     } else {
       while (col >= group_end) {
         ++group;
@@ -515,7 +529,7 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
   // Copy chunk c (the one after the previous call's) into stage `slot` (one group per call, maybe empty).
   auto issue = [&](int c, int slot) {
     if (c < c_end) {
-      src.template copy<S, MODE != kAtEnd>(smem, slot, tid, c, scales, zeros, kgroup, gsize, n_tiles);
+      src.template copy<S, MODE != kAtEnd, MODE>(smem, slot, tid, c, scales, zeros, kgroup, gsize, n_tiles);
       if constexpr (XS) {
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
@@ -738,7 +752,7 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_mid_kernel(
 // slice's count of chunks converts it and zeroes its workspace entries and counter again (graph
 // safe, no memset; the sum order, hence the last bits, can vary between launches). kAtEnd reads the
 // scales and zeros of each slice the warp starts, and scales before the sum.
-template <int BITS, typename T, int MT, int NT, int S, int MODE>
+template <int BITS, typename T, int MT, int NT, int S, int MODE, bool XS>
 __global__ void __launch_bounds__(kThreads) wxa16_gemm_streamk_kernel(
     const T* __restrict__ x,               // [M, ldx]
     int64_t ldx,
@@ -785,13 +799,30 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_streamk_kernel(
   int left = u_end - u_begin;  // items still to issue
   ChunkSource<NT, KC> src;
   src.start(qw, is * NT, n_tiles, NC, lane, ic, gsize);
+  // XS: as in wxa16_gemm_kernel; the lane's activations at the next chunk to copy, advanced one chunk
+  // at a time (loop-carried, like ChunkSource's pointers) and rewound at each new slice.
+  uint4* xbuf = smem + S * NT * kThreads * 3 / 2;
+  const T* xcp[MT];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) xcp[mt] = xsrc[mt] + ic * KC;
   auto issue = [&](int slot) {
     if (left > 0) {
-      src.template copy<S, MODE != kAtEnd>(smem, slot, tid, ic, scales, zeros, kgroup, gsize, n_tiles);
+      src.template copy<S, MODE != kAtEnd, MODE>(smem, slot, tid, ic, scales, zeros, kgroup, gsize, n_tiles);
+      if constexpr (XS) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+          for (int v = 0; v < XV; ++v)
+            cp_async16_ca(xbuf + ((slot * MT + mt) * XV + v) * kThreads + tid, xcp[mt] + v * 8);
+          xcp[mt] += KC;
+        }
+      }
       --left;
       if (++ic == NC) {
         ic = 0;
         ++is;
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) xcp[mt] = xsrc[mt];
         if (left > 0) src.start(qw, is * NT, n_tiles, NC, lane, 0, gsize);
       }
     }
@@ -812,8 +843,14 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_streamk_kernel(
   for (int u = u_begin, it = 0; u < u_end; ++u, ++it) {
     issue((it + S - 1) % S);
     uint4 xv[MT][XV];
-    load_x<BITS, T, MT>(xsrc, cc, 0, M, xv);
+    if constexpr (!XS) load_x<BITS, T, MT>(xsrc, cc, 0, M, xv);
     cp_async_wait<S - 1>();
+    if constexpr (XS) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int v = 0; v < XV; ++v) xv[mt][v] = lds128(xbuf + (((it % S) * MT + mt) * XV + v) * kThreads + tid);
+    }
     consume_chunk<BITS, T, MT, NT, S, MODE>(smem, it % S, tid, zeros != nullptr, zsym, dc_end, xv, 0, M, acc);
     ++cc;
     if (cc < NC && u + 1 < u_end) continue;
@@ -852,18 +889,18 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_streamk_kernel(
 
 // The stream-K kernel over the whole grid: num_sms times as many blocks per SM as are resident,
 // fewer when that would leave a warp under kMinItems work items (a pipeline worth filling).
-template <int BITS, typename T, int MT, int NT, int S, bool AFTER_OK>
+template <int BITS, typename T, int MT, int NT, int S, bool AFTER_OK, bool XS>
 cudaError_t launch_streamk(int mode, const void* x, int64_t ldx, const int32_t* qweight, const uint32_t* scales,
                            const uint32_t* zeros, const int32_t* kgroup, int group_size, const void* bias, void* out,
                            int M, int N, int K, int num_sms, float* ws, cudaStream_t stream) {
   constexpr int KC = BITS == 4 ? 64 : 32;
-  constexpr int kSmem = smem_bytes<MT, NT, S>();
+  constexpr int kSmem = smem_bytes<MT, NT, S, XS>();
   constexpr int kMinItems = 4;
-  auto kernel = wxa16_gemm_streamk_kernel<BITS, T, MT, NT, S, kPerWeight>;
-  if (mode == kAtEnd) kernel = wxa16_gemm_streamk_kernel<BITS, T, MT, NT, S, kAtEnd>;
+  auto kernel = wxa16_gemm_streamk_kernel<BITS, T, MT, NT, S, kPerWeight, XS>;
+  if (mode == kAtEnd) kernel = wxa16_gemm_streamk_kernel<BITS, T, MT, NT, S, kAtEnd, XS>;
   if constexpr (AFTER_OK) {
-    if (mode == kPerChunk) kernel = wxa16_gemm_streamk_kernel<BITS, T, MT, NT, S, kPerChunk>;
-    if (mode == kPerChunkSym) kernel = wxa16_gemm_streamk_kernel<BITS, T, MT, NT, S, kPerChunkSym>;
+    if (mode == kPerChunk) kernel = wxa16_gemm_streamk_kernel<BITS, T, MT, NT, S, kPerChunk, XS>;
+    if (mode == kPerChunkSym) kernel = wxa16_gemm_streamk_kernel<BITS, T, MT, NT, S, kPerChunkSym, XS>;
   }
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (err != cudaSuccess) return err;
@@ -898,7 +935,7 @@ cudaError_t launch(const void* x, int64_t ldx, const int32_t* qweight, const uin
     if (M <= 8 * MT && split.ksplit <= 0 && split.ws != nullptr &&
         static_cast<int64_t>(N / 16) * (K / KC) < (int64_t{1} << 31) &&
         split.ws_numel >= wxa16_gemm_workspace_floats(M, N))
-      return launch_streamk<BITS, T, MT, NT, S, AFTER_OK>(mode, x, ldx, qweight, scales, zeros, kgroup, group_size, bias, out,
+      return launch_streamk<BITS, T, MT, NT, S, AFTER_OK, XS>(mode, x, ldx, qweight, scales, zeros, kgroup, group_size, bias, out,
                                                 M, N, K, num_sms, split.ws, stream);
   auto kernel = wxa16_gemm_kernel<BITS, T, MT, NT, S, kPerWeight, XS>;
   if (mode == kAtEnd) kernel = wxa16_gemm_kernel<BITS, T, MT, NT, S, kAtEnd, XS>;
@@ -1045,10 +1082,13 @@ struct MidTileShape {
 };
 constexpr MidTileShape kMidTiles[] = {{8, 2, 3}, {8, 4, 3}};
 constexpr int kNumMidTiles = sizeof(kMidTiles) / sizeof(kMidTiles[0]);
-// Later plain tiles, tile id kNumPlainTiles + kNumMidTiles + i: tiles 1 and 5 with staged
-// activations (XS) and 4 stages (2 blocks per SM). Measured and dropped (08:46 run, `--small`):
-// the staged twins of tile 0 (8 stages) and tile 2, never faster than these by more than noise.
-constexpr TileShape kLateTiles[] = {{1, 2, 4, true, false, true}, {2, 2, 4, true, false, true}};
+// Later tiles, tile id kNumPlainTiles + kNumMidTiles + i: tiles 1 and 5 with staged activations
+// (XS) and 4 stages (2 blocks per SM); 14, the stream-K twin of 12 (staged activations, the
+// workspace sums of stream-K). Measured and dropped (08:46 run, `--small`): the staged twins of tile
+// 0 (8 stages) and tile 2, never faster than these by more than noise; (22:58 run) the staged
+// stream-K twin of tile 7, (1, 4, 3): within 1.5% of tile 14, slower on 8-bit layers.
+constexpr TileShape kLateTiles[] = {{1, 2, 4, true, false, true}, {2, 2, 4, true, false, true},
+                                     {1, 2, 4, true, true, true}};
 constexpr int kNumTiles = kNumPlainTiles + kNumMidTiles + sizeof(kLateTiles) / sizeof(kLateTiles[0]);
 
 // The fastest tile measured on an H100 (benchmarks/NOTES_gpu.md, `gpu_gemm.py --sweep` and
@@ -1071,9 +1111,21 @@ constexpr int kNumTiles = kNumPlainTiles + kNumMidTiles + sizeof(kLateTiles) / s
 // us), else tile 12. Since the 15:36 run (round 6), tile 12 also serves the widest layers up to 8
 // rows: with the loop-carried addresses tile 2 holds 2 blocks per SM, not 3, and tile 12 beat it
 // (8192x28672 m=1: 50.6 against 51.6-52.1 us), as it beat tile 0 for 8 bits (88.9 against 90.5).
+// Since the tenth session (runs of 22:58 and 23:16, the second after the leaner copy of the per-chunk
+// modes), with a workspace the stream-K tile with staged activations (14) serves m = 1 on 8-bit
+// layers from 2^25 weights (8192x28672: 85.0 against 94.1 us for tile 12; 4096x14336: 24.1 against
+// 25.3; not 4096x4096: 10.5 against 8.3) and on 4-bit layers from 2^27 (8192x28672: 47.6 against
+// 49.9; 28672x8192: 45.2 against 46.8; not 8192x8192: 15.7 against 14.9), and 2-8 rows on 8-bit
+// layers from 2^27 weights (m = 4: 92.0 against 94.6 (tile 12) and 85.9 against 88.5 (tile 7)).
+// Tile 12's whole slices leave SMs unequally loaded where the slices do not divide evenly
+// (8192x28672: 896 slices of 2 n-tiles on 2 x 132 block slots fill the last wave to 85%).
 int auto_tile(int M, int n_tiles, int nc, int bits, bool have_ws, int num_sms) {
   constexpr int kStaged1 = kNumPlainTiles + kNumMidTiles, kStaged5 = kStaged1 + 1;  // tiles 1, 5 staged
+  constexpr int kStreamKStaged = kStaged1 + 2;                                      // tile 14
   if (M <= 8) {
+    const int64_t weights = static_cast<int64_t>(n_tiles) * 16 * nc * (bits == 4 ? 64 : 32);
+    if (have_ws && M == 1 && weights >= (int64_t{1} << (bits == 8 ? 25 : 27))) return kStreamKStaged;
+    if (have_ws && bits == 8 && weights >= (int64_t{1} << 27)) return kStreamKStaged;
     if (bits == 8 && have_ws && nc > 2 * ((n_tiles + 3) / 4) && n_tiles >= 2 * num_sms) return 7;
     return kStaged1;
   }
@@ -1118,13 +1170,14 @@ cudaError_t dispatch_tile(int tile, const void* x, int64_t ldx, const int32_t* q
                                                            bias, out, M, N, K, num_sms, split, stream);
     QK_LATE_TILE(0)
     QK_LATE_TILE(1)
+    QK_LATE_TILE(2)
 #undef QK_LATE_TILE
     default:
       return cudaErrorInvalidValue;
   }
 #undef QK_TILE
 }
-static_assert(kNumPlainTiles == 10 && kNumMidTiles == 2 && kNumTiles == 14, "dispatch_tile lists every tile");
+static_assert(kNumPlainTiles == 10 && kNumMidTiles == 2 && kNumTiles == 15, "dispatch_tile lists every tile");
 
 }  // namespace
 

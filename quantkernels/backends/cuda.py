@@ -15,8 +15,8 @@ Dispatch by the number of rows m of the activation:
   m16n8k16, weights as the A operand, dequantized in registers, fp32 accumulation) that reads the
   weights once per 32 rows (once per 64 with its middle-m tiles, which stage the activations in
   shared memory and serve 64 < m <= 128 on large layers); its tile shape is chosen by m and the
-  layer's shape inside the kernel. Up to ``STREAMK_MAX_M`` rows 8-bit layers give it their own
-  workspace, so that its stream-K tiles can share the weight stream equally among all SMs; from
+  layer's shape inside the kernel. Up to ``STREAMK_MAX_M`` rows (one row for 4-bit layers) each layer
+  gives it its own workspace, so that its stream-K tiles can share the weight stream equally among all SMs; from
   ``MID_MIN_M`` rows a workspace shared per (device, stream), for the middle-m tiles' split of K
   over blocks.
 * larger m: ``quantkernels::cuda_wxa16_dequantize`` to a dense fp16/bf16 weight (a bandwidth-bound
@@ -180,8 +180,8 @@ class CudaState:
     perm: Optional[torch.Tensor] = None  # sorted column -> original column (act_order)
     unsupported: Optional[str] = None  # found at prepare: the reference serves instead
     wgmma: bool = False  # the Hopper wgmma GEMM serves this layer (sm_90a build on a Hopper GPU, K % 64 == 0)
-    # float32 zeros for the stream-K GEMM at m <= STREAMK_MAX_M (the kernel leaves it zeroed), 8-bit
-    # layers only: one per layer, so one layer must not run on two streams at once.
+    # float32 zeros for the stream-K GEMM at m <= STREAMK_MAX_M (the kernel leaves it zeroed), sized for
+    # 8 rows (8-bit layers) or 1 (4-bit): one per layer, so one layer must not run on two streams at once.
     workspace: Optional[torch.Tensor] = None
 
 
@@ -263,8 +263,10 @@ class CudaBackend:
             state.scales[dt] = shuffle_pairs(t["scales"].to(dt))
             state.zeros[dt] = None if symmetric else shuffle_pairs(zeros.to(dt))
             state.bias[dt] = None if layer.bias is None else layer.bias.to(dt).contiguous()
-        if cfg.bits == 8:  # the GEMM's stream-K tiles serve 8-bit layers only (wxa16_gemm_sm80.cu)
-            state.workspace = torch.zeros(workspace_floats(STREAMK_MAX_M, n), dtype=torch.float32, device=codes.device)
+        # The GEMM's stream-K tiles (wxa16_gemm_sm80.cu, auto_tile) serve 8-bit layers up to 8 rows and
+        # 4-bit layers at one row.
+        ws_rows = STREAMK_MAX_M if cfg.bits == 8 else 1
+        state.workspace = torch.zeros(workspace_floats(ws_rows, n), dtype=torch.float32, device=codes.device)
         state.wgmma = _wgmma_available(state.qweight) and k % 64 == 0
         # The shuffled copy replaces the portable one: a placeholder keeps the device and dtype.
         layer.qweight = torch.empty(0, dtype=torch.int32, device=state.qweight.device)

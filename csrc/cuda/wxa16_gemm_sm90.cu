@@ -196,7 +196,7 @@ constexpr int wgmma_stage_bytes(int bits, int bn, int nwg, int sc) {
   return bn * sc * 2 + sc / chunk_cols_c(bits) * nwg * 128 * (16 + 4 + 4);
 }
 
-template <int BITS, typename T, int BN, int NWG, int S, int SC, bool STREAM_K>
+template <int BITS, typename T, int BN, int NWG, int S, int SC, bool STREAM_K, bool PLAIN>
 __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
     const T* __restrict__ xt,              // activation tiles (wxa16_tile_x_kernel)
     const uint4* __restrict__ qw,          // [N/16, K/KC, 32] (16 bytes per lane)
@@ -211,6 +211,10 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
     int M, int N, int K,
     int pdl_pf) {                          // prefetched chunk slices (pdl_prefetch_chunks)
 #ifdef QK_HAVE_WGMMA
+  if constexpr (PLAIN) {  // the launcher's promise: no group table, no zeros; their code drops out
+    kgroup = nullptr;
+    zeros = nullptr;
+  }
   constexpr int KC = BITS == 4 ? 64 : 32;
   constexpr int CPS = SC / KC;     // chunks per stage
   constexpr int RUNS = KC / 16;    // k16 steps per chunk
@@ -484,13 +488,28 @@ cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qw
   constexpr int kMinStages = 256 / SC, kMaxKs = 16;
   constexpr double kOverhead = 3.0 * 64 / SC;  // pipeline fill and epilogue, in stages (a guess)
   constexpr double kSplitGain = 0.85;  // a split must model 15% faster: its atomics load the L2
-  auto kernel = wxa16_gemm_wgmma_kernel<BITS, T, BN, NWG, S, SC, false>;
-  auto kernel_sk = wxa16_gemm_wgmma_kernel<BITS, T, BN, NWG, S, SC, true>;
+  // Layers without a group table or zeros (symmetric, no act_order) run the kernel's PLAIN twin,
+  // whose copy and dequantization leave out the code for them (per 128-column stage of config 3, 286
+  // instructions in the loop against 318): 32- and 64-row tiles only. On an H100 (23:21 run, int4
+  // g128, same layer with and without explicit zeros of 8) the twin ran 3-21% faster at 32-128 rows
+  // (8192x28672 m=64: 71.3 against 89.7 us), but with 128-row tiles (m = 256-512) from 4% faster to
+  // 17% slower (8192x28672 m=512: 590.8 against 503.9 us; not explained).
+  constexpr bool kPlainTwin = BN < 128;
+  const bool plain = kPlainTwin && kgroup == nullptr && zeros == nullptr;
+  auto kernel = wxa16_gemm_wgmma_kernel<BITS, T, BN, NWG, S, SC, false, false>;
+  auto kernel_sk = wxa16_gemm_wgmma_kernel<BITS, T, BN, NWG, S, SC, true, false>;
+  if constexpr (kPlainTwin) {
+    if (plain) {
+      kernel = wxa16_gemm_wgmma_kernel<BITS, T, BN, NWG, S, SC, false, true>;
+      kernel_sk = wxa16_gemm_wgmma_kernel<BITS, T, BN, NWG, S, SC, true, true>;
+    }
+  }
   // Not a stream operation (legal while capturing a graph); per device, so set it every launch.
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (err == cudaSuccess) err = cudaFuncSetAttribute(kernel_sk, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (err != cudaSuccess) return err;
-  static int blocks_per_sm = 0;  // occupancy calculator, once
+  static int blocks_per_sm_of[2] = {0, 0};  // occupancy calculator, once per twin
+  int& blocks_per_sm = blocks_per_sm_of[plain];
   if (blocks_per_sm == 0) {
     int b = 0;
     err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, kernel_sk, kThreads, kSmem);

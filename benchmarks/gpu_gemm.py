@@ -265,10 +265,11 @@ SMALL_VARIANTS_M16 = ((4, -1), (13, -1), (5, -1), (4, 2), (13, 2), (4, 4))  # 8 
 WGMMA_CONFIGS = 6  # csrc/cuda/wxa16_gemm_sm90.cu, kConfigs
 
 
-def wgmma_m(shapes, m_list, out_dir, with_triton, configs):
-    """The Hopper wgmma GEMM, int4 g128 fp16: cuBLAS; `old` = the CUDA backend's path without it (mma.sync
-    GEMM up to GEMM_MAX_M rows, else dequantize + cuBLAS); each wgmma config forced (`cN`, with a
-    workspace, as QuantLinear gives it); `auto` (what QuantLinear runs now); the triton backend."""
+def wgmma_m(shapes, m_list, out_dir, with_triton, configs, dtypes=(torch.float16,)):
+    """The Hopper wgmma GEMM, int4 g128, per activation dtype: cuBLAS; `old` = the CUDA backend's path
+    without it (mma.sync GEMM up to GEMM_MAX_M rows, else dequantize + cuBLAS); each wgmma config forced
+    (`cN`, with a workspace, as QuantLinear gives it); `auto` (what QuantLinear runs now); the triton
+    backend."""
     lines = []
     for k, n in shapes:
         codes, scales, zeros = make_quant(k, n, 4, 128)
@@ -280,29 +281,30 @@ def wgmma_m(shapes, m_list, out_dir, with_triton, configs):
             return
         old_states = [dataclasses.replace(s, wgmma=False) for s in states]
         tri = triton_copies(codes, scales, zeros, cfg, copies_for(qbytes)) if with_triton else None
-        dense = torch.randn(n, k, device="cuda", dtype=torch.float16)
-        dense = [dense] + [dense.clone() for _ in range(copies_for(n * k * 2) - 1)]
-        dt = torch.float16
-        for m in m_list:
-            x = torch.randn(m, k, device="cuda", dtype=dt)
-            ws = torch.zeros(qk_cuda.workspace_floats(m, n), dtype=torch.float32, device="cuda")
-            res = {"cublas": time_us([lambda w=w: torch.nn.functional.linear(x, w) for w in dense])[0]}
-            res["old"] = time_us([lambda s=s: qk_cuda.BACKEND.linear(layer, s, x) for s in old_states])[0]
-            for c in configs:  # "C" or "C:KS" (config C with KS blocks along K forced)
-                cfg_id, _, ks = str(c).partition(":")
-                res[f"c{c}"] = time_us([lambda s=s: torch.ops.quantkernels.cuda_wxa16_gemm_wgmma(
-                    x, s.qweight, s.scales[dt], None, None, 128, None, 4, ws, int(cfg_id), int(ks or -1))
-                    for s in states])[0]
-            res["auto"] = time_us([lambda s=s: qk_cuda.BACKEND.linear(layer, s, x) for s in states])[0]
-            if tri is not None:
-                res["triton"] = time_us([lambda lay=lay: lay(x) for lay in tri])[0]
-            best = min((v, key) for key, v in res.items() if key != "cublas")
-            line = f"{k}x{n} m={m}: " + " ".join(f"{key}={v:.1f}" for key, v in res.items())
-            line += f" best={best[1]} | x" + " ".join(
-                f"{key}={res['cublas'] / v:.2f}" for key, v in res.items() if key != "cublas")
-            print(line, flush=True)
-            lines.append(line)
-        del states, old_states, tri, dense
+        for dt in dtypes:
+            dense = torch.randn(n, k, device="cuda", dtype=dt)
+            dense = [dense] + [dense.clone() for _ in range(copies_for(n * k * 2) - 1)]
+            for m in m_list:
+                x = torch.randn(m, k, device="cuda", dtype=dt)
+                ws = torch.zeros(qk_cuda.workspace_floats(m, n), dtype=torch.float32, device="cuda")
+                res = {"cublas": time_us([lambda w=w: torch.nn.functional.linear(x, w) for w in dense])[0]}
+                res["old"] = time_us([lambda s=s: qk_cuda.BACKEND.linear(layer, s, x) for s in old_states])[0]
+                for c in configs:  # "C" or "C:KS" (config C with KS blocks along K forced)
+                    cfg_id, _, ks = str(c).partition(":")
+                    res[f"c{c}"] = time_us([lambda s=s: torch.ops.quantkernels.cuda_wxa16_gemm_wgmma(
+                        x, s.qweight, s.scales[dt], None, None, 128, None, 4, ws, int(cfg_id), int(ks or -1))
+                        for s in states])[0]
+                res["auto"] = time_us([lambda s=s: qk_cuda.BACKEND.linear(layer, s, x) for s in states])[0]
+                if tri is not None:
+                    res["triton"] = time_us([lambda lay=lay: lay(x) for lay in tri])[0]
+                best = min((v, key) for key, v in res.items() if key != "cublas")
+                line = f"{k}x{n} m={m} {str(dt).split('.')[-1]}: " + " ".join(f"{key}={v:.1f}" for key, v in res.items())
+                line += f" best={best[1]} | x" + " ".join(
+                    f"{key}={res['cublas'] / v:.2f}" for key, v in res.items() if key != "cublas")
+                print(line, flush=True)
+                lines.append(line)
+            del dense
+        del states, old_states, tri
         torch.cuda.empty_cache()
     save_lines(out_dir, "wgmma_m.txt", lines)
 
@@ -420,7 +422,7 @@ def main():
     ap.add_argument("--configs", help="wgmma configs to force in --wgmma, comma-separated C or C:KSPLIT (default: all)")
     ap.add_argument("--shapes", help="subset of KxN shapes, comma-separated (default: all six)")
     ap.add_argument("--ms", help="subset of m values, comma-separated")
-    ap.add_argument("--dtypes", default="float16,bfloat16", help="--small: int4 activation dtypes, comma-separated")
+    ap.add_argument("--dtypes", default="float16,bfloat16", help="--small, --wgmma: int4 activation dtypes, comma-separated")
     args = ap.parse_args()
     shape_sel = SHAPES if not args.shapes else [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     m_sel = None if not args.ms else [int(v) for v in args.ms.split(",")]
@@ -439,7 +441,8 @@ def main():
               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
         configs = range(WGMMA_CONFIGS) if args.configs is None else [c for c in args.configs.split(",") if c]
         wgmma_m(shape_sel, m_sel or [16, 32, 64, 128, 256], args.out,
-                not args.no_triton and backends.unavailable_reason("triton") is None, configs)
+                not args.no_triton and backends.unavailable_reason("triton") is None, configs,
+                [getattr(torch, d) for d in args.dtypes.split(",")])
         return
     if args.profile:
         profile_once(args.out)

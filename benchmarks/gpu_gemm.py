@@ -141,6 +141,15 @@ def tinygemm_copies(codes, k, n, ncopies):
         return None, f"{type(e).__name__}: {str(e)[:100]}"
 
 
+def variants_line(label, res):
+    """One printed line of a variant comparison: every time in µs, the fastest variant, and each
+    variant's speedup over res["cublas"]."""
+    best = min((v, key) for key, v in res.items() if key != "cublas")
+    line = f"{label}: " + " ".join(f"{key}={v:.1f}" for key, v in res.items())
+    return line + f" best={best[1]} | x" + " ".join(
+        f"{key}={res['cublas'] / v:.2f}" for key, v in res.items() if key != "cublas")
+
+
 def save_lines(out_dir, name, lines):
     """Write a mode's printed lines to out_dir/name (nothing without --out)."""
     if out_dir:
@@ -243,10 +252,7 @@ def mid_m(shapes, m_list, out_dir, with_triton):
                 s.qweight, s.scales[dt], None, None, 128, 4)) for s in states])[0]
             if tri is not None:
                 res["triton"] = time_us([lambda lay=lay: lay(x) for lay in tri])[0]
-            best = min((v, key) for key, v in res.items() if key != "cublas")
-            line = f"{k}x{n} m={m}: " + " ".join(f"{key}={v:.1f}" for key, v in res.items())
-            line += f" best={best[1]} | x" + " ".join(
-                f"{key}={res['cublas'] / v:.2f}" for key, v in res.items() if key != "cublas")
+            line = variants_line(f"{k}x{n} m={m}", res)
             print(line, flush=True)
             lines.append(line)
         del states, tri, dense
@@ -297,10 +303,7 @@ def wgmma_m(shapes, m_list, out_dir, with_triton, configs, dtypes=(torch.float16
                 res["auto"] = time_us([lambda s=s: qk_cuda.BACKEND.linear(layer, s, x) for s in states])[0]
                 if tri is not None:
                     res["triton"] = time_us([lambda lay=lay: lay(x) for lay in tri])[0]
-                best = min((v, key) for key, v in res.items() if key != "cublas")
-                line = f"{k}x{n} m={m} {str(dt).split('.')[-1]}: " + " ".join(f"{key}={v:.1f}" for key, v in res.items())
-                line += f" best={best[1]} | x" + " ".join(
-                    f"{key}={res['cublas'] / v:.2f}" for key, v in res.items() if key != "cublas")
+                line = variants_line(f"{k}x{n} m={m} {str(dt).split('.')[-1]}", res)
                 print(line, flush=True)
                 lines.append(line)
             del dense

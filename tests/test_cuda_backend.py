@@ -316,6 +316,30 @@ def test_real_layer_shapes(k, n):
 
 
 @needs_gpu
+@pytest.mark.parametrize(
+    "bits,group_size,sym,k,n",
+    [(4, 128, True, 8192, 16384), (4, 64, False, 16384, 8192), (8, -1, True, 4096, 8192), (8, 128, False, 8192, 16384)],
+)
+def test_streamk_layers_through_quantlinear(bits, group_size, sym, k, n):
+    """Layers large enough for the automatic stream-K tile with staged activations (auto_tile: m = 1 from
+    2^27 weights for 4 bits, 2^25 for 8; 8-bit layers up to 8 rows from 2^27), through QuantLinear with
+    the workspace the backend sizes per layer (one row for 4 bits, 8 for 8). Rows 2-8 on a 4-bit layer
+    take the plain tiles, whose workspace is then too small for stream-K. The workspace is left zeroed."""
+    layer = _layer(k, n, QuantConfig(bits=bits, group_size=group_size, sym=sym), torch.float16, seed=k + n)
+    layer.backend = "cuda"
+    st = layer._prepared["cuda"]
+    assert st.workspace is not None and st.workspace.numel() == cuda_backend.workspace_floats(1 if bits == 4 else 8, n)
+    portable = _portable(layer)
+    for m in (1, 2, 5, 8):
+        x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+        ref = _ref(portable, x, bits)
+        for _ in range(2):  # the second launch relies on the first having zeroed the workspace
+            err = _rel(_poisoned_forward(layer, x), ref)
+            assert err < BOUND[torch.float16], f"m={m}: {err:.2e}"
+        assert not st.workspace.any(), f"m={m}: the workspace must be all zeros after a launch"
+
+
+@needs_gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("bits,group_size,sym", [(4, 128, True), (4, 32, False), (8, -1, True), (8, 64, False)])
 @pytest.mark.parametrize("k,n", [(384, 144), (1152, 208)])

@@ -369,6 +369,19 @@ __device__ __forceinline__ void consume_chunk(const uint4* smem, int slot, int t
   }
 }
 
+// XS: copy this lane's activations of the next chunk (MT m-tiles of XV 16-byte units, through L1)
+// into stage `slot` of its activation slots, xbuf [S][MT][XV][kThreads], and advance its pointers
+// one chunk (loop-carried: ptxas otherwise rebuilds the addresses from the arguments every chunk).
+template <typename T, int MT, int XV, int KC>
+__device__ __forceinline__ void copy_x_chunk(uint4* xbuf, int slot, int tid, const T* (&xcp)[MT]) {
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int v = 0; v < XV; ++v) cp_async16_ca(xbuf + ((slot * MT + mt) * XV + v) * kThreads + tid, xcp[mt] + v * 8);
+    xcp[mt] += KC;
+  }
+}
+
 // This lane's activations of chunk c (XV 16-byte loads per m-tile; zeros for m-tiles past M).
 template <int BITS, typename T, int MT>
 __device__ __forceinline__ void load_x(const T* const (&xsrc)[MT], int c, int m0, int M,
@@ -530,15 +543,7 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
   auto issue = [&](int c, int slot) {
     if (c < c_end) {
       src.template copy<S, MODE != kAtEnd, MODE>(smem, slot, tid, c, scales, zeros, kgroup, gsize, n_tiles);
-      if constexpr (XS) {
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-          for (int v = 0; v < XV; ++v)
-            cp_async16_ca(xbuf + ((slot * MT + mt) * XV + v) * kThreads + tid, xcp[mt] + v * 8);
-          xcp[mt] += KC;
-        }
-      }
+      if constexpr (XS) copy_x_chunk<T, MT, XV, KC>(xbuf, slot, tid, xcp);
     }
     cp_async_commit();
   };
@@ -808,15 +813,7 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_streamk_kernel(
   auto issue = [&](int slot) {
     if (left > 0) {
       src.template copy<S, MODE != kAtEnd, MODE>(smem, slot, tid, ic, scales, zeros, kgroup, gsize, n_tiles);
-      if constexpr (XS) {
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-          for (int v = 0; v < XV; ++v)
-            cp_async16_ca(xbuf + ((slot * MT + mt) * XV + v) * kThreads + tid, xcp[mt] + v * 8);
-          xcp[mt] += KC;
-        }
-      }
+      if constexpr (XS) copy_x_chunk<T, MT, XV, KC>(xbuf, slot, tid, xcp);
       --left;
       if (++ic == NC) {
         ic = 0;

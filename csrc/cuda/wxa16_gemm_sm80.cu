@@ -382,6 +382,15 @@ __device__ __forceinline__ void copy_x_chunk(uint4* xbuf, int slot, int tid, con
   }
 }
 
+// XS: this lane's activations of the chunk in stage `slot`, once its copies have landed.
+template <int MT, int XV>
+__device__ __forceinline__ void read_x_chunk(const uint4* xbuf, int slot, int tid, uint4 (&xv)[MT][XV]) {
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int v = 0; v < XV; ++v) xv[mt][v] = lds128(xbuf + ((slot * MT + mt) * XV + v) * kThreads + tid);
+}
+
 // This lane's activations of chunk c (XV 16-byte loads per m-tile; zeros for m-tiles past M).
 template <int BITS, typename T, int MT>
 __device__ __forceinline__ void load_x(const T* const (&xsrc)[MT], int c, int m0, int M,
@@ -562,13 +571,7 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_kernel(
       for (int mt = 0; mt < MT; ++mt) xld[mt] += KC;
     }
     cp_async_wait<S - 1>();  // this thread's copies of chunk c have landed
-    if constexpr (XS) {
-      // m-tiles past M hold clamped rows; consume_chunk skips them.
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int v = 0; v < XV; ++v) xv[mt][v] = lds128(xbuf + ((rslot * MT + mt) * XV + v) * kThreads + tid);
-    }
+    if constexpr (XS) read_x_chunk<MT, XV>(xbuf, rslot, tid, xv);  // rows past M: clamped, skipped by consume_chunk
     consume_chunk<BITS, T, MT, NT, S, MODE>(smem, rslot, tid, zeros != nullptr, zsym, dc_end, xv, m0, M, acc);
     rslot = next_slot<S>(rslot);
   }
@@ -842,12 +845,7 @@ __global__ void __launch_bounds__(kThreads) wxa16_gemm_streamk_kernel(
     uint4 xv[MT][XV];
     if constexpr (!XS) load_x<BITS, T, MT>(xsrc, cc, 0, M, xv);
     cp_async_wait<S - 1>();
-    if constexpr (XS) {
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int v = 0; v < XV; ++v) xv[mt][v] = lds128(xbuf + (((it % S) * MT + mt) * XV + v) * kThreads + tid);
-    }
+    if constexpr (XS) read_x_chunk<MT, XV>(xbuf, it % S, tid, xv);
     consume_chunk<BITS, T, MT, NT, S, MODE>(smem, it % S, tid, zeros != nullptr, zsym, dc_end, xv, 0, M, acc);
     ++cc;
     if (cc < NC && u + 1 < u_end) continue;
@@ -932,8 +930,8 @@ cudaError_t launch(const void* x, int64_t ldx, const int32_t* qweight, const uin
     if (M <= 8 * MT && split.ksplit <= 0 && split.ws != nullptr &&
         static_cast<int64_t>(N / 16) * (K / KC) < (int64_t{1} << 31) &&
         split.ws_numel >= wxa16_gemm_workspace_floats(M, N))
-      return launch_streamk<BITS, T, MT, NT, S, AFTER_OK, XS>(mode, x, ldx, qweight, scales, zeros, kgroup, group_size, bias, out,
-                                                M, N, K, num_sms, split.ws, stream);
+      return launch_streamk<BITS, T, MT, NT, S, AFTER_OK, XS>(mode, x, ldx, qweight, scales, zeros, kgroup, group_size,
+                                                             bias, out, M, N, K, num_sms, split.ws, stream);
   auto kernel = wxa16_gemm_kernel<BITS, T, MT, NT, S, kPerWeight, XS>;
   if (mode == kAtEnd) kernel = wxa16_gemm_kernel<BITS, T, MT, NT, S, kAtEnd, XS>;
   if constexpr (AFTER_OK) {

@@ -292,7 +292,8 @@ def wgmma_m(shapes, m_list, out_dir, with_triton, configs, dtypes=(torch.float16
             dense = [dense] + [dense.clone() for _ in range(copies_for(n * k * 2) - 1)]
             for m in m_list:
                 x = torch.randn(m, k, device="cuda", dtype=dt)
-                ws = torch.zeros(qk_cuda.workspace_floats(m, n), dtype=torch.float32, device="cuda")
+                ws = torch.zeros(qk_cuda.wgmma_workspace_floats(m, n, qk_cuda.num_sms(0)), dtype=torch.float32,
+                                 device="cuda")
                 res = {"cublas": time_us([lambda w=w: torch.nn.functional.linear(x, w) for w in dense])[0]}
                 res["old"] = time_us([lambda s=s: qk_cuda.BACKEND.linear(layer, s, x) for s in old_states])[0]
                 for c in configs:  # "C" or "C:KS" (config C with KS blocks along K forced)

@@ -13,6 +13,7 @@ trap 'rm -f "$script"' EXIT
 cat > "$script" <<'PY'
 import torch
 from quantkernels import QuantConfig
+from quantkernels.backends import cuda as qc
 from quantkernels.nn import QuantLinear
 
 torch.manual_seed(0)
@@ -33,7 +34,7 @@ for bits, gs, sym, act_order in [(4, 128, True, False), (4, 32, False, False), (
         for m in (1, 17, 100):
             x = torch.randn(m, k, device="cuda", dtype=dt)
             xs = x if st.perm is None else x.index_select(1, st.perm)
-            ws = torch.zeros(m * n + (n // 16) * ((m + 7) // 8), device="cuda")
+            ws = torch.zeros(qc.wgmma_workspace_floats(m, n, qc.num_sms(0)), device="cuda")
             for config in range(NUM_CONFIGS):
                 for w, ks in ((None, -1), (ws, 4)):  # 6 stages: shares of 1.5 stages cross output tiles
                     out = torch.ops.quantkernels.cuda_wxa16_gemm_wgmma(

@@ -114,15 +114,22 @@ def test_every_format_config_and_split(group_size, sym, act_order, bits, dtype):
     k, n = 1152, 336
     layer, portable = _layer(k, n, bits, group_size, sym, dtype, act_order=act_order)
     assert (layer._prepared["cuda"].kgroup is not None) == act_order
-    ws = torch.zeros(cuda_backend.workspace_floats(255, n), dtype=torch.float32, device="cuda")
+    ws = torch.zeros(cuda_backend.wgmma_workspace_floats(255, n, cuda_backend.num_sms(0)), dtype=torch.float32,
+                     device="cuda")
+    # A workspace too small for a wave of partial tiles: the launcher splits over fewer blocks.
+    small = torch.zeros(cuda_backend.workspace_floats(255, n), dtype=torch.float32, device="cuda")
     for m in (17, 33, 64, 100, 255):
         x = torch.randn(m, k, device="cuda", dtype=dtype)
         ref = _ref(portable, x, bits)
         for config in (-1, *range(NUM_CONFIGS)):
-            for w, ksplit in ((None, -1), (ws, -1), (ws, 4)):
-                err = _rel(_wgmma(layer, x, dtype, w, config, ksplit), ref)
+            for w, ksplit in ((None, -1), (ws, -1), (small, -1), (ws, 4)):
+                out = _wgmma(layer, x, dtype, w, config, ksplit)
+                err = _rel(out, ref)
                 assert err < BOUND[dtype], f"m={m} config={config} ws={w is not None} ksplit={ksplit}: {err:.2e}"
-        assert not ws.any(), "the workspace must be all zeros after a launch"
+                if w is not None:  # the parts of a split tile are summed in a fixed order
+                    again = _wgmma(layer, x, dtype, w, config, ksplit)
+                    assert torch.equal(out, again), f"m={m} config={config} ksplit={ksplit}: not deterministic"
+        assert not ws.any() and not small.any(), "the workspace must be all zeros after a launch"
 
 
 @needs_wgmma

@@ -206,7 +206,8 @@ at::Tensor wxa16_gemm_wgmma(const at::Tensor& x, const at::Tensor& qweight, cons
   }
   const int64_t m = x.size(0);
   QK_CHECK(m <= INT32_MAX / 2, "x has too many rows: ", m);
-  const int64_t need = qk::cuda::wxa16_gemm_workspace_floats(static_cast<int>(m), static_cast<int>(L.n));
+  const int64_t need =
+      qk::cuda::wxa16_gemm_wgmma_workspace_floats(static_cast<int>(m), static_cast<int>(L.n), num_sms(qweight.device().index()));
   QK_CHECK(ksplit <= 1 || split.ws_numel >= need, "ksplit=", ksplit, " needs a zeroed float32 workspace of at least ",
            need, " elements, got ", split.ws_numel);
   const c10::cuda::CUDAGuard guard(qweight.device());

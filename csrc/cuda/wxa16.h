@@ -93,6 +93,15 @@ bool wxa16_gemm_wgmma_available();
 // Rows of the wgmma GEMM's activation scratch for M rows (M rounded up to the largest tile).
 inline int64_t wxa16_gemm_wgmma_scratch_rows(int64_t M) { return (M + 255) / 256 * 256; }
 
+// Workspace of the wgmma GEMM's split of K (stream-K over one wave): a partial tile (BN x 256 fp32) for
+// each block of the wave, then an int counter per output tile, all zero before a launch and after it.
+// This size holds a wave of num_sms blocks of the largest tile the automatic config gives M rows; with
+// less, the launcher uses fewer blocks (or, below two, does not split).
+inline int64_t wxa16_gemm_wgmma_workspace_floats(int M, int N, int num_sms) {
+  const int64_t bn = M <= 32 ? 32 : M <= 64 ? 64 : 128;
+  return num_sms * bn * 256 + static_cast<int64_t>(N / 16) * ((M + 7) / 8);
+}
+
 // Number of wgmma tile configs (valid `config` values are -1 and 0 .. wxa16_gemm_wgmma_num_configs() - 1).
 int wxa16_gemm_wgmma_num_configs();
 

@@ -18,7 +18,9 @@
 // over all of K; or, when the launcher splits K (too few tiles for the SMs, a workspace given),
 // stream-K: one wave of blocks shares the (tile, stage) items out evenly, a share may cross tiles,
 // and a tile cut between blocks sums its parts in fp32 through the caller's self-zeroing workspace
-// (wxa16.h), the last block to arrive storing it. K is consumed in stages of SC = 64 or 128 columns
+// (wxa16.h): each block but the one holding the tile's last stage leaves its part in its own slot
+// with plain stores, and that block adds them in block order (no atomics; deterministic) and
+// stores the tile. K is consumed in stages of SC = 64 or 128 columns
 // (SC / 16 k16 steps; a 4-bit chunk is 64 columns, an 8-bit one 32): the stage's activation tile
 // (one contiguous run of the pre-cut tiles) and each lane's 16-byte weight slice, scale and zero of
 // each chunk go to shared memory by cp.async, S slots, S - 2 stages ahead. A stage is one or two
@@ -35,6 +37,7 @@
 // Test: PYTHONPATH=$PWD python -m pytest -q tests/test_cuda_wgmma.py (on an H100);
 // benchmark: PYTHONPATH=$PWD python benchmarks/gpu_gemm.py --wgmma.
 #include <algorithm>
+#include <type_traits>
 
 #include "cuda/wxa16.h"
 #include "cuda/wxa16_common.cuh"
@@ -207,7 +210,7 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
     int gshift,                            // group_shift(gsize, K)
     const T* __restrict__ bias,            // [N] or null
     T* __restrict__ out,                   // [M, N]
-    float* __restrict__ ws,                // [M, N] fp32 zeros, then one int counter per tile (split only)
+    float* __restrict__ ws,                // zeros (split only): [grid][BN * 64 NWG] fp32 slots, then an int counter a tile
     int M, int N, int K,
     int pdl_pf) {                          // prefetched chunk slices (pdl_prefetch_chunks)
 #ifdef QK_HAVE_WGMMA
@@ -223,6 +226,7 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
   constexpr int XBYTES = BN * SC * 2;
   constexpr int XUNITS = BN * SC / 8;  // 16-byte units of an activation tile
   constexpr int NA = BN / 2;  // accumulators per thread
+  constexpr int64_t kSlotFloats = static_cast<int64_t>(NA) * THREADS;  // a partial tile (stream-K)
   constexpr bool BF16 = std::is_same<T, __nv_bfloat16>::value;
 
   extern __shared__ __align__(128) uint8_t smem[];
@@ -241,7 +245,6 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
     const T z = ActTraits<T>::from_float(static_cast<float>(1 << (BITS - 1)));
     return as_u32(T2{z, z});
   }();
-  __shared__ int s_last;
 
   if constexpr (!STREAM_K)  // the warp's 16 channels of the tile the grid gives this block
     prefetch_weights<1>(qw, static_cast<int>(blockIdx.x) / m_blocks * (4 * NWG) + warp, n_tiles, NC, lane, 0, NC,
@@ -250,7 +253,7 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
 
   // Stages s_begin .. s_end - 1 of output tile `tile` (= n-block * m_blocks + m-block), one of `parts`
   // blocks that share the tile.
-  auto run_tile = [&](int tile, int s_begin, int s_end, int parts) {
+  auto run_tile = [&](int tile, int s_begin, int s_end, int parts, int first_owner) {
     const int mb = tile % m_blocks;
     const int nt = (tile / m_blocks) * (4 * NWG) + warp;  // this warp's 16 channels
     const int ntc = min(nt, n_tiles - 1);                 // past N: stream the last real tile, store nothing
@@ -365,38 +368,56 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
       }
     };
     if (parts > 1) {
-      // The block that arrives last for this output tile takes the sum and leaves zeros behind.
-      // The workspace is used transposed here, ws[n, m]: a thread's (m, m + 1) pairs are adjacent,
-      // so they go as one 8-byte atomic (half the atomic operations of the L2, the split's cost).
-      if (valid) {
+      // A tile cut between blocks (stream-K): its owners are blocks first_owner .. the one holding
+      // its last stage (s_end == NS), which sums the parts. Each other owner leaves its partial
+      // tile in its block's slot of the workspace (plain stores, in this thread layout) and arrives
+      // on the tile's counter; the summing block waits for all of them, adds the slots to its own part
+      // in block order (the same sum whatever the timing: deterministic), and zeroes
+      // the slots and the counter behind it. The owners process their shares' tiles last first
+      // (below), so the slot writes come at the start of their runs and the wait is short; a block
+      // waits only for lower-numbered blocks, which the GPU starts first.
+      float4* slot0 = reinterpret_cast<float4*>(ws) + tid;  // slot b, unit q: slot0[(b NA / 4 + q) THREADS]
+      int* counter = reinterpret_cast<int*>(ws + static_cast<int64_t>(gridDim.x) * kSlotFloats) + tile;
+      if (s_end < NS) {
+        float4* mine = slot0 + static_cast<int64_t>(blockIdx.x) * (NA / 4) * THREADS;
 #pragma unroll
-        for (int i = 0; i < NA; i += 2) {
-          const int m = m0 + 8 * (i >> 2) + 2 * t, n = 16 * nt + g + 8 * ((i >> 1) & 1);
-          float* p = ws + static_cast<int64_t>(n) * M + m;
-          if (m + 1 < M && (M & 1) == 0)
-            atomicAdd(reinterpret_cast<float2*>(p), make_float2(acc[i], acc[i + 1]));
-          else if (m < M) {
-            atomicAdd(p, acc[i]);
-            if (m + 1 < M) atomicAdd(p + 1, acc[i + 1]);
-          }
-        }
+        for (int q = 0; q < NA / 4; ++q)
+          __stcg(mine + q * THREADS, make_float4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]));
+        __threadfence();
+        __syncthreads();
+        if (tid == 0) atomicAdd(counter, 1);
+        return;
       }
-      __threadfence();
-      __syncthreads();
       if (tid == 0) {
-        int* counter = reinterpret_cast<int*>(ws + static_cast<int64_t>(M) * N) + tile;
-        const int prev = atomicAdd(counter, 1);
-        s_last = prev == parts - 1;
-        if (s_last) *counter = 0;
+        while (*reinterpret_cast<volatile int*>(counter) < parts - 1) __nanosleep(64);
+        *counter = 0;
       }
       __syncthreads();
-      if (!s_last) return;
       __threadfence();
-      for_each([&](float& v, int m, int n) {
-        float* p = ws + static_cast<int64_t>(n) * M + m;
-        v = __ldcg(p);
-        __stcg(p, 0.0f);
-      });
+      // U slots at a time: their loads all in flight before the adds (a tile cut into 8 parts had
+      // the summing block wait out 7 round trips to the L2 in a row).
+      auto add_slots = [&](int b, auto u_count) {
+        constexpr int U = decltype(u_count)::value;
+        float4 v[U][NA / 4];
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+#pragma unroll
+          for (int q = 0; q < NA / 4; ++q) v[u][q] = __ldcg(slot0 + (static_cast<int64_t>(b + u) * (NA / 4) + q) * THREADS);
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+#pragma unroll
+          for (int q = 0; q < NA / 4; ++q) {
+            __stcg(slot0 + (static_cast<int64_t>(b + u) * (NA / 4) + q) * THREADS, make_float4(0.0f, 0.0f, 0.0f, 0.0f));
+            acc[4 * q] += v[u][q].x;
+            acc[4 * q + 1] += v[u][q].y;
+            acc[4 * q + 2] += v[u][q].z;
+            acc[4 * q + 3] += v[u][q].w;
+          }
+      };
+      constexpr int kU = NA <= 16 ? 4 : NA <= 32 ? 2 : 1;  // 16 float4 registers at most
+      int b = first_owner;
+      for (; b + kU <= static_cast<int>(blockIdx.x); b += kU) add_slots(b, std::integral_constant<int, kU>{});
+      for (; b < static_cast<int>(blockIdx.x); ++b) add_slots(b, std::integral_constant<int, 1>{});
     }
     for_each([&](float& v, int m, int n) {
       const float b = bias != nullptr ? ActTraits<T>::to_float(bias[n]) : 0.0f;
@@ -405,23 +426,24 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
   };
 
   if constexpr (!STREAM_K) {
-    run_tile(blockIdx.x, 0, NS, 1);  // the grid is the tiles
+    run_tile(blockIdx.x, 0, NS, 1, 0);  // the grid is the tiles
   } else {
     // Stream-K: the (output tile, stage) items in tile-major order, an equal contiguous share per block
     // (every SM busy whatever the tile count); a share may cross tiles, and a tile cut between blocks
-    // sums its parts through the workspace. owner(i) = the block whose share holds item i.
+    // sums its parts through the workspace. owner(i) = the block whose share holds item i. The
+    // share's tiles run last first: the last one, cut short, is the one whose partial goes to the
+    // slot (the summing block waits for it), the first one the one this block may sum.
     const int64_t n_items = static_cast<int64_t>((n_tiles + 4 * NWG - 1) / (4 * NWG)) * m_blocks * NS;
     const int64_t G = gridDim.x;
-    auto owner = [&](int64_t i) { return ((i + 1) * G - 1) / n_items; };
-    const int64_t my_end = (blockIdx.x + 1) * n_items / G;
-    for (int64_t pos = blockIdx.x * n_items / G; pos < my_end;) {
-      const int tile = static_cast<int>(pos / NS);
-      const int s_begin = static_cast<int>(pos - static_cast<int64_t>(tile) * NS);
-      const int64_t left = my_end - static_cast<int64_t>(tile) * NS;  // the share's items from the tile's start
-      const int s_end = left < NS ? static_cast<int>(left) : NS;
-      pos = static_cast<int64_t>(tile) * NS + s_end;
-      run_tile(tile, s_begin, s_end,
-               static_cast<int>(owner(static_cast<int64_t>(tile + 1) * NS - 1) - owner(static_cast<int64_t>(tile) * NS)) + 1);
+    auto owner = [&](int64_t i) { return static_cast<int>(((i + 1) * G - 1) / n_items); };
+    const int64_t my_begin = blockIdx.x * n_items / G;
+    for (int64_t end = (blockIdx.x + 1) * n_items / G; end > my_begin;) {
+      const int tile = static_cast<int>((end - 1) / NS);
+      const int64_t t0 = static_cast<int64_t>(tile) * NS;
+      const int64_t begin = my_begin > t0 ? my_begin : t0;
+      const int first = owner(t0);
+      run_tile(tile, static_cast<int>(begin - t0), static_cast<int>(end - t0), owner(t0 + NS - 1) - first + 1, first);
+      end = begin;
     }
   }
 #endif
@@ -486,8 +508,9 @@ cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qw
   constexpr int kSmem = S * kStageBytes;
   constexpr int kThreads = NWG * 128;
   constexpr int kMinStages = 256 / SC, kMaxKs = 16;
+  constexpr int64_t kSlotFloats = static_cast<int64_t>(BN) * 64 * NWG;  // a partial tile in the workspace
   constexpr double kOverhead = 3.0 * 64 / SC;  // pipeline fill and epilogue, in stages (a guess)
-  constexpr double kSplitGain = 0.85;  // a split must model 15% faster: its atomics load the L2
+  constexpr double kSplitGain = 0.85;  // a split must model 15% faster: its fix-up, its second pipeline fill
   // Layers without a group table or zeros (symmetric, no act_order) run the kernel's PLAIN twin,
   // whose copy and dequantization leave out the code for them (per 128-column stage of config 3, 286
   // instructions in the loop against 318): 32- and 64-row tiles only. On an H100 (23:21 run, int4
@@ -519,15 +542,17 @@ cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qw
   const int n_blocks = (N / 16 + 4 * NWG - 1) / (4 * NWG), m_blocks = (M + BN - 1) / BN;
   const int stages = K / SC;
   const int64_t tiles = static_cast<int64_t>(n_blocks) * m_blocks, items = tiles * stages;
-  const int64_t slots = static_cast<int64_t>(blocks_per_sm) * num_sms;
-  const bool have_ws = split.ws != nullptr && split.ws_numel >= wxa16_gemm_workspace_floats(M, N);
+  // Stream-K blocks: one wave at most, and no more than the workspace has partial-tile slots for.
+  int64_t sk_blocks = static_cast<int64_t>(blocks_per_sm) * num_sms;
+  if (split.ws != nullptr) sk_blocks = std::min(sk_blocks, (split.ws_numel - tiles) / kSlotFloats);
+  const bool have_ws = split.ws != nullptr && sk_blocks >= 2;
   if (split.ksplit > 1 && !have_ws) return cudaErrorInvalidValue;
   // Split of K over blocks: the one with the least modelled time, waves x (stages per block +
   // kOverhead), at least kMinStages stages per block, and kSplitGain better than fewer blocks.
   int ks = 1;
   if (split.ksplit > 0) {
     ks = split.ksplit < stages ? split.ksplit : stages;
-  } else if (have_ws && (BN < 128 || 2 * tiles <= slots)) {
+  } else if (have_ws && (BN < 128 || 2 * tiles <= sk_blocks)) {
     // (128-row tiles split only when half the SMs would idle: ptxas serializes the wgmma of their
     // stream-K kernel for want of registers (C7512). It measured slower than one block a tile with
     // a quarter of the SMs idle: 8192x8192 m=384, 96 tiles, 164.7 against 124.0 us for m=512 in
@@ -536,7 +561,7 @@ cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qw
     double best = -1.0;
     for (int k = 1; k <= kMaxKs && k * kMinStages <= stages; ++k) {
       const int64_t blocks = tiles * k;
-      const double waves = static_cast<double>((blocks + slots - 1) / slots);
+      const double waves = static_cast<double>((blocks + sk_blocks - 1) / sk_blocks);
       const double time = waves * (static_cast<double>(stages) / k + kOverhead);
       if (best < 0 || time < best * kSplitGain) {
         best = time;
@@ -545,15 +570,15 @@ cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qw
     }
   }
   // When K is split, stream-K shares the stages out over one wave of the machine (forced: tiles x
-  // ks blocks, at most one wave or one block a tile), so the last wave is not partial (09:27 run,
-  // 28672x8192 m=64: 110 against 121 us with 4 blocks a tile). Without a split, one block per tile:
-  // there stream-K measured slower (its fp32 atomics on the cut tiles; 8192x28672 m=64: 125 against
-  // 112 us with 112 tiles).
+  // ks blocks, at most one wave), so the last wave is not partial (09:27 run, 28672x8192 m=64: 110
+  // against 121 us with 4 blocks a tile). Without a split, one block per tile: a split of 112 tiles
+  // over 132 SMs measured no faster, also with the slot fix-up (11th session: 8192x28672 m=64 82.6
+  // against 82.2 us; m=24 with 32-row tiles 64.6 against 58.0).
   int64_t grid = tiles;
   if (split.ksplit > 1)
-    grid = std::min(tiles * ks, std::max(slots, tiles));
+    grid = std::min(tiles * ks, sk_blocks);
   else if (ks > 1)
-    grid = std::max(std::min(slots, items / kMinStages), std::min(tiles, slots));
+    grid = std::max(std::min(sk_blocks, items / kMinStages), std::min(tiles, sk_blocks));
   {
     const int64_t units = static_cast<int64_t>(m_blocks) * BN * (K / 8);
     const int blocks = static_cast<int>(units / 256 + 1 < 8L * num_sms ? units / 256 + 1 : 8L * num_sms);
@@ -561,7 +586,7 @@ cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qw
                                           static_cast<const uint32_t*>(x), ldx / 2, static_cast<uint4*>(xp), M, K, BN);
     if (err != cudaSuccess) return err;
   }
-  return launch_kernel(ks > 1 ? kernel_sk : kernel, dim3(static_cast<unsigned>(grid)), dim3(kThreads), kSmem, stream,
+  return launch_kernel(grid != tiles ? kernel_sk : kernel, dim3(static_cast<unsigned>(grid)), dim3(kThreads), kSmem, stream,
                        static_cast<const T*>(xp), reinterpret_cast<const uint4*>(qweight), scales, zeros, kgroup,
                        group_size, group_shift(group_size, K), static_cast<const T*>(bias), static_cast<T*>(out),
                        split.ws, M, N, K, pdl_prefetch_chunks(grid, num_sms));

@@ -26,12 +26,15 @@ Dispatch by the number of rows m of the activation:
 
 On a Hopper GPU with an sm_90a build, the (m, layer) cells of ``WGMMA_CELLS`` (17 <= m <= 1024, by
 layer size) go instead to ``quantkernels::cuda_wxa16_gemm_wgmma``: the same weights and formula on the
-warpgroup tensor-core instruction (csrc/cuda/wxa16_gemm_sm90.cu), where it measured faster.
+warpgroup tensor-core instruction (csrc/cuda/wxa16_gemm_sm90.cu), where it measured faster. Up to
+``WGMMA_SPLIT_MAX_M`` rows it gets a workspace shared per (device, stream) of
+:func:`wgmma_workspace_floats`, for its stream-K split of K over one wave of blocks.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -70,6 +73,21 @@ def workspace_floats(m: int, n: int) -> int:
     pass of rows; the backend gives each layer one for m <= STREAMK_MAX_M) and to split K over
     blocks (``ksplit > 1``, for tuning: it measured slower on an H100, benchmarks/NOTES_gpu.md)."""
     return m * n + (n // 16) * ((m + 7) // 8)
+
+
+def wgmma_workspace_floats(m: int, n: int, num_sms: int) -> int:
+    """Size of the zeroed float32 workspace of the wgmma GEMM's split of K (stream-K over one wave of
+    num_sms blocks): a partial tile of the largest tile the kernel's automatic config gives m rows for
+    each block (plain stores, summed by the block that holds the tile's last stage), then a counter per
+    output tile. Mirrors wxa16_gemm_wgmma_workspace_floats (csrc/cuda/wxa16.h)."""
+    bn = 32 if m <= 32 else 64 if m <= 64 else 128
+    return num_sms * bn * 256 + (n // 16) * ((m + 7) // 8)
+
+
+@functools.lru_cache(maxsize=None)
+def num_sms(device_index: int) -> int:
+    """Streaming multiprocessors of a CUDA device (looked up once per device)."""
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
 # Zeroed float32 workspaces for the GEMM's split of K over blocks at m > STREAMK_MAX_M (the middle-m
@@ -305,7 +323,8 @@ class CudaBackend:
         if state.wgmma and _wgmma_serves(m, layer.out_features, layer.in_features):
             ws = None  # beyond WGMMA_SPLIT_MAX_M its 128-row tiles never split K
             if m <= WGMMA_SPLIT_MAX_M:
-                ws = _shared_workspace(x2d.device, workspace_floats(m, layer.out_features))
+                n = layer.out_features
+                ws = _shared_workspace(x2d.device, wgmma_workspace_floats(m, n, num_sms(x2d.device.index)))
             return torch.ops.quantkernels.cuda_wxa16_gemm_wgmma(
                 x2d, state.qweight, state.scales[dt], state.zeros[dt], state.kgroup, state.group_size,
                 state.bias[dt], bits, ws,

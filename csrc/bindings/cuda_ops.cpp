@@ -175,14 +175,13 @@ bool wxa16_wgmma_available(const at::Tensor& qweight) {
 at::Tensor wxa16_gemm_wgmma(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                             const std::optional<at::Tensor>& zeros, const std::optional<at::Tensor>& kgroup,
                             int64_t group_size, const std::optional<at::Tensor>& bias, int64_t bits,
-                            const std::optional<at::Tensor>& workspace, int64_t config, int64_t ksplit) {
+                            int64_t config, int64_t ksplit) {
   const Layout L = check_layout(qweight, scales, zeros, kgroup, group_size, bits);
   QK_CHECK(L.k % 64 == 0, "the wgmma GEMM needs K % 64 == 0, got K=", L.k);
   QK_CHECK(config >= -1 && config < qk::cuda::wxa16_gemm_wgmma_num_configs(), "config must be -1 (auto) or in [0, ",
            qk::cuda::wxa16_gemm_wgmma_num_configs(), "), got ", config);
   QK_CHECK(wxa16_wgmma_available(qweight),
            "the wgmma GEMM needs a Hopper GPU (sm_90) and an extension built for sm_90a (TORCH_CUDA_ARCH_LIST=9.0a)");
-  // The same x / bias / workspace rules as cuda_wxa16_gemm: one place states them.
   check_cuda(x, "x", qweight.device());
   const ActDtype dt = act_dtype(x, "x");
   QK_CHECK(x.scalar_type() == scales.scalar_type() && x.dim() == 2 && x.size(1) == L.k, "x must be [M, K=", L.k,
@@ -194,22 +193,9 @@ at::Tensor wxa16_gemm_wgmma(const at::Tensor& x, const at::Tensor& qweight, cons
              "bias must be a contiguous [N=", L.n, "] ", x.scalar_type(), " tensor, got ", shape(*bias), " ",
              bias->scalar_type());
   }
-  QK_CHECK(ksplit == -1 || (ksplit >= 1 && ksplit <= 64), "ksplit must be -1 (auto) or in [1, 64], got ", ksplit);
-  qk::cuda::SplitK split;
-  split.ksplit = static_cast<int>(ksplit);
-  if (workspace) {
-    check_cuda(*workspace, "workspace", qweight.device());
-    QK_CHECK(workspace->scalar_type() == at::kFloat && workspace->is_contiguous(),
-             "workspace must be a contiguous float32 tensor of zeros, got ", workspace->scalar_type());
-    split.ws = workspace->data_ptr<float>();
-    split.ws_numel = workspace->numel();
-  }
+  QK_CHECK(ksplit == -1 || (ksplit >= 1 && ksplit <= 8), "ksplit must be -1 (auto) or in [1, 8], got ", ksplit);
   const int64_t m = x.size(0);
   QK_CHECK(m <= INT32_MAX / 2, "x has too many rows: ", m);
-  const int64_t need =
-      qk::cuda::wxa16_gemm_wgmma_workspace_floats(static_cast<int>(m), static_cast<int>(L.n), num_sms(qweight.device().index()));
-  QK_CHECK(ksplit <= 1 || split.ws_numel >= need, "ksplit=", ksplit, " needs a zeroed float32 workspace of at least ",
-           need, " elements, got ", split.ws_numel);
   const c10::cuda::CUDAGuard guard(qweight.device());
   at::Tensor out = at::empty({m, L.n}, x.options());
   if (m == 0) return out;
@@ -223,7 +209,8 @@ at::Tensor wxa16_gemm_wgmma(const at::Tensor& x, const at::Tensor& qweight, cons
       static_cast<const uint32_t*>(scales.data_ptr()), zeros ? static_cast<const uint32_t*>(zeros->data_ptr()) : nullptr,
       kgroup ? kgroup->data_ptr<int32_t>() : nullptr, static_cast<int>(group_size), bias ? bias->data_ptr() : nullptr,
       out.data_ptr(), static_cast<int>(m), static_cast<int>(L.n), static_cast<int>(L.k), static_cast<int>(bits), dt,
-      num_sms(qweight.device().index()), static_cast<int>(config), split, c10::cuda::getCurrentCUDAStream().stream());
+      num_sms(qweight.device().index()), static_cast<int>(config), static_cast<int>(ksplit),
+      c10::cuda::getCurrentCUDAStream().stream());
   QK_CHECK(err == cudaSuccess, "quantkernels::cuda_wxa16_gemm_wgmma failed: ", cudaGetErrorString(err));
   return out;
 }

@@ -39,6 +39,8 @@
 #include <algorithm>
 #include <type_traits>
 
+#include <cooperative_groups.h>
+
 #include "cuda/wxa16.h"
 #include "cuda/wxa16_common.cuh"
 
@@ -103,6 +105,9 @@ __global__ void wxa16_tile_x_kernel(const uint32_t* __restrict__ x,  // [M, ldx 
 
 template <int N>
 struct WgmmaN {};
+
+// Most blocks of one cluster that split an output tile's K (the portable cluster size).
+constexpr int kMaxClusterParts = 8;
 
 #ifdef QK_HAVE_WGMMA
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
@@ -199,7 +204,7 @@ constexpr int wgmma_stage_bytes(int bits, int bn, int nwg, int sc) {
   return bn * sc * 2 + sc / chunk_cols_c(bits) * nwg * 128 * (16 + 4 + 4);
 }
 
-template <int BITS, typename T, int BN, int NWG, int S, int SC, bool STREAM_K, bool PLAIN>
+template <int BITS, typename T, int BN, int NWG, int S, int SC, bool SPLIT, bool PLAIN>
 __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
     const T* __restrict__ xt,              // activation tiles (wxa16_tile_x_kernel)
     const uint4* __restrict__ qw,          // [N/16, K/KC, 32] (16 bytes per lane)
@@ -210,7 +215,6 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
     int gshift,                            // group_shift(gsize, K)
     const T* __restrict__ bias,            // [N] or null
     T* __restrict__ out,                   // [M, N]
-    float* __restrict__ ws,                // zeros (split only): [grid][BN * 64 NWG] fp32 slots, then an int counter a tile
     int M, int N, int K,
     int pdl_pf) {                          // prefetched chunk slices (pdl_prefetch_chunks)
 #ifdef QK_HAVE_WGMMA
@@ -226,7 +230,6 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
   constexpr int XBYTES = BN * SC * 2;
   constexpr int XUNITS = BN * SC / 8;  // 16-byte units of an activation tile
   constexpr int NA = BN / 2;  // accumulators per thread
-  constexpr int64_t kSlotFloats = static_cast<int64_t>(NA) * THREADS;  // a partial tile (stream-K)
   constexpr bool BF16 = std::is_same<T, __nv_bfloat16>::value;
 
   extern __shared__ __align__(128) uint8_t smem[];
@@ -246,20 +249,19 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
     return as_u32(T2{z, z});
   }();
 
-  if constexpr (!STREAM_K)  // the warp's 16 channels of the tile the grid gives this block
+  if constexpr (!SPLIT)  // the warp's 16 channels of the tile the grid gives this block
     prefetch_weights<1>(qw, static_cast<int>(blockIdx.x) / m_blocks * (4 * NWG) + warp, n_tiles, NC, lane, 0, NC,
                         pdl_pf);
   pdl_wait_then_release();  // nothing above read memory
 
-  // Stages s_begin .. s_end - 1 of output tile `tile` (= n-block * m_blocks + m-block), one of `parts`
-  // blocks that share the tile.
-  auto run_tile = [&](int tile, int s_begin, int s_end, int parts, int first_owner) {
+  // Stages s_begin .. s_end - 1 of output tile `tile` (= n-block * m_blocks + m-block); SPLIT: this
+  // block is rank `rank` of the `parts` blocks of its cluster, which share the tile.
+  auto run_tile = [&](int tile, int s_begin, int s_end, int parts, int rank) {
     const int mb = tile % m_blocks;
     const int nt = (tile / m_blocks) * (4 * NWG) + warp;  // this warp's 16 channels
     const int ntc = min(nt, n_tiles - 1);                 // past N: stream the last real tile, store nothing
     const int m0 = mb * BN;
     const int soff = ntc * 8 + (lane >> 2);
-    if constexpr (STREAM_K) __syncthreads();  // every warp is done with the previous tile's slots
 
     // Copy stage s into slot `slot`, one cp.async group per call (maybe empty): the activation tile
     // (contiguous in xt, 16-byte unit i to byte 16 i), this lane's 16-byte weight slice of each chunk,
@@ -367,57 +369,59 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
         if (m < M) f(acc[i], m, 16 * nt + g + 8 * ((i >> 1) & 1));
       }
     };
-    if (parts > 1) {
-      // A tile cut between blocks (stream-K): its owners are blocks first_owner .. the one holding
-      // its last stage (s_end == NS), which sums the parts. Each other owner leaves its partial
-      // tile in its block's slot of the workspace (plain stores, in this thread layout) and arrives
-      // on the tile's counter; the summing block waits for all of them, adds the slots to its own part
-      // in block order (the same sum whatever the timing: deterministic), and zeroes
-      // the slots and the counter behind it. The owners process their shares' tiles last first
-      // (below), so the slot writes come at the start of their runs and the wait is short; a block
-      // waits only for lower-numbered blocks, which the GPU starts first.
-      float4* slot0 = reinterpret_cast<float4*>(ws) + tid;  // slot b, unit q: slot0[(b NA / 4 + q) THREADS]
-      int* counter = reinterpret_cast<int*>(ws + static_cast<int64_t>(gridDim.x) * kSlotFloats) + tile;
-      if (s_end < NS) {
-        float4* mine = slot0 + static_cast<int64_t>(blockIdx.x) * (NA / 4) * THREADS;
+    if constexpr (SPLIT) {
+      if (parts > 1) {
+        // The cluster's parts of the tile are summed through distributed shared memory: each block
+        // puts its fp32 part in its own shared memory (this thread layout: unit q of thread u at
+        // red[q THREADS + u]; in rounds where the stage slots hold less than the whole part), and
+        // after the cluster barrier rank r adds up, over ranks 0 .. parts - 1 in that order
+        // (deterministic), its 1/parts of the units and stores them. No workspace, no atomics; the
+        // barrier after keeps every block's shared memory alive until all have read it.
+        namespace cg = cooperative_groups;
+        const cg::cluster_group cluster = cg::this_cluster();
+        constexpr int Q = NA / 4;  // float4 units of a thread's part
+        constexpr int QR = std::min(Q, S * wgmma_stage_bytes(BITS, BN, NWG, SC) / (16 * THREADS));  // units a round
+        static_assert(QR >= 1, "a round holds one unit of every thread");
+        float4* red = reinterpret_cast<float4*>(smem);
+        __syncthreads();  // every warpgroup's wgmma is done with the stage slots, which red overlays
 #pragma unroll
-        for (int q = 0; q < NA / 4; ++q)
-          __stcg(mine + q * THREADS, make_float4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]));
-        __threadfence();
-        __syncthreads();
-        if (tid == 0) atomicAdd(counter, 1);
+        for (int q0 = 0; q0 < Q; q0 += QR) {
+          if (q0 > 0) cluster.sync();  // every block has read the previous round
+#pragma unroll
+          for (int q = q0; q < q0 + QR && q < Q; ++q)
+            red[(q - q0) * THREADS + tid] = make_float4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]);
+          cluster.sync();
+          const int units = ((q0 + QR < Q ? q0 + QR : Q) - q0) * THREADS;
+          const int e_end = (rank + 1) * units / parts;
+          for (int e = rank * units / parts + tid; e < e_end; e += THREADS) {
+            float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+            for (int j = 0; j < kMaxClusterParts; ++j) {
+              if (j < parts) {
+                const float4 w = *cluster.map_shared_rank(red + e, j);
+                v.x += w.x;
+                v.y += w.y;
+                v.z += w.z;
+                v.w += w.w;
+              }
+            }
+            // unit e = (q - q0) THREADS + u: acc[4 q .. 4 q + 3] of thread u (warp u / 32, lane u % 32)
+            const int q = q0 + e / THREADS, u = e % THREADS, lu = u & 31;
+            const int ntu = (tile / m_blocks) * (4 * NWG) + u / 32;
+            if (ntu < n_tiles) {
+              const float vals[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+              for (int i = 0; i < 4; ++i) {
+                const int m = m0 + 8 * q + 2 * (lu & 3) + (i & 1), n = 16 * ntu + (lu >> 2) + 8 * (i >> 1);
+                const float b = bias != nullptr ? ActTraits<T>::to_float(bias[n]) : 0.0f;
+                if (m < M) out[static_cast<int64_t>(m) * N + n] = ActTraits<T>::from_float(vals[i] + b);
+              }
+            }
+          }
+        }
+        cluster.sync();
         return;
       }
-      if (tid == 0) {
-        while (*reinterpret_cast<volatile int*>(counter) < parts - 1) __nanosleep(64);
-        *counter = 0;
-      }
-      __syncthreads();
-      __threadfence();
-      // U slots at a time: their loads all in flight before the adds (a tile cut into 8 parts had
-      // the summing block wait out 7 round trips to the L2 in a row).
-      auto add_slots = [&](int b, auto u_count) {
-        constexpr int U = decltype(u_count)::value;
-        float4 v[U][NA / 4];
-#pragma unroll
-        for (int u = 0; u < U; ++u)
-#pragma unroll
-          for (int q = 0; q < NA / 4; ++q) v[u][q] = __ldcg(slot0 + (static_cast<int64_t>(b + u) * (NA / 4) + q) * THREADS);
-#pragma unroll
-        for (int u = 0; u < U; ++u)
-#pragma unroll
-          for (int q = 0; q < NA / 4; ++q) {
-            __stcg(slot0 + (static_cast<int64_t>(b + u) * (NA / 4) + q) * THREADS, make_float4(0.0f, 0.0f, 0.0f, 0.0f));
-            acc[4 * q] += v[u][q].x;
-            acc[4 * q + 1] += v[u][q].y;
-            acc[4 * q + 2] += v[u][q].z;
-            acc[4 * q + 3] += v[u][q].w;
-          }
-      };
-      constexpr int kU = NA <= 16 ? 4 : NA <= 32 ? 2 : 1;  // 16 float4 registers at most
-      int b = first_owner;
-      for (; b + kU <= static_cast<int>(blockIdx.x); b += kU) add_slots(b, std::integral_constant<int, kU>{});
-      for (; b < static_cast<int>(blockIdx.x); ++b) add_slots(b, std::integral_constant<int, 1>{});
     }
     for_each([&](float& v, int m, int n) {
       const float b = bias != nullptr ? ActTraits<T>::to_float(bias[n]) : 0.0f;
@@ -425,26 +429,15 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
     });
   };
 
-  if constexpr (!STREAM_K) {
+  if constexpr (!SPLIT) {
     run_tile(blockIdx.x, 0, NS, 1, 0);  // the grid is the tiles
   } else {
-    // Stream-K: the (output tile, stage) items in tile-major order, an equal contiguous share per block
-    // (every SM busy whatever the tile count); a share may cross tiles, and a tile cut between blocks
-    // sums its parts through the workspace. owner(i) = the block whose share holds item i. The
-    // share's tiles run last first: the last one, cut short, is the one whose partial goes to the
-    // slot (the summing block waits for it), the first one the one this block may sum.
-    const int64_t n_items = static_cast<int64_t>((n_tiles + 4 * NWG - 1) / (4 * NWG)) * m_blocks * NS;
-    const int64_t G = gridDim.x;
-    auto owner = [&](int64_t i) { return static_cast<int>(((i + 1) * G - 1) / n_items); };
-    const int64_t my_begin = blockIdx.x * n_items / G;
-    for (int64_t end = (blockIdx.x + 1) * n_items / G; end > my_begin;) {
-      const int tile = static_cast<int>((end - 1) / NS);
-      const int64_t t0 = static_cast<int64_t>(tile) * NS;
-      const int64_t begin = my_begin > t0 ? my_begin : t0;
-      const int first = owner(t0);
-      run_tile(tile, static_cast<int>(begin - t0), static_cast<int>(end - t0), owner(t0 + NS - 1) - first + 1, first);
-      end = begin;
-    }
+    // Split of K: a cluster of `parts` blocks per output tile, rank r taking stages r NS / parts ..
+    unsigned rank, parts;
+    asm("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
+    asm("mov.u32 %0, %%cluster_nctarank;" : "=r"(parts));
+    const int r = static_cast<int>(rank), p = static_cast<int>(parts);
+    run_tile(static_cast<int>(blockIdx.x) / p, r * NS / p, (r + 1) * NS / p, p, r);
   }
 #endif
 }
@@ -501,16 +494,15 @@ int group_shift(int gsize, int K) {
 template <int BITS, typename T, int BN, int NWG, int S0, int SC>
 cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qweight, const uint32_t* scales,
                          const uint32_t* zeros, const int32_t* kgroup, int group_size, const void* bias, void* out,
-                         int M, int N, int K, int num_sms, const SplitK& split, cudaStream_t stream) {
+                         int M, int N, int K, int num_sms, int ksplit, cudaStream_t stream) {
   constexpr int kStageBytes = wgmma_stage_bytes(BITS, BN, NWG, SC);
   constexpr int S = S0 * kStageBytes <= kSmemBudget ? S0 : kSmemBudget / kStageBytes;
   static_assert(S >= 3, "the pipeline needs 3 stages (dispatch_config runs only configs that fit)");
   constexpr int kSmem = S * kStageBytes;
   constexpr int kThreads = NWG * 128;
-  constexpr int kMinStages = 256 / SC, kMaxKs = 16;
-  constexpr int64_t kSlotFloats = static_cast<int64_t>(BN) * 64 * NWG;  // a partial tile in the workspace
+  constexpr int kMinStages = 256 / SC;
   constexpr double kOverhead = 3.0 * 64 / SC;  // pipeline fill and epilogue, in stages (a guess)
-  constexpr double kSplitGain = 0.85;  // a split must model 15% faster: its fix-up, its second pipeline fill
+  constexpr double kSplitGain = 0.85;  // a split must model 15% faster than one block a tile
   // Layers without a group table or zeros (symmetric, no act_order) run the kernel's PLAIN twin,
   // whose copy and dequantization leave out the code for them (per 128-column stage of config 3, 286
   // instructions in the loop against 318): 32- and 64-row tiles only. On an H100 (23:21 run, int4
@@ -520,65 +512,74 @@ cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qw
   constexpr bool kPlainTwin = BN < 128;
   const bool plain = kPlainTwin && kgroup == nullptr && zeros == nullptr;
   auto kernel = wxa16_gemm_wgmma_kernel<BITS, T, BN, NWG, S, SC, false, false>;
-  auto kernel_sk = wxa16_gemm_wgmma_kernel<BITS, T, BN, NWG, S, SC, true, false>;
+  auto kernel_split = wxa16_gemm_wgmma_kernel<BITS, T, BN, NWG, S, SC, true, false>;
   if constexpr (kPlainTwin) {
     if (plain) {
       kernel = wxa16_gemm_wgmma_kernel<BITS, T, BN, NWG, S, SC, false, true>;
-      kernel_sk = wxa16_gemm_wgmma_kernel<BITS, T, BN, NWG, S, SC, true, true>;
+      kernel_split = wxa16_gemm_wgmma_kernel<BITS, T, BN, NWG, S, SC, true, true>;
     }
   }
   // Not a stream operation (legal while capturing a graph); per device, so set it every launch.
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-  if (err == cudaSuccess) err = cudaFuncSetAttribute(kernel_sk, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  if (err == cudaSuccess) err = cudaFuncSetAttribute(kernel_split, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (err != cudaSuccess) return err;
-  static int blocks_per_sm_of[2] = {0, 0};  // occupancy calculator, once per twin
+  // Occupancy, once per twin: resident blocks per SM, and how many clusters of p blocks of the split
+  // kernel the GPU holds at once (clusters sit within one GPC, so not simply SMs / p).
+  static int blocks_per_sm_of[2] = {0, 0};
+  static int clusters_of[2][kMaxClusterParts + 1] = {};
   int& blocks_per_sm = blocks_per_sm_of[plain];
+  int (&clusters)[kMaxClusterParts + 1] = clusters_of[plain];
   if (blocks_per_sm == 0) {
     int b = 0;
-    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, kernel_sk, kThreads, kSmem);
+    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, kernel, kThreads, kSmem);
     if (err != cudaSuccess) return err;
+    for (int p = 2; p <= kMaxClusterParts; ++p) {
+      cudaLaunchAttribute attr;
+      attr.id = cudaLaunchAttributeClusterDimension;
+      attr.val.clusterDim.x = p;
+      attr.val.clusterDim.y = 1;
+      attr.val.clusterDim.z = 1;
+      cudaLaunchConfig_t cfg = {};
+      cfg.gridDim = dim3(p);
+      cfg.blockDim = dim3(kThreads);
+      cfg.dynamicSmemBytes = kSmem;
+      cfg.attrs = &attr;
+      cfg.numAttrs = 1;
+      int c = 0;
+      if (cudaOccupancyMaxActiveClusters(&c, kernel_split, &cfg) != cudaSuccess) {
+        (void)cudaGetLastError();
+        c = 0;  // no clusters of p: never split that way
+      }
+      clusters[p] = c;
+    }
     blocks_per_sm = b > 0 ? b : 1;
   }
   const int n_blocks = (N / 16 + 4 * NWG - 1) / (4 * NWG), m_blocks = (M + BN - 1) / BN;
   const int stages = K / SC;
-  const int64_t tiles = static_cast<int64_t>(n_blocks) * m_blocks, items = tiles * stages;
-  // Stream-K blocks: one wave at most, and no more than the workspace has partial-tile slots for.
-  int64_t sk_blocks = static_cast<int64_t>(blocks_per_sm) * num_sms;
-  if (split.ws != nullptr) sk_blocks = std::min(sk_blocks, (split.ws_numel - tiles) / kSlotFloats);
-  const bool have_ws = split.ws != nullptr && sk_blocks >= 2;
-  if (split.ksplit > 1 && !have_ws) return cudaErrorInvalidValue;
-  // Split of K over blocks: the one with the least modelled time, waves x (stages per block +
-  // kOverhead), at least kMinStages stages per block, and kSplitGain better than fewer blocks.
-  int ks = 1;
-  if (split.ksplit > 0) {
-    ks = split.ksplit < stages ? split.ksplit : stages;
-  } else if (have_ws && (BN < 128 || 2 * tiles <= sk_blocks)) {
-    // (128-row tiles split only when half the SMs would idle: ptxas serializes the wgmma of their
-    // stream-K kernel for want of registers (C7512). It measured slower than one block a tile with
-    // a quarter of the SMs idle: 8192x8192 m=384, 96 tiles, 164.7 against 124.0 us for m=512 in
-    // 128 tiles (21:34 run); faster with half idle: 28672x8192 m=256, 64 tiles, 276.9 (21:21 run)
-    // against 406.7 us unsplit (21:38 run).)
-    double best = -1.0;
-    for (int k = 1; k <= kMaxKs && k * kMinStages <= stages; ++k) {
-      const int64_t blocks = tiles * k;
-      const double waves = static_cast<double>((blocks + sk_blocks - 1) / sk_blocks);
-      const double time = waves * (static_cast<double>(stages) / k + kOverhead);
-      if (best < 0 || time < best * kSplitGain) {
+  const int64_t tiles = static_cast<int64_t>(n_blocks) * m_blocks;
+  // Split of K: a cluster of `parts` blocks per output tile. Automatic: the parts with the least
+  // modelled time, waves x (stages per block + kOverhead), at least kMinStages stages a block, when
+  // that is kSplitGain better than one block a tile. Forced (ksplit, tuning): as asked, capped by
+  // the stages and the cluster size, and one block a tile where no cluster of that size fits.
+  int parts = 1;
+  if (ksplit > 1) {
+    parts = std::min({ksplit, kMaxClusterParts, stages});
+    while (parts > 1 && clusters[parts] == 0) --parts;
+  } else if (ksplit < 0) {
+    const int64_t slots = static_cast<int64_t>(blocks_per_sm) * num_sms;
+    const double one = static_cast<double>((tiles + slots - 1) / slots) * (stages + kOverhead);
+    double best = one;
+    for (int p = 2; p <= kMaxClusterParts && p * kMinStages <= stages; ++p) {
+      if (clusters[p] == 0) continue;
+      const double time =
+          static_cast<double>((tiles + clusters[p] - 1) / clusters[p]) * ((stages + p - 1) / p + kOverhead);
+      if (time < best) {
         best = time;
-        ks = k;
+        parts = p;
       }
     }
+    if (best >= kSplitGain * one) parts = 1;
   }
-  // When K is split, stream-K shares the stages out over one wave of the machine (forced: tiles x
-  // ks blocks, at most one wave), so the last wave is not partial (09:27 run, 28672x8192 m=64: 110
-  // against 121 us with 4 blocks a tile). Without a split, one block per tile: a split of 112 tiles
-  // over 132 SMs measured no faster, also with the slot fix-up (11th session: 8192x28672 m=64 82.6
-  // against 82.2 us; m=24 with 32-row tiles 64.6 against 58.0).
-  int64_t grid = tiles;
-  if (split.ksplit > 1)
-    grid = std::min(tiles * ks, sk_blocks);
-  else if (ks > 1)
-    grid = std::max(std::min(sk_blocks, items / kMinStages), std::min(tiles, sk_blocks));
   {
     const int64_t units = static_cast<int64_t>(m_blocks) * BN * (K / 8);
     const int blocks = static_cast<int>(units / 256 + 1 < 8L * num_sms ? units / 256 + 1 : 8L * num_sms);
@@ -586,16 +587,18 @@ cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qw
                                           static_cast<const uint32_t*>(x), ldx / 2, static_cast<uint4*>(xp), M, K, BN);
     if (err != cudaSuccess) return err;
   }
-  return launch_kernel(grid != tiles ? kernel_sk : kernel, dim3(static_cast<unsigned>(grid)), dim3(kThreads), kSmem, stream,
-                       static_cast<const T*>(xp), reinterpret_cast<const uint4*>(qweight), scales, zeros, kgroup,
-                       group_size, group_shift(group_size, K), static_cast<const T*>(bias), static_cast<T*>(out),
-                       split.ws, M, N, K, pdl_prefetch_chunks(grid, num_sms));
+  const int64_t grid = tiles * parts;
+  return launch_kernel_cluster(parts > 1 ? kernel_split : kernel, dim3(static_cast<unsigned>(grid)), dim3(kThreads),
+                               kSmem, stream, parts, static_cast<const T*>(xp), reinterpret_cast<const uint4*>(qweight),
+                               scales, zeros, kgroup, group_size, group_shift(group_size, K),
+                               static_cast<const T*>(bias), static_cast<T*>(out), M, N, K,
+                               pdl_prefetch_chunks(grid, num_sms));
 }
 
 template <int BITS, typename T>
 cudaError_t dispatch_config(int config, const void* x, int64_t ldx, void* xp, const int32_t* qweight,
                             const uint32_t* scales, const uint32_t* zeros, const int32_t* kgroup, int group_size,
-                            const void* bias, void* out, int M, int N, int K, int num_sms, const SplitK& split,
+                            const void* bias, void* out, int M, int N, int K, int num_sms, int ksplit,
                             cudaStream_t stream) {
   if (config < 0) config = auto_config(M, N, K);
   if (K % kConfigs[config].sc != 0 || !fits(BITS, kConfigs[config])) config = twin64(config);
@@ -603,7 +606,7 @@ cudaError_t dispatch_config(int config, const void* x, int64_t ldx, void* xp, co
   case I:                                                                                                    \
     if constexpr (fits(BITS, kConfigs[I]))  /* else remapped above: never instantiated */                    \
       return launch_wgmma<BITS, T, kConfigs[I].bn, kConfigs[I].nwg, kConfigs[I].s, kConfigs[I].sc>(           \
-          x, ldx, xp, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, split, stream); \
+          x, ldx, xp, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, ksplit, stream); \
     return cudaErrorInvalidValue;
   switch (config) {
     QK_CONFIG(0)
@@ -642,19 +645,19 @@ int wxa16_gemm_wgmma_num_configs() { return kNumConfigs; }
 
 cudaError_t wxa16_gemm_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qweight, const uint32_t* scales,
                              const uint32_t* zeros, const int32_t* kgroup, int group_size, const void* bias, void* out,
-                             int M, int N, int K, int bits, ActDtype dtype, int num_sms, int config,
-                             const SplitK& split, cudaStream_t stream) {
+                             int M, int N, int K, int bits, ActDtype dtype, int num_sms, int config, int ksplit,
+                             cudaStream_t stream) {
   if (M <= 0 || N % 16 != 0 || K % 64 != 0 || group_size % 16 != 0 || ldx % 2 != 0 ||
       config >= kNumConfigs)
     return cudaErrorInvalidValue;
   if (bits == 4 && dtype == ActDtype::kF16)
-    return dispatch_config<4, __half>(config, x, ldx, xp, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, split, stream);
+    return dispatch_config<4, __half>(config, x, ldx, xp, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, ksplit, stream);
   if (bits == 4 && dtype == ActDtype::kBF16)
-    return dispatch_config<4, __nv_bfloat16>(config, x, ldx, xp, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, split, stream);
+    return dispatch_config<4, __nv_bfloat16>(config, x, ldx, xp, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, ksplit, stream);
   if (bits == 8 && dtype == ActDtype::kF16)
-    return dispatch_config<8, __half>(config, x, ldx, xp, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, split, stream);
+    return dispatch_config<8, __half>(config, x, ldx, xp, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, ksplit, stream);
   if (bits == 8 && dtype == ActDtype::kBF16)
-    return dispatch_config<8, __nv_bfloat16>(config, x, ldx, xp, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, split, stream);
+    return dispatch_config<8, __nv_bfloat16>(config, x, ldx, xp, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, ksplit, stream);
   return cudaErrorInvalidValue;
 }
 

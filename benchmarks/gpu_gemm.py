@@ -292,12 +292,14 @@ def wgmma_m(shapes, m_list, out_dir, with_triton, configs, dtypes=(torch.float16
             dense = [dense] + [dense.clone() for _ in range(copies_for(n * k * 2) - 1)]
             for m in m_list:
                 x = torch.randn(m, k, device="cuda", dtype=dt)
+                ws = torch.zeros(qk_cuda.wgmma_workspace_floats(m, n, qk_cuda.num_sms(0)), dtype=torch.float32,
+                                 device="cuda")
                 res = {"cublas": time_us([lambda w=w: torch.nn.functional.linear(x, w) for w in dense])[0]}
                 res["old"] = time_us([lambda s=s: qk_cuda.BACKEND.linear(layer, s, x) for s in old_states])[0]
-                for c in configs:  # "C" or "C:KS" (config C with KS blocks along K forced)
+                for c in configs:  # "C" or "C:KS" (config C, split forced: KS blocks of a cluster a tile, 0 stream-K)
                     cfg_id, _, ks = str(c).partition(":")
                     res[f"c{c}"] = time_us([lambda s=s: torch.ops.quantkernels.cuda_wxa16_gemm_wgmma(
-                        x, s.qweight, s.scales[dt], None, None, 128, None, 4, int(cfg_id), int(ks or -1))
+                        x, s.qweight, s.scales[dt], None, None, 128, None, 4, ws, int(cfg_id), int(ks or -1))
                         for s in states])[0]
                 res["auto"] = time_us([lambda s=s: qk_cuda.BACKEND.linear(layer, s, x) for s in states])[0]
                 if tri is not None:

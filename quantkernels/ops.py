@@ -171,18 +171,20 @@ def _cuda_wxa16_dequantize_fake(qweight, scales, zeros, kgroup, group_size, bits
 
 
 # The Hopper wgmma GEMM (csrc/cuda/wxa16_gemm_sm90.cu): cuda_wxa16_gemm's arguments and result, with
-# ``config`` (-1: by m) in place of ``tile``, no workspace (``ksplit``: blocks of a cluster per output
-# tile, at most 8); K % 64 == 0. Only where cuda_wxa16_wgmma_available(qweight)
+# ``config`` (-1: by m) in place of ``tile``; ``workspace`` (zeros, wgmma_workspace_floats in
+# quantkernels/backends/cuda.py) lets it split K stream-K; ``ksplit``: -1 by shape, 0 stream-K, 1-8
+# blocks of a cluster per output tile. K % 64 == 0. Only where cuda_wxa16_wgmma_available(qweight)
 # (a Hopper GPU and an sm_90a build); quantkernels/backends/cuda.py picks it by m.
 _define(
     "cuda_wxa16_gemm_wgmma(Tensor x, Tensor qweight, Tensor scales, Tensor? zeros, Tensor? kgroup, int group_size,"
-    " Tensor? bias, int bits, int config=-1, int ksplit=-1) -> Tensor"
+    " Tensor? bias, int bits, Tensor? workspace=None, int config=-1, int ksplit=-1) -> Tensor"
 )
 _define("cuda_wxa16_wgmma_available(Tensor qweight) -> bool")
 
 
 @torch.library.register_fake("quantkernels::cuda_wxa16_gemm_wgmma")
-def _cuda_wxa16_gemm_wgmma_fake(x, qweight, scales, zeros, kgroup, group_size, bias, bits, config=-1, ksplit=-1):
+def _cuda_wxa16_gemm_wgmma_fake(x, qweight, scales, zeros, kgroup, group_size, bias, bits, workspace=None, config=-1,
+                                ksplit=-1):
     return x.new_empty((x.shape[0], qweight.shape[0] * 16))
 
 

@@ -17,5 +17,5 @@ st = layer._prepared["cuda"]
 x = torch.randn(m, k, device="cuda", dtype=torch.float16)
 for c in configs:
     for _ in range(2):
-        torch.ops.quantkernels.cuda_wxa16_gemm_wgmma(x, st.qweight, st.scales[x.dtype], None, None, 128, None, 4, c)
+        torch.ops.quantkernels.cuda_wxa16_gemm_wgmma(x, st.qweight, st.scales[x.dtype], None, None, 128, None, 4, None, c)
 torch.cuda.synchronize()

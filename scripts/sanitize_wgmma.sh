@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # compute-sanitizer memcheck and racecheck over the Hopper wgmma GEMM (csrc/cuda/wxa16_gemm_sm90.cu):
 # every config, 4 and 8 bits, fp16 and bf16, symmetric and asymmetric, act_order, m = 1, 17, 100,
-# with one block a tile and with a split of K over the blocks of a cluster. Needs a Hopper GPU and an
-# extension built for sm_90a. Run from the repository root: `bash scripts/sanitize_wgmma.sh`. Exits non-zero on an error.
+# with one block a tile and with a split of K over the blocks of a cluster and stream-K. Needs a
+# Hopper GPU and an extension built for sm_90a. Run from the repository root: `bash scripts/sanitize_wgmma.sh`. Exits non-zero on an error.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD
@@ -13,6 +13,7 @@ trap 'rm -f "$script"' EXIT
 cat > "$script" <<'PY'
 import torch
 from quantkernels import QuantConfig
+from quantkernels.backends import cuda as qc
 from quantkernels.nn import QuantLinear
 
 torch.manual_seed(0)
@@ -33,13 +34,15 @@ for bits, gs, sym, act_order in [(4, 128, True, False), (4, 32, False, False), (
         for m in (1, 17, 100):
             x = torch.randn(m, k, device="cuda", dtype=dt)
             xs = x if st.perm is None else x.index_select(1, st.perm)
+            ws = torch.zeros(qc.wgmma_workspace_floats(m, n, qc.num_sms(0)), device="cuda")
             for config in range(NUM_CONFIGS):
-                for ks in (1, 4):  # 6 (or 3) stages over a cluster of 4 blocks: uneven shares
+                # one block a tile; 6 (or 3) stages over a cluster of 4 blocks (uneven shares); stream-K
+                for w, ks in ((None, 1), (None, 4), (ws, 0)):
                     out = torch.ops.quantkernels.cuda_wxa16_gemm_wgmma(
                         xs, st.qweight, st.scales[dt], st.zeros[dt], st.kgroup, st.group_size, st.bias[dt], bits,
-                        config, ks)
+                        w, config, ks)
             torch.cuda.synchronize()
-            assert torch.isfinite(out).all()
+            assert torch.isfinite(out).all() and not ws.any()
 print("sanitize workload done")
 PY
 status=0

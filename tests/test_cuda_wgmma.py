@@ -70,7 +70,7 @@ def _rel(out, ref):
     return ((out.float() - ref).norm() / ref.norm()).item()
 
 
-def _wgmma(layer, x, dtype, config=-1, ksplit=-1):
+def _wgmma(layer, x, dtype, workspace=None, config=-1, ksplit=-1):
     """The op on x (act_order: columns sorted as the backend does), output block poisoned with NaN."""
     st = layer._prepared["cuda"]
     xs = x if st.perm is None else x.index_select(1, st.perm)
@@ -78,7 +78,7 @@ def _wgmma(layer, x, dtype, config=-1, ksplit=-1):
     del poison
     return torch.ops.quantkernels.cuda_wxa16_gemm_wgmma(
         xs, st.qweight, st.scales[dtype], st.zeros[dtype], st.kgroup, st.group_size, st.bias[dtype],
-        layer.config.bits, config, ksplit,
+        layer.config.bits, workspace, config, ksplit,
     )
 
 
@@ -106,25 +106,31 @@ def test_tiny_shapes(bits, dtype):
      (-1, True, False), (-1, False, False), (64, False, True)],
 )
 def test_every_format_config_and_split(group_size, sym, act_order, bits, dtype):
-    """Every config at odd and round m, with the automatic split of K, one block a tile, and forced
-    splits over 3 and 8 blocks of a cluster (18 or 9 stages: uneven shares; with 8 parts and 9 stages
-    ranks of one and two stages), each split run twice and bit-equal (the parts are summed in rank
-    order). 1152 x 336: 21 n-tiles (partial blocks of 4 or 8); act_order through the group table; group
-    size 48 through the kernel's division (the others take a shift)."""
+    """Every config at odd and round m: the automatic split of K without a workspace (a cluster or
+    none) and with one (stream-K as well), one block a tile, forced splits over 3 and 8 blocks of a
+    cluster (18 or 9 stages: uneven shares; with 8 parts and 9 stages ranks of one and two stages),
+    and forced stream-K with a full workspace and with one too small for a wave (fewer blocks). Each
+    split runs twice, bit-equal (the parts are summed in a fixed order), and the workspace comes back
+    all zeros. 1152 x 336: 21 n-tiles (partial blocks of 4 or 8); act_order through the group table;
+    group size 48 through the kernel's division (the others take a shift)."""
     k, n = 1152, 336
     layer, portable = _layer(k, n, bits, group_size, sym, dtype, act_order=act_order)
     assert (layer._prepared["cuda"].kgroup is not None) == act_order
+    ws = torch.zeros(cuda_backend.wgmma_workspace_floats(255, n, cuda_backend.num_sms(0)), dtype=torch.float32,
+                     device="cuda")
+    small = torch.zeros(cuda_backend.workspace_floats(255, n), dtype=torch.float32, device="cuda")
     for m in (17, 33, 64, 100, 255):
         x = torch.randn(m, k, device="cuda", dtype=dtype)
         ref = _ref(portable, x, bits)
         for config in (-1, *range(NUM_CONFIGS)):
-            for ksplit in (-1, 1, 3, 8):
-                out = _wgmma(layer, x, dtype, config, ksplit)
+            for w, ksplit in ((None, -1), (ws, -1), (None, 1), (None, 3), (None, 8), (ws, 0), (small, 0)):
+                out = _wgmma(layer, x, dtype, w, config, ksplit)
                 err = _rel(out, ref)
-                assert err < BOUND[dtype], f"m={m} config={config} ksplit={ksplit}: {err:.2e}"
-                if ksplit > 1:  # the parts of a split tile are summed in a fixed order
-                    again = _wgmma(layer, x, dtype, config, ksplit)
+                assert err < BOUND[dtype], f"m={m} config={config} ws={w is not None} ksplit={ksplit}: {err:.2e}"
+                if ksplit != 1:  # the parts of a split tile are summed in a fixed order
+                    again = _wgmma(layer, x, dtype, w, config, ksplit)
                     assert torch.equal(out, again), f"m={m} config={config} ksplit={ksplit}: not deterministic"
+        assert not ws.any() and not small.any(), "the workspace must be all zeros after a launch"
 
 
 @needs_wgmma

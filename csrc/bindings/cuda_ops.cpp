@@ -175,7 +175,7 @@ bool wxa16_wgmma_available(const at::Tensor& qweight) {
 at::Tensor wxa16_gemm_wgmma(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                             const std::optional<at::Tensor>& zeros, const std::optional<at::Tensor>& kgroup,
                             int64_t group_size, const std::optional<at::Tensor>& bias, int64_t bits,
-                            int64_t config, int64_t ksplit) {
+                            const std::optional<at::Tensor>& workspace, int64_t config, int64_t ksplit) {
   const Layout L = check_layout(qweight, scales, zeros, kgroup, group_size, bits);
   QK_CHECK(L.k % 64 == 0, "the wgmma GEMM needs K % 64 == 0, got K=", L.k);
   QK_CHECK(config >= -1 && config < qk::cuda::wxa16_gemm_wgmma_num_configs(), "config must be -1 (auto) or in [0, ",
@@ -193,9 +193,23 @@ at::Tensor wxa16_gemm_wgmma(const at::Tensor& x, const at::Tensor& qweight, cons
              "bias must be a contiguous [N=", L.n, "] ", x.scalar_type(), " tensor, got ", shape(*bias), " ",
              bias->scalar_type());
   }
-  QK_CHECK(ksplit == -1 || (ksplit >= 1 && ksplit <= 8), "ksplit must be -1 (auto) or in [1, 8], got ", ksplit);
+  QK_CHECK(ksplit >= -1 && ksplit <= 8,
+           "ksplit must be -1 (auto), 0 (stream-K) or 1-8 (blocks of a cluster per output tile), got ", ksplit);
+  qk::cuda::SplitK split;
+  split.ksplit = static_cast<int>(ksplit);
+  if (workspace) {
+    check_cuda(*workspace, "workspace", qweight.device());
+    QK_CHECK(workspace->scalar_type() == at::kFloat && workspace->is_contiguous(),
+             "workspace must be a contiguous float32 tensor of zeros, got ", workspace->scalar_type());
+    split.ws = workspace->data_ptr<float>();
+    split.ws_numel = workspace->numel();
+  }
   const int64_t m = x.size(0);
   QK_CHECK(m <= INT32_MAX / 2, "x has too many rows: ", m);
+  QK_CHECK(ksplit != 0 || workspace, "ksplit=0 (stream-K) needs a zeroed float32 workspace (a wave of partial tiles: ",
+           qk::cuda::wxa16_gemm_wgmma_workspace_floats(static_cast<int>(m), static_cast<int>(L.n),
+                                                       num_sms(qweight.device().index())),
+           " elements for this call)");
   const c10::cuda::CUDAGuard guard(qweight.device());
   at::Tensor out = at::empty({m, L.n}, x.options());
   if (m == 0) return out;
@@ -209,8 +223,7 @@ at::Tensor wxa16_gemm_wgmma(const at::Tensor& x, const at::Tensor& qweight, cons
       static_cast<const uint32_t*>(scales.data_ptr()), zeros ? static_cast<const uint32_t*>(zeros->data_ptr()) : nullptr,
       kgroup ? kgroup->data_ptr<int32_t>() : nullptr, static_cast<int>(group_size), bias ? bias->data_ptr() : nullptr,
       out.data_ptr(), static_cast<int>(m), static_cast<int>(L.n), static_cast<int>(L.k), static_cast<int>(bits), dt,
-      num_sms(qweight.device().index()), static_cast<int>(config), static_cast<int>(ksplit),
-      c10::cuda::getCurrentCUDAStream().stream());
+      num_sms(qweight.device().index()), static_cast<int>(config), split, c10::cuda::getCurrentCUDAStream().stream());
   QK_CHECK(err == cudaSuccess, "quantkernels::cuda_wxa16_gemm_wgmma failed: ", cudaGetErrorString(err));
   return out;
 }

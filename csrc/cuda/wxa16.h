@@ -96,10 +96,21 @@ inline int64_t wxa16_gemm_wgmma_scratch_rows(int64_t M) { return (M + 255) / 256
 // Number of wgmma tile configs (valid `config` values are -1 and 0 .. wxa16_gemm_wgmma_num_configs() - 1).
 int wxa16_gemm_wgmma_num_configs();
 
+// Workspace of the wgmma GEMM's stream-K split: a partial tile (BN x 256 fp32) for each block of one
+// wave, then an int counter per output tile; all zero before a launch and after it. This size holds a
+// wave of num_sms blocks of the largest tile the automatic config gives M rows; with less, stream-K
+// runs fewer blocks (or none).
+inline int64_t wxa16_gemm_wgmma_workspace_floats(int M, int N, int num_sms) {
+  const int64_t bn = M <= 32 ? 32 : M <= 64 ? 64 : 128;
+  return num_sms * bn * 256 + static_cast<int64_t>(N / 16) * ((M + 7) / 8);
+}
+
 // out[M, N] = x[M, K] @ W^T + bias, like wxa16_gemm (same weight layout and arguments), with K % 64
 // == 0. `xp` is scratch of wxa16_gemm_wgmma_scratch_rows(M) x K activation-dtype elements (16-byte
-// aligned) that receives x cut into the tiles the wgmma kernel reads. K is split over the blocks of a
-// thread-block cluster where the layer has too few output tiles for the SMs (no workspace needed).
+// aligned) that receives x cut into the tiles the wgmma kernel reads. Where the layer has too few
+// output tiles for the SMs, K is split over the blocks of a thread-block cluster (no workspace) or,
+// given split.ws (wxa16_gemm_wgmma_workspace_floats), stream-K over one wave, whichever models faster.
+// split.ksplit: -1 chosen so; 1-8 that many blocks of a cluster per tile; 0 stream-K (tuning).
 cudaError_t wxa16_gemm_wgmma(const void* x,          // [M, K] act dtype, row stride ldx elements (even)
                              int64_t ldx,
                              void* xp,               // [scratch rows, K] act dtype scratch
@@ -108,8 +119,7 @@ cudaError_t wxa16_gemm_wgmma(const void* x,          // [M, K] act dtype, row st
                              void* out,              // [M, N] act dtype
                              int M, int N, int K, int bits, ActDtype dtype, int num_sms,
                              int config,  // -1: chosen by m; else an index into the config list (tuning)
-                             int ksplit,  // -1: chosen by shape; else blocks per output tile, at most 8 (tuning)
-                             cudaStream_t stream);
+                             const SplitK& split, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace qk

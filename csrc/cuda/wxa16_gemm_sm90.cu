@@ -109,6 +109,10 @@ struct WgmmaN {};
 // Most blocks of one cluster that split an output tile's K (the portable cluster size).
 constexpr int kMaxClusterParts = 8;
 
+// How the kernel splits K: not (one block a tile), over the blocks of a cluster (parts summed in
+// distributed shared memory), or stream-K over one wave (parts summed through the workspace).
+enum SplitMode : int { kNoSplit = 0, kClusterSplit = 1, kStreamK = 2 };
+
 #ifdef QK_HAVE_WGMMA
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -204,7 +208,7 @@ constexpr int wgmma_stage_bytes(int bits, int bn, int nwg, int sc) {
   return bn * sc * 2 + sc / chunk_cols_c(bits) * nwg * 128 * (16 + 4 + 4);
 }
 
-template <int BITS, typename T, int BN, int NWG, int S, int SC, bool SPLIT, bool PLAIN>
+template <int BITS, typename T, int BN, int NWG, int S, int SC, int SPLIT, bool PLAIN>
 __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
     const T* __restrict__ xt,              // activation tiles (wxa16_tile_x_kernel)
     const uint4* __restrict__ qw,          // [N/16, K/KC, 32] (16 bytes per lane)
@@ -215,6 +219,7 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
     int gshift,                            // group_shift(gsize, K)
     const T* __restrict__ bias,            // [N] or null
     T* __restrict__ out,                   // [M, N]
+    float* __restrict__ ws,                // kStreamK: zeros, [grid][BN * 64 NWG] fp32 slots, then an int counter a tile
     int M, int N, int K,
     int pdl_pf) {                          // prefetched chunk slices (pdl_prefetch_chunks)
 #ifdef QK_HAVE_WGMMA
@@ -230,6 +235,7 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
   constexpr int XBYTES = BN * SC * 2;
   constexpr int XUNITS = BN * SC / 8;  // 16-byte units of an activation tile
   constexpr int NA = BN / 2;  // accumulators per thread
+  constexpr int64_t kSlotFloats = static_cast<int64_t>(NA) * THREADS;  // a partial tile (kStreamK)
   constexpr bool BF16 = std::is_same<T, __nv_bfloat16>::value;
 
   extern __shared__ __align__(128) uint8_t smem[];
@@ -249,19 +255,21 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
     return as_u32(T2{z, z});
   }();
 
-  if constexpr (!SPLIT)  // the warp's 16 channels of the tile the grid gives this block
+  if constexpr (SPLIT == kNoSplit)  // the warp's 16 channels of the tile the grid gives this block
     prefetch_weights<1>(qw, static_cast<int>(blockIdx.x) / m_blocks * (4 * NWG) + warp, n_tiles, NC, lane, 0, NC,
                         pdl_pf);
   pdl_wait_then_release();  // nothing above read memory
 
-  // Stages s_begin .. s_end - 1 of output tile `tile` (= n-block * m_blocks + m-block); SPLIT: this
-  // block is rank `rank` of the `parts` blocks of its cluster, which share the tile.
-  auto run_tile = [&](int tile, int s_begin, int s_end, int parts, int rank) {
+  // Stages s_begin .. s_end - 1 of output tile `tile` (= n-block * m_blocks + m-block), one of `parts`
+  // blocks that share the tile: kClusterSplit, rank `first` of the blocks of this cluster; kStreamK,
+  // blocks first .. the one holding the tile's last stage.
+  auto run_tile = [&](int tile, int s_begin, int s_end, int parts, int first) {
     const int mb = tile % m_blocks;
     const int nt = (tile / m_blocks) * (4 * NWG) + warp;  // this warp's 16 channels
     const int ntc = min(nt, n_tiles - 1);                 // past N: stream the last real tile, store nothing
     const int m0 = mb * BN;
     const int soff = ntc * 8 + (lane >> 2);
+    if constexpr (SPLIT == kStreamK) __syncthreads();  // every warp is done with the previous tile's slots
 
     // Copy stage s into slot `slot`, one cp.async group per call (maybe empty): the activation tile
     // (contiguous in xt, 16-byte unit i to byte 16 i), this lane's 16-byte weight slice of each chunk,
@@ -369,7 +377,7 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
         if (m < M) f(acc[i], m, 16 * nt + g + 8 * ((i >> 1) & 1));
       }
     };
-    if constexpr (SPLIT) {
+    if constexpr (SPLIT == kClusterSplit) {
       if (parts > 1) {
         // The cluster's parts of the tile are summed through distributed shared memory: each block
         // puts its fp32 part in its own shared memory (this thread layout: unit q of thread u at
@@ -379,6 +387,7 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
         // barrier after keeps every block's shared memory alive until all have read it.
         namespace cg = cooperative_groups;
         const cg::cluster_group cluster = cg::this_cluster();
+        const int rank = first;
         constexpr int Q = NA / 4;  // float4 units of a thread's part
         constexpr int QR = std::min(Q, S * wgmma_stage_bytes(BITS, BN, NWG, SC) / (16 * THREADS));  // units a round
         static_assert(QR >= 1, "a round holds one unit of every thread");
@@ -423,21 +432,93 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
         return;
       }
     }
+    if constexpr (SPLIT == kStreamK) {
+      if (parts > 1) {
+        // A tile cut between blocks (stream-K): its owners are blocks first .. the one holding its
+        // last stage (s_end == NS), which sums the parts. Each other owner leaves its partial tile in
+        // its block's slot of the workspace (plain stores, in this thread layout) and arrives on the
+        // tile's counter; the summing block waits for all of them, adds the slots to its own part in
+        // block order (the same sum whatever the timing: deterministic), and zeroes the slots and the
+        // counter behind it. The owners process their shares' tiles last first (below), so the slot
+        // writes come at the start of their runs and the wait is short; a block waits only for
+        // lower-numbered blocks, which the GPU starts first.
+        float4* slot0 = reinterpret_cast<float4*>(ws) + tid;  // slot b, unit q: slot0[(b NA / 4 + q) THREADS]
+        int* counter = reinterpret_cast<int*>(ws + static_cast<int64_t>(gridDim.x) * kSlotFloats) + tile;
+        if (s_end < NS) {
+          float4* mine = slot0 + static_cast<int64_t>(blockIdx.x) * (NA / 4) * THREADS;
+#pragma unroll
+          for (int q = 0; q < NA / 4; ++q)
+            __stcg(mine + q * THREADS, make_float4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]));
+          __threadfence();
+          __syncthreads();
+          if (tid == 0) atomicAdd(counter, 1);
+          return;
+        }
+        if (tid == 0) {
+          while (*reinterpret_cast<volatile int*>(counter) < parts - 1) __nanosleep(64);
+          *counter = 0;
+        }
+        __syncthreads();
+        __threadfence();
+        // U slots at a time: their loads all in flight before the adds (a tile cut into 8 parts had
+        // the summing block wait out 7 round trips to the L2 in a row).
+        auto add_slots = [&](int b, auto u_count) {
+          constexpr int U = decltype(u_count)::value;
+          float4 v[U][NA / 4];
+#pragma unroll
+          for (int u = 0; u < U; ++u)
+#pragma unroll
+            for (int q = 0; q < NA / 4; ++q) v[u][q] = __ldcg(slot0 + (static_cast<int64_t>(b + u) * (NA / 4) + q) * THREADS);
+#pragma unroll
+          for (int u = 0; u < U; ++u)
+#pragma unroll
+            for (int q = 0; q < NA / 4; ++q) {
+              __stcg(slot0 + (static_cast<int64_t>(b + u) * (NA / 4) + q) * THREADS, make_float4(0.0f, 0.0f, 0.0f, 0.0f));
+              acc[4 * q] += v[u][q].x;
+              acc[4 * q + 1] += v[u][q].y;
+              acc[4 * q + 2] += v[u][q].z;
+              acc[4 * q + 3] += v[u][q].w;
+            }
+        };
+        constexpr int kU = NA <= 16 ? 4 : NA <= 32 ? 2 : 1;  // 16 float4 registers at most
+        int b = first;
+        for (; b + kU <= static_cast<int>(blockIdx.x); b += kU) add_slots(b, std::integral_constant<int, kU>{});
+        for (; b < static_cast<int>(blockIdx.x); ++b) add_slots(b, std::integral_constant<int, 1>{});
+      }
+    }
     for_each([&](float& v, int m, int n) {
       const float b = bias != nullptr ? ActTraits<T>::to_float(bias[n]) : 0.0f;
       out[static_cast<int64_t>(m) * N + n] = ActTraits<T>::from_float(v + b);
     });
   };
 
-  if constexpr (!SPLIT) {
+  if constexpr (SPLIT == kNoSplit) {
     run_tile(blockIdx.x, 0, NS, 1, 0);  // the grid is the tiles
-  } else {
-    // Split of K: a cluster of `parts` blocks per output tile, rank r taking stages r NS / parts ..
+  } else if constexpr (SPLIT == kClusterSplit) {
+    // A cluster of `parts` blocks per output tile, rank r taking stages r NS / parts ..
     unsigned rank, parts;
     asm("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
     asm("mov.u32 %0, %%cluster_nctarank;" : "=r"(parts));
     const int r = static_cast<int>(rank), p = static_cast<int>(parts);
     run_tile(static_cast<int>(blockIdx.x) / p, r * NS / p, (r + 1) * NS / p, p, r);
+  } else {
+    // Stream-K: the (output tile, stage) items in tile-major order, an equal contiguous share per block
+    // (every SM busy whatever the tile count); a share may cross tiles, and a tile cut between blocks
+    // sums its parts through the workspace. owner(i) = the block whose share holds item i. The
+    // share's tiles run last first: the last one, cut short, is the one whose partial goes to the
+    // slot (the summing block waits for it), the first one the one this block may sum.
+    const int64_t n_items = static_cast<int64_t>((n_tiles + 4 * NWG - 1) / (4 * NWG)) * m_blocks * NS;
+    const int64_t G = gridDim.x;
+    auto owner = [&](int64_t i) { return static_cast<int>(((i + 1) * G - 1) / n_items); };
+    const int64_t my_begin = blockIdx.x * n_items / G;
+    for (int64_t end = (blockIdx.x + 1) * n_items / G; end > my_begin;) {
+      const int tile = static_cast<int>((end - 1) / NS);
+      const int64_t t0 = static_cast<int64_t>(tile) * NS;
+      const int64_t begin = my_begin > t0 ? my_begin : t0;
+      const int first = owner(t0);
+      run_tile(tile, static_cast<int>(begin - t0), static_cast<int>(end - t0), owner(t0 + NS - 1) - first + 1, first);
+      end = begin;
+    }
   }
 #endif
 }
@@ -494,14 +575,21 @@ int group_shift(int gsize, int K) {
 template <int BITS, typename T, int BN, int NWG, int S0, int SC>
 cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qweight, const uint32_t* scales,
                          const uint32_t* zeros, const int32_t* kgroup, int group_size, const void* bias, void* out,
-                         int M, int N, int K, int num_sms, int ksplit, cudaStream_t stream) {
+                         int M, int N, int K, int num_sms, const SplitK& split, cudaStream_t stream) {
   constexpr int kStageBytes = wgmma_stage_bytes(BITS, BN, NWG, SC);
   constexpr int S = S0 * kStageBytes <= kSmemBudget ? S0 : kSmemBudget / kStageBytes;
   static_assert(S >= 3, "the pipeline needs 3 stages (dispatch_config runs only configs that fit)");
   constexpr int kSmem = S * kStageBytes;
   constexpr int kThreads = NWG * 128;
   constexpr int kMinStages = 256 / SC;
-  constexpr double kOverhead = 3.0 * 64 / SC;  // pipeline fill and epilogue, in stages (a guess)
+  constexpr int64_t kSlotFloats = static_cast<int64_t>(BN) * 64 * NWG;  // a partial tile in the workspace
+  // The time model, in stages: pipeline fill and epilogue of a block's run of a tile (a guess), and
+  // the sum of a split tile's parts: a cluster's through distributed shared memory, per part; a
+  // stream-K tile's from the workspace slots in L2, per slot read (H100, 11th session, against a build
+  // that skipped the reads: 11 us for 7 slots at m = 64 on 14336x4096, 5.5 us for 3 on 8192x8192, 3.4
+  // for 3.1 on 28672x8192; a stage of 128 columns takes about 1.2 us there).
+  constexpr double kOverhead = 3.0 * 64 / SC;
+  constexpr double kClusterSum = 32.0 / SC, kSlotSum = 180.0 / SC;
   constexpr double kSplitGain = 0.85;  // a split must model 15% faster than one block a tile
   // Layers without a group table or zeros (symmetric, no act_order) run the kernel's PLAIN twin,
   // whose copy and dequantization leave out the code for them (per 128-column stage of config 3, 286
@@ -511,27 +599,30 @@ cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qw
   // 17% slower (8192x28672 m=512: 590.8 against 503.9 us; not explained).
   constexpr bool kPlainTwin = BN < 128;
   const bool plain = kPlainTwin && kgroup == nullptr && zeros == nullptr;
-  auto kernel = wxa16_gemm_wgmma_kernel<BITS, T, BN, NWG, S, SC, false, false>;
-  auto kernel_split = wxa16_gemm_wgmma_kernel<BITS, T, BN, NWG, S, SC, true, false>;
+  auto kernel = wxa16_gemm_wgmma_kernel<BITS, T, BN, NWG, S, SC, kNoSplit, false>;
+  auto kernel_cl = wxa16_gemm_wgmma_kernel<BITS, T, BN, NWG, S, SC, kClusterSplit, false>;
+  auto kernel_sk = wxa16_gemm_wgmma_kernel<BITS, T, BN, NWG, S, SC, kStreamK, false>;
   if constexpr (kPlainTwin) {
     if (plain) {
-      kernel = wxa16_gemm_wgmma_kernel<BITS, T, BN, NWG, S, SC, false, true>;
-      kernel_split = wxa16_gemm_wgmma_kernel<BITS, T, BN, NWG, S, SC, true, true>;
+      kernel = wxa16_gemm_wgmma_kernel<BITS, T, BN, NWG, S, SC, kNoSplit, true>;
+      kernel_cl = wxa16_gemm_wgmma_kernel<BITS, T, BN, NWG, S, SC, kClusterSplit, true>;
+      kernel_sk = wxa16_gemm_wgmma_kernel<BITS, T, BN, NWG, S, SC, kStreamK, true>;
     }
   }
   // Not a stream operation (legal while capturing a graph); per device, so set it every launch.
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-  if (err == cudaSuccess) err = cudaFuncSetAttribute(kernel_split, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  if (err == cudaSuccess) err = cudaFuncSetAttribute(kernel_cl, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  if (err == cudaSuccess) err = cudaFuncSetAttribute(kernel_sk, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (err != cudaSuccess) return err;
-  // Occupancy, once per twin: resident blocks per SM, and how many clusters of p blocks of the split
-  // kernel the GPU holds at once (clusters sit within one GPC, so not simply SMs / p).
+  // Occupancy, once per twin: resident blocks per SM, and how many clusters of p blocks the GPU holds
+  // at once (a cluster sits within one GPC, so not simply SMs / p).
   static int blocks_per_sm_of[2] = {0, 0};
   static int clusters_of[2][kMaxClusterParts + 1] = {};
   int& blocks_per_sm = blocks_per_sm_of[plain];
   int (&clusters)[kMaxClusterParts + 1] = clusters_of[plain];
   if (blocks_per_sm == 0) {
     int b = 0;
-    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, kernel, kThreads, kSmem);
+    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, kernel_sk, kThreads, kSmem);
     if (err != cudaSuccess) return err;
     for (int p = 2; p <= kMaxClusterParts; ++p) {
       cudaLaunchAttribute attr;
@@ -546,7 +637,7 @@ cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qw
       cfg.attrs = &attr;
       cfg.numAttrs = 1;
       int c = 0;
-      if (cudaOccupancyMaxActiveClusters(&c, kernel_split, &cfg) != cudaSuccess) {
+      if (cudaOccupancyMaxActiveClusters(&c, kernel_cl, &cfg) != cudaSuccess) {
         (void)cudaGetLastError();
         c = 0;  // no clusters of p: never split that way
       }
@@ -556,29 +647,52 @@ cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qw
   }
   const int n_blocks = (N / 16 + 4 * NWG - 1) / (4 * NWG), m_blocks = (M + BN - 1) / BN;
   const int stages = K / SC;
-  const int64_t tiles = static_cast<int64_t>(n_blocks) * m_blocks;
-  // Split of K: a cluster of `parts` blocks per output tile. Automatic: the parts with the least
-  // modelled time, waves x (stages per block + kOverhead), at least kMinStages stages a block, when
-  // that is kSplitGain better than one block a tile. Forced (ksplit, tuning): as asked, capped by
-  // the stages and the cluster size, and one block a tile where no cluster of that size fits.
+  const int64_t tiles = static_cast<int64_t>(n_blocks) * m_blocks, items = tiles * stages;
+  const int64_t slots = static_cast<int64_t>(blocks_per_sm) * num_sms;
+  // Stream-K blocks: one wave at most, and no more than the workspace has partial-tile slots for.
+  int64_t sk_blocks = 0;
+  if (split.ws != nullptr) sk_blocks = std::min({slots, items / kMinStages, (split.ws_numel - tiles) / kSlotFloats});
+  // Split of K. Automatic: the least modelled time, one block a tile (waves x (stages + kOverhead)),
+  // a cluster of p blocks a tile (waves of the clusters the GPU holds; the stages of a rank, the fill,
+  // the sum of p parts), or stream-K over one wave (a block's share, two fills, the sum of a tile's
+  // parts, about sk_blocks / tiles); a split only when kSplitGain better than none. A cluster suits
+  // tiles that fill the GPU's clusters (14336x4096 m=64: 16 tiles of 8 blocks), stream-K those that
+  // do not (28672x8192 m=64: 32 tiles of 3 blocks in clusters, of 4.1 in stream-K). Forced (ksplit,
+  // tuning): 1-8 blocks of a cluster (fewer where no cluster of that size fits), 0 stream-K (over as
+  // many blocks as the workspace has slots for; none below two).
   int parts = 1;
-  if (ksplit > 1) {
-    parts = std::min({ksplit, kMaxClusterParts, stages});
+  bool stream_k = false;
+  if (split.ksplit > 1) {
+    parts = std::min({split.ksplit, kMaxClusterParts, stages});
     while (parts > 1 && clusters[parts] == 0) --parts;
-  } else if (ksplit < 0) {
-    const int64_t slots = static_cast<int64_t>(blocks_per_sm) * num_sms;
+  } else if (split.ksplit == 0) {
+    stream_k = sk_blocks >= 2;
+  } else if (split.ksplit < 0) {
     const double one = static_cast<double>((tiles + slots - 1) / slots) * (stages + kOverhead);
     double best = one;
     for (int p = 2; p <= kMaxClusterParts && p * kMinStages <= stages; ++p) {
       if (clusters[p] == 0) continue;
-      const double time =
-          static_cast<double>((tiles + clusters[p] - 1) / clusters[p]) * ((stages + p - 1) / p + kOverhead);
+      const double time = static_cast<double>((tiles + clusters[p] - 1) / clusters[p]) *
+                          ((stages + p - 1) / p + kOverhead + kClusterSum * p);
       if (time < best) {
         best = time;
         parts = p;
       }
     }
-    if (best >= kSplitGain * one) parts = 1;
+    // (Not for 128-row tiles of 64-column stages: ptxas serializes the wgmma of that stream-K kernel
+    // for want of registers, C7512.)
+    if (sk_blocks > tiles && !(BN == 128 && SC == 64)) {
+      const double time = static_cast<double>((items + sk_blocks - 1) / sk_blocks) + 2 * kOverhead +
+                          kSlotSum * (static_cast<double>(sk_blocks) / tiles - 1);
+      if (time < best) {
+        best = time;
+        stream_k = true;
+      }
+    }
+    if (best >= kSplitGain * one) {
+      parts = 1;
+      stream_k = false;
+    }
   }
   {
     const int64_t units = static_cast<int64_t>(m_blocks) * BN * (K / 8);
@@ -587,18 +701,18 @@ cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qw
                                           static_cast<const uint32_t*>(x), ldx / 2, static_cast<uint4*>(xp), M, K, BN);
     if (err != cudaSuccess) return err;
   }
-  const int64_t grid = tiles * parts;
-  return launch_kernel_cluster(parts > 1 ? kernel_split : kernel, dim3(static_cast<unsigned>(grid)), dim3(kThreads),
-                               kSmem, stream, parts, static_cast<const T*>(xp), reinterpret_cast<const uint4*>(qweight),
-                               scales, zeros, kgroup, group_size, group_shift(group_size, K),
-                               static_cast<const T*>(bias), static_cast<T*>(out), M, N, K,
-                               pdl_prefetch_chunks(grid, num_sms));
+  const int64_t grid = stream_k ? sk_blocks : tiles * parts;
+  return launch_kernel_cluster(stream_k ? kernel_sk : parts > 1 ? kernel_cl : kernel, dim3(static_cast<unsigned>(grid)),
+                               dim3(kThreads), kSmem, stream, stream_k ? 1 : parts, static_cast<const T*>(xp),
+                               reinterpret_cast<const uint4*>(qweight), scales, zeros, kgroup, group_size,
+                               group_shift(group_size, K), static_cast<const T*>(bias), static_cast<T*>(out), split.ws,
+                               M, N, K, pdl_prefetch_chunks(grid, num_sms));
 }
 
 template <int BITS, typename T>
 cudaError_t dispatch_config(int config, const void* x, int64_t ldx, void* xp, const int32_t* qweight,
                             const uint32_t* scales, const uint32_t* zeros, const int32_t* kgroup, int group_size,
-                            const void* bias, void* out, int M, int N, int K, int num_sms, int ksplit,
+                            const void* bias, void* out, int M, int N, int K, int num_sms, const SplitK& split,
                             cudaStream_t stream) {
   if (config < 0) config = auto_config(M, N, K);
   if (K % kConfigs[config].sc != 0 || !fits(BITS, kConfigs[config])) config = twin64(config);
@@ -606,7 +720,7 @@ cudaError_t dispatch_config(int config, const void* x, int64_t ldx, void* xp, co
   case I:                                                                                                    \
     if constexpr (fits(BITS, kConfigs[I]))  /* else remapped above: never instantiated */                    \
       return launch_wgmma<BITS, T, kConfigs[I].bn, kConfigs[I].nwg, kConfigs[I].s, kConfigs[I].sc>(           \
-          x, ldx, xp, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, ksplit, stream); \
+          x, ldx, xp, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, split, stream); \
     return cudaErrorInvalidValue;
   switch (config) {
     QK_CONFIG(0)
@@ -645,19 +759,19 @@ int wxa16_gemm_wgmma_num_configs() { return kNumConfigs; }
 
 cudaError_t wxa16_gemm_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qweight, const uint32_t* scales,
                              const uint32_t* zeros, const int32_t* kgroup, int group_size, const void* bias, void* out,
-                             int M, int N, int K, int bits, ActDtype dtype, int num_sms, int config, int ksplit,
-                             cudaStream_t stream) {
+                             int M, int N, int K, int bits, ActDtype dtype, int num_sms, int config,
+                             const SplitK& split, cudaStream_t stream) {
   if (M <= 0 || N % 16 != 0 || K % 64 != 0 || group_size % 16 != 0 || ldx % 2 != 0 ||
       config >= kNumConfigs)
     return cudaErrorInvalidValue;
   if (bits == 4 && dtype == ActDtype::kF16)
-    return dispatch_config<4, __half>(config, x, ldx, xp, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, ksplit, stream);
+    return dispatch_config<4, __half>(config, x, ldx, xp, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, split, stream);
   if (bits == 4 && dtype == ActDtype::kBF16)
-    return dispatch_config<4, __nv_bfloat16>(config, x, ldx, xp, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, ksplit, stream);
+    return dispatch_config<4, __nv_bfloat16>(config, x, ldx, xp, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, split, stream);
   if (bits == 8 && dtype == ActDtype::kF16)
-    return dispatch_config<8, __half>(config, x, ldx, xp, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, ksplit, stream);
+    return dispatch_config<8, __half>(config, x, ldx, xp, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, split, stream);
   if (bits == 8 && dtype == ActDtype::kBF16)
-    return dispatch_config<8, __nv_bfloat16>(config, x, ldx, xp, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, ksplit, stream);
+    return dispatch_config<8, __nv_bfloat16>(config, x, ldx, xp, qweight, scales, zeros, kgroup, group_size, bias, out, M, N, K, num_sms, split, stream);
   return cudaErrorInvalidValue;
 }
 

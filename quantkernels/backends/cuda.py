@@ -26,14 +26,16 @@ Dispatch by the number of rows m of the activation:
 
 On a Hopper GPU with an sm_90a build, the (m, layer) cells of ``WGMMA_CELLS`` (17 <= m <= 1024, by
 layer size) go instead to ``quantkernels::cuda_wxa16_gemm_wgmma``: the same weights and formula on the
-warpgroup tensor-core instruction (csrc/cuda/wxa16_gemm_sm90.cu), where it measured faster. It needs no
-workspace: where a layer has too few output tiles for the SMs, the blocks of a cluster share a tile's K
-and sum their parts in distributed shared memory.
+warpgroup tensor-core instruction (csrc/cuda/wxa16_gemm_sm90.cu), where it measured faster. Where a layer
+has too few output tiles for the SMs it splits K: over the blocks of a cluster (parts summed in
+distributed shared memory) or stream-K over one wave, through a workspace shared per (device, stream) of
+:func:`wgmma_workspace_floats` that the backend gives it up to ``WGMMA_SPLIT_MAX_M`` rows.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -64,6 +66,7 @@ STREAMK_MAX_M = 8  # rows up to which the GEMM gets the layer's workspace (its s
 # against 927.1; 28672x8192 m=512: 429.8 against 569.2; not 14336x4096: 228.8 against 231.2 at
 # m=1024 but 169.2 against 145.8 at m=512, nor 4096x14336: 163.4 against 127.9 at m=384).
 WGMMA_CELLS = ((16, 32, 1 << 27, 1 << 25), (32, 256, 1 << 25, 1 << 25), (256, 1024, 1 << 26, 1 << 27))
+WGMMA_SPLIT_MAX_M = 256  # rows up to which the wgmma GEMM gets the shared workspace (its stream-K split)
 
 
 def workspace_floats(m: int, n: int) -> int:
@@ -73,10 +76,26 @@ def workspace_floats(m: int, n: int) -> int:
     return m * n + (n // 16) * ((m + 7) // 8)
 
 
+def wgmma_workspace_floats(m: int, n: int, num_sms: int) -> int:
+    """Size of the zeroed float32 workspace of the wgmma GEMM's stream-K split of K (over one wave of
+    num_sms blocks): a partial tile of the largest tile the kernel's automatic config gives m rows for
+    each block (plain stores, summed by the block that holds the tile's last stage), then a counter per
+    output tile. Mirrors wxa16_gemm_wgmma_workspace_floats (csrc/cuda/wxa16.h)."""
+    bn = 32 if m <= 32 else 64 if m <= 64 else 128
+    return num_sms * bn * 256 + (n // 16) * ((m + 7) // 8)
+
+
+@functools.lru_cache(maxsize=None)
+def num_sms(device_index: int) -> int:
+    """Streaming multiprocessors of a CUDA device (looked up once per device)."""
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
 # Zeroed float32 workspaces for the GEMM's split of K over blocks at m > STREAMK_MAX_M (the middle-m
-# tiles take it when the layer has too few tiles to fill the GPU), one per (device, stream): a launch
-# leaves it zeroed again, and launches on one stream never overlap. Grown to the largest m x N seen;
-# kept for the process (at most GEMM_MAX_M x N floats per stream).
+# tiles and the wgmma GEMM's stream-K take it when the layer has too few tiles to fill the GPU), one
+# per (device, stream): a launch leaves it zeroed again, and launches on one stream never overlap.
+# Grown to the largest size seen; kept for the process (at most GEMM_MAX_M x N floats, or one wave of
+# partial wgmma tiles, wgmma_workspace_floats(WGMMA_SPLIT_MAX_M, N, SMs), per stream).
 _SHARED_WS: Dict[Tuple[int, int], torch.Tensor] = {}
 
 
@@ -304,9 +323,13 @@ class CudaBackend:
         bits = layer.config.bits
         m = x2d.shape[0]
         if state.wgmma and _wgmma_serves(m, layer.out_features, layer.in_features):
+            ws = None  # beyond WGMMA_SPLIT_MAX_M a split over a cluster only
+            if m <= WGMMA_SPLIT_MAX_M:
+                n = layer.out_features
+                ws = _shared_workspace(x2d.device, wgmma_workspace_floats(m, n, num_sms(x2d.device.index)))
             return torch.ops.quantkernels.cuda_wxa16_gemm_wgmma(
                 x2d, state.qweight, state.scales[dt], state.zeros[dt], state.kgroup, state.group_size,
-                state.bias[dt], bits,
+                state.bias[dt], bits, ws,
             )
         if m <= GEMM_MAX_M:
             ws = None

@@ -15,12 +15,13 @@
 // no-swizzle K-major core matrices of the wgmma descriptor (M x K x 2 bytes each way, a few us).
 //
 // Output tile = NWG warpgroups (64 output channels each) x BN activation rows, one block per tile
-// over all of K; or, when the launcher splits K (too few tiles for the SMs, a workspace given),
-// stream-K: one wave of blocks shares the (tile, stage) items out evenly, a share may cross tiles,
-// and a tile cut between blocks sums its parts in fp32 through the caller's self-zeroing workspace
-// (wxa16.h): each block but the one holding the tile's last stage leaves its part in its own slot
-// with plain stores, and that block adds them in block order (no atomics; deterministic) and
-// stores the tile. K is consumed in stages of SC = 64 or 128 columns
+// over all of K. When the layer has too few tiles for the SMs the launcher splits K, whichever way
+// its wave model says is faster: over the P blocks of a thread-block cluster (rank r takes 1/P of the
+// stages; the parts are summed in distributed shared memory), or, given the caller's self-zeroing
+// workspace (wxa16.h), stream-K: one wave of blocks shares the (tile, stage) items out evenly, a
+// share may cross tiles, each block but the one holding a cut tile's last stage leaves its part in
+// its own slot with plain stores, and that block adds them in block order. Both sum in a fixed order
+// (deterministic) and need no atomics. K is consumed in stages of SC = 64 or 128 columns
 // (SC / 16 k16 steps; a 4-bit chunk is 64 columns, an 8-bit one 32): the stage's activation tile
 // (one contiguous run of the pre-cut tiles) and each lane's 16-byte weight slice, scale and zero of
 // each chunk go to shared memory by cp.async, S slots, S - 2 stages ahead. A stage is one or two

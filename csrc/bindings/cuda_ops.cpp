@@ -182,6 +182,7 @@ at::Tensor wxa16_gemm_wgmma(const at::Tensor& x, const at::Tensor& qweight, cons
            qk::cuda::wxa16_gemm_wgmma_num_configs(), "), got ", config);
   QK_CHECK(wxa16_wgmma_available(qweight),
            "the wgmma GEMM needs a Hopper GPU (sm_90) and an extension built for sm_90a (TORCH_CUDA_ARCH_LIST=9.0a)");
+  // The same x / bias / workspace rules as cuda_wxa16_gemm: one place states them.
   check_cuda(x, "x", qweight.device());
   const ActDtype dt = act_dtype(x, "x");
   QK_CHECK(x.scalar_type() == scales.scalar_type() && x.dim() == 2 && x.size(1) == L.k, "x must be [M, K=", L.k,

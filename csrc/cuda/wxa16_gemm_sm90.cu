@@ -209,6 +209,9 @@ constexpr int wgmma_stage_bytes(int bits, int bn, int nwg, int sc) {
   return bn * sc * 2 + sc / chunk_cols_c(bits) * nwg * 128 * (16 + 4 + 4);
 }
 
+// fp32 values of one block's partial output tile (BN rows x 64 NWG channels): a stream-K slot.
+constexpr int64_t wgmma_slot_floats(int bn, int nwg) { return static_cast<int64_t>(bn) * 64 * nwg; }
+
 template <int BITS, typename T, int BN, int NWG, int S, int SC, int SPLIT, bool PLAIN>
 __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
     const T* __restrict__ xt,              // activation tiles (wxa16_tile_x_kernel)
@@ -236,7 +239,7 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
   constexpr int XBYTES = BN * SC * 2;
   constexpr int XUNITS = BN * SC / 8;  // 16-byte units of an activation tile
   constexpr int NA = BN / 2;  // accumulators per thread
-  constexpr int64_t kSlotFloats = static_cast<int64_t>(NA) * THREADS;  // a partial tile (kStreamK)
+  constexpr int64_t kSlotFloats = wgmma_slot_floats(BN, NWG);  // = NA x THREADS (kStreamK)
   constexpr bool BF16 = std::is_same<T, __nv_bfloat16>::value;
 
   extern __shared__ __align__(128) uint8_t smem[];
@@ -583,7 +586,7 @@ cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qw
   constexpr int kSmem = S * kStageBytes;
   constexpr int kThreads = NWG * 128;
   constexpr int kMinStages = 256 / SC;
-  constexpr int64_t kSlotFloats = static_cast<int64_t>(BN) * 64 * NWG;  // a partial tile in the workspace
+  constexpr int64_t kSlotFloats = wgmma_slot_floats(BN, NWG);  // a partial tile in the workspace
   // The time model, in stages: pipeline fill and epilogue of a block's run of a tile (a guess), and
   // the sum of a split tile's parts: a cluster's through distributed shared memory, per part; a
   // stream-K tile's from the workspace slots in L2, per slot read (H100, 11th session, against a build

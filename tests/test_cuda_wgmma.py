@@ -149,7 +149,8 @@ def test_wgmma_cells():
     """The routing table (runs anywhere): the cells measured faster on an H100, and no others."""
     serves = cuda_backend._wgmma_serves  # (m, N, K)
     assert not serves(16, 28672, 8192) and serves(17, 28672, 8192) and serves(32, 8192, 28672)
-    assert not serves(32, 8192, 8192) and serves(32, 4096, 14336) and not serves(32, 14336, 4096)
+    assert serves(32, 8192, 8192) and serves(32, 4096, 14336) and serves(17, 14336, 4096)
+    assert not serves(32, 4096, 4096) and not serves(17, 4096, 4096)
     assert serves(33, 8192, 8192) and serves(64, 14336, 4096) and serves(64, 4096, 14336)
     assert not serves(64, 4096, 4096) and not serves(128, 4096, 4096) and serves(256, 4096, 14336)
     assert not serves(256, 4096, 4096) and serves(257, 8192, 8192) and serves(1024, 28672, 8192)

@@ -545,22 +545,24 @@ constexpr bool fits(int bits, const WgmmaConfig& c) {
   return 3 * wgmma_stage_bytes(bits, c.bn, c.nwg, c.sc) <= kSmemBudget;
 }
 
-// The config by m and layer shape, from `gpu_gemm.py --wgmma` on an H100 (benchmarks/NOTES_gpu.md,
-// 21:21 run of 2026-11-23, configs 0-5): 32-row tiles up to 32 rows, and up to 64 on layers wider
-// than deep under 2^27 weights (4096x14336 m=64: 33.5 us against 43.8 with 64-row tiles: twice the
-// blocks of a layer of 56 n-blocks); 64-row tiles up to 64 rows and, up to 128, on layers under 2^27
-// weights (14336x4096 m=128: 60.1 against 67.7 with 128-row tiles); 128-row tiles beyond, on the
-// largest layers from 65 rows (8192x28672 m=128: 125.9 against 168.5) and on the wider than deep
-// from 129 (4096x14336 m=256: 64.0 against 82.1), and on all from 257 (21:34 run). 128-column
-// stages in all (8192x28672 m=64: 82.5 against 89.1 us with 64-column ones, 21:16 run). Measured
-// and dropped: 256-row tiles (2 warpgroups; slower everywhere), 2-warpgroup 64-row tiles, bulk
-// copies (cp.async.bulk on an mbarrier) instead of cp.async (8192x28672 m=64: 138.8 against 110.9
-// us; m=128: 168.0 against 151.8, 09:01 run), and a forced stream-K split over one wave on layers
-// of fewer tiles than SMs (8192x28672 m=64: 117.8 against 90.9 us, 21:21 run).
+// The config by m and layer shape, from `gpu_gemm.py --wgmma` on an H100 (benchmarks/NOTES_gpu.md, 21:21 run
+// of 2026-11-23, configs 0-5, and the twelfth session's 02:53 run): 32-row tiles up to 32 rows; 64-row tiles
+// up to 64 rows and, up to 128, on layers under 2^27 weights (14336x4096 m=128: 60.1 against 67.7 with
+// 128-row tiles); 128-row tiles beyond, on the largest layers from 65 rows (8192x28672 m=128: 125.9 against
+// 168.5) and on those at least as wide as deep from 129 (4096x14336 m=256: 64.0 against 82.1), and on all
+// from 257 (21:34 run). Since the split of K over a cluster or stream-K (eleventh session), 64-row tiles also
+// serve 33-64 rows of the layers wider than deep under 2^27 weights, which took 32-row tiles before
+// (4096x14336 m=64: 25.0 against 31.4 us, m=48: 24.9 against 31.0; 02:53 run), and square layers take 128-row
+// tiles from 129 rows (8192x8192 m=256: 67.8-70.4 against 77.3-80.0 us in the 02:45 and 02:50 runs;
+// 14336x4096 stays at 64-row tiles: 70.9 against 78.5, 02:41 run). 128-column stages in all (8192x28672 m=64:
+// 82.5 against 89.1 us with 64-column ones, 21:16 run). Measured and dropped: 256-row tiles (2 warpgroups;
+// slower everywhere), 2-warpgroup 64-row tiles, bulk copies (cp.async.bulk on an mbarrier) instead of
+// cp.async (8192x28672 m=64: 138.8 against 110.9 us; m=128: 168.0 against 151.8, 09:01 run), 128-row tiles of
+// 8 stages of 64 columns (8192x28672 m=256: 263.6 against 235.8 us for config 5; twelfth session, 02:41 run).
 int auto_config(int M, int N, int K) {
-  const bool large = static_cast<int64_t>(N) * K >= (int64_t{1} << 27), wide = N > K;
+  const bool large = static_cast<int64_t>(N) * K >= (int64_t{1} << 27), wide = N >= K;
   if (M <= 32) return 4;
-  if (M <= 64) return wide && !large ? 4 : 3;
+  if (M <= 64) return 3;
   if (M <= 128) return large ? 5 : 3;
   if (M <= 256) return large || wide ? 5 : 3;
   return 5;  // 257-1024 rows on the layers the backend routes here (8192x8192 m=1024: 245.2 against 422.2)

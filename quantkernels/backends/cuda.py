@@ -55,17 +55,17 @@ STREAMK_MAX_M = 8  # rows up to which the GEMM gets the layer's workspace (its s
 
 # The Hopper wgmma GEMM (csrc/cuda/wxa16_gemm_sm90.cu) serves the (m, layer) cells where it measured
 # faster than the two paths above on an H100 (benchmarks/NOTES_gpu.md, `gpu_gemm.py --wgmma`, 21:21-21:34
-# runs of 2026-11-23, after its 128-column stages), where the GPU and the build have it
-# (CudaState.wgmma): rows (lo, hi] -> the fewest weights N x K of a layer at least as wide as deep
-# (N >= K), and of the others. m <= 16 never (the mma.sync tiles stream the weights once); 17-32 on
-# the wide layers from 2^27 weights and the others from 2^25 (8192x28672 m=32: 65.7 against 80.0 us;
-# 14336x4096 m=24: 25.3 against 32.5; not 8192x8192: 29.1 against 25.9, nor 4096x14336: 28.8
-# against 24.2); 33-256 on layers from 2^25 weights (4096x14336 m=64: 33.5 against 40.4; 14336x4096
-# m=256: 98.3 against 114.5 for dequantize + cuBLAS), not 4096x4096 (m=64: 22.5 against 15.5);
-# 257-1024 on the wide layers from 2^26 weights and the others from 2^27 (8192x28672 m=1024: 871.8
-# against 927.1; 28672x8192 m=512: 429.8 against 569.2; not 14336x4096: 228.8 against 231.2 at
-# m=1024 but 169.2 against 145.8 at m=512, nor 4096x14336: 163.4 against 127.9 at m=384).
-WGMMA_CELLS = ((16, 32, 1 << 27, 1 << 25), (32, 256, 1 << 25, 1 << 25), (256, 1024, 1 << 26, 1 << 27))
+# runs of 2026-11-23, after its 128-column stages, and 02:53 of 2026-11-24, after its split of K), where
+# the GPU and the build have it (CudaState.wgmma): rows (lo, hi] -> the fewest weights N x K of a layer
+# at least as wide as deep (N >= K), and of the others. m <= 16 never (the mma.sync tiles stream the
+# weights once); 17-256 on layers from 2^25 weights (8192x28672 m=32: 61.1 against 82.0 us; 4096x14336
+# m=24: 20.8 against 23.4, m=64: 25.0 against 40.8; 14336x4096 m=256: 98.3 against 114.5 for
+# dequantize + cuBLAS; 8192x8192 at 17-24 rows 25.6 against 24.9, the one cell it loses), not
+# 4096x4096 (m=64: 22.5 against 15.5); 257-1024 on the wide layers from 2^26 weights and the others
+# from 2^27 (8192x28672 m=1024: 871.8 against 927.1; 28672x8192 m=512: 429.8 against 569.2; not
+# 14336x4096: 228.8 against 231.2 at m=1024 but 169.2 against 145.8 at m=512, nor 4096x14336: 163.4
+# against 127.9 at m=384).
+WGMMA_CELLS = ((16, 256, 1 << 25, 1 << 25), (256, 1024, 1 << 26, 1 << 27))
 WGMMA_SPLIT_MAX_M = 256  # rows up to which the wgmma GEMM gets the shared workspace (its stream-K split)
 
 

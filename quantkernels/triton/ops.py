@@ -159,8 +159,8 @@ CONFIGS_NK4: Dict[str, List[triton.Config]] = {  # BLOCK_K: a multiple of the la
         _nk4(16, 128, 128, 4, 4, 4),
         _nk4(16, 128, 128, 2, 8, 4),
         _nk4(16, 64, 128, 2, 4, 4),
-        # The m = 1 winner's split (8, SPLIT_INNER, PREFETCH_S, 3 stages) won at m = 8 and 16 on four
-        # of the large layers in the H100 sweep of 2026-11-24 02:58 (m = 16: 8192x28672 58.9 against
+        # The m = 1 winner's split (8, SPLIT_INNER, PREFETCH_S, 3 stages) won at m = 8 and 16 on three
+        # of the four layers of the H100 sweep of 2026-11-24 02:58 (m = 16: 8192x28672 58.9 against
         # 65.4 us for the old best, 4096x14336 20.7 against 21.4, 14336x4096 17.6 against 18.0; not
         # 8192x8192: 24.2 against 20.8); without PREFETCH_S it came second on two. Tried there and not
         # kept: split 4 and 16 with SPLIT_INNER, 16 x 32 tiles (2 warps), 16 x 128 split 4.

@@ -23,6 +23,7 @@ launch with triton 3.6 on the H100 host, more than a whole m = 1 kernel.) Under
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -240,6 +241,18 @@ def _smem_limit(device) -> int:
     props = torch.cuda.get_device_properties(device)
     return getattr(props, "shared_memory_per_block_optin", 0) or props.shared_memory_per_block
 
+def _l2_flush(device: torch.device) -> Tensor:
+    """A buffer of twice ``device``'s L2 size: writing it evicts what the L2 held (the tuner's flush)."""
+    l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or (50 << 20)
+    return torch.empty(2 * l2, dtype=torch.uint8, device=device)
+
+
+@functools.lru_cache(maxsize=None)
+def _l2_flush_ms(device: torch.device) -> float:
+    """The time of one flush (graph method), measured once per device: the tuner subtracts it."""
+    return triton.testing.do_bench_cudagraph(_l2_flush(device).zero_, rep=20, return_mode="median")
+
+
 CHOSEN: Dict[Tuple, triton.Config] = {}
 TIMINGS: Dict[Tuple, List[Tuple[float, triton.Config]]] = {}  # the tuner's (ms, candidate) per key, fastest first
 _forced = None
@@ -343,11 +356,9 @@ def _choose(family: str, key: Tuple, launch, real: bool, nk4: bool, device, bits
     times = []
     # Each timed launch follows a write of twice the L2's size, which evicts the weights: a model's
     # layers reach the kernel from DRAM, and a layer smaller than the L2 timed back to back (as before
-    # 2026-11-24) ran from the L2 and was tuned for that. The write's own time, measured the same way,
-    # is subtracted.
-    l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or (50 << 20)
-    flush = torch.empty(2 * l2, dtype=torch.uint8, device=device)
-    t_flush = triton.testing.do_bench_cudagraph(flush.zero_, rep=20, return_mode="median")
+    # 2026-11-24) ran from the L2 and was tuned for that. The write's own time (measured once per
+    # device, the same way) is subtracted.
+    flush, t_flush = _l2_flush(device), _l2_flush_ms(device)
     for c in candidates:
         try:
             launch(c)  # compile outside the capture

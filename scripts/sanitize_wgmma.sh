@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # compute-sanitizer memcheck and racecheck over the Hopper wgmma GEMM (csrc/cuda/wxa16_gemm_sm90.cu):
-# every config, 4 and 8 bits, fp16 and bf16, symmetric and asymmetric, act_order, m = 1, 17, 100,
+# every config (the warp-specialized one also with more tiles than SMs), 4 and 8 bits, fp16 and bf16, symmetric and asymmetric, act_order, m = 1, 17, 100,
 # with one block a tile and with a split of K over the blocks of a cluster and stream-K. Needs a
 # Hopper GPU and an extension built for sm_90a. Run from the repository root:
 # `bash scripts/sanitize_wgmma.sh`. Exits non-zero on an error.
@@ -18,7 +18,7 @@ from quantkernels.backends import cuda as qc
 from quantkernels.nn import QuantLinear
 
 torch.manual_seed(0)
-NUM_CONFIGS = 6  # kConfigs in csrc/cuda/wxa16_gemm_sm90.cu
+NUM_CONFIGS = 7  # kConfigs in csrc/cuda/wxa16_gemm_sm90.cu
 for bits, gs, sym, act_order in [(4, 128, True, False), (4, 32, False, False), (8, -1, True, False), (4, 64, True, True)]:
     k, n = 384, 48  # 6 stages; 3 n-tiles: partial blocks
     g_idx = None
@@ -44,6 +44,15 @@ for bits, gs, sym, act_order in [(4, 128, True, False), (4, 32, False, False), (
                         w, config, ks)
             torch.cuda.synchronize()
             assert torch.isfinite(out).all() and not ws.any()
+# The warp-specialized config (6) with more tiles than SMs: blocks run several tiles, slots wrap.
+lin = torch.nn.Linear(128, 4112, device="cuda")
+layer = QuantLinear.from_linear(lin, QuantConfig(bits=4, group_size=64, sym=False))
+st = layer._prepared["cuda"]
+x = torch.randn(1100, 128, device="cuda", dtype=torch.float16)
+out = torch.ops.quantkernels.cuda_wxa16_gemm_wgmma(
+    x, st.qweight, st.scales[x.dtype], st.zeros[x.dtype], None, 64, st.bias[x.dtype], 4, None, 6, -1)
+torch.cuda.synchronize()
+assert torch.isfinite(out).all()
 print("sanitize workload done")
 PY
 status=0

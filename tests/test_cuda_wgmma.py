@@ -21,7 +21,7 @@ from quantkernels.backends import cuda as cuda_backend
 from quantkernels.nn import QuantLinear
 
 BOUND = {torch.float16: 1e-3, torch.bfloat16: 8e-3}
-NUM_CONFIGS = 6  # kConfigs in csrc/cuda/wxa16_gemm_sm90.cu
+NUM_CONFIGS = 7  # kConfigs in csrc/cuda/wxa16_gemm_sm90.cu
 
 
 def _reason():
@@ -134,6 +134,25 @@ def test_every_format_config_and_split(group_size, sym, act_order, bits, dtype):
 
 
 @needs_wgmma
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("bits,group_size,sym", [(4, 64, False), (4, 128, True), (8, -1, True), (8, 32, False)])
+def test_warp_specialized_persistent(bits, group_size, sym, dtype):
+    """The warp-specialized config (6) with more tiles than SMs, so that blocks run several tiles and
+    its slots wrap across tiles: 4112 channels (17 blocks of 256, the last with one n-tile), 1100 rows
+    (9 blocks of 128, the last partial) and K = 384 (3 stages: fewer than its slots). 153 tiles."""
+    k, n, m = 384, 4112, 1100
+    assert (n // 256 + 1) * ((m + 127) // 128) > cuda_backend.num_sms(0)
+    layer, portable = _layer(k, n, bits, group_size, sym, dtype)
+    x = torch.randn(m, k, device="cuda", dtype=dtype)
+    ref = _ref(portable, x, bits)
+    for config in (6,):
+        out = _wgmma(layer, x, dtype, config=config)
+        err = _rel(out, ref)
+        assert err < BOUND[dtype], f"config {config}: {err:.2e}"
+        assert torch.equal(out, _wgmma(layer, x, dtype, config=config)), f"config {config}: not deterministic"
+
+
+@needs_wgmma
 @pytest.mark.parametrize("k,n,ms", [(4096, 4096, (64, 256, 1000)), (4096, 14336, (128,)), (14336, 4096, (33,)),
                                     (512, 1024, (4096,))])
 def test_real_layer_shapes(k, n, ms):
@@ -153,8 +172,9 @@ def test_wgmma_cells():
     assert not serves(32, 4096, 4096) and not serves(17, 4096, 4096)
     assert serves(33, 8192, 8192) and serves(64, 14336, 4096) and serves(64, 4096, 14336)
     assert not serves(64, 4096, 4096) and not serves(128, 4096, 4096) and serves(256, 4096, 14336)
-    assert not serves(256, 4096, 4096) and serves(257, 8192, 8192) and serves(1024, 28672, 8192)
-    assert serves(1024, 8192, 28672) and not serves(512, 14336, 4096) and not serves(384, 4096, 14336)
+    assert serves(129, 4096, 4096) and serves(1024, 4096, 4096) and not serves(256, 2048, 4096)
+    assert serves(257, 8192, 8192) and serves(1024, 28672, 8192) and serves(1024, 8192, 28672)
+    assert serves(512, 14336, 4096) and serves(384, 4096, 14336)
     assert not serves(1025, 28672, 8192) and not serves(1, 8192, 28672)
 
 

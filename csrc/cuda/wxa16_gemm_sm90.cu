@@ -527,16 +527,248 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
 #endif
 }
 
+#ifdef QK_HAVE_WGMMA
+// mbarrier and bulk-copy helpers of the warp-specialized kernel below (shared::cta addresses).
+__device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(bar)) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
+}
+// Returns once the phase of parity `parity` of *bar has completed.
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  asm volatile(
+      "{\n\t.reg .pred p;\n\tLAB_WAIT:\n\t"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n\t"
+      "@p bra DONE;\n\tbra LAB_WAIT;\n\tDONE:\n\t}" ::"r"(smem_addr(bar)),
+      "r"(parity)
+      : "memory");
+}
+// `bytes` (a multiple of 16) from global src to shared dst (both 16-byte aligned), completing as
+// transaction bytes on *bar.
+__device__ __forceinline__ void bulk_copy(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                   smem_addr(dst)),
+               "l"(src), "r"(bytes), "r"(smem_addr(bar))
+               : "memory");
+}
+#endif
+
+// Shared memory of one stage slot of the warp-specialized kernel: the activation tile (BN x SC), the
+// weights of the block's 16 NWG / 4 n-tiles (their SC columns: one contiguous run of the global
+// layout each), and the scales and zeros of up to SC / 32 groups of those n-tiles.
+constexpr int ws_groups_max(int sc) { return sc / 32; }
+constexpr int ws_slot_bytes(int bits, int bn, int nwg, int sc) {
+  return bn * sc * 2 + 4 * nwg * (sc / chunk_cols_c(bits)) * 512 + 2 * ws_groups_max(sc) * 4 * nwg * 32;
+}
+
+// The large-m GEMM with warp specialization: NWG consumer warpgroups (64 output channels each, as in
+// wxa16_gemm_wgmma_kernel) and a producer warpgroup, PW warps of which copy. The producers stream
+// every stage of the block's tiles into S slots by bulk copies (cp.async.bulk, completing on the
+// slot's `full` mbarrier), and reuse a slot once every consumer warp has arrived on its `empty`
+// mbarrier; the consumers wait on `full`, dequantize from shared memory and issue wgmma as the other
+// kernel does, and release a slot once their wgmma on it have completed. No block barrier in the
+// loop, no copy address arithmetic in the consumers (about a fifth of their instructions in the other
+// kernel), and the block is persistent: the producers fill the next tile's stages while the
+// consumers store the last one. Needs: no group table, a power-of-two group size of at least 32 (or
+// one group: per-channel), K % SC == 0; the dispatcher sends other layers to the other kernel. One
+// tile a block at a time, no split of K (the launcher uses it where the tiles fill the GPU).
+// On an H100 (thirteenth session, 2026-11-24 05:08 run), four producer warps against one: 8192x28672 m=1024
+// 745.5-746.0 against 812.3-866.8 us, 8192x8192 m=1024 204.8-219.9 against 243.6-245.1.
+//
+// Registers a thread after setmaxnreg. The block's pool is what it was launched with (640 threads
+// x 96, ptxas's limit for 640 threads), and setmaxnreg.inc waits until the pool has the registers:
+// the producer warpgroup gives up exactly what the consumers take (128 x 32 + 512 x 112 = 640 x 96).
+constexpr int kWsThreads = 640, kWsLaunchRegs = 96, kWsProducerRegs = 32, kWsConsumerRegs = 112;
+static_assert(128 * kWsProducerRegs + 512 * kWsConsumerRegs <= kWsThreads * kWsLaunchRegs, "the block's pool");
+
+template <int BITS, typename T, int BN, int NWG, int S, int SC, int PW>
+__global__ void __launch_bounds__(kWsThreads, 1) wxa16_gemm_wgmma_ws_kernel(
+    const T* __restrict__ xt,              // activation tiles (wxa16_tile_x_kernel)
+    const uint4* __restrict__ qw,          // [N/16, K/KC, 32] (16 bytes per lane)
+    const uint32_t* __restrict__ scales,   // [G, N/16, 8]
+    const uint32_t* __restrict__ zeros,    // [G, N/16, 8] or null
+    int gshift,                            // log2(group size), or 30: one group
+    const T* __restrict__ bias,            // [N] or null
+    T* __restrict__ out,                   // [M, N]
+    int M, int N, int K) {
+#ifdef QK_HAVE_WGMMA
+  constexpr int KC = BITS == 4 ? 64 : 32;
+  constexpr int CPS = SC / KC;     // chunks per stage
+  constexpr int RUNS = KC / 16;    // k16 steps per chunk
+  constexpr int WPR = BITS == 4 ? 1 : 2;
+  constexpr int NT = 4 * NWG;      // n-tiles (16 channels) a block: one a consumer warp
+  constexpr int GMAX = ws_groups_max(SC);
+  constexpr int XBYTES = BN * SC * 2;
+  constexpr int WBYTES = NT * CPS * 512;
+  constexpr int SLOT = ws_slot_bytes(BITS, BN, NWG, SC);
+  constexpr int NA = BN / 2;
+  constexpr bool BF16 = std::is_same<T, __nv_bfloat16>::value;
+  static_assert(SC == 64 || SC == 128, "a stage is one or two 64-column halves");
+  static_assert(SLOT % 128 == 0, "slots keep the activation tiles 128-byte aligned");
+  static_assert(NWG == 4, "four consumer warpgroups and a producer one: kWsThreads");
+
+  extern __shared__ __align__(128) uint8_t smem[];
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + S * SLOT);
+  uint64_t* empty = full + S;
+  auto xs_of = [&](int slot) { return smem + slot * SLOT; };
+  auto wb_of = [&](int slot) { return reinterpret_cast<uint4*>(smem + slot * SLOT + XBYTES); };
+  auto sb_of = [&](int slot) { return reinterpret_cast<uint32_t*>(smem + slot * SLOT + XBYTES + WBYTES); };
+  auto zb_of = [&](int slot) { return sb_of(slot) + GMAX * NT * 8; };
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int n_tiles = N >> 4, NC = K / KC, NS = K / SC;
+  const int m_blocks = (M + BN - 1) / BN;
+  const int tiles = (n_tiles + NT - 1) / NT * m_blocks;
+  // Groups a stage spans, and the first: one group when it is at least SC columns.
+  const int gps = gshift >= 7 ? 1 : SC >> gshift;
+
+  if (tid == 0) {
+    for (int i = 0; i < S; ++i) {
+      mbar_init(full + i, 1);
+      mbar_init(empty + i, 4 * NWG);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+  pdl_wait_then_release();
+
+  if (warp >= 4 * NWG) {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(kWsProducerRegs));
+    const int pw = warp - 4 * NWG;
+    if (pw >= PW) return;
+    // The producer warps. A stage's copies are items: n-tile i's weights (i < NT), the activation
+    // tile (NT), the scales of each group, then the zeros of each; item i goes to lane i / PW of
+    // producer warp i % PW. A warp issues its lanes' bulk copies one after the other (their
+    // addresses go through uniform registers), so more warps shorten a stage's issue. A copy may
+    // complete before the first warp's arrive.expect_tx: the transaction count goes below zero and
+    // the phase still cannot complete before that arrival.
+    const int gstride = n_tiles * 8;  // words a group of scales
+    const int item = lane * PW + pw;
+    int sg = 0;                       // stages streamed so far, over all of this block's tiles
+    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+      const int mb = tile % m_blocks, nb = tile / m_blocks;
+      const int valid = min(NT, n_tiles - nb * NT);
+      const uint32_t bytes = WBYTES + XBYTES + gps * valid * 32 * (zeros != nullptr ? 2 : 1);
+      const T* xsrc = xt + static_cast<int64_t>(mb) * NS * (BN * SC);
+      for (int s = 0; s < NS; ++s, ++sg) {
+        const int slot = sg % S;
+        if (sg >= S) mbar_wait(empty + slot, ((sg / S) - 1) & 1);
+        if (item == 0) mbar_arrive_expect_tx(full + slot, bytes);
+        const int g0 = (s * SC) >> gshift;
+        if (item < NT) {
+          const int nt = min(nb * NT + item, n_tiles - 1);  // past N: a real tile, never stored
+          bulk_copy(wb_of(slot) + item * CPS * 32, qw + (static_cast<int64_t>(nt) * NC + s * CPS) * 32, CPS * 512,
+                    full + slot);
+        } else if (item == NT) {
+          bulk_copy(xs_of(slot), xsrc + static_cast<int64_t>(s) * (BN * SC), XBYTES, full + slot);
+        } else if (item - NT - 1 < gps) {
+          const int gi = item - NT - 1;
+          bulk_copy(sb_of(slot) + gi * NT * 8, scales + static_cast<int64_t>(g0 + gi) * gstride + nb * NT * 8,
+                    valid * 32, full + slot);
+        } else if (zeros != nullptr && item - NT - 1 - gps < gps) {
+          const int gi = item - NT - 1 - gps;
+          bulk_copy(zb_of(slot) + gi * NT * 8, zeros + static_cast<int64_t>(g0 + gi) * gstride + nb * NT * 8,
+                    valid * 32, full + slot);
+        }
+      }
+    }
+    return;
+  }
+
+  // Consumers: warp w dequantizes n-tile w of the block (16 channels) into wgmma's A registers.
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(kWsConsumerRegs));
+  const int g = lane >> 2, t = lane & 3;
+  const int lane_col = t * (KC / 4);
+  const uint32_t zsym = [] {
+    using T2 = typename ActTraits<T>::T2;
+    const T z = ActTraits<T>::from_float(static_cast<float>(1 << (BITS - 1)));
+    return as_u32(T2{z, z});
+  }();
+  // A stage is NG wgmma groups of KG k16 steps each; a group's A registers are dequantized while the
+  // previous group's wgmma run (two register sets). Groups of two steps keep the two sets at 16
+  // registers: with four (as the other kernel), ptxas serializes the wgmma at 120 registers (C7512).
+  constexpr int KG = 2, NG = SC / 16 / KG;
+  auto dequant_group = [&](int slot, int s, int q, uint32_t (&a)[KG][4]) {
+    const int g0 = (s * SC) >> gshift;
+#pragma unroll
+    for (int r = 0; r < KG; ++r) {
+      const int j = q * KG + r, cc = j / RUNS;  // k16 step j of the stage: run j % RUNS of chunk cc
+      const uint4 w = wb_of(slot)[(warp * CPS + cc) * 32 + lane];
+      const int lg = ((s * SC + cc * KC + lane_col) >> gshift) - g0;
+      const int so = (lg * NT + warp) * 8 + g;
+      const DequantConsts dc = make_consts<BITS, T>(sb_of(slot)[so], zeros != nullptr ? zb_of(slot)[so] : zsym);
+      dequant_run<BITS, T>(reinterpret_cast<const uint32_t*>(&w) + (j % RUNS) * WPR, dc, a[r]);
+    }
+  };
+
+  int sg = 0;
+  uint32_t a[2][KG][4];
+  for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const int mb = tile % m_blocks, nb = tile / m_blocks;
+    float acc[NA];
+#pragma unroll
+    for (int i = 0; i < NA; ++i) acc[i] = 0.0f;
+    int prev = -1;  // the slot whose wgmma may still run (its release waits for them)
+    for (int s = 0; s < NS; ++s, ++sg) {
+      const int slot = sg % S;
+      mbar_wait(full + slot, (sg / S) & 1);
+      const uint64_t desc = smem_desc<SC>(xs_of(slot));  // k16 step j: + 16 j (256 bytes a step)
+#pragma unroll
+      for (int q = 0; q < NG; ++q) {
+        dequant_group(slot, s, q, a[q & 1]);
+        wgmma_fence();
+#pragma unroll
+        for (int r = 0; r < KG; ++r) wgmma_rs<BF16>(WgmmaN<BN>{}, acc, a[q & 1][r], desc + 16 * (q * KG + r));
+        wgmma_commit();
+        wgmma_wait<1>();  // the previous group has completed: its registers are free again
+        if (q == 0 && prev >= 0) {  // and so has the previous stage: its slot goes back to the producer
+          __syncwarp();
+          if (lane == 0) mbar_arrive(empty + prev);
+        }
+      }
+      prev = slot;
+    }
+    wgmma_wait<0>();
+    fence_acc(acc);
+    __syncwarp();
+    if (lane == 0) mbar_arrive(empty + prev);
+
+    // acc[4 i + q] = out^T[channel 16 nt + g + 8 (q >> 1)][row m0 + 8 i + 2 t + (q & 1)].
+    const int nt = nb * NT + warp, m0 = mb * BN;
+    if (nt < n_tiles) {
+#pragma unroll
+      for (int i = 0; i < NA; ++i) {
+        const int m = m0 + 8 * (i >> 2) + 2 * t + (i & 1), n = 16 * nt + g + 8 * ((i >> 1) & 1);
+        if (m < M) {
+          const float b = bias != nullptr ? ActTraits<T>::to_float(bias[n]) : 0.0f;
+          out[static_cast<int64_t>(m) * N + n] = ActTraits<T>::from_float(acc[i] + b);
+        }
+      }
+    }
+  }
+#endif
+}
+
 // The bounded list of tile shapes: BN activation rows per block (the wgmma's N), NWG warpgroups
 // (64 output channels each), S pipeline stages (at most: fewer where S stages of 8-bit weights would
-// not fit), SC input columns a stage. kConfigs[i] is config id i; a config whose SC does not divide
-// K runs as its 64-column twin (same BN and NWG).
+// not fit), SC input columns a stage, and whether the config is the warp-specialized kernel
+// (wxa16_gemm_wgmma_ws_kernel, with `pw` producer warps). kConfigs[i] is config id i; a config whose SC does not divide K runs
+// as its 64-column twin (same BN and NWG), and the warp-specialized one, on a layer it does not
+// serve (ws_serves), as config 5.
 struct WgmmaConfig {
   int bn, nwg, s, sc;
+  bool ws = false;
+  int pw = 1;  // the warp-specialized kernel's producer warps
 };
 constexpr WgmmaConfig kConfigs[] = {{64, 4, 6, 64},  {128, 4, 4, 64},  {32, 4, 8, 64},
-                                    {64, 4, 5, 128}, {32, 4, 6, 128}, {128, 4, 4, 128}};
+                                    {64, 4, 5, 128}, {32, 4, 6, 128}, {128, 4, 4, 128},
+                                    {128, 4, 4, 128, true, 4}};
 constexpr int kNumConfigs = sizeof(kConfigs) / sizeof(kConfigs[0]);
+constexpr int kWsConfig = 6;
 constexpr int twin64(int c) { return c == 3 ? 0 : c == 4 ? 2 : c == 5 ? 1 : c; }
 constexpr int kSmemBudget = 224 * 1024;  // of the 227 KB a block may have on sm_90
 // Whether three stages of config c fit the budget with BITS-bit weights (128-row, 128-column stages
@@ -559,8 +791,17 @@ constexpr bool fits(int bits, const WgmmaConfig& c) {
 // slower everywhere), 2-warpgroup 64-row tiles, bulk copies (cp.async.bulk on an mbarrier) instead of
 // cp.async (8192x28672 m=64: 138.8 against 110.9 us; m=128: 168.0 against 151.8, 09:01 run), 128-row tiles of
 // 8 stages of 64 columns (8192x28672 m=256: 263.6 against 235.8 us for config 5; twelfth session, 02:41 run).
-int auto_config(int M, int N, int K) {
+//
+// From 129 rows, where its 128 x 256 tiles give the GPU at least three quarters of a wave
+// (thirteenth session, 2026-11-24 04:53 run, m = 128-2048 on the six layers), the warp-specialized
+// kernel (config 6, then with one producer warp): 8192x28672 m=1024 757.7 against 908.8 us for config 5, m=256 214.0 against
+// 238.3; 4096x14336 m=256 (112 tiles) 60.0 against 63.8; 8192x8192 m=512 (128 tiles) 117.4 against
+// 126.6. With fewer tiles it loses to config 5's split of K (8192x8192 m=256, 64 tiles: 102.0
+// against 67.0).
+int auto_config(int M, int N, int K, int num_sms) {
   const bool large = static_cast<int64_t>(N) * K >= (int64_t{1} << 27), wide = N >= K;
+  const int64_t ws_tiles = static_cast<int64_t>((N + 255) / 256) * ((M + 127) / 128);
+  if (M > 128 && 4 * ws_tiles >= 3 * static_cast<int64_t>(num_sms)) return kWsConfig;
   if (M <= 32) return 4;
   if (M <= 64) return 3;
   if (M <= 128) return large ? 5 : 3;
@@ -715,12 +956,54 @@ cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qw
                                M, N, K, pdl_prefetch_chunks(grid, num_sms));
 }
 
+// Whether the warp-specialized kernel serves the layer: no group table, a power-of-two group size of
+// at least 32 columns or one group (gshift from group_shift), K % 128 == 0.
+bool ws_serves(const int32_t* kgroup, int gshift, int K) { return kgroup == nullptr && gshift >= 5 && K % 128 == 0; }
+
+template <int BITS, typename T, int BN, int NWG, int S0, int SC, int PW>
+cudaError_t launch_wgmma_ws(const void* x, int64_t ldx, void* xp, const int32_t* qweight, const uint32_t* scales,
+                            const uint32_t* zeros, int group_size, const void* bias, void* out, int M, int N, int K,
+                            int num_sms, cudaStream_t stream) {
+  constexpr int kSlot = ws_slot_bytes(BITS, BN, NWG, SC);
+  constexpr int kBarBytes = 16;  // two mbarriers a slot
+  constexpr int S = S0 * (kSlot + kBarBytes) <= kSmemBudget ? S0 : kSmemBudget / (kSlot + kBarBytes);
+  static_assert(S >= 2, "two slots at least");
+  constexpr int kSmem = S * (kSlot + kBarBytes);
+  constexpr int kThreads = kWsThreads;  // NWG consumer warpgroups and a producer one (one warp of it copies)
+  auto kernel = wxa16_gemm_wgmma_ws_kernel<BITS, T, BN, NWG, S, SC, PW>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  if (err != cudaSuccess) return err;
+  {
+    const int64_t units = static_cast<int64_t>((M + BN - 1) / BN) * BN * (K / 8);
+    const int blocks = static_cast<int>(units / 256 + 1 < 8L * num_sms ? units / 256 + 1 : 8L * num_sms);
+    err = launch_kernel(wxa16_tile_x_kernel<BITS, SC>, dim3(blocks), dim3(256), 0, stream,
+                        static_cast<const uint32_t*>(x), ldx / 2, static_cast<uint4*>(xp), M, K, BN);
+    if (err != cudaSuccess) return err;
+  }
+  const int64_t tiles = static_cast<int64_t>((N / 16 + 4 * NWG - 1) / (4 * NWG)) * ((M + BN - 1) / BN);
+  const int grid = static_cast<int>(std::min<int64_t>(tiles, num_sms));  // persistent: one block an SM
+  return launch_kernel(kernel, dim3(grid), dim3(kThreads), kSmem, stream, static_cast<const T*>(xp),
+                       reinterpret_cast<const uint4*>(qweight), scales, zeros, group_shift(group_size, K),
+                       static_cast<const T*>(bias), static_cast<T*>(out), M, N, K);
+}
+
 template <int BITS, typename T>
 cudaError_t dispatch_config(int config, const void* x, int64_t ldx, void* xp, const int32_t* qweight,
                             const uint32_t* scales, const uint32_t* zeros, const int32_t* kgroup, int group_size,
                             const void* bias, void* out, int M, int N, int K, int num_sms, const SplitK& split,
                             cudaStream_t stream) {
-  if (config < 0) config = auto_config(M, N, K);
+  if (config < 0) config = auto_config(M, N, K, num_sms);
+  if (kConfigs[config].ws) {
+    if (ws_serves(kgroup, group_shift(group_size, K), K)) {
+#define QK_WS_CONFIG(I)                                                                                              \
+  if (config == I)                                                                                                   \
+    return launch_wgmma_ws<BITS, T, kConfigs[I].bn, kConfigs[I].nwg, kConfigs[I].s, kConfigs[I].sc, kConfigs[I].pw>( \
+        x, ldx, xp, qweight, scales, zeros, group_size, bias, out, M, N, K, num_sms, stream);
+      QK_WS_CONFIG(6)
+#undef QK_WS_CONFIG
+    }
+    config = 5;
+  }
   if (K % kConfigs[config].sc != 0 || !fits(BITS, kConfigs[config])) config = twin64(config);
 #define QK_CONFIG(I)                                                                                         \
   case I:                                                                                                    \
@@ -740,9 +1023,9 @@ cudaError_t dispatch_config(int config, const void* x, int64_t ldx, void* xp, co
   }
 #undef QK_CONFIG
 }
-static_assert(kNumConfigs == 6, "dispatch_config lists every config");
+static_assert(kNumConfigs == 7, "dispatch_config lists every config");
 constexpr bool twins_ok() {
-  for (int c = 0; c < kNumConfigs; ++c) {
+  for (int c = 0; c < kWsConfig; ++c) {
     const WgmmaConfig& t = kConfigs[twin64(c)];
     if (t.sc != 64 || t.bn != kConfigs[c].bn || t.nwg != kConfigs[c].nwg || !fits(8, t)) return false;
   }

@@ -792,16 +792,18 @@ constexpr bool fits(int bits, const WgmmaConfig& c) {
 // cp.async (8192x28672 m=64: 138.8 against 110.9 us; m=128: 168.0 against 151.8, 09:01 run), 128-row tiles of
 // 8 stages of 64 columns (8192x28672 m=256: 263.6 against 235.8 us for config 5; twelfth session, 02:41 run).
 //
-// From 129 rows, where its 128 x 256 tiles give the GPU at least three quarters of a wave, the
+// From 65 rows, where its 128 x 256 tiles give the GPU at least three quarters of a wave, the
 // warp-specialized kernel (config 6). Thirteenth session, 2026-11-24 04:53 run (m = 128-2048 on the
 // six layers, config 6 then with one producer warp): 8192x28672 m=1024 757.7 against 908.8 us for
 // config 5, m=256 214.0 against 238.3; 4096x14336 m=256 (112 tiles) 60.0 against 63.8; 8192x8192
 // m=512 (128 tiles) 117.4 against 126.6. With fewer tiles it loses to config 5's split of K
-// (8192x8192 m=256, 64 tiles: 102.0 against 67.0).
+// (8192x8192 m=256, 64 tiles: 102.0 against 67.0). 05:30 run, four producer warps: 8192x28672 m=96
+// 99.9 against 113.5 (config 5), m=128 109.9 against 129.8; at 64 rows the 64-row tiles stay
+// (8192x28672: 75.7 against 88.0), and a warp-specialized kernel of 64-row tiles lost to them (90.3).
 int auto_config(int M, int N, int K, int num_sms) {
   const bool large = static_cast<int64_t>(N) * K >= (int64_t{1} << 27), wide = N >= K;
   const int64_t ws_tiles = static_cast<int64_t>((N + 255) / 256) * ((M + 127) / 128);
-  if (M > 128 && 4 * ws_tiles >= 3 * static_cast<int64_t>(num_sms)) return kWsConfig;
+  if (M > 64 && 4 * ws_tiles >= 3 * static_cast<int64_t>(num_sms)) return kWsConfig;
   if (M <= 32) return 4;
   if (M <= 64) return 3;
   if (M <= 128) return large ? 5 : 3;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # compute-sanitizer memcheck and racecheck over the Hopper wgmma GEMM (csrc/cuda/wxa16_gemm_sm90.cu):
-# every config (the warp-specialized one also with more tiles than SMs), 4 and 8 bits, fp16 and bf16, symmetric and asymmetric, act_order, m = 1, 17, 100,
-# with one block a tile and with a split of K over the blocks of a cluster and stream-K. Needs a
+# every config, 4 and 8 bits, fp16 and bf16, symmetric and asymmetric, act_order, m = 1, 17, 100,
+# with one block a tile and with a split of K over the blocks of a cluster and stream-K, and the
+# warp-specialized config with more tiles than SMs (blocks that run several tiles). Needs a
 # Hopper GPU and an extension built for sm_90a. Run from the repository root:
 # `bash scripts/sanitize_wgmma.sh`. Exits non-zero on an error.
 set -euo pipefail

@@ -576,8 +576,11 @@ constexpr int ws_slot_bytes(int bits, int bn, int nwg, int sc) {
 // consumers store the last one. Needs: no group table, a power-of-two group size of at least 32 (or
 // one group: per-channel), K % SC == 0; the dispatcher sends other layers to the other kernel. One
 // tile a block at a time, no split of K (the launcher uses it where the tiles fill the GPU).
-// On an H100 (thirteenth session, 2026-11-24 05:08 run), four producer warps against one: 8192x28672 m=1024
-// 745.5-746.0 against 812.3-866.8 us, 8192x8192 m=1024 204.8-219.9 against 243.6-245.1.
+// On an H100 (thirteenth session, 2026-11-24 05:08 run), four producer warps against one: 8192x28672
+// m=1024 745.5-746.0 against 812.3-866.8 us, 8192x8192 m=1024 204.8-219.9 against 243.6-245.1. Also
+// measured and dropped there: 8 slots of 64 columns (8192x28672 m=1024 1088.1 against 755.0 us), and
+// the weights, scales and zeros through 2-D TMA tensor maps (4 copies a stage instead of 19-20: within
+// 2% on average, inside the run-to-run spread).
 //
 // Registers a thread after setmaxnreg. The block's pool is what it was launched with (640 threads
 // x 96, ptxas's limit for 640 threads), and setmaxnreg.inc waits until the pool has the registers:
@@ -756,9 +759,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) wxa16_gemm_wgmma_ws_kernel(
 // The bounded list of tile shapes: BN activation rows per block (the wgmma's N), NWG warpgroups
 // (64 output channels each), S pipeline stages (at most: fewer where S stages of 8-bit weights would
 // not fit), SC input columns a stage, and whether the config is the warp-specialized kernel
-// (wxa16_gemm_wgmma_ws_kernel, with `pw` producer warps). kConfigs[i] is config id i; a config whose SC does not divide K runs
-// as its 64-column twin (same BN and NWG), and the warp-specialized one, on a layer it does not
-// serve (ws_serves), as config 5.
+// (wxa16_gemm_wgmma_ws_kernel, with `pw` producer warps). kConfigs[i] is config id i; a config whose
+// SC does not divide K runs as its 64-column twin (same BN and NWG), and the warp-specialized one, on
+// a layer it does not serve (ws_serves), as config 5.
 struct WgmmaConfig {
   int bn, nwg, s, sc;
   bool ws = false;
@@ -971,7 +974,7 @@ cudaError_t launch_wgmma_ws(const void* x, int64_t ldx, void* xp, const int32_t*
   constexpr int S = S0 * (kSlot + kBarBytes) <= kSmemBudget ? S0 : kSmemBudget / (kSlot + kBarBytes);
   static_assert(S >= 2, "two slots at least");
   constexpr int kSmem = S * (kSlot + kBarBytes);
-  constexpr int kThreads = kWsThreads;  // NWG consumer warpgroups and a producer one (one warp of it copies)
+  constexpr int kThreads = kWsThreads;  // NWG consumer warpgroups and a producer one (PW warps of it copy)
   auto kernel = wxa16_gemm_wgmma_ws_kernel<BITS, T, BN, NWG, S, SC, PW>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (err != cudaSuccess) return err;

@@ -67,8 +67,8 @@ STREAMK_MAX_M = 8  # rows up to which the GEMM gets the layer's workspace (its s
 # against 127.9 at m=384). Since the warp-specialized config (thirteenth session, 04:53 run of
 # 2026-11-24) and the split of K, 129-1024 on every layer from 2^24 weights: 4096x4096 m=256 28.7
 # against 34.4, m=512 36.1 against 42.1, m=1024 60.9 against 64.8; 14336x4096 m=512 121.0 against
-# 147.4, m=1024 215.9 against 219.3. From 1025 rows dequantize + cuBLAS stays (8192x8192 m=2048:
-# 453.6 against 446.9; 28672x8192 1541.7 against 1525.1).
+# 147.4, m=1024 215.9 against 219.3. From 1025 rows dequantize + cuBLAS stays (05:18 run: at m=4096
+# it was faster on all six layers, 8192x28672 2813.4 against 3078.6-3487.2; at m=2048 within 5%).
 WGMMA_CELLS = ((16, 128, 1 << 25, 1 << 25), (128, 1024, 1 << 24, 1 << 24))
 WGMMA_SPLIT_MAX_M = 256  # rows up to which the wgmma GEMM gets the shared workspace (its stream-K split)
 

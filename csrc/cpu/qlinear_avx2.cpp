@@ -82,10 +82,13 @@ struct RowBlock {
     return RowBlock{x16 + i * x16_stride(Kp), xd + i * xd_stride(Kp), xseg + i * nseg, nseg, m0 + i, params};
   }
 };
-// Register tile of the int8-activation kernels: kMR rows x kW8Channels int8 channels per pass (the
-// one-channel pass measured fastest on Zen 3: more channels spill accumulators and widened weights).
+// Register tile of the int8-activation kernels: kMR rows x kW8Channels int8 channels per pass. Two
+// channels (each activation load feeds two vpmaddwd; 8 accumulators, 4 widened weight vectors) on the
+// AVX2-only VM of 2026-11-24 (AMD EPYC, 2 threads, `cpu_gemm.py --shapes 4096x11008 --m 32 128
+// --methods "qk w8a8 chan" quantize_dynamic`, two A/B rounds): W8A8 m=32 0.92 against 0.86x
+// quantize_dynamic, m=128 0.92 against 0.91. One channel had measured fastest on Zen 3.
 constexpr int kMR = 4;
-constexpr int kW8Channels = 1;
+constexpr int kW8Channels = 2;
 // W4A8 short-segment tile (int4_tile_short): 4 rows x 1 channel column per pass measured fastest of
 // {2,3,4,6,8} rows x {1,2,4} columns (K = 4096, g128, one Zen 3 core, qlinear_bench).
 constexpr int kMR4 = 4;

@@ -824,6 +824,17 @@ int group_shift(int gsize, int K) {
   return shift;
 }
 
+// The activation pre-pass of both GEMMs: x cut into the BN x SC tiles their kernels read (one thread
+// a 16-byte unit, at most 8 blocks of 256 an SM).
+template <int BITS, int SC>
+cudaError_t launch_tile_x(const void* x, int64_t ldx, void* xp, int M, int K, int bn, int num_sms,
+                          cudaStream_t stream) {
+  const int64_t units = static_cast<int64_t>((M + bn - 1) / bn) * bn * (K / 8);
+  const int blocks = static_cast<int>(units / 256 + 1 < 8L * num_sms ? units / 256 + 1 : 8L * num_sms);
+  return launch_kernel(wxa16_tile_x_kernel<BITS, SC>, dim3(blocks), dim3(256), 0, stream,
+                       static_cast<const uint32_t*>(x), ldx / 2, static_cast<uint4*>(xp), M, K, bn);
+}
+
 template <int BITS, typename T, int BN, int NWG, int S0, int SC>
 cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qweight, const uint32_t* scales,
                          const uint32_t* zeros, const int32_t* kgroup, int group_size, const void* bias, void* out,
@@ -946,13 +957,8 @@ cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qw
       stream_k = false;
     }
   }
-  {
-    const int64_t units = static_cast<int64_t>(m_blocks) * BN * (K / 8);
-    const int blocks = static_cast<int>(units / 256 + 1 < 8L * num_sms ? units / 256 + 1 : 8L * num_sms);
-    const cudaError_t err = launch_kernel(wxa16_tile_x_kernel<BITS, SC>, dim3(blocks), dim3(256), 0, stream,
-                                          static_cast<const uint32_t*>(x), ldx / 2, static_cast<uint4*>(xp), M, K, BN);
-    if (err != cudaSuccess) return err;
-  }
+  err = launch_tile_x<BITS, SC>(x, ldx, xp, M, K, BN, num_sms, stream);
+  if (err != cudaSuccess) return err;
   const int64_t grid = stream_k ? sk_blocks : tiles * parts;
   return launch_kernel_cluster(stream_k ? kernel_sk : parts > 1 ? kernel_cl : kernel, dim3(static_cast<unsigned>(grid)),
                                dim3(kThreads), kSmem, stream, stream_k ? 1 : parts, static_cast<const T*>(xp),
@@ -978,13 +984,8 @@ cudaError_t launch_wgmma_ws(const void* x, int64_t ldx, void* xp, const int32_t*
   auto kernel = wxa16_gemm_wgmma_ws_kernel<BITS, T, BN, NWG, S, SC, PW>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (err != cudaSuccess) return err;
-  {
-    const int64_t units = static_cast<int64_t>((M + BN - 1) / BN) * BN * (K / 8);
-    const int blocks = static_cast<int>(units / 256 + 1 < 8L * num_sms ? units / 256 + 1 : 8L * num_sms);
-    err = launch_kernel(wxa16_tile_x_kernel<BITS, SC>, dim3(blocks), dim3(256), 0, stream,
-                        static_cast<const uint32_t*>(x), ldx / 2, static_cast<uint4*>(xp), M, K, BN);
-    if (err != cudaSuccess) return err;
-  }
+  err = launch_tile_x<BITS, SC>(x, ldx, xp, M, K, BN, num_sms, stream);
+  if (err != cudaSuccess) return err;
   const int64_t tiles = static_cast<int64_t>((N / 16 + 4 * NWG - 1) / (4 * NWG)) * ((M + BN - 1) / BN);
   const int grid = static_cast<int>(std::min<int64_t>(tiles, num_sms));  // persistent: one block an SM
   return launch_kernel(kernel, dim3(grid), dim3(kThreads), kSmem, stream, static_cast<const T*>(xp),

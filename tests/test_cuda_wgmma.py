@@ -139,27 +139,42 @@ def test_every_format_config_and_split(group_size, sym, act_order, bits, dtype):
 def test_warp_specialized_persistent(bits, group_size, sym, dtype):
     """The warp-specialized config (6) with more tiles than SMs, so that blocks run several tiles and
     its slots wrap across tiles: 4112 channels (17 blocks of 256, the last with one n-tile), 1100 rows
-    (9 blocks of 128, the last partial) and K = 384 (3 stages: fewer than its slots). 153 tiles."""
+    (9 blocks of 128, the last partial) and K = 384 (3 stages: fewer than its slots). 153 tiles.
+    Whole tiles a block, and forced stream-K (459 stages over one block an SM: shares of 3-4 stages
+    that start and end inside tiles, so most tiles are cut in two; a share's runs of several tiles
+    wrap the slots too), each twice, bit-equal, and the workspace left all zeros."""
     k, n, m = 384, 4112, 1100
     assert (n // 256 + 1) * ((m + 127) // 128) > cuda_backend.num_sms(0)
     layer, portable = _layer(k, n, bits, group_size, sym, dtype)
     x = torch.randn(m, k, device="cuda", dtype=dtype)
-    out = _wgmma(layer, x, dtype, config=6)
-    err = _rel(out, _ref(portable, x, bits))
-    assert err < BOUND[dtype], f"{err:.2e}"
-    assert torch.equal(out, _wgmma(layer, x, dtype, config=6)), "not deterministic"
+    ref = _ref(portable, x, bits)
+    ws = torch.zeros(cuda_backend.wgmma_workspace_floats(m, n, cuda_backend.num_sms(0)), dtype=torch.float32,
+                     device="cuda")
+    for w, ksplit in ((None, -1), (ws, 0)):
+        out = _wgmma(layer, x, dtype, w, config=6, ksplit=ksplit)
+        err = _rel(out, ref)
+        assert err < BOUND[dtype], f"ksplit={ksplit}: {err:.2e}"
+        assert torch.equal(out, _wgmma(layer, x, dtype, w, config=6, ksplit=ksplit)), f"ksplit={ksplit}: not deterministic"
+        assert not ws.any(), "the workspace must be all zeros after a launch"
 
 
 @needs_wgmma
-@pytest.mark.parametrize("k,n,ms", [(4096, 4096, (64, 256, 1000)), (4096, 14336, (128,)), (14336, 4096, (33,)),
+@pytest.mark.parametrize("k,n,ms", [(4096, 4096, (64, 256, 1000)), (4096, 14336, (128,)), (14336, 4096, (33, 256)),
                                     (512, 1024, (4096,))])
 def test_real_layer_shapes(k, n, ms):
-    """LLaMA-3-8B / Mistral-7B projections (int4 g128 fp16, the benchmark format) and a large m."""
+    """LLaMA-3-8B / Mistral-7B projections (int4 g128 fp16, the benchmark format) and a large m, the
+    automatic config without a workspace and with one (as the backend gives it up to
+    WGMMA_SPLIT_MAX_M rows: 14336x4096 at m = 256 runs the warp-specialized config's stream-K)."""
     layer, portable = _layer(k, n, 4, 128, True, torch.float16)
     for m in ms:
         x = torch.randn(m, k, device="cuda", dtype=torch.float16)
-        err = _rel(_wgmma(layer, x, torch.float16), _ref(portable, x, 4))
-        assert err < BOUND[torch.float16], f"{k}x{n} m={m}: {err:.2e}"
+        ref = _ref(portable, x, 4)
+        ws = torch.zeros(cuda_backend.wgmma_workspace_floats(m, n, cuda_backend.num_sms(0)), dtype=torch.float32,
+                         device="cuda")
+        for w in (None, ws):
+            err = _rel(_wgmma(layer, x, torch.float16, w), ref)
+            assert err < BOUND[torch.float16], f"{k}x{n} m={m} ws={w is not None}: {err:.2e}"
+            assert not ws.any(), "the workspace must be all zeros after a launch"
 
 
 def test_wgmma_cells():

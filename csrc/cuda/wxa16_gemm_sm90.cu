@@ -201,6 +201,111 @@ __device__ __forceinline__ void fence_acc(float (&d)[NA]) {
 #pragma unroll
   for (int i = 0; i < NA; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
+
+// Barrier 1 over the first THREADS threads of the block (the whole block of the plain kernel, the
+// consumer warpgroups of the warp-specialized one, whose producers never reach it).
+template <int THREADS>
+__device__ __forceinline__ void bar_threads() {
+  asm volatile("bar.sync 1, %0;" ::"n"(THREADS) : "memory");
+}
+
+// A block's runs of output tiles, in the order its threads walk them (producers and consumers of the
+// warp-specialized kernel alike): f(tile, s_begin, s_end, parts, first) for stages s_begin ..
+// s_end - 1 of `tile`. Without SK the tiles blockIdx.x, + gridDim.x, ..., each over all of K. With SK
+// (stream-K) the grid is `lanes` lanes (block b in lane b % lanes; gridDim.x a multiple of lanes), and
+// the blocks of lane j share out the (tile, stage) items of tiles j, j + lanes, j + 2 lanes, ... in
+// that order, an equal contiguous share per block (every SM busy whatever the tile count). A share may
+// cross tiles, and a tile cut between blocks has `parts` owners: blocks first, first + lanes, ..., the
+// one holding its last stage. The share's tiles run last first: the last one, cut short, is the one
+// whose partial goes to the workspace (its summing block waits for it), the first one the one this
+// block may sum. With the lanes the m-blocks of one n-block (tiles n m_blocks + j) share out its
+// weights' stages alike, so blocks of the same rank in every lane read the same weights at about the
+// same time, once from DRAM, as whole tiles on neighbouring blocks do.
+template <bool SK, typename F>
+__device__ __forceinline__ void for_each_run(int tiles, int NS, int lanes, F&& f) {
+  if constexpr (!SK) {
+    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) f(tile, 0, NS, 1, 0);
+  } else {
+    const int lane = static_cast<int>(blockIdx.x) % lanes, rank = static_cast<int>(blockIdx.x) / lanes;
+    const int64_t n_items = static_cast<int64_t>((tiles - lane + lanes - 1) / lanes) * NS, G = gridDim.x / lanes;
+    auto owner = [&](int64_t i) { return static_cast<int>(((i + 1) * G - 1) / n_items) * lanes + lane; };
+    const int64_t my_begin = rank * n_items / G;
+    for (int64_t end = (rank + 1) * n_items / G; end > my_begin;) {
+      const int u = static_cast<int>((end - 1) / NS);  // the lane's u-th tile
+      const int64_t t0 = static_cast<int64_t>(u) * NS;
+      const int64_t begin = my_begin > t0 ? my_begin : t0;
+      const int first = owner(t0);
+      f(u * lanes + lane, static_cast<int>(begin - t0), static_cast<int>(end - t0),
+        (owner(t0 + NS - 1) - first) / lanes + 1, first);
+      end = begin;
+    }
+  }
+}
+
+// Stream-K, the end of a block's run of a tile cut between blocks (for_each_run): the THREADS
+// threads that hold the partial tile (NA accumulators each, thread `tid`) either leave it in the
+// block's slot of the workspace `ws` ([gridDim.x][NA THREADS] fp32, then an int counter a tile; plain
+// stores in this thread layout) and arrive on the tile's counter (returns false: nothing to store),
+// or, in the block holding the tile's last stage (`last`), wait for the other parts, add the slots of
+// blocks first, first + lanes, .. below blockIdx.x to acc in block order (the same sum whatever the timing:
+// deterministic), zero them and the counter behind them (the workspace stays all zeros between
+// launches), and return true: acc is the tile's total. A block waits only for lower-numbered blocks,
+// which have their cut tile's part done first (for_each_run's order), and every block of the grid is
+// resident (one wave). U slots at a time, QC float4 units of each at a time: all their loads in flight
+// before the adds (a tile cut into 8 parts had the summing block wait out 7 round trips to the L2 in a
+// row), within the caller's registers.
+template <int NA, int THREADS, int U, int QC>
+__device__ __forceinline__ bool streamk_sum(float (&acc)[NA], float* ws, int tile, bool last, int first, int lanes,
+                                            int tid) {
+  constexpr int64_t kSlotFloats = static_cast<int64_t>(NA) * THREADS;
+  constexpr int Q = NA / 4;  // float4 units a thread
+  static_assert(Q % QC == 0, "whole rounds of units");
+  float4* slot0 = reinterpret_cast<float4*>(ws) + tid;  // slot b, unit q: slot0[(b Q + q) THREADS]
+  int* counter = reinterpret_cast<int*>(ws + static_cast<int64_t>(gridDim.x) * kSlotFloats) + tile;
+  if (!last) {
+    float4* mine = slot0 + static_cast<int64_t>(blockIdx.x) * Q * THREADS;
+#pragma unroll
+    for (int q = 0; q < Q; ++q)
+      __stcg(mine + q * THREADS, make_float4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]));
+    __threadfence();
+    bar_threads<THREADS>();
+    if (tid == 0) atomicAdd(counter, 1);
+    return false;
+  }
+  if (tid == 0) {
+    const int parts_before = (static_cast<int>(blockIdx.x) - first) / lanes;
+    while (*reinterpret_cast<volatile int*>(counter) < parts_before) __nanosleep(64);
+    *counter = 0;
+  }
+  bar_threads<THREADS>();
+  __threadfence();
+  auto add_slots = [&](int b, auto u_count) {
+    constexpr int UU = decltype(u_count)::value;
+#pragma unroll
+    for (int q0 = 0; q0 < Q; q0 += QC) {
+      float4 v[UU][QC];
+#pragma unroll
+      for (int u = 0; u < UU; ++u)
+#pragma unroll
+        for (int q = 0; q < QC; ++q) v[u][q] = __ldcg(slot0 + (static_cast<int64_t>(b + u * lanes) * Q + q0 + q) * THREADS);
+#pragma unroll
+      for (int u = 0; u < UU; ++u)
+#pragma unroll
+        for (int q = 0; q < QC; ++q) {
+          __stcg(slot0 + (static_cast<int64_t>(b + u * lanes) * Q + q0 + q) * THREADS,
+                 make_float4(0.0f, 0.0f, 0.0f, 0.0f));
+          acc[4 * (q0 + q)] += v[u][q].x;
+          acc[4 * (q0 + q) + 1] += v[u][q].y;
+          acc[4 * (q0 + q) + 2] += v[u][q].z;
+          acc[4 * (q0 + q) + 3] += v[u][q].w;
+        }
+    }
+  };
+  int b = first;
+  for (; b + (U - 1) * lanes < static_cast<int>(blockIdx.x); b += U * lanes) add_slots(b, std::integral_constant<int, U>{});
+  for (; b < static_cast<int>(blockIdx.x); b += lanes) add_slots(b, std::integral_constant<int, 1>{});
+  return true;
+}
 #endif
 
 // Shared memory of one pipeline stage: [activation tile BN x SC columns][weights, scales, zeros of
@@ -239,7 +344,7 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
   constexpr int XBYTES = BN * SC * 2;
   constexpr int XUNITS = BN * SC / 8;  // 16-byte units of an activation tile
   constexpr int NA = BN / 2;  // accumulators per thread
-  constexpr int64_t kSlotFloats = wgmma_slot_floats(BN, NWG);  // = NA x THREADS (kStreamK)
+  static_assert(wgmma_slot_floats(BN, NWG) == static_cast<int64_t>(NA) * THREADS, "a stream-K slot");
   constexpr bool BF16 = std::is_same<T, __nv_bfloat16>::value;
 
   extern __shared__ __align__(128) uint8_t smem[];
@@ -437,58 +542,10 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
       }
     }
     if constexpr (SPLIT == kStreamK) {
-      if (parts > 1) {
-        // A tile cut between blocks (stream-K): its owners are blocks first .. the one holding its
-        // last stage (s_end == NS), which sums the parts. Each other owner leaves its partial tile in
-        // its block's slot of the workspace (plain stores, in this thread layout) and arrives on the
-        // tile's counter; the summing block waits for all of them, adds the slots to its own part in
-        // block order (the same sum whatever the timing: deterministic), and zeroes the slots and the
-        // counter behind it. The owners process their shares' tiles last first (below), so the slot
-        // writes come at the start of their runs and the wait is short; a block waits only for
-        // lower-numbered blocks, which the GPU starts first.
-        float4* slot0 = reinterpret_cast<float4*>(ws) + tid;  // slot b, unit q: slot0[(b NA / 4 + q) THREADS]
-        int* counter = reinterpret_cast<int*>(ws + static_cast<int64_t>(gridDim.x) * kSlotFloats) + tile;
-        if (s_end < NS) {
-          float4* mine = slot0 + static_cast<int64_t>(blockIdx.x) * (NA / 4) * THREADS;
-#pragma unroll
-          for (int q = 0; q < NA / 4; ++q)
-            __stcg(mine + q * THREADS, make_float4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]));
-          __threadfence();
-          __syncthreads();
-          if (tid == 0) atomicAdd(counter, 1);
-          return;
-        }
-        if (tid == 0) {
-          while (*reinterpret_cast<volatile int*>(counter) < parts - 1) __nanosleep(64);
-          *counter = 0;
-        }
-        __syncthreads();
-        __threadfence();
-        // U slots at a time: their loads all in flight before the adds (a tile cut into 8 parts had
-        // the summing block wait out 7 round trips to the L2 in a row).
-        auto add_slots = [&](int b, auto u_count) {
-          constexpr int U = decltype(u_count)::value;
-          float4 v[U][NA / 4];
-#pragma unroll
-          for (int u = 0; u < U; ++u)
-#pragma unroll
-            for (int q = 0; q < NA / 4; ++q) v[u][q] = __ldcg(slot0 + (static_cast<int64_t>(b + u) * (NA / 4) + q) * THREADS);
-#pragma unroll
-          for (int u = 0; u < U; ++u)
-#pragma unroll
-            for (int q = 0; q < NA / 4; ++q) {
-              __stcg(slot0 + (static_cast<int64_t>(b + u) * (NA / 4) + q) * THREADS, make_float4(0.0f, 0.0f, 0.0f, 0.0f));
-              acc[4 * q] += v[u][q].x;
-              acc[4 * q + 1] += v[u][q].y;
-              acc[4 * q + 2] += v[u][q].z;
-              acc[4 * q + 3] += v[u][q].w;
-            }
-        };
-        constexpr int kU = NA <= 16 ? 4 : NA <= 32 ? 2 : 1;  // 16 float4 registers at most
-        int b = first;
-        for (; b + kU <= static_cast<int>(blockIdx.x); b += kU) add_slots(b, std::integral_constant<int, kU>{});
-        for (; b < static_cast<int>(blockIdx.x); ++b) add_slots(b, std::integral_constant<int, 1>{});
-      }
+      // A tile cut between blocks: parts summed through the workspace by the block holding its last
+      // stage; all of a slot's units at once, kU slots (16 float4 registers at most).
+      constexpr int kU = NA <= 16 ? 4 : NA <= 32 ? 2 : 1;
+      if (parts > 1 && !streamk_sum<NA, THREADS, kU, NA / 4>(acc, ws, tile, s_end == NS, first, 1, tid)) return;
     }
     for_each([&](float& v, int m, int n) {
       const float b = bias != nullptr ? ActTraits<T>::to_float(bias[n]) : 0.0f;
@@ -506,23 +563,7 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
     const int r = static_cast<int>(rank), p = static_cast<int>(parts);
     run_tile(static_cast<int>(blockIdx.x) / p, r * NS / p, (r + 1) * NS / p, p, r);
   } else {
-    // Stream-K: the (output tile, stage) items in tile-major order, an equal contiguous share per block
-    // (every SM busy whatever the tile count); a share may cross tiles, and a tile cut between blocks
-    // sums its parts through the workspace. owner(i) = the block whose share holds item i. The
-    // share's tiles run last first: the last one, cut short, is the one whose partial goes to the
-    // slot (the summing block waits for it), the first one the one this block may sum.
-    const int64_t n_items = static_cast<int64_t>((n_tiles + 4 * NWG - 1) / (4 * NWG)) * m_blocks * NS;
-    const int64_t G = gridDim.x;
-    auto owner = [&](int64_t i) { return static_cast<int>(((i + 1) * G - 1) / n_items); };
-    const int64_t my_begin = blockIdx.x * n_items / G;
-    for (int64_t end = (blockIdx.x + 1) * n_items / G; end > my_begin;) {
-      const int tile = static_cast<int>((end - 1) / NS);
-      const int64_t t0 = static_cast<int64_t>(tile) * NS;
-      const int64_t begin = my_begin > t0 ? my_begin : t0;
-      const int first = owner(t0);
-      run_tile(tile, static_cast<int>(begin - t0), static_cast<int>(end - t0), owner(t0 + NS - 1) - first + 1, first);
-      end = begin;
-    }
+    for_each_run<true>((n_tiles + 4 * NWG - 1) / (4 * NWG) * m_blocks, NS, 1, run_tile);
   }
 #endif
 }
@@ -568,14 +609,20 @@ constexpr int ws_slot_bytes(int bits, int bn, int nwg, int sc) {
 // The large-m GEMM with warp specialization: NWG consumer warpgroups (64 output channels each, as in
 // wxa16_gemm_wgmma_kernel) and a producer warpgroup, PW warps of which copy. The producers stream
 // every stage of the block's tiles into S slots by bulk copies (cp.async.bulk, completing on the
-// slot's `full` mbarrier), and reuse a slot once every consumer warp has arrived on its `empty`
+// slot's `full` mbarrier), and reuse a slot once every consumer thread has arrived on its `empty`
 // mbarrier; the consumers wait on `full`, dequantize from shared memory and issue wgmma as the other
-// kernel does, and release a slot once their wgmma on it have completed. No block barrier in the
+// kernel does, and each releases a slot once its reads of it are done and its warpgroup's wgmma on it
+// have completed. Every thread arrives (fourteenth session), not lane 0 of each warp after a
+// __syncwarp: compute-sanitizer's racecheck reported the lanes' reads of a slot racing with the
+// producers' next copies into it (6 hazards once the slots wrap; it orders only an arriving thread's
+// own accesses), and the 07:21 run measured it no slower, faster in most cells (8192x28672 m=1024:
+// 700.4-718.9 against 775.0-787.5 us; 8192x8192 m=1024 212.6-217.5 against 215.6-232.1). No block barrier in the
 // loop, no copy address arithmetic in the consumers (about a fifth of their instructions in the other
 // kernel), and the block is persistent: the producers fill the next tile's stages while the
 // consumers store the last one. Needs: no group table, a power-of-two group size of at least 32 (or
 // one group: per-channel), K % SC == 0; the dispatcher sends other layers to the other kernel. One
-// tile a block at a time, no split of K (the launcher uses it where the tiles fill the GPU).
+// tile a block at a time, or (SK, given the workspace) stream-K: the stages of all tiles shared out
+// equally (for_each_run), a cut tile's parts summed through the workspace (streamk_sum).
 // On an H100 (thirteenth session, 2026-11-24 05:08 run), four producer warps against one: 8192x28672
 // m=1024 745.5-746.0 against 812.3-866.8 us, 8192x8192 m=1024 204.8-219.9 against 243.6-245.1. Also
 // measured and dropped there: 8 slots of 64 columns (8192x28672 m=1024 1088.1 against 755.0 us), and
@@ -588,7 +635,7 @@ constexpr int ws_slot_bytes(int bits, int bn, int nwg, int sc) {
 constexpr int kWsThreads = 640, kWsLaunchRegs = 96, kWsProducerRegs = 32, kWsConsumerRegs = 112;
 static_assert(128 * kWsProducerRegs + 512 * kWsConsumerRegs <= kWsThreads * kWsLaunchRegs, "the block's pool");
 
-template <int BITS, typename T, int BN, int NWG, int S, int SC, int PW>
+template <int BITS, typename T, int BN, int NWG, int S, int SC, int PW, bool SK>
 __global__ void __launch_bounds__(kWsThreads, 1) wxa16_gemm_wgmma_ws_kernel(
     const T* __restrict__ xt,              // activation tiles (wxa16_tile_x_kernel)
     const uint4* __restrict__ qw,          // [N/16, K/KC, 32] (16 bytes per lane)
@@ -597,6 +644,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) wxa16_gemm_wgmma_ws_kernel(
     int gshift,                            // log2(group size), or 30: one group
     const T* __restrict__ bias,            // [N] or null
     T* __restrict__ out,                   // [M, N]
+    float* __restrict__ ws,                // SK: zeros, [grid][BN * 64 NWG] fp32 slots, then an int counter a tile
     int M, int N, int K) {
 #ifdef QK_HAVE_WGMMA
   constexpr int KC = BITS == 4 ? 64 : 32;
@@ -632,7 +680,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) wxa16_gemm_wgmma_ws_kernel(
   if (tid == 0) {
     for (int i = 0; i < S; ++i) {
       mbar_init(full + i, 1);
-      mbar_init(empty + i, 4 * NWG);
+      mbar_init(empty + i, 4 * NWG * 32);  // every consumer thread arrives
     }
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
@@ -651,13 +699,13 @@ __global__ void __launch_bounds__(kWsThreads, 1) wxa16_gemm_wgmma_ws_kernel(
     // the phase still cannot complete before that arrival.
     const int gstride = n_tiles * 8;  // words a group of scales
     const int item = lane * PW + pw;
-    int sg = 0;                       // stages streamed so far, over all of this block's tiles
-    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    int sg = 0;                       // stages streamed so far, over all of this block's runs
+    for_each_run<SK>(tiles, NS, m_blocks, [&](int tile, int s_begin, int s_end, int, int) {
       const int mb = tile % m_blocks, nb = tile / m_blocks;
       const int valid = min(NT, n_tiles - nb * NT);
       const uint32_t bytes = WBYTES + XBYTES + gps * valid * 32 * (zeros != nullptr ? 2 : 1);
       const T* xsrc = xt + static_cast<int64_t>(mb) * NS * (BN * SC);
-      for (int s = 0; s < NS; ++s, ++sg) {
+      for (int s = s_begin; s < s_end; ++s, ++sg) {
         const int slot = sg % S;
         if (sg >= S) mbar_wait(empty + slot, ((sg / S) - 1) & 1);
         if (item == 0) mbar_arrive_expect_tx(full + slot, bytes);
@@ -678,7 +726,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) wxa16_gemm_wgmma_ws_kernel(
                     valid * 32, full + slot);
         }
       }
-    }
+    });
     return;
   }
 
@@ -709,14 +757,14 @@ __global__ void __launch_bounds__(kWsThreads, 1) wxa16_gemm_wgmma_ws_kernel(
   };
 
   int sg = 0;
-  uint32_t a[2][KG][4];
-  for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+  for_each_run<SK>(tiles, NS, m_blocks, [&](int tile, int s_begin, int s_end, int parts, int first) {
     const int mb = tile % m_blocks, nb = tile / m_blocks;
+    uint32_t a[2][KG][4];
     float acc[NA];
 #pragma unroll
     for (int i = 0; i < NA; ++i) acc[i] = 0.0f;
     int prev = -1;  // the slot whose wgmma may still run (its release waits for them)
-    for (int s = 0; s < NS; ++s, ++sg) {
+    for (int s = s_begin; s < s_end; ++s, ++sg) {
       const int slot = sg % S;
       mbar_wait(full + slot, (sg / S) & 1);
       const uint64_t desc = smem_desc<SC>(xs_of(slot));  // k16 step j: + 16 j (256 bytes a step)
@@ -728,17 +776,17 @@ __global__ void __launch_bounds__(kWsThreads, 1) wxa16_gemm_wgmma_ws_kernel(
         for (int r = 0; r < KG; ++r) wgmma_rs<BF16>(WgmmaN<BN>{}, acc, a[q & 1][r], desc + 16 * (q * KG + r));
         wgmma_commit();
         wgmma_wait<1>();  // the previous group has completed: its registers are free again
-        if (q == 0 && prev >= 0) {  // and so has the previous stage: its slot goes back to the producer
-          __syncwarp();
-          if (lane == 0) mbar_arrive(empty + prev);
-        }
+        if (q == 0 && prev >= 0) mbar_arrive(empty + prev);  // so has the previous stage: its slot is free
       }
       prev = slot;
     }
     wgmma_wait<0>();
     fence_acc(acc);
-    __syncwarp();
-    if (lane == 0) mbar_arrive(empty + prev);
+    mbar_arrive(empty + prev);
+    // A tile cut between blocks (SK): its parts summed through the workspace by the block holding its
+    // last stage, 8 float4 units at a time (the consumers' 112 registers hold 64 accumulators).
+    if constexpr (SK)
+      if (parts > 1 && !streamk_sum<NA, 128 * NWG, 1, 8>(acc, ws, tile, s_end == NS, first, m_blocks, tid)) return;
 
     // acc[4 i + q] = out^T[channel 16 nt + g + 8 (q >> 1)][row m0 + 8 i + 2 t + (q & 1)].
     const int nt = nb * NT + warp, m0 = mb * BN;
@@ -752,7 +800,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) wxa16_gemm_wgmma_ws_kernel(
         }
       }
     }
-  }
+  });
 #endif
 }
 
@@ -803,10 +851,18 @@ constexpr bool fits(int bits, const WgmmaConfig& c) {
 // (8192x8192 m=256, 64 tiles: 102.0 against 67.0). 05:30 run, four producer warps: 8192x28672 m=96
 // 99.9 against 113.5 (config 5), m=128 109.9 against 129.8; at 64 rows the 64-row tiles stay
 // (8192x28672: 75.7 against 88.0), and a warp-specialized kernel of 64-row tiles lost to them (90.3).
-int auto_config(int M, int N, int K, int num_sms) {
+// Fourteenth session (2026-11-24 07:02 and 07:08 runs, configs 5 / 6 whole tiles / 6 stream-K, m =
+// 128-1024, six layers): given the workspace, also from 128 rows on the deep layers (K >= 12288) with
+// fewer tiles, in stream-K (the launcher's model): 28672x8192 m=128 (32 tiles) 115.9-116.4 against
+// 133.8-135.0 us, m=256 196.8-202.3 against 239.5-245.0; 14336x4096 m=256 68.5-69.5 against 70.1-72.1,
+// m=512 110.1-111.9 against 119.6-122.0. Not with 16 tiles (14336x4096 m=128: 56.0-57.4 against 42.1 for
+// config 5), nor on K = 4096 or 8192 (4096x4096 m=256: 36.6 against 28.4-29.7; 8192x8192 m=256: 68.5-69.5
+// against 65.9-67.2).
+int auto_config(int M, int N, int K, int num_sms, bool have_ws) {
   const bool large = static_cast<int64_t>(N) * K >= (int64_t{1} << 27), wide = N >= K;
   const int64_t ws_tiles = static_cast<int64_t>((N + 255) / 256) * ((M + 127) / 128);
   if (M > 64 && 4 * ws_tiles >= 3 * static_cast<int64_t>(num_sms)) return kWsConfig;
+  if (have_ws && M >= 128 && K >= 12288 && 8 * ws_tiles > num_sms) return kWsConfig;
   if (M <= 32) return 4;
   if (M <= 64) return 3;
   if (M <= 128) return large ? 5 : 3;
@@ -971,26 +1027,57 @@ cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qw
 // at least 32 columns or one group (gshift from group_shift), K % 128 == 0.
 bool ws_serves(const int32_t* kgroup, int gshift, int K) { return kgroup == nullptr && gshift >= 5 && K % 128 == 0; }
 
+// The warp-specialized kernel, persistent (one block an SM), whole tiles a block or, given the caller's
+// workspace, stream-K in lanes of the m-blocks (for_each_run), whichever its wave model says is faster:
+// whole tiles take ceil(tiles / SMs) tiles' stages in the busiest block, stream-K an equal share of a
+// lane's stages plus the sum of the cut tiles' parts (a slot read each, at least one; kSlotSum of
+// wxa16_gemm_wgmma's model). Both pay one pipeline fill (kOverhead): a block's runs follow each other
+// without a gap. split.ksplit: -1 chosen so, 0 stream-K, else whole tiles (tuning).
 template <int BITS, typename T, int BN, int NWG, int S0, int SC, int PW>
 cudaError_t launch_wgmma_ws(const void* x, int64_t ldx, void* xp, const int32_t* qweight, const uint32_t* scales,
                             const uint32_t* zeros, int group_size, const void* bias, void* out, int M, int N, int K,
-                            int num_sms, cudaStream_t stream) {
+                            int num_sms, const SplitK& split, cudaStream_t stream) {
   constexpr int kSlot = ws_slot_bytes(BITS, BN, NWG, SC);
   constexpr int kBarBytes = 16;  // two mbarriers a slot
   constexpr int S = S0 * (kSlot + kBarBytes) <= kSmemBudget ? S0 : kSmemBudget / (kSlot + kBarBytes);
   static_assert(S >= 2, "two slots at least");
   constexpr int kSmem = S * (kSlot + kBarBytes);
   constexpr int kThreads = kWsThreads;  // NWG consumer warpgroups and a producer one (PW warps of it copy)
-  auto kernel = wxa16_gemm_wgmma_ws_kernel<BITS, T, BN, NWG, S, SC, PW>;
+  constexpr int64_t kSlotFloats = wgmma_slot_floats(BN, NWG);
+  // kSplitGain: stream-K must model 20% faster. Its stages ran slower than whole tiles' (fourteenth
+  // session, 07:08 run): 4096x14336 m=256 65.3 against 54.0 us where the model said 0.93 of the time,
+  // 8192x28672 m=256 212.1 against 200.8 (0.86); it won where the model said 0.31-0.56 (14336x4096 and
+  // 28672x8192 at 128-512 rows: 32 or 64 tiles) and was within 7% either way at 0.85-0.89.
+  constexpr double kOverhead = 3.0 * 64 / SC, kSlotSum = 180.0 / SC, kSplitGain = 0.8;
+  const int64_t n_blocks = (N / 16 + 4 * NWG - 1) / (4 * NWG), m_blocks = (M + BN - 1) / BN;
+  const int64_t tiles = n_blocks * m_blocks, stages = K / SC, lane_items = n_blocks * stages;
+  int64_t grid = std::min<int64_t>(tiles, num_sms);
+  // Stream-K: blocks of each of the m_blocks lanes, one block an SM in all, no more than the workspace
+  // has slots for.
+  int64_t per_lane = 0;
+  if (split.ws != nullptr && split.ws_numel > tiles)
+    per_lane = std::min<int64_t>(std::min<int64_t>(num_sms, (split.ws_numel - tiles) / kSlotFloats) / m_blocks,
+                                 lane_items);
+  bool stream_k = false;
+  if (split.ksplit == 0) {
+    stream_k = per_lane >= 1 && per_lane * m_blocks >= 2;
+  } else if (split.ksplit < 0 && per_lane >= 2) {
+    const double whole = static_cast<double>((tiles + grid - 1) / grid * stages) + kOverhead;
+    const double reads = std::max(1.0, static_cast<double>(per_lane) / n_blocks);
+    const double sk = static_cast<double>((lane_items + per_lane - 1) / per_lane) + kOverhead + kSlotSum * reads;
+    stream_k = sk < kSplitGain * whole;
+  }
+  if (stream_k) grid = per_lane * m_blocks;
+  auto kernel = stream_k ? wxa16_gemm_wgmma_ws_kernel<BITS, T, BN, NWG, S, SC, PW, true>
+                         : wxa16_gemm_wgmma_ws_kernel<BITS, T, BN, NWG, S, SC, PW, false>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (err != cudaSuccess) return err;
   err = launch_tile_x<BITS, SC>(x, ldx, xp, M, K, BN, num_sms, stream);
   if (err != cudaSuccess) return err;
-  const int64_t tiles = static_cast<int64_t>((N / 16 + 4 * NWG - 1) / (4 * NWG)) * ((M + BN - 1) / BN);
-  const int grid = static_cast<int>(std::min<int64_t>(tiles, num_sms));  // persistent: one block an SM
-  return launch_kernel(kernel, dim3(grid), dim3(kThreads), kSmem, stream, static_cast<const T*>(xp),
-                       reinterpret_cast<const uint4*>(qweight), scales, zeros, group_shift(group_size, K),
-                       static_cast<const T*>(bias), static_cast<T*>(out), M, N, K);
+  return launch_kernel(kernel, dim3(static_cast<unsigned>(grid)), dim3(kThreads), kSmem, stream,
+                       static_cast<const T*>(xp), reinterpret_cast<const uint4*>(qweight), scales, zeros,
+                       group_shift(group_size, K), static_cast<const T*>(bias), static_cast<T*>(out),
+                       stream_k ? split.ws : nullptr, M, N, K);
 }
 
 template <int BITS, typename T>
@@ -998,13 +1085,13 @@ cudaError_t dispatch_config(int config, const void* x, int64_t ldx, void* xp, co
                             const uint32_t* scales, const uint32_t* zeros, const int32_t* kgroup, int group_size,
                             const void* bias, void* out, int M, int N, int K, int num_sms, const SplitK& split,
                             cudaStream_t stream) {
-  if (config < 0) config = auto_config(M, N, K, num_sms);
+  if (config < 0) config = auto_config(M, N, K, num_sms, split.ws != nullptr);
   if (kConfigs[config].ws) {
     if (ws_serves(kgroup, group_shift(group_size, K), K)) {
 #define QK_WS_CONFIG(I)                                                                                              \
   if (config == I)                                                                                                   \
     return launch_wgmma_ws<BITS, T, kConfigs[I].bn, kConfigs[I].nwg, kConfigs[I].s, kConfigs[I].sc, kConfigs[I].pw>( \
-        x, ldx, xp, qweight, scales, zeros, group_size, bias, out, M, N, K, num_sms, stream);
+        x, ldx, xp, qweight, scales, zeros, group_size, bias, out, M, N, K, num_sms, split, stream);
       QK_WS_CONFIG(6)
 #undef QK_WS_CONFIG
     }

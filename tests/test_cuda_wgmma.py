@@ -154,7 +154,8 @@ def test_warp_specialized_persistent(bits, group_size, sym, dtype):
         out = _wgmma(layer, x, dtype, w, config=6, ksplit=ksplit)
         err = _rel(out, ref)
         assert err < BOUND[dtype], f"ksplit={ksplit}: {err:.2e}"
-        assert torch.equal(out, _wgmma(layer, x, dtype, w, config=6, ksplit=ksplit)), f"ksplit={ksplit}: not deterministic"
+        again = _wgmma(layer, x, dtype, w, config=6, ksplit=ksplit)
+        assert torch.equal(out, again), f"ksplit={ksplit}: not deterministic"
         assert not ws.any(), "the workspace must be all zeros after a launch"
 
 

@@ -287,7 +287,8 @@ __device__ __forceinline__ bool streamk_sum(float (&acc)[NA], float* ws, int til
 #pragma unroll
       for (int u = 0; u < UU; ++u)
 #pragma unroll
-        for (int q = 0; q < QC; ++q) v[u][q] = __ldcg(slot0 + (static_cast<int64_t>(b + u * lanes) * Q + q0 + q) * THREADS);
+        for (int q = 0; q < QC; ++q)
+          v[u][q] = __ldcg(slot0 + (static_cast<int64_t>(b + u * lanes) * Q + q0 + q) * THREADS);
 #pragma unroll
       for (int u = 0; u < UU; ++u)
 #pragma unroll
@@ -302,7 +303,8 @@ __device__ __forceinline__ bool streamk_sum(float (&acc)[NA], float* ws, int til
     }
   };
   int b = first;
-  for (; b + (U - 1) * lanes < static_cast<int>(blockIdx.x); b += U * lanes) add_slots(b, std::integral_constant<int, U>{});
+  for (; b + (U - 1) * lanes < static_cast<int>(blockIdx.x); b += U * lanes)
+    add_slots(b, std::integral_constant<int, U>{});
   for (; b < static_cast<int>(blockIdx.x); b += lanes) add_slots(b, std::integral_constant<int, 1>{});
   return true;
 }
@@ -615,10 +617,10 @@ constexpr int ws_slot_bytes(int bits, int bn, int nwg, int sc) {
 // have completed. Every thread arrives (fourteenth session), not lane 0 of each warp after a
 // __syncwarp: compute-sanitizer's racecheck reported the lanes' reads of a slot racing with the
 // producers' next copies into it (6 hazards once the slots wrap; it orders only an arriving thread's
-// own accesses), and the 07:21 run measured it no slower, faster in most cells (8192x28672 m=1024:
-// 700.4-718.9 against 775.0-787.5 us; 8192x8192 m=1024 212.6-217.5 against 215.6-232.1). No block barrier in the
-// loop, no copy address arithmetic in the consumers (about a fifth of their instructions in the other
-// kernel), and the block is persistent: the producers fill the next tile's stages while the
+// own accesses), and the 07:21 run measured it faster in 18 of 24 cells, at most 2.2% slower in 4
+// (8192x28672 m=1024: 700.4-718.9 against 775.0-787.5 us). No block barrier in the loop, no copy
+// address arithmetic in the consumers (about a fifth of their instructions in the other kernel), and
+// the block is persistent: the producers fill the next tile's stages while the
 // consumers store the last one. Needs: no group table, a power-of-two group size of at least 32 (or
 // one group: per-channel), K % SC == 0; the dispatcher sends other layers to the other kernel. One
 // tile a block at a time, or (SK, given the workspace) stream-K: the stages of all tiles shared out

@@ -139,24 +139,26 @@ def test_every_format_config_and_split(group_size, sym, act_order, bits, dtype):
 def test_warp_specialized_persistent(bits, group_size, sym, dtype):
     """The warp-specialized config (6) with more tiles than SMs, so that blocks run several tiles and
     its slots wrap across tiles: 4112 channels (17 blocks of 256, the last with one n-tile), 1100 rows
-    (9 blocks of 128, the last partial) and K = 384 (3 stages: fewer than its slots). 153 tiles.
-    Whole tiles a block, and forced stream-K (459 stages over one block an SM: shares of 3-4 stages
-    that start and end inside tiles, so most tiles are cut in two; a share's runs of several tiles
-    wrap the slots too), each twice, bit-equal, and the workspace left all zeros."""
-    k, n, m = 384, 4112, 1100
+    (9 blocks of 128, the last partial); 153 tiles. K = 384 (3 stages: fewer than its slots) and 1152
+    (9). Whole tiles a block, and forced stream-K in 9 lanes of 14 blocks: at K = 384 all of it (shares
+    of 3-4 stages that start and end inside tiles, so most tiles are cut in two), at K = 1152 after a
+    full wave of whole tiles (126), the other 27 tiles shared out (shares of 1-2 of a lane's 27 stages).
+    Each twice, bit-equal, and the workspace left all zeros."""
+    n, m = 4112, 1100
     assert (n // 256 + 1) * ((m + 127) // 128) > cuda_backend.num_sms(0)
-    layer, portable = _layer(k, n, bits, group_size, sym, dtype)
-    x = torch.randn(m, k, device="cuda", dtype=dtype)
-    ref = _ref(portable, x, bits)
-    ws = torch.zeros(cuda_backend.wgmma_workspace_floats(m, n, cuda_backend.num_sms(0)), dtype=torch.float32,
-                     device="cuda")
-    for w, ksplit in ((None, -1), (ws, 0)):
-        out = _wgmma(layer, x, dtype, w, config=6, ksplit=ksplit)
-        err = _rel(out, ref)
-        assert err < BOUND[dtype], f"ksplit={ksplit}: {err:.2e}"
-        again = _wgmma(layer, x, dtype, w, config=6, ksplit=ksplit)
-        assert torch.equal(out, again), f"ksplit={ksplit}: not deterministic"
-        assert not ws.any(), "the workspace must be all zeros after a launch"
+    for k in (384, 1152):
+        layer, portable = _layer(k, n, bits, group_size, sym, dtype)
+        x = torch.randn(m, k, device="cuda", dtype=dtype)
+        ref = _ref(portable, x, bits)
+        ws = torch.zeros(cuda_backend.wgmma_workspace_floats(m, n, cuda_backend.num_sms(0)), dtype=torch.float32,
+                         device="cuda")
+        for w, ksplit in ((None, -1), (ws, 0)):
+            out = _wgmma(layer, x, dtype, w, config=6, ksplit=ksplit)
+            err = _rel(out, ref)
+            assert err < BOUND[dtype], f"K={k} ksplit={ksplit}: {err:.2e}"
+            again = _wgmma(layer, x, dtype, w, config=6, ksplit=ksplit)
+            assert torch.equal(out, again), f"K={k} ksplit={ksplit}: not deterministic"
+            assert not ws.any(), "the workspace must be all zeros after a launch"
 
 
 @needs_wgmma

@@ -212,9 +212,10 @@ __device__ __forceinline__ void bar_threads() {
 // A block's runs of output tiles, in the order its threads walk them (producers and consumers of the
 // warp-specialized kernel alike): f(tile, s_begin, s_end, parts, first) for stages s_begin ..
 // s_end - 1 of `tile`. Without SK the tiles blockIdx.x, + gridDim.x, ..., each over all of K. With SK
-// (stream-K) the grid is `lanes` lanes (block b in lane b % lanes; gridDim.x a multiple of lanes), and
-// the blocks of lane j share out the (tile, stage) items of tiles j, j + lanes, j + 2 lanes, ... in
-// that order, an equal contiguous share per block (every SM busy whatever the tile count). A share may
+// (stream-K) the first `whole` tiles (a multiple of gridDim.x: full waves) go so too, and the rest
+// stream-K: the grid is `lanes` lanes (block b in lane b % lanes; gridDim.x a multiple of lanes), and
+// the blocks of lane j share out the (tile, stage) items of the rest's tiles j, j + lanes, ... (after
+// `whole`) in that order, an equal contiguous share per block (every SM busy). A share may
 // cross tiles, and a tile cut between blocks has `parts` owners: blocks first, first + lanes, ..., the
 // one holding its last stage. The share's tiles run last first: the last one, cut short, is the one
 // whose partial goes to the workspace (its summing block waits for it), the first one the one this
@@ -222,12 +223,14 @@ __device__ __forceinline__ void bar_threads() {
 // weights' stages alike, so blocks of the same rank in every lane read the same weights at about the
 // same time, once from DRAM, as whole tiles on neighbouring blocks do.
 template <bool SK, typename F>
-__device__ __forceinline__ void for_each_run(int tiles, int NS, int lanes, F&& f) {
+__device__ __forceinline__ void for_each_run(int tiles, int NS, int lanes, int whole, F&& f) {
   if constexpr (!SK) {
     for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) f(tile, 0, NS, 1, 0);
   } else {
+    for (int tile = blockIdx.x; tile < whole; tile += gridDim.x) f(tile, 0, NS, 1, 0);
+    const int rest = tiles - whole;
     const int lane = static_cast<int>(blockIdx.x) % lanes, rank = static_cast<int>(blockIdx.x) / lanes;
-    const int64_t n_items = static_cast<int64_t>((tiles - lane + lanes - 1) / lanes) * NS, G = gridDim.x / lanes;
+    const int64_t n_items = static_cast<int64_t>((rest - lane + lanes - 1) / lanes) * NS, G = gridDim.x / lanes;
     auto owner = [&](int64_t i) { return static_cast<int>(((i + 1) * G - 1) / n_items) * lanes + lane; };
     const int64_t my_begin = rank * n_items / G;
     for (int64_t end = (rank + 1) * n_items / G; end > my_begin;) {
@@ -235,7 +238,7 @@ __device__ __forceinline__ void for_each_run(int tiles, int NS, int lanes, F&& f
       const int64_t t0 = static_cast<int64_t>(u) * NS;
       const int64_t begin = my_begin > t0 ? my_begin : t0;
       const int first = owner(t0);
-      f(u * lanes + lane, static_cast<int>(begin - t0), static_cast<int>(end - t0),
+      f(whole + u * lanes + lane, static_cast<int>(begin - t0), static_cast<int>(end - t0),
         (owner(t0 + NS - 1) - first) / lanes + 1, first);
       end = begin;
     }
@@ -565,7 +568,7 @@ __global__ void __launch_bounds__(NWG * 128) wxa16_gemm_wgmma_kernel(
     const int r = static_cast<int>(rank), p = static_cast<int>(parts);
     run_tile(static_cast<int>(blockIdx.x) / p, r * NS / p, (r + 1) * NS / p, p, r);
   } else {
-    for_each_run<true>((n_tiles + 4 * NWG - 1) / (4 * NWG) * m_blocks, NS, 1, run_tile);
+    for_each_run<true>((n_tiles + 4 * NWG - 1) / (4 * NWG) * m_blocks, NS, 1, 0, run_tile);
   }
 #endif
 }
@@ -647,6 +650,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) wxa16_gemm_wgmma_ws_kernel(
     const T* __restrict__ bias,            // [N] or null
     T* __restrict__ out,                   // [M, N]
     float* __restrict__ ws,                // SK: zeros, [grid][BN * 64 NWG] fp32 slots, then an int counter a tile
+    int whole,                             // SK: tiles run whole first (full waves; for_each_run)
     int M, int N, int K) {
 #ifdef QK_HAVE_WGMMA
   constexpr int KC = BITS == 4 ? 64 : 32;
@@ -702,7 +706,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) wxa16_gemm_wgmma_ws_kernel(
     const int gstride = n_tiles * 8;  // words a group of scales
     const int item = lane * PW + pw;
     int sg = 0;                       // stages streamed so far, over all of this block's runs
-    for_each_run<SK>(tiles, NS, m_blocks, [&](int tile, int s_begin, int s_end, int, int) {
+    for_each_run<SK>(tiles, NS, m_blocks, whole, [&](int tile, int s_begin, int s_end, int, int) {
       const int mb = tile % m_blocks, nb = tile / m_blocks;
       const int valid = min(NT, n_tiles - nb * NT);
       const uint32_t bytes = WBYTES + XBYTES + gps * valid * 32 * (zeros != nullptr ? 2 : 1);
@@ -759,7 +763,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) wxa16_gemm_wgmma_ws_kernel(
   };
 
   int sg = 0;
-  for_each_run<SK>(tiles, NS, m_blocks, [&](int tile, int s_begin, int s_end, int parts, int first) {
+  for_each_run<SK>(tiles, NS, m_blocks, whole, [&](int tile, int s_begin, int s_end, int parts, int first) {
     const int mb = tile % m_blocks, nb = tile / m_blocks;
     uint32_t a[2][KG][4];
     float acc[NA];
@@ -1030,11 +1034,12 @@ cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qw
 bool ws_serves(const int32_t* kgroup, int gshift, int K) { return kgroup == nullptr && gshift >= 5 && K % 128 == 0; }
 
 // The warp-specialized kernel, persistent (one block an SM), whole tiles a block or, given the caller's
-// workspace, stream-K in lanes of the m-blocks (for_each_run), whichever its wave model says is faster:
-// whole tiles take ceil(tiles / SMs) tiles' stages in the busiest block, stream-K an equal share of a
-// lane's stages plus the sum of the cut tiles' parts (a slot read each, at least one; kSlotSum of
-// wxa16_gemm_wgmma's model). Both pay one pipeline fill (kOverhead): a block's runs follow each other
-// without a gap. split.ksplit: -1 chosen so, 0 stream-K, else whole tiles (tuning).
+// workspace, stream-K in lanes of the m-blocks after full waves of whole tiles (for_each_run),
+// whichever its wave model says is faster: whole tiles take ceil(tiles / SMs) tiles' stages in the
+// busiest block; stream-K the full waves, an equal share of the rest's stages of a lane, and a block's
+// fix-ups (kFixup: its cut tiles' partial written, fenced and counted, the other's parts waited for and
+// summed). Both pay one pipeline fill (kOverhead): a block's runs follow each other without a gap.
+// split.ksplit: -1 chosen so, 0 stream-K, else whole tiles (tuning).
 template <int BITS, typename T, int BN, int NWG, int S0, int SC, int PW>
 cudaError_t launch_wgmma_ws(const void* x, int64_t ldx, void* xp, const int32_t* qweight, const uint32_t* scales,
                             const uint32_t* zeros, int group_size, const void* bias, void* out, int M, int N, int K,
@@ -1046,30 +1051,39 @@ cudaError_t launch_wgmma_ws(const void* x, int64_t ldx, void* xp, const int32_t*
   constexpr int kSmem = S * (kSlot + kBarBytes);
   constexpr int kThreads = kWsThreads;  // NWG consumer warpgroups and a producer one (PW warps of it copy)
   constexpr int64_t kSlotFloats = wgmma_slot_floats(BN, NWG);
-  // kSplitGain: stream-K must model 20% faster. Its stages ran slower than whole tiles' (fourteenth
-  // session, 07:08 run): 4096x14336 m=256 65.3 against 54.0 us where the model said 0.93 of the time,
-  // 8192x28672 m=256 212.1 against 200.8 (0.86); it won where the model said 0.31-0.56 (14336x4096 and
-  // 28672x8192 at 128-512 rows: 32 or 64 tiles) and was within 7% either way at 0.85-0.89.
-  constexpr double kOverhead = 3.0 * 64 / SC, kSlotSum = 180.0 / SC, kSplitGain = 0.8;
+  // kFixup: 6.5 stages of 128 columns, from Nsight Compute (fourteenth session, call 8): at 4096x14336
+  // m=256 the stream-K blocks (27.2 stages each, two fix-ups) spent 24% more SM cycles than whole
+  // tiles on the same stages. With it the model picks whole tiles in every cell where they measured
+  // faster or equal in the 07:02-07:21 runs (it models stream-K at 0.96-1.08 of them there) and
+  // stream-K where it won (0.28-0.56). With the full waves first (07:55 run, each cell twice):
+  // 4096x14336 m=1024 200.3-205.7 against 220.4-229.2 us whole, 8192x28672 m=512 356.1-379.6 (forced)
+  // against 409.7-413.8, 8192x28672 m=256 192.1-197.4 against 196.7-200.4.
+  constexpr double kOverhead = 3.0 * 64 / SC, kFixup = 832.0 / SC, kSplitGain = 0.95;
   const int64_t n_blocks = (N / 16 + 4 * NWG - 1) / (4 * NWG), m_blocks = (M + BN - 1) / BN;
   const int64_t tiles = n_blocks * m_blocks, stages = K / SC, lane_items = n_blocks * stages;
   int64_t grid = std::min<int64_t>(tiles, num_sms);
-  // Stream-K: blocks of each of the m_blocks lanes, one block an SM in all, no more than the workspace
-  // has slots for.
+  // Stream-K: per_lane blocks in each of the m_blocks lanes, one block an SM in all, no more than the
+  // workspace has slots for, and no more than a lane's stages (every block gets one at least: a block
+  // with none would still count among a cut tile's owners).
   int64_t per_lane = 0;
   if (split.ws != nullptr && split.ws_numel > tiles)
     per_lane = std::min<int64_t>(std::min<int64_t>(num_sms, (split.ws_numel - tiles) / kSlotFloats) / m_blocks,
                                  lane_items);
+  const int64_t sk_grid = per_lane * m_blocks;
+  // Full waves of whole tiles first, as many as leave each block stages of the rest (one wave fewer if not).
+  int64_t whole = sk_grid > 0 ? tiles / sk_grid * sk_grid : 0;
+  if (whole > 0 && (tiles - whole) / m_blocks * stages < per_lane) whole -= sk_grid;
   bool stream_k = false;
   if (split.ksplit == 0) {
-    stream_k = per_lane >= 1 && per_lane * m_blocks >= 2;
+    stream_k = sk_grid >= 2;
   } else if (split.ksplit < 0 && per_lane >= 2) {
-    const double whole = static_cast<double>((tiles + grid - 1) / grid * stages) + kOverhead;
-    const double reads = std::max(1.0, static_cast<double>(per_lane) / n_blocks);
-    const double sk = static_cast<double>((lane_items + per_lane - 1) / per_lane) + kOverhead + kSlotSum * reads;
-    stream_k = sk < kSplitGain * whole;
+    const double one = static_cast<double>((tiles + grid - 1) / grid * stages) + kOverhead;
+    const int64_t rest_items = (tiles - whole) / m_blocks * stages;
+    const double sk = static_cast<double>(whole / sk_grid * stages + (rest_items + per_lane - 1) / per_lane) +
+                      kOverhead + kFixup;
+    stream_k = sk < kSplitGain * one;
   }
-  if (stream_k) grid = per_lane * m_blocks;
+  if (stream_k) grid = sk_grid;
   auto kernel = stream_k ? wxa16_gemm_wgmma_ws_kernel<BITS, T, BN, NWG, S, SC, PW, true>
                          : wxa16_gemm_wgmma_ws_kernel<BITS, T, BN, NWG, S, SC, PW, false>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
@@ -1079,7 +1093,7 @@ cudaError_t launch_wgmma_ws(const void* x, int64_t ldx, void* xp, const int32_t*
   return launch_kernel(kernel, dim3(static_cast<unsigned>(grid)), dim3(kThreads), kSmem, stream,
                        static_cast<const T*>(xp), reinterpret_cast<const uint4*>(qweight), scales, zeros,
                        group_shift(group_size, K), static_cast<const T*>(bias), static_cast<T*>(out),
-                       stream_k ? split.ws : nullptr, M, N, K);
+                       stream_k ? split.ws : nullptr, stream_k ? static_cast<int>(whole) : 0, M, N, K);
 }
 
 template <int BITS, typename T>

@@ -70,10 +70,11 @@ STREAMK_MAX_M = 8  # rows up to which the GEMM gets the layer's workspace (its s
 # 147.4, m=1024 215.9 against 219.3. From 1025 rows dequantize + cuBLAS stays (05:18 run: at m=4096
 # it was faster on all six layers, 8192x28672 2813.4 against 3078.6-3487.2; at m=2048 within 5%).
 WGMMA_CELLS = ((16, 128, 1 << 25, 1 << 25), (128, 1024, 1 << 24, 1 << 24))
-# Rows up to which the wgmma GEMM gets the shared workspace (its stream-K split). 512 since the
+# Rows up to which the wgmma GEMM gets the shared workspace (its stream-K split). 1024 since the
 # warp-specialized config's stream-K (fourteenth session): 14336x4096 m=512 110.1-111.9 against
-# 119.6-122.0 us without it (benchmarks/NOTES_gpu.md).
-WGMMA_SPLIT_MAX_M = 512
+# 119.6-122.0 us without it; full waves of whole tiles and stream-K for the rest at 4096x14336 m=1024
+# (benchmarks/NOTES_gpu.md).
+WGMMA_SPLIT_MAX_M = 1024
 
 
 def workspace_floats(m: int, n: int) -> int:

@@ -619,9 +619,9 @@ constexpr int ws_slot_bytes(int bits, int bn, int nwg, int sc) {
 // kernel does, and each releases a slot once its reads of it are done and its warpgroup's wgmma on it
 // have completed. Every thread arrives (fourteenth session), not lane 0 of each warp after a
 // __syncwarp: compute-sanitizer's racecheck reported the lanes' reads of a slot racing with the
-// producers' next copies into it (6 hazards once the slots wrap; it orders only an arriving thread's
-// own accesses), and the 07:21 run measured it faster in 18 of 24 cells, at most 2.2% slower in 4
-// (8192x28672 m=1024: 700.4-718.9 against 775.0-787.5 us). No block barrier in the loop, no copy
+// producers' next copies into it (6 hazards once the slots wrap: lane 0's arrive does not order the
+// other lanes' reads for it), and the 07:21 run measured it faster in 18 of 24 cells, at most 2.2%
+// slower in 4 (8192x28672 m=1024: 700.4-718.9 against 775.0-787.5 us). No block barrier in the loop, no copy
 // address arithmetic in the consumers (about a fifth of their instructions in the other kernel), and
 // the block is persistent: the producers fill the next tile's stages while the
 // consumers store the last one. Needs: no group table, a power-of-two group size of at least 32 (or

@@ -515,6 +515,12 @@ void int4_tile_short(const Int8LinearArgs& a, int64_t t, const RowBlock& rb) {
 // the same two pipes as the multiplies, so the sign trick (|w| x sign(x, w)) cost 3 of those slots
 // per 32 products where this costs 2. x16 holds the MR rows' activations already widened (once per
 // row block, see int8_rows); each weight vector is widened once and reused by every row.
+// The bound is the multiply port: on the AVX2 VM of 2026-11-24 vpmaddwd and vpmaddubsw each issue once
+// a cycle (a loop of 12 independent ones: 3.3 G/s at about 3.3 GHz, against 10 G/s for vpaddd), so 32
+// products cost 2 cycles here and in fbgemm's u8 x s8 path (vpmaddubsw, then vpmaddwd by ones) alike:
+// 16 MAC/cycle at most; this loop runs at about 14 (qlinear_bench, one thread). Adding each product to
+// its accumulator on its own (gcc keeps two of the 8 accumulators on the stack here) gained 2% in
+// qlinear_bench and nothing measurable through `cpu_gemm.py` with 2 threads (session 14); not kept.
 template <int MR>
 void int8w_tile(const Int8LinearArgs& a, int64_t t, const RowBlock& rb) {
   const int64_t m0 = rb.m0;

@@ -265,7 +265,7 @@ def mid_m(shapes, m_list, out_dir, with_triton):
 # the workspace)
 STREAMK_TILES = (7, 8, 9, 14)
 SMALL_VARIANTS_M8 = ((7, -1), (12, -1), (14, -1), (2, -1), (12, 2))  # m <= 8
-SMALL_VARIANTS_M16 = ((4, -1), (13, -1), (5, -1), (4, 2), (13, 2), (4, 4))  # 8 < m <= 16
+SMALL_VARIANTS_M16 = ((4, -1), (13, -1), (5, -1), (15, -1), (4, 2), (13, 2), (15, 2))  # 8 < m <= 16
 
 
 WGMMA_CONFIGS = 7  # csrc/cuda/wxa16_gemm_sm90.cu, kConfigs

@@ -40,7 +40,7 @@ for bits, gs, sym, act_order in cases:
             torch.cuda.synchronize()
             assert torch.isfinite(out).all()
             ws = torch.zeros(m * n + (n // 16) * ((m + 7) // 8), device="cuda")
-            for tile in (0, 2, 4, 5, 12, 13):  # forced tiles (12, 13: staged activations), k split over 2 blocks
+            for tile in (0, 2, 4, 5, 12, 13, 15):  # forced tiles (12, 13, 15: staged activations), k split over 2 blocks
                 torch.ops.quantkernels.cuda_wxa16_gemm(
                     x if st.perm is None else x.index_select(1, st.perm), st.qweight, st.scales[dt], st.zeros[dt],
                     st.kgroup, st.group_size, st.bias[dt], bits, ws, tile, 2)

@@ -1079,11 +1079,17 @@ constexpr MidTileShape kMidTiles[] = {{8, 2, 3}, {8, 4, 3}};
 constexpr int kNumMidTiles = sizeof(kMidTiles) / sizeof(kMidTiles[0]);
 // Later tiles, tile id kNumPlainTiles + kNumMidTiles + i: tiles 1 and 5 with staged activations
 // (XS) and 4 stages (2 blocks per SM); 14, the stream-K twin of 12 (staged activations, the
-// workspace sums of stream-K). Measured and dropped (08:46 run, `--small`): the staged twins of tile
-// 0 (8 stages) and tile 2, never faster than these by more than noise; (22:58 run) the staged
-// stream-K twin of tile 7, (1, 4, 3): within 1.5% of tile 14, slower on 8-bit layers.
+// workspace sums of stream-K); 15, a wide 16-row tile (MT = 2, NT = 4) with staged activations that
+// scales each chunk's fp32 sums (164 registers: one block of 8 warps per SM), for 9-16 rows on
+// layers whose n-tiles give every SM a block of them. Measured and dropped (08:46 run, `--small`):
+// the staged twins of tile 0 (8 stages) and tile 2, never faster than these by more than noise;
+// (22:58 run) the staged stream-K twin of tile 7, (1, 4, 3): within 1.5% of tile 14, slower on
+// 8-bit layers; (2026-11-24 09:05-09:17 runs, `--small`) tile 13 scaled per weight (slower on every
+// 4-bit layer), the wide 16-row tile scaled per weight with 2, 3 or 4 stages (2 blocks per SM with
+// 2 stages; slower than tile 15 on every layer), tile 15 with 4 stages (slower), and (1, 4, 3|4)
+// scaled after, for up to 8 rows (no faster than tiles 12 / 14 anywhere).
 constexpr TileShape kLateTiles[] = {{1, 2, 4, true, false, true}, {2, 2, 4, true, false, true},
-                                     {1, 2, 4, true, true, true}};
+                                     {1, 2, 4, true, true, true}, {2, 4, 3, true, false, true}};
 constexpr int kNumTiles = kNumPlainTiles + kNumMidTiles + sizeof(kLateTiles) / sizeof(kLateTiles[0]);
 
 // The fastest tile measured on an H100 (benchmarks/NOTES_gpu.md, `gpu_gemm.py --sweep` and
@@ -1114,9 +1120,16 @@ constexpr int kNumTiles = kNumPlainTiles + kNumMidTiles + sizeof(kLateTiles) / s
 // layers from 2^27 weights (m = 4: 92.0 against 94.6 (tile 12) and 85.9 against 88.5 (tile 7)).
 // Tile 12's whole slices leave SMs unequally loaded where the slices do not divide evenly
 // (8192x28672: 896 slices of 2 n-tiles on 2 x 132 block slots fill the last wave to 85%).
+// Since the fifteenth session (2026-11-24 09:11 and 09:17 runs, `--small`, two machines), 9-16 rows
+// take tile 15 where its slices of 4 n-tiles give nearly every SM a block (N/16 >= 3.75 x SMs): 4-bit
+// m = 16 4096x14336 15.2 against 16.9 us (tile 13), 8192x8192 17.4-17.5 against 20.2-20.4,
+// 28672x8192 50.8-51.2 against 62.7-62.8, 8192x28672 50.7-52.2 against 54.2-55.4 (tile 4); not
+// 14336x4096 or 4096x4096 (64 blocks: 22.1 against 17.7, 8.9 against 7.1). 8-bit layers only below
+// tile 4's width: 8192x8192 29.1 against 31.9, 28672x8192 96.0-96.4 against 105.9-106.8 (on
+// 8192x28672 tile 4 stays: 94.0 against 96.4).
 int auto_tile(int M, int n_tiles, int nc, int bits, bool have_ws, int num_sms) {
   constexpr int kStaged1 = kNumPlainTiles + kNumMidTiles, kStaged5 = kStaged1 + 1;  // tiles 1, 5 staged
-  constexpr int kStreamKStaged = kStaged1 + 2;                                      // tile 14
+  constexpr int kStreamKStaged = kStaged1 + 2, kWide16 = kStaged1 + 3;              // tiles 14, 15
   if (M <= 8) {
     const int64_t weights = static_cast<int64_t>(n_tiles) * 16 * nc * (bits == 4 ? 64 : 32);
     if (have_ws && M == 1 && weights >= (int64_t{1} << (bits == 8 ? 25 : 27))) return kStreamKStaged;
@@ -1124,7 +1137,11 @@ int auto_tile(int M, int n_tiles, int nc, int bits, bool have_ws, int num_sms) {
     if (bits == 8 && have_ws && nc > 2 * ((n_tiles + 3) / 4) && n_tiles >= 2 * num_sms) return 7;
     return kStaged1;
   }
-  if (M <= 16) return n_tiles >= (bits == 8 ? 4 : 8) * num_sms ? 4 : kStaged5;
+  if (M <= 16) {
+    const bool block_per_sm = 4 * n_tiles >= 15 * num_sms;  // tile 15's slices of 4 n-tiles fill ~all SMs
+    if (block_per_sm && (bits == 4 || n_tiles < 4 * num_sms)) return kWide16;
+    return n_tiles >= (bits == 8 ? 4 : 8) * num_sms ? 4 : kStaged5;
+  }
   if (M > 64 && M <= 128) {
     if (static_cast<int64_t>(n_tiles) * nc >= (int64_t{1} << 17)) return kNumPlainTiles + 1;
     if (n_tiles >= 6 * num_sms) return kNumPlainTiles;
@@ -1166,13 +1183,14 @@ cudaError_t dispatch_tile(int tile, const void* x, int64_t ldx, const int32_t* q
     QK_LATE_TILE(0)
     QK_LATE_TILE(1)
     QK_LATE_TILE(2)
+    QK_LATE_TILE(3)
 #undef QK_LATE_TILE
     default:
       return cudaErrorInvalidValue;
   }
 #undef QK_TILE
 }
-static_assert(kNumPlainTiles == 10 && kNumMidTiles == 2 && kNumTiles == 15, "dispatch_tile lists every tile");
+static_assert(kNumPlainTiles == 10 && kNumMidTiles == 2 && kNumTiles == 16, "dispatch_tile lists every tile");
 
 }  // namespace
 

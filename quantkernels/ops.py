@@ -154,6 +154,12 @@ _define(
     "cuda_wxa16_dequantize(Tensor qweight, Tensor scales, Tensor? zeros, Tensor? kgroup, int group_size,"
     " int bits) -> Tensor"
 )
+# The tile cuda_wxa16_gemm's automatic choice takes for m rows of an n x k layer on qweight's device (with
+# or without a workspace; ``smem_optin`` > 0 stands in for the device's per-block shared-memory limit).
+_define(
+    "cuda_wxa16_gemm_tile(Tensor qweight, int m, int n, int k, int bits, bool with_workspace, int smem_optin=0)"
+    " -> int"
+)
 
 
 def _cuda_chunk_cols(bits):

@@ -17,6 +17,8 @@ dtype does, so it must match bit for bit.
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -313,6 +315,42 @@ def test_real_layer_shapes(k, n):
         err = _rel(_poisoned_forward(layer, x), _ref(portable, x, 4))
         assert err < BOUND[torch.float16], f"m={m}: {err:.2e}"
 
+
+
+@needs_gpu
+def test_automatic_tile_choice_and_shared_memory_fallback():
+    """The automatic tile for 9-16 rows (auto_tile): tile 15 where its slices of 4 n-tiles give
+    nearly every SM a block (4 N/16 >= 15 SMs; 8-bit layers only below tile 4's width), tile 13
+    on narrower layers. Where a block may not opt in to the 120 KB tile 15 or the 112 KB tile 13 take
+    (99 KB: compute capability 8.6 / 8.9), their unstaged twins (4, 5) serve; the output is then right
+    as well (the forced twins are checked against the reference in test_every_gemm_tile)."""
+    probe = torch.zeros(1, dtype=torch.int32, device="cuda")
+    sms = cuda_backend.num_sms(probe.device.index)
+    tile = functools.partial(torch.ops.quantkernels.cuda_wxa16_gemm_tile, probe)
+    wide = 16 * -(-15 * sms // 4)  # the narrowest N that takes tile 15
+    assert tile(16, wide, 4096, 4, False) == 15 and tile(9, wide, 4096, 4, False) == 15
+    assert tile(16, wide - 16, 4096, 4, False) == 13
+    assert tile(8, wide, 4096, 4, False) == 12 and tile(17, wide, 4096, 4, False) == 6
+    assert tile(16, wide, 4096, 8, False) == (15 if wide < 64 * sms else 4)
+    assert tile(16, 16 * 8 * sms, 4096, 8, False) == 4  # the widest 8-bit layers keep tile 4
+    small = 99 * 1024
+    assert tile(16, wide, 4096, 4, False, small) == (4 if wide >= 128 * sms else 5)
+    assert tile(16, wide - 16, 4096, 4, False, small) == 5
+    with pytest.raises(RuntimeError, match="bits must be 4 or 8"):
+        tile(16, wide, 4096, 3, False)
+    with pytest.raises(RuntimeError, match="k % 64 == 0"):
+        tile(16, wide, 4100, 4, False)
+    # The wide layer at 16 rows, through the automatic tile and forced through its fallback.
+    k, n = 1024, wide
+    layer = _layer(k, n, QuantConfig(bits=4, group_size=128, sym=True), torch.float16, seed=n)
+    st = layer._prepared["cuda"]
+    portable = _portable(layer)
+    x = torch.randn(16, k, device="cuda", dtype=torch.float16)
+    ref = _ref(portable, x, 4)
+    for forced in (-1, tile(16, n, k, 4, False, small)):
+        out = torch.ops.quantkernels.cuda_wxa16_gemm(x, st.qweight, st.scales[x.dtype], st.zeros[x.dtype], st.kgroup,
+                                                     st.group_size, st.bias[x.dtype], 4, None, forced)
+        assert _rel(out, ref) < BOUND[torch.float16], f"tile {forced}"
 
 
 @needs_gpu

@@ -157,6 +157,23 @@ at::Tensor wxa16_dequantize(const at::Tensor& qweight, const at::Tensor& scales,
   return w;
 }
 
+int64_t wxa16_gemm_tile(const at::Tensor& qweight, int64_t m, int64_t n, int64_t k, int64_t bits, bool with_workspace,
+                        int64_t smem_optin) {
+  QK_CHECK(qweight.is_cuda(), "qweight must be a CUDA tensor, got device ", qweight.device());
+  QK_CHECK(m >= 1 && m <= INT32_MAX / 2 && n >= 16 && n <= INT32_MAX && k >= 1 && k <= INT32_MAX, "m, n, k must be ",
+           "positive 32-bit sizes (n >= 16), got ", m, ", ", n, ", ", k);
+  QK_CHECK(bits == 4 || bits == 8, "bits must be 4 or 8, got ", bits);
+  QK_CHECK(smem_optin >= 0 && smem_optin <= INT32_MAX, "smem_optin must be 0 (the device's) or a byte count, got ",
+           smem_optin);
+  const c10::cuda::CUDAGuard guard(qweight.device());
+  const int tile = qk::cuda::wxa16_gemm_auto_tile(static_cast<int>(m), static_cast<int>(n), static_cast<int>(k),
+                                                  static_cast<int>(bits), with_workspace,
+                                                  num_sms(qweight.device().index()), static_cast<int>(smem_optin));
+  QK_CHECK(tile >= 0, "no tile for n=", n, ", k=", k, ", bits=", bits, ": n % 16 == 0 and k % ", bits == 4 ? 64 : 32,
+           " == 0 are required");
+  return tile;
+}
+
 // ---- The Hopper wgmma GEMM (csrc/cuda/wxa16_gemm_sm90.cu): same arguments as wxa16_gemm, `config`
 // in place of `tile`; only where cuda_wxa16_wgmma_available says so.
 
@@ -234,6 +251,7 @@ at::Tensor wxa16_gemm_wgmma(const at::Tensor& x, const at::Tensor& qweight, cons
 TORCH_LIBRARY_IMPL(quantkernels, CUDA, m) {
   m.impl("cuda_wxa16_gemm", &wxa16_gemm);
   m.impl("cuda_wxa16_dequantize", &wxa16_dequantize);
+  m.impl("cuda_wxa16_gemm_tile", &wxa16_gemm_tile);
   m.impl("cuda_wxa16_gemm_wgmma", &wxa16_gemm_wgmma);
   m.impl("cuda_wxa16_wgmma_available", &wxa16_wgmma_available);
 }

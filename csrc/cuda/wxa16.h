@@ -78,6 +78,11 @@ cudaError_t wxa16_gemm(const void* x,          // [M, K] act dtype, row stride l
 // Number of GEMM tile shapes (valid `tile` values are -1 and 0 .. wxa16_gemm_num_tiles() - 1).
 int wxa16_gemm_num_tiles();
 
+// The tile wxa16_gemm's automatic choice (tile = -1) takes for M rows of an N x K `bits`-bit layer,
+// with or without a workspace, on a GPU of num_sms SMs whose blocks may opt in to smem_optin bytes of
+// shared memory (<= 0: the current device's). For tests and benchmarks.
+int wxa16_gemm_auto_tile(int M, int N, int K, int bits, bool have_ws, int num_sms, int smem_optin);
+
 // w[N, K] (sorted columns, act dtype, row-major) = dequantized weight.
 cudaError_t wxa16_dequantize(const int32_t* qweight, const uint32_t* scales, const uint32_t* zeros,
                              const int32_t* kgroup, int group_size,

@@ -1092,6 +1092,23 @@ constexpr TileShape kLateTiles[] = {{1, 2, 4, true, false, true}, {2, 2, 4, true
                                      {1, 2, 4, true, true, true}, {2, 4, 3, true, false, true}};
 constexpr int kNumTiles = kNumPlainTiles + kNumMidTiles + sizeof(kLateTiles) / sizeof(kLateTiles[0]);
 
+// Shared memory a block may opt in to on the current device (cudaDevAttrMaxSharedMemoryPerBlockOptin),
+// queried once per device.
+int smem_optin() {
+  static std::atomic<int> cache[64] = {};
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) dev = 0;
+  int v = cache[dev].load(std::memory_order_relaxed);
+  if (v == 0) {
+    if (cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess || v <= 0) {
+      (void)cudaGetLastError();
+      v = 48 * 1024;  // the default every GPU allows
+    }
+    cache[dev].store(v, std::memory_order_relaxed);
+  }
+  return v;
+}
+
 // The fastest tile measured on an H100 (benchmarks/NOTES_gpu.md, `gpu_gemm.py --sweep` and
 // `--small`) by rows m, n-tiles and chunks nc: wide tiles once N gives every SM 4+ n-tiles, middle
 // ones from 2+, else narrow ones that keep more warps busy; beyond 16 rows, passes of 32 rows. Up
@@ -1127,9 +1144,15 @@ constexpr int kNumTiles = kNumPlainTiles + kNumMidTiles + sizeof(kLateTiles) / s
 // 14336x4096 or 4096x4096 (64 blocks: 22.1 against 17.7, 8.9 against 7.1). 8-bit layers only below
 // tile 4's width: 8192x8192 29.1 against 31.9, 28672x8192 96.0-96.4 against 105.9-106.8 (on
 // 8192x28672 tile 4 stays: 94.0 against 96.4).
-int auto_tile(int M, int n_tiles, int nc, int bits, bool have_ws, int num_sms) {
+//
+// smem_optin: the device's shared memory a block may opt in to. Tiles 13 (112 KB) and 15 (120 KB)
+// need more than GPUs of compute capability 8.6 / 8.9 allow (99 KB), where their unstaged twins (5,
+// and 4 or 5) serve instead; every other tile the automatic choice picks needs at most 96 KB.
+int auto_tile(int M, int n_tiles, int nc, int bits, bool have_ws, int num_sms, int smem_optin) {
   constexpr int kStaged1 = kNumPlainTiles + kNumMidTiles, kStaged5 = kStaged1 + 1;  // tiles 1, 5 staged
   constexpr int kStreamKStaged = kStaged1 + 2, kWide16 = kStaged1 + 3;              // tiles 14, 15
+  constexpr TileShape w16 = kLateTiles[3], s5 = kLateTiles[1];
+  static_assert(w16.mt == 2 && w16.nt == 4 && w16.xs && s5.mt == 2 && s5.nt == 2 && s5.xs, "tiles 15 and 13");
   if (M <= 8) {
     const int64_t weights = static_cast<int64_t>(n_tiles) * 16 * nc * (bits == 4 ? 64 : 32);
     if (have_ws && M == 1 && weights >= (int64_t{1} << (bits == 8 ? 25 : 27))) return kStreamKStaged;
@@ -1139,8 +1162,11 @@ int auto_tile(int M, int n_tiles, int nc, int bits, bool have_ws, int num_sms) {
   }
   if (M <= 16) {
     const bool block_per_sm = 4 * n_tiles >= 15 * num_sms;  // tile 15's slices of 4 n-tiles fill ~all SMs
-    if (block_per_sm && (bits == 4 || n_tiles < 4 * num_sms)) return kWide16;
-    return n_tiles >= (bits == 8 ? 4 : 8) * num_sms ? 4 : kStaged5;
+    if (block_per_sm && (bits == 4 || n_tiles < 4 * num_sms) &&
+        smem_bytes<w16.mt, w16.nt, w16.s, true>() <= smem_optin)
+      return kWide16;
+    if (n_tiles >= (bits == 8 ? 4 : 8) * num_sms) return 4;
+    return smem_bytes<s5.mt, s5.nt, s5.s, true>() <= smem_optin ? kStaged5 : 5;
   }
   if (M > 64 && M <= 128) {
     if (static_cast<int64_t>(n_tiles) * nc >= (int64_t{1} << 17)) return kNumPlainTiles + 1;
@@ -1157,7 +1183,8 @@ cudaError_t dispatch_tile(int tile, const void* x, int64_t ldx, const int32_t* q
   case I:                                                                                                            \
     return launch<BITS, T, kTiles[I].mt, kTiles[I].nt, kTiles[I].s, kTiles[I].after, kTiles[I].streamk, kTiles[I].xs>(x, ldx, qweight, scales, zeros, kgroup,         \
                                                                    group_size, bias, out, M, N, K, num_sms, split, stream);
-  switch (tile < 0 ? auto_tile(M, N / 16, K / chunk_cols(BITS), BITS, split.ws != nullptr, num_sms) : tile) {
+  if (tile < 0) tile = auto_tile(M, N / 16, K / chunk_cols(BITS), BITS, split.ws != nullptr, num_sms, smem_optin());
+  switch (tile) {
     QK_TILE(0)
     QK_TILE(1)
     QK_TILE(2)
@@ -1211,6 +1238,12 @@ cudaError_t wxa16_gemm(const void* x, int64_t ldx, const int32_t* qweight, const
 }
 
 int wxa16_gemm_num_tiles() { return kNumTiles; }
+
+int wxa16_gemm_auto_tile(int M, int N, int K, int bits, bool have_ws, int num_sms, int smem_optin_bytes) {
+  if (M <= 0 || N % 16 != 0 || (bits != 4 && bits != 8) || K % chunk_cols(bits) != 0) return -1;
+  return auto_tile(M, N / 16, K / chunk_cols(bits), bits, have_ws, num_sms,
+                   smem_optin_bytes > 0 ? smem_optin_bytes : smem_optin());
+}
 
 }  // namespace cuda
 }  // namespace qk

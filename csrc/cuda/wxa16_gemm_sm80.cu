@@ -1086,8 +1086,10 @@ constexpr int kNumMidTiles = sizeof(kMidTiles) / sizeof(kMidTiles[0]);
 // (22:58 run) the staged stream-K twin of tile 7, (1, 4, 3): within 1.5% of tile 14, slower on
 // 8-bit layers; (2026-11-24 09:05-09:17 runs, `--small`) tile 13 scaled per weight (slower on every
 // 4-bit layer), the wide 16-row tile scaled per weight with 2, 3 or 4 stages (2 blocks per SM with
-// 2 stages; slower than tile 15 on every layer), tile 15 with 4 stages (slower), and (1, 4, 3|4)
-// scaled after, for up to 8 rows (no faster than tiles 12 / 14 anywhere).
+// 2 stages; slower than tile 15 on every layer), tile 15 with 4 stages (slower), (1, 4, 3|4)
+// scaled after, for up to 8 rows (no faster than tiles 12 / 14 anywhere), and (09:50 run) the
+// stream-K twin of tile 15 with a workspace (slower on every layer at 9 and 16 rows: 14336x4096 m=16
+// 22.5 against 17.9 us for tile 13, 4096x14336 29.0 against 15.2).
 constexpr TileShape kLateTiles[] = {{1, 2, 4, true, false, true}, {2, 2, 4, true, false, true},
                                      {1, 2, 4, true, true, true}, {2, 4, 3, true, false, true}};
 constexpr int kNumTiles = kNumPlainTiles + kNumMidTiles + sizeof(kLateTiles) / sizeof(kLateTiles[0]);

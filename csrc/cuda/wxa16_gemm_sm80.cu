@@ -1149,7 +1149,8 @@ int smem_optin() {
 //
 // smem_optin: the device's shared memory a block may opt in to. Tiles 13 (112 KB) and 15 (120 KB)
 // need more than GPUs of compute capability 8.6 / 8.9 allow (99 KB), where their unstaged twins (5,
-// and 4 or 5) serve instead; every other tile the automatic choice picks needs at most 96 KB.
+// and 4 or 5) serve instead. Every other tile it picks fits in 99 KB: the plain ones need at most 96
+// KB, and the middle-m launcher skips the splits of K that do not fit.
 int auto_tile(int M, int n_tiles, int nc, int bits, bool have_ws, int num_sms, int smem_optin) {
   constexpr int kStaged1 = kNumPlainTiles + kNumMidTiles, kStaged5 = kStaged1 + 1;  // tiles 1, 5 staged
   constexpr int kStreamKStaged = kStaged1 + 2, kWide16 = kStaged1 + 3;              // tiles 14, 15

@@ -65,26 +65,38 @@ __device__ __noinline__ void prefetch_weights(const uint4* qw, int nt0, int n_ti
   }
 }
 
+// Attribute A of the current device, queried once per device (0 where the query fails; a failed
+// query is not cached).
+template <cudaDeviceAttr A>
+inline int current_device_attribute() {
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  static std::array<std::atomic<int>, 64> cache{};  // 0 unknown, else the value + 1
+  int v = cache[dev].load(std::memory_order_relaxed);
+  if (v == 0) {
+    int a = 0;
+    if (cudaDeviceGetAttribute(&a, A, dev) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return 0;
+    }
+    v = a + 1;
+    cache[dev].store(v, std::memory_order_relaxed);
+  }
+  return v - 1;
+}
+
 // Whether launches on the current device ask for PDL: compute capability 9.0 or newer, unless the
 // environment variable QUANTKERNELS_CUDA_PDL is "0" (read once per process; for A/B timing and as
-// a workaround). Cached per device.
+// a workaround).
 inline bool pdl_enabled() {
   static const bool allowed = [] {
     const char* v = std::getenv("QUANTKERNELS_CUDA_PDL");
     return v == nullptr || !(v[0] == '0' && v[1] == '\0');
   }();
-  if (!allowed) return false;
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return false;
-  static std::array<std::atomic<int>, 64> cache{};  // 0 unknown, 1 no, 2 yes
-  int v = cache[dev].load(std::memory_order_relaxed);
-  if (v == 0) {
-    int major = 0;
-    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
-    v = major >= 9 ? 2 : 1;
-    cache[dev].store(v, std::memory_order_relaxed);
-  }
-  return v == 2;
+  return allowed && current_device_attribute<cudaDevAttrComputeCapabilityMajor>() >= 9;
 }
 
 // The kernels' `pdl_pf` argument: how many chunk slices (512 bytes of one warp's weights, at most

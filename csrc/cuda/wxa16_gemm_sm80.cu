@@ -1094,21 +1094,11 @@ constexpr TileShape kLateTiles[] = {{1, 2, 4, true, false, true}, {2, 2, 4, true
                                      {1, 2, 4, true, true, true}, {2, 4, 3, true, false, true}};
 constexpr int kNumTiles = kNumPlainTiles + kNumMidTiles + sizeof(kLateTiles) / sizeof(kLateTiles[0]);
 
-// Shared memory a block may opt in to on the current device (cudaDevAttrMaxSharedMemoryPerBlockOptin),
-// queried once per device.
+// Shared memory a block may opt in to on the current device (48 KB, what every GPU allows, where
+// the query fails).
 int smem_optin() {
-  static std::atomic<int> cache[64] = {};
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) dev = 0;
-  int v = cache[dev].load(std::memory_order_relaxed);
-  if (v == 0) {
-    if (cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess || v <= 0) {
-      (void)cudaGetLastError();
-      v = 48 * 1024;  // the default every GPU allows
-    }
-    cache[dev].store(v, std::memory_order_relaxed);
-  }
-  return v;
+  const int v = current_device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>();
+  return v > 0 ? v : 48 * 1024;
 }
 
 // The fastest tile measured on an H100 (benchmarks/NOTES_gpu.md, `gpu_gemm.py --sweep` and

@@ -10,11 +10,26 @@ if ROOT not in sys.path:  # run from a source checkout without installing
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_clean_env(monkeypatch):
-    """Fresh random data per test (seeded for reproducibility) and no stray backend forcing."""
-    torch.manual_seed(int.from_bytes(os.urandom(2), "little"))
+def _seed_and_clean_env(request, monkeypatch):
+    """Fresh random data per test and no stray backend forcing.
+
+    The seed is drawn anew for every test and printed with a failure's report ("random seed");
+    `QUANTKERNELS_TEST_SEED=N pytest ...` replays that test on the same data.
+    """
+    seed = int(os.environ.get("QUANTKERNELS_TEST_SEED") or int.from_bytes(os.urandom(4), "little"))
+    torch.manual_seed(seed)
+    request.node.user_properties.append(("random seed", seed))
     monkeypatch.delenv("QUANTKERNELS_BACKEND", raising=False)
     yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = (yield).get_result()
+    if report.failed:
+        for name, value in item.user_properties:
+            if name == "random seed":
+                report.sections.append(("random seed", f"QUANTKERNELS_TEST_SEED={value}"))
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -104,7 +104,8 @@ torch.library.register_autograd("quantkernels::linear", _linear_backward, setup_
 # ---------------------------------------------------------------------------------------------------
 # CPU backend ops (layouts in csrc/cpu/; kernels registered by csrc/bindings/cpu_ops.cpp).
 # ---------------------------------------------------------------------------------------------------
-# Layouts: csrc/cpu/qlinear.h (built by quantkernels/backends/cpu.py). x is fp32 [M, K]; the output
+# Layouts: csrc/cpu/qlinear.h (built by quantkernels/backends/cpu.py); scales and zeros are fp32
+# tile-major [N/8, G, 8]. x is fp32 [M, K]; the output
 # is fp32 [M, N], bias included. `isa` names the instruction set ("" = the process-wide choice;
 # tests pass one explicitly to cover every path the machine runs).
 _define(
@@ -123,12 +124,12 @@ _define("cpu_empty_huge_pages(int nbytes) -> Tensor")
 
 @torch.library.register_fake("quantkernels::cpu_linear_float")
 def _cpu_linear_float_fake(x, w, scales, zeros, bias, bits, isa=""):
-    return x.new_empty((x.shape[0], scales.shape[1]), dtype=torch.float32)
+    return x.new_empty((x.shape[0], scales.shape[0] * 8), dtype=torch.float32)
 
 
 @torch.library.register_fake("quantkernels::cpu_linear_int8")
 def _cpu_linear_int8_fake(x, w, scales, zeros, bias, bits, act_group_size, isa=""):
-    return x.new_empty((x.shape[0], scales.shape[1]), dtype=torch.float32)
+    return x.new_empty((x.shape[0], scales.shape[0] * 8), dtype=torch.float32)
 
 
 @torch.library.register_fake("quantkernels::cpu_empty_huge_pages")

@@ -218,7 +218,7 @@ def test_gemv_non_finite_activation(isa, bad):
 def test_gemv_k_zero(isa):
     # An empty reduction gives zeros (the AVX2 GEMV's assembly loop must not run on zero rows).
     op = torch.ops.quantkernels.cpu_linear_float
-    out = op(torch.randn(1, 0), torch.empty(0, dtype=torch.int32), torch.ones(1, 72), torch.zeros(1, 72), None, 4, isa)
+    out = op(torch.randn(1, 0), torch.empty(0, dtype=torch.int32), torch.ones(9, 1, 8), torch.zeros(9, 1, 8), None, 4, isa)
     assert out.shape == (1, 72) and not out.any()
 
 
@@ -311,6 +311,12 @@ def test_act_order_permutation(cfg):
 def test_repacked_layout_replaces_qweight_and_round_trips(cfg):
     layer, portable = make_layer(cfg, 264 if cfg.group_size == -1 else 256, 72, seed=9)
     assert layer.qweight.numel() == 0, "the portable qweight must not be kept next to the repacked one"
+    st = layer._prepared["cpu"]  # scales tile-major: (t, g, i) is portable [g, 8t + i]
+    g = portable["scales"].shape[0]
+    assert st.scales.shape == (9, g, 8) and st.scales.is_contiguous()
+    assert torch.equal(st.scales, portable["scales"].float().view(g, 9, 8).permute(1, 0, 2))
+    zeros = reference.unpack(portable["qzeros"], cfg.bits, 1).float() - (128 if cfg.bits == 8 and cfg.act_bits else 0)
+    assert torch.equal(st.zeros, zeros.view(g, 9, 8).permute(1, 0, 2))
     sd = layer.state_dict()
     for name in ("qweight", "qzeros", "scales", "g_idx"):
         assert torch.equal(sd[name], portable[name]), name
@@ -401,6 +407,11 @@ def test_unsupported_formats_fall_back_with_a_reason():
     assert layer3._last_backend == "reference"
     layer16, _ = make_layer(QuantConfig(4, 16, act_bits=8), 256, 64)
     assert "multiple of 32" in cpu_backend.BACKEND.supports(layer16, x)
+    # 8-bit codes pack 4 to a word, so N = 20 is a valid layer; the kernels' tiles are 8 channels
+    layer20, portable20 = make_layer(QuantConfig(8, 64), 256, 20)
+    assert "not a multiple of 8" in cpu_backend.BACKEND.supports(layer20, x)
+    assert rel_err(layer20(x), ref_out(layer20.config, portable20, x)) <= FLOAT_BOUND(256)
+    assert layer20._last_backend == "reference"
 
 
 # ---- bad input: clear errors naming the argument -----------------------------------------------
@@ -413,7 +424,11 @@ def test_errors_name_the_argument():
     with pytest.raises(RuntimeError, match="w must be the contiguous int32"):
         op(torch.randn(2, 256), st.w[:3], st.scales, st.zeros, st.bias, 4)
     with pytest.raises(RuntimeError, match="zeros must be"):
-        op(torch.randn(2, 256), st.w, st.scales, st.zeros[:, :8], st.bias, 4)
+        op(torch.randn(2, 256), st.w, st.scales, st.zeros[:1], st.bias, 4)
+    with pytest.raises(RuntimeError, match=r"scales must be contiguous float32 tile-major \[N/8, G, 8\]"):
+        op(torch.randn(2, 256), st.w, st.scales.permute(1, 0, 2).reshape(-1, 72), st.zeros, st.bias, 4)
+    with pytest.raises(RuntimeError, match="scales must be"):
+        op(torch.randn(2, 256), st.w, st.scales.transpose(0, 1), st.zeros, st.bias, 4)  # not contiguous
     with pytest.raises(RuntimeError, match="bias must be"):
         op(torch.randn(2, 256), st.w, st.scales, st.zeros, st.bias[:8], 4)
     with pytest.raises(RuntimeError, match="K = x.size"):

@@ -89,14 +89,16 @@ void check_common(const at::Tensor& x, const at::Tensor& scales, const at::Tenso
   QK_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 2, op,
            ": x must be a 2-D float32 CPU tensor [M, K], got ", x.scalar_type(), " ", shape(x), " on ",
            x.device());
-  QK_CHECK(scales.scalar_type() == at::kFloat && scales.dim() == 2 && scales.is_contiguous(), op,
-           ": scales must be contiguous float32 [G, N], got ", scales.scalar_type(), " ", shape(scales));
+  QK_CHECK(scales.scalar_type() == at::kFloat && scales.dim() == 3 && scales.size(2) == qk::cpu::kTileN &&
+               scales.is_contiguous(),
+           op, ": scales must be contiguous float32 tile-major [N/8, G, 8], got ", scales.scalar_type(), " ",
+           shape(scales));
   QK_CHECK(zeros.scalar_type() == at::kFloat && zeros.sizes() == scales.sizes() && zeros.is_contiguous(), op,
            ": zeros must be contiguous float32 with the shape of scales ", shape(scales), ", got ",
            zeros.scalar_type(), " ", shape(zeros));
-  const int64_t N = scales.size(1), G = scales.size(0), K = x.size(1);
-  QK_CHECK(N > 0 && N % qk::cpu::kTileN == 0, op, ": N = scales.size(1) = ", N, " must be a positive multiple of 8");
-  QK_CHECK(G > 0 && K % G == 0, op, ": K = x.size(1) = ", K, " must be divisible by G = scales.size(0) = ", G);
+  const int64_t N = scales.size(0) * qk::cpu::kTileN, G = scales.size(1), K = x.size(1);
+  QK_CHECK(N > 0, op, ": N = 8 * scales.size(0) must be positive, got scales ", shape(scales));
+  QK_CHECK(G > 0 && K % G == 0, op, ": K = x.size(1) = ", K, " must be divisible by G = scales.size(1) = ", G);
   if (bias) {
     QK_CHECK(bias->scalar_type() == at::kFloat && bias->dim() == 1 && bias->size(0) == N && bias->is_contiguous(),
              op, ": bias must be contiguous float32 [N = ", N, "], got ", bias->scalar_type(), " ", shape(*bias));
@@ -110,7 +112,7 @@ at::Tensor linear_float(const at::Tensor& x_in, const at::Tensor& w, const at::T
   check_common(x_in, scales, zeros, bias, op);
   QK_CHECK(bits == 4 || bits == 8, op, ": bits must be 4 or 8, got ", bits);
   const at::Tensor x = x_in.stride(1) == 1 ? x_in : x_in.contiguous();
-  const int64_t M = x.size(0), K = x.size(1), G = scales.size(0), N = scales.size(1), per = 32 / bits;
+  const int64_t M = x.size(0), K = x.size(1), G = scales.size(1), N = scales.size(0) * qk::cpu::kTileN, per = 32 / bits;
   QK_CHECK((K / G) % per == 0, op, ": the group length K / G = ", K / G, " must be a multiple of ", per);
   QK_CHECK(w.scalar_type() == at::kInt && w.is_contiguous() && w.numel() == N * K * bits / 32, op,
            ": w must be the contiguous int32 float layout [N/8, K*bits/32, 8] = [", N / 8, ", ", K * bits / 32,
@@ -151,7 +153,7 @@ at::Tensor linear_int8(const at::Tensor& x_in, const at::Tensor& w, const at::Te
   QK_CHECK(act_group_size == -1 || act_group_size == kBlockK, op, ": act_group_size must be -1 or 32, got ",
            act_group_size);
   const at::Tensor x = x_in.stride(1) == 1 ? x_in : x_in.contiguous();
-  const int64_t M = x.size(0), K = x.size(1), G = scales.size(0), N = scales.size(1);
+  const int64_t M = x.size(0), K = x.size(1), G = scales.size(1), N = scales.size(0) * qk::cpu::kTileN;
   const int64_t Kp = (K + kBlockK - 1) / kBlockK * kBlockK, KB = Kp / kBlockK;
   const bool per_block = act_group_size == kBlockK;
   QK_CHECK(!per_block || K % kBlockK == 0, op, ": per-32-column activation scales need K % 32 == 0, got K = ", K);

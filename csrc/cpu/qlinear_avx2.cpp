@@ -7,7 +7,7 @@
 //   channels); group scales and zero points are applied once per group. A single row (GEMV) runs
 //   four tiles per pass so that each broadcast feeds all four, with software prefetch of the streams;
 //   with 4-bit codes it skips the int -> float conversion (codes read as exact denormal floats, see
-//   "W4A16 GEMV without int -> float conversions" below) and reads scales from a tile-major copy.
+//   "W4A16 GEMV without int -> float conversions" below).
 // * int8 activations: int4 codes are the unsigned operand of vpmaddubsw (15 * 127 * 2 fits s16,
 //   and 4 blocks of pair sums still fit) + vpmaddwd against ones; int8 codes and activations are
 //   widened to s16 and multiplied with vpmaddwd (the sign trick's vpsignb competes with the
@@ -31,34 +31,14 @@ namespace {
 // (2-4 KiB of a tile's weights), so that every pass after the first reads L1.
 constexpr int64_t kChunkBlocks = 16;
 
-// Scales and zero points of a run of tiles [t0, t0 + nt), copied tile-major ([tile][G][8]) once per
-// run. Read in place (row g of [G, N] for each group), every group touched another page N * 4 bytes
-// away: in the GEMV those scattered misses, not the weight stream, set the speed from DRAM (one
-// thread, 8192x28672 g128: 16.4 ms, against 9.5 ms with a single group).
+// The tile-major scales and zero points ([N/8][G][8], see qlinear.h) as the tile kernels read them.
 struct TileParams {
-  const float* s;  // fp32 [nt][G][8]
-  const float* z;  // fp32 [nt][G][8]
-  int64_t t0, G;
-  const float* scale(int64_t t, int64_t g) const { return s + ((t - t0) * G + g) * kTileN; }
-  const float* zero(int64_t t, int64_t g) const { return z + ((t - t0) * G + g) * kTileN; }
+  const float* s;
+  const float* z;
+  int64_t G;
+  const float* scale(int64_t t, int64_t g) const { return s + tile_param_offset(G, t, g); }
+  const float* zero(int64_t t, int64_t g) const { return z + tile_param_offset(G, t, g); }
 };
-
-inline TileParams gather_tile_params(const float* scales, const float* zeros, int64_t N, int64_t G, int64_t t0,
-                                     int64_t nt, std::vector<float>& buf) {
-  const int64_t per = G * kTileN;
-  if (static_cast<int64_t>(buf.size()) < 2 * nt * per) buf.resize(2 * nt * per);
-  float* s = buf.data();
-  float* z = s + nt * per;
-  for (int64_t g = 0; g < G; ++g) {
-    const float* sr = scales + g * N + t0 * kTileN;
-    const float* zr = zeros + g * N + t0 * kTileN;
-    for (int64_t i = 0; i < nt; ++i) {
-      _mm256_storeu_ps(s + i * per + g * kTileN, _mm256_loadu_ps(sr + i * kTileN));
-      _mm256_storeu_ps(z + i * per + g * kTileN, _mm256_loadu_ps(zr + i * kTileN));
-    }
-  }
-  return TileParams{s, z, t0, G};
-}
 
 // Row strides of the per-row-block activation copies below: 64 bytes more than a row, so the rows a
 // tile reads together do not alias in the L1 sets.
@@ -75,7 +55,7 @@ struct RowBlock {
   const float* xseg;   // fp32 [MR][nseg]: sum of xq over each integer segment (zero-point correction)
   int64_t nseg;
   int64_t m0;          // first row of the block
-  TileParams p;        // scales and zero points of the current tile group (set by int8_rows)
+  TileParams p;        // the layer's scales and zero points (set by int8_rows)
 
   // The block that starts i rows further down (a row panel is prepared at once, see int8_rows).
   RowBlock rows_from(int64_t i, int64_t Kp, const TileParams& params) const {
@@ -139,8 +119,8 @@ void float_tile(const FloatLinearArgs& a, int64_t t, int64_t m0) {
           acc[i][j % NA] = _mm256_fmadd_ps(q, _mm256_broadcast_ss(x + i * a.ldx + j), acc[i][j % NA]);
       }
     }
-    const __m256 s = _mm256_loadu_ps(a.scales + g * a.N + t * kTileN);
-    const __m256 z = _mm256_loadu_ps(a.zeros + g * a.N + t * kTileN);
+    const __m256 s = _mm256_loadu_ps(a.scales + tile_param_offset(a.G, t, g));
+    const __m256 z = _mm256_loadu_ps(a.zeros + tile_param_offset(a.G, t, g));
     for (int i = 0; i < MR; ++i) {
       __m256 A = acc[i][0];
       for (int c = 1; c < NA; ++c) A = _mm256_add_ps(A, acc[i][c]);
@@ -187,8 +167,8 @@ void float_tiles_row(const FloatLinearArgs& a, int64_t t, int64_t m) {
     }
     const __m256 xsum = _mm256_set1_ps(a.xsum[m * a.G + g]);
     for (int h = 0; h < NT; ++h) {
-      const __m256 s = _mm256_loadu_ps(a.scales + g * a.N + (t + h) * kTileN);
-      const __m256 z = _mm256_loadu_ps(a.zeros + g * a.N + (t + h) * kTileN);
+      const __m256 s = _mm256_loadu_ps(a.scales + tile_param_offset(a.G, t + h, g));
+      const __m256 z = _mm256_loadu_ps(a.zeros + tile_param_offset(a.G, t + h, g));
       __m256 A = acc[h][0];
       for (int c = 1; c < NA; ++c) A = _mm256_add_ps(A, acc[h][c]);
       out[h] = _mm256_fmadd_ps(s, _mm256_fnmadd_ps(z, xsum, A), out[h]);
@@ -317,8 +297,8 @@ inline void int4_gemv_group4(const uint32_t* w, int64_t tile_stride_bytes, const
 #undef QK_SHR28
 
 // Four tiles (kGemvTiles) per pass: each broadcast activation feeds the 4 tiles' FMAs; 2
-// accumulators per tile keep 8 FMA chains in flight (2 FMA pipes x 4 cycles latency). p holds the
-// scales and zero points of tiles t .. t+3 (see gather_tile_params).
+// accumulators per tile keep 8 FMA chains in flight (2 FMA pipes x 4 cycles latency). p: the layer's
+// tile-major scales and zero points.
 void int4_gemv_tiles(const FloatLinearArgs& a, const GemvActivations& x, const TileParams& p, int64_t t) {
   constexpr int NT = 4;
   const int64_t rows = a.K / 8, grows = rows / a.G;
@@ -343,17 +323,11 @@ void int4_gemv_tiles(const FloatLinearArgs& a, const GemvActivations& x, const T
   }
 }
 
-// The GEMV over tiles [t0, t1): runs of tiles whose gathered scales and zero points fill ~128 KiB
-// (L2), in passes of 4 tiles; a last 1-3 tiles take the converting kernel.
+// The GEMV over tiles [t0, t1) in passes of 4 tiles; a last 1-3 tiles take the converting kernel.
 void int4_gemv(const FloatLinearArgs& a, const GemvActivations& x, int64_t t0, int64_t t1) {
-  thread_local std::vector<float> buf;
-  const int64_t run = std::max<int64_t>(kGemvTiles, (128 << 10) / (2 * a.G * kTileN * 4) / kGemvTiles * kGemvTiles);
+  const TileParams p{a.scales, a.zeros, a.G};
   const int64_t t4 = t0 + (t1 - t0) / kGemvTiles * kGemvTiles;
-  for (int64_t r0 = t0; r0 < t4; r0 += run) {
-    const int64_t r1 = std::min(t4, r0 + run);
-    const TileParams p = gather_tile_params(a.scales, a.zeros, a.N, a.G, r0, r1 - r0, buf);
-    for (int64_t t = r0; t < r1; t += kGemvTiles) int4_gemv_tiles(a, x, p, t);
-  }
+  for (int64_t t = t0; t < t4; t += kGemvTiles) int4_gemv_tiles(a, x, p, t);
   for (int64_t t = t4; t < t1; ++t) float_tile<4, 1>(a, t, 0);
 }
 
@@ -632,14 +606,14 @@ void int8_rows(const Int8LinearArgs& a, int64_t t0, int64_t t1) {
   const int64_t tg = std::max<int64_t>(1, l2_tile_group(tile_bytes) / 2);
   thread_local std::vector<int16_t> x16;
   thread_local std::vector<int8_t> xd;
-  thread_local std::vector<float> xseg, params;
+  thread_local std::vector<float> xseg;
+  const TileParams tp{a.scales, a.zeros, a.G};
   for (int64_t p0 = 0; p0 < a.M; p0 += kRowPanel) {
     const int64_t p1 = std::min(a.M, p0 + kRowPanel);
     const RowBlock panel = prepare_rows(a, p0, static_cast<int>(p1 - p0), COPY, x16, xd, xseg);
     for (int64_t g0 = t0; g0 < t1; g0 += tg) {
       const int64_t g1 = std::min(t1, g0 + tg), next_end = std::min(t1, g1 + tg);
       L2Prefetcher pf(a.w + g1 * tile_bytes, (next_end - g1) * tile_bytes, ((p1 - p0 + MR - 1) / MR) * (g1 - g0));
-      const TileParams tp = gather_tile_params(a.scales, a.zeros, a.N, a.G, g0, g1 - g0, params);
       for (int64_t m = p0; m < p1;) {
         const int mr = p1 - m >= MR ? MR : 1;
         const RowBlock rb = panel.rows_from(m - p0, a.Kp, tp);

@@ -51,8 +51,8 @@ void float_tile(const FloatLinearArgs& a, int64_t t, int64_t m0) {
       }
     }
     for (int h = 0; h < 2; ++h) {
-      const float32x4_t s = vld1q_f32(a.scales + g * a.N + t * kTileN + 4 * h);
-      const float32x4_t z = vld1q_f32(a.zeros + g * a.N + t * kTileN + 4 * h);
+      const float32x4_t s = vld1q_f32(a.scales + tile_param_offset(a.G, t, g) + 4 * h);
+      const float32x4_t z = vld1q_f32(a.zeros + tile_param_offset(a.G, t, g) + 4 * h);
       for (int i = 0; i < MR; ++i) {
         float32x4_t A = acc[i][0][h];
         for (int c = 1; c < NA; ++c) A = vaddq_f32(A, acc[i][c][h]);
@@ -126,8 +126,8 @@ void int8_tile(const Int8LinearArgs& a, int64_t t, int64_t m0) {
       int32x4_t d[2];
       reduce8(acc[i], &d[0], &d[1]);
       for (int h = 0; h < 2; ++h) {
-        const float32x4_t s = vmulq_n_f32(vld1q_f32(a.scales + g * a.N + t * kTileN + 4 * h), xscale);
-        const float32x4_t z = vld1q_f32(a.zeros + g * a.N + t * kTileN + 4 * h);
+        const float32x4_t s = vmulq_n_f32(vld1q_f32(a.scales + tile_param_offset(a.G, t, g) + 4 * h), xscale);
+        const float32x4_t z = vld1q_f32(a.zeros + tile_param_offset(a.G, t, g) + 4 * h);
         const float32x4_t corr = vfmsq_f32(vcvtq_f32_s32(d[h]), z, vdupq_n_f32(static_cast<float>(xseg)));
         out[i][h] = vfmaq_f32(out[i][h], corr, s);
       }

@@ -34,7 +34,8 @@ void linear_float_tiles_scalar(const FloatLinearArgs& a, int64_t t0, int64_t t1)
         const float xsum = a.xsum[m * a.G + g];
         for (int i = 0; i < kTileN; ++i) {
           const int64_t n = t * kTileN + i;
-          out[i] += a.scales[g * a.N + n] * (acc[i] - a.zeros[g * a.N + n] * xsum);
+          const int64_t p = param_index(a.G, g, n);
+          out[i] += a.scales[p] * (acc[i] - a.zeros[p] * xsum);
         }
       }
       std::memcpy(a.out + m * a.N + t * kTileN, out, sizeof(out));
@@ -82,7 +83,8 @@ void linear_int8_tiles_scalar(const Int8LinearArgs& a, int64_t t0, int64_t t1) {
         for (int i = 0; i < kTileN; ++i) {
           const int64_t n = t * kTileN + i;
           const float d = static_cast<float>(dot_int8_scalar(a, t, i, xq, k0, k1));
-          out[i] += (d - a.zeros[g * a.N + n] * static_cast<float>(xseg)) * (a.scales[g * a.N + n] * xscale);
+          const int64_t p = param_index(a.G, g, n);
+          out[i] += (d - a.zeros[p] * static_cast<float>(xseg)) * (a.scales[p] * xscale);
         }
       }
       std::memcpy(a.out + m * a.N + t * kTileN, out, sizeof(out));

@@ -33,8 +33,8 @@ inline __m256 int8_epilogue(const Int8LinearArgs& a, __m256i d, float zero_extra
   int32_t xseg = 0;
   for (int64_t b = k0 / kBlockK; b < k1 / kBlockK; ++b) xseg += a.xblock[m * KB + b];
   const float xscale = a.xscale[a.act_per_block ? m * KB + k0 / kBlockK : m];
-  const __m256 s = _mm256_mul_ps(_mm256_loadu_ps(a.scales + g * a.N + t * kTileN), _mm256_set1_ps(xscale));
-  const __m256 z = _mm256_add_ps(_mm256_loadu_ps(a.zeros + g * a.N + t * kTileN), _mm256_set1_ps(zero_extra));
+  const __m256 s = _mm256_mul_ps(_mm256_loadu_ps(a.scales + tile_param_offset(a.G, t, g)), _mm256_set1_ps(xscale));
+  const __m256 z = _mm256_add_ps(_mm256_loadu_ps(a.zeros + tile_param_offset(a.G, t, g)), _mm256_set1_ps(zero_extra));
   const __m256 corr = _mm256_fnmadd_ps(z, _mm256_set1_ps(static_cast<float>(xseg)), _mm256_cvtepi32_ps(d));
   return _mm256_fmadd_ps(corr, s, out);
 }

@@ -13,6 +13,7 @@ Layouts built here (T = N / 8 tiles, R = K * bits / 32 word rows, Kp = K rounded
 * int8 activations, 4-bit: ``uint8 [T, KB, 4, 2, 16]``, byte ``(t, kb, j, h, c)`` =
   ``q[n, 32kb + c] | q[n, 32kb + 16 + c] << 4`` with ``n = 8t + j + 4h``.
 * int8 activations, 8-bit: ``int8 [T, KB, 8, 32]``, byte ``(t, kb, i, c)`` = ``q[8t + i, 32kb + c] - 128``.
+* scales and zero points (fp32, either kind): ``[T, G, 8]``, element ``(t, g, i)`` = portable ``[g, 8t + i]``.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 @dataclasses.dataclass
 class CpuState:
     w: torch.Tensor  # the repacked weight (see the module docstring)
-    scales: torch.Tensor  # fp32 [G, N]
-    zeros: torch.Tensor  # fp32 [G, N] zero points as the kernel wants them (z, or z - 128 for int8 x int8)
+    scales: torch.Tensor  # fp32 [N/8, G, 8], tile-major (see the module docstring)
+    zeros: torch.Tensor  # the same for the zero points as the kernel wants them (z, or z - 128 for int8 x int8)
     bias: Optional[torch.Tensor]  # fp32 [N]
     perm: Optional[torch.Tensor]  # int64 [K]: kernel column k' is portable column perm[k'] (None: identity)
     int8_acts: bool
@@ -81,6 +82,13 @@ def _materialize(w: torch.Tensor) -> torch.Tensor:
     if nbytes < HUGE_PAGE_MIN_BYTES:
         return w.contiguous()
     return torch.ops.quantkernels.cpu_empty_huge_pages(nbytes).view(w.dtype).view(w.shape).copy_(w)
+
+
+def _tile_major(p: torch.Tensor) -> torch.Tensor:
+    """fp32 ``[G, N]`` -> ``[N/8, G, 8]`` (a new tensor, on huge pages from 2 MiB): each tile's values
+    for all groups together, so the kernels read them as one more stream beside the tile's weights."""
+    g, n = p.shape
+    return _materialize(p.to(torch.float32).view(g, n // 8, 8).permute(1, 0, 2))
 
 
 def _tiles_to_portable_float(w: torch.Tensor, n: int) -> torch.Tensor:
@@ -138,6 +146,8 @@ class CpuBackend:
         cfg = layer.config
         if cfg.bits not in (4, 8):
             return f"{cfg.bits}-bit weights have no CPU kernel (4 and 8 do); the reference serves them"
+        if layer.out_features % 8:
+            return f"out_features = {layer.out_features} is not a multiple of 8, the CPU kernels' tile of channels"
         if cfg.act_bits is not None and cfg.group_size != -1 and cfg.group_size % 32:
             return f"int8 activations need group_size -1 or a multiple of 32, got {cfg.group_size}"
         if layer.qweight.device.type != "cpu":
@@ -169,8 +179,8 @@ class CpuBackend:
             w = _materialize(qw.view(-1, n // 8, 8).permute(1, 0, 2))
         state = CpuState(
             w=w,
-            scales=layer.scales.to(torch.float32).contiguous(),
-            zeros=zeros.contiguous(),
+            scales=_tile_major(layer.scales),
+            zeros=_tile_major(zeros),
             bias=None if layer.bias is None else layer.bias.to(torch.float32).contiguous(),
             perm=perm,
             int8_acts=int8_acts,

@@ -607,13 +607,15 @@ void int8_rows(const Int8LinearArgs& a, int64_t t0, int64_t t1) {
   thread_local std::vector<int16_t> x16;
   thread_local std::vector<int8_t> xd;
   thread_local std::vector<float> xseg;
-  const TileParams tp{a.scales, a.zeros, a.G};
   for (int64_t p0 = 0; p0 < a.M; p0 += kRowPanel) {
     const int64_t p1 = std::min(a.M, p0 + kRowPanel);
     const RowBlock panel = prepare_rows(a, p0, static_cast<int>(p1 - p0), COPY, x16, xd, xseg);
     for (int64_t g0 = t0; g0 < t1; g0 += tg) {
       const int64_t g1 = std::min(t1, g0 + tg), next_end = std::min(t1, g1 + tg);
       L2Prefetcher pf(a.w + g1 * tile_bytes, (next_end - g1) * tile_bytes, ((p1 - p0 + MR - 1) / MR) * (g1 - g0));
+      // Made here rather than once before the loops: hoisted, GCC kept some of the W4A8 tile's
+      // accumulators on the stack (qlinear_bench w4a8, m = 32, 4096x11008 g128: 22.4 against 19.9 ms).
+      const TileParams tp{a.scales, a.zeros, a.G};
       for (int64_t m = p0; m < p1;) {
         const int mr = p1 - m >= MR ? MR : 1;
         const RowBlock rb = panel.rows_from(m - p0, a.Kp, tp);

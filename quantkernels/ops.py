@@ -105,9 +105,9 @@ torch.library.register_autograd("quantkernels::linear", _linear_backward, setup_
 # CPU backend ops (layouts in csrc/cpu/; kernels registered by csrc/bindings/cpu_ops.cpp).
 # ---------------------------------------------------------------------------------------------------
 # Layouts: csrc/cpu/qlinear.h (built by quantkernels/backends/cpu.py); scales and zeros are fp32
-# tile-major [N/8, G, 8]. x is fp32 [M, K]; the output
-# is fp32 [M, N], bias included. `isa` names the instruction set ("" = the process-wide choice;
-# tests pass one explicitly to cover every path the machine runs).
+# tile-major [N/8, G, 8]. x is fp32 [M, K]; the output is fp32 [M, N], bias included. `isa` names the
+# instruction set ("" = the process-wide choice; tests pass one explicitly to cover every path the
+# machine runs).
 _define(
     "cpu_linear_float(Tensor x, Tensor w, Tensor scales, Tensor zeros, Tensor? bias, int bits, str isa='')"
     " -> Tensor"

@@ -85,8 +85,9 @@ def _materialize(w: torch.Tensor) -> torch.Tensor:
 
 
 def _tile_major(p: torch.Tensor) -> torch.Tensor:
-    """fp32 ``[G, N]`` -> ``[N/8, G, 8]`` (a new tensor, on huge pages from 2 MiB): each tile's values
-    for all groups together, so the kernels read them as one more stream beside the tile's weights."""
+    """fp32 ``[G, N]`` -> contiguous ``[N/8, G, 8]`` (on huge pages from 2 MiB; it may share storage with
+    ``p`` where ``p`` is fp32 and the permutation moves nothing, G = 1): each tile's values for all groups
+    together, so the kernels read them as one more stream beside the tile's weights."""
     g, n = p.shape
     return _materialize(p.to(torch.float32).view(g, n // 8, 8).permute(1, 0, 2))
 

@@ -105,16 +105,17 @@ torch.library.register_autograd("quantkernels::linear", _linear_backward, setup_
 # CPU backend ops (layouts in csrc/cpu/; kernels registered by csrc/bindings/cpu_ops.cpp).
 # ---------------------------------------------------------------------------------------------------
 # Layouts: csrc/cpu/qlinear.h (built by quantkernels/backends/cpu.py); scales and zeros are fp32
-# tile-major [N/8, G, 8]. x is fp32 [M, K]; the output is fp32 [M, N], bias included. `isa` names the
-# instruction set ("" = the process-wide choice; tests pass one explicitly to cover every path the
-# machine runs).
+# tile-major [N/8, G, 8]; zeros None means every zero point is zero_point (symmetric layers: the
+# kernels then read no zero-point stream). x is fp32 [M, K]; the output is fp32 [M, N], bias
+# included. `isa` names the instruction set ("" = the process-wide choice; tests pass one explicitly
+# to cover every path the machine runs).
 _define(
-    "cpu_linear_float(Tensor x, Tensor w, Tensor scales, Tensor zeros, Tensor? bias, int bits, str isa='')"
-    " -> Tensor"
+    "cpu_linear_float(Tensor x, Tensor w, Tensor scales, Tensor? zeros, float zero_point, Tensor? bias, int bits,"
+    " str isa='') -> Tensor"
 )
 _define(
-    "cpu_linear_int8(Tensor x, Tensor w, Tensor scales, Tensor zeros, Tensor? bias, int bits, int act_group_size,"
-    " str isa='') -> Tensor"
+    "cpu_linear_int8(Tensor x, Tensor w, Tensor scales, Tensor? zeros, float zero_point, Tensor? bias, int bits,"
+    " int act_group_size, str isa='') -> Tensor"
 )
 _define("cpu_isa_supported(str isa) -> bool")
 # uint8 [nbytes] for a repacked weight, on transparent huge pages where the OS grants them (Linux THP;
@@ -123,12 +124,12 @@ _define("cpu_empty_huge_pages(int nbytes) -> Tensor")
 
 
 @torch.library.register_fake("quantkernels::cpu_linear_float")
-def _cpu_linear_float_fake(x, w, scales, zeros, bias, bits, isa=""):
+def _cpu_linear_float_fake(x, w, scales, zeros, zero_point, bias, bits, isa=""):
     return x.new_empty((x.shape[0], scales.shape[0] * 8), dtype=torch.float32)
 
 
 @torch.library.register_fake("quantkernels::cpu_linear_int8")
-def _cpu_linear_int8_fake(x, w, scales, zeros, bias, bits, act_group_size, isa=""):
+def _cpu_linear_int8_fake(x, w, scales, zeros, zero_point, bias, bits, act_group_size, isa=""):
     return x.new_empty((x.shape[0], scales.shape[0] * 8), dtype=torch.float32)
 
 

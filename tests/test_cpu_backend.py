@@ -127,9 +127,9 @@ def call_op(layer, x, isa):
         x = x.index_select(1, st.perm)
     if cfg.act_bits is not None:
         return torch.ops.quantkernels.cpu_linear_int8(
-            x, st.w, st.scales, st.zeros, st.bias, cfg.bits, cfg.act_group_size, isa
+            x, st.w, st.scales, st.zeros, st.zero_point, st.bias, cfg.bits, cfg.act_group_size, isa
         )
-    return torch.ops.quantkernels.cpu_linear_float(x, st.w, st.scales, st.zeros, st.bias, cfg.bits, isa)
+    return torch.ops.quantkernels.cpu_linear_float(x, st.w, st.scales, st.zeros, st.zero_point, st.bias, cfg.bits, isa)
 
 
 def rel_err(out, ref):
@@ -186,6 +186,27 @@ def test_long_k_accumulation(isa, cfg):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("cfg", [QuantConfig(4, 64, sym=False), QuantConfig(4, 128, sym=False, act_bits=8), QuantConfig(8, -1, sym=False, act_bits=8), QuantConfig(8, 64, sym=False)], ids=_id)
+def test_one_zero_point_for_all_is_passed_as_a_value(isa, cfg):
+    # Where every zero point is the same number the state keeps no zero-point tensor and the kernels
+    # take the value (zeros=None, zero_point): here an asymmetric format whose zero points all happen
+    # to be 3 (or 200 for 8 bits: z' = 72 on the int8 x int8 path), not the symmetric midpoint.
+    k, n = 1024, 72
+    g = cfg.num_groups(k)
+    codes = torch.randint(0, cfg.maxq + 1, (n, k), dtype=torch.uint8)
+    scales = (torch.rand(g, n) * 0.02 + 0.001).to(cfg.scale_dtype)
+    z = 3 if cfg.bits == 4 else 200
+    zeros = torch.full((g, n), z, dtype=torch.int32)
+    layer = QuantLinear.from_codes(codes, scales, zeros, cfg)
+    st = layer._prepared["cpu"]
+    assert st.zeros is None and st.zero_point == (z - 128 if cfg.bits == 8 and cfg.act_bits else z)
+    portable = {"qweight": reference.pack(codes.t().contiguous(), cfg.bits, 0), "qzeros": reference.pack(zeros, cfg.bits, 1),
+                "scales": scales, "g_idx": quantkernels.formats.trivial_g_idx(k, cfg.group_size), "bias": None}
+    for m in (1, 5):  # the GEMV and the register tiles
+        check(layer, portable, torch.randn(m, k), isa)
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("log2_scale", [-110, -90, -20, 0, 40, 95])
 def test_gemv_activation_range(isa, log2_scale):
     # The AVX2 int4 GEMV (m = 1) multiplies codes read as denormal bit patterns by activations
@@ -196,7 +217,7 @@ def test_gemv_activation_range(isa, log2_scale):
     portable = dict(portable, bias=None)  # a bias would dominate the tiny outputs
     st = layer._prepared["cpu"]
     x = torch.randn(1, 8192, generator=torch.Generator().manual_seed(5)) * 2.0**log2_scale
-    out = torch.ops.quantkernels.cpu_linear_float(x, st.w, st.scales, st.zeros, None, 4, isa)
+    out = torch.ops.quantkernels.cpu_linear_float(x, st.w, st.scales, st.zeros, st.zero_point, None, 4, isa)
     out = out * 2.0**-log2_scale  # exact; the norms of the unscaled outputs overflow
     ref = ref_out(layer.config, portable, x) * 2.0**-log2_scale
     assert rel_err(out, ref) <= FLOAT_BOUND(8192)
@@ -218,7 +239,7 @@ def test_gemv_non_finite_activation(isa, bad):
 def test_gemv_k_zero(isa):
     # An empty reduction gives zeros (the AVX2 GEMV's assembly loop must not run on zero rows).
     op = torch.ops.quantkernels.cpu_linear_float
-    out = op(torch.randn(1, 0), torch.empty(0, dtype=torch.int32), torch.ones(9, 1, 8), torch.zeros(9, 1, 8), None, 4, isa)
+    out = op(torch.randn(1, 0), torch.empty(0, dtype=torch.int32), torch.ones(9, 1, 8), torch.zeros(9, 1, 8), 0.0, None, 4, isa)
     assert out.shape == (1, 72) and not out.any()
 
 
@@ -316,7 +337,10 @@ def test_repacked_layout_replaces_qweight_and_round_trips(cfg):
     assert st.scales.shape == (9, g, 8) and st.scales.is_contiguous()
     assert torch.equal(st.scales, portable["scales"].float().view(g, 9, 8).permute(1, 0, 2))
     zeros = reference.unpack(portable["qzeros"], cfg.bits, 1).float() - (128 if cfg.bits == 8 and cfg.act_bits else 0)
-    assert torch.equal(st.zeros, zeros.view(g, 9, 8).permute(1, 0, 2))
+    if cfg.sym:  # one zero point for all: no tensor, the value instead
+        assert st.zeros is None and st.zero_point == zeros[0, 0] and (zeros == zeros[0, 0]).all()
+    else:
+        assert torch.equal(st.zeros, zeros.view(g, 9, 8).permute(1, 0, 2))
     sd = layer.state_dict()
     for name in ("qweight", "qzeros", "scales", "g_idx"):
         assert torch.equal(sd[name], portable[name]), name
@@ -416,31 +440,33 @@ def test_unsupported_formats_fall_back_with_a_reason():
 
 # ---- bad input: clear errors naming the argument -----------------------------------------------
 def test_errors_name_the_argument():
-    layer, _ = make_layer(QuantConfig(4, 128), 256, 72)
+    layer, _ = make_layer(QuantConfig(4, 128, sym=False), 256, 72)
     st = layer._prepared["cpu"]
     op = torch.ops.quantkernels.cpu_linear_float
     with pytest.raises(RuntimeError, match="x must be a 2-D float32"):
-        op(torch.randn(2, 256).to(torch.float64), st.w, st.scales, st.zeros, st.bias, 4)
+        op(torch.randn(2, 256).to(torch.float64), st.w, st.scales, st.zeros, st.zero_point, st.bias, 4)
     with pytest.raises(RuntimeError, match="w must be the contiguous int32"):
-        op(torch.randn(2, 256), st.w[:3], st.scales, st.zeros, st.bias, 4)
+        op(torch.randn(2, 256), st.w[:3], st.scales, st.zeros, st.zero_point, st.bias, 4)
     with pytest.raises(RuntimeError, match="zeros must be"):
-        op(torch.randn(2, 256), st.w, st.scales, st.zeros[:1], st.bias, 4)
+        op(torch.randn(2, 256), st.w, st.scales, st.zeros[:1], 0.0, st.bias, 4)
+    with pytest.raises(RuntimeError, match="zero_point .* must be finite"):
+        op(torch.randn(2, 256), st.w, st.scales, None, float("nan"), st.bias, 4)
     with pytest.raises(RuntimeError, match=r"scales must be contiguous float32 tile-major \[N/8, G, 8\]"):
-        op(torch.randn(2, 256), st.w, st.scales.permute(1, 0, 2).reshape(-1, 72), st.zeros, st.bias, 4)
+        op(torch.randn(2, 256), st.w, st.scales.permute(1, 0, 2).reshape(-1, 72), st.zeros, st.zero_point, st.bias, 4)
     with pytest.raises(RuntimeError, match="scales must be"):
-        op(torch.randn(2, 256), st.w, st.scales.transpose(0, 1), st.zeros, st.bias, 4)  # not contiguous
+        op(torch.randn(2, 256), st.w, st.scales.transpose(0, 1), st.zeros, st.zero_point, st.bias, 4)  # not contiguous
     with pytest.raises(RuntimeError, match="bias must be"):
-        op(torch.randn(2, 256), st.w, st.scales, st.zeros, st.bias[:8], 4)
+        op(torch.randn(2, 256), st.w, st.scales, st.zeros, st.zero_point, st.bias[:8], 4)
     with pytest.raises(RuntimeError, match="K = x.size"):
-        op(torch.randn(2, 255), st.w, st.scales, st.zeros, st.bias, 4)
+        op(torch.randn(2, 255), st.w, st.scales, st.zeros, st.zero_point, st.bias, 4)
     with pytest.raises(RuntimeError, match="unknown isa"):
-        op(torch.randn(2, 256), st.w, st.scales, st.zeros, st.bias, 4, "sse9")
+        op(torch.randn(2, 256), st.w, st.scales, st.zeros, st.zero_point, st.bias, 4, "sse9")
     layer8, _ = make_layer(QuantConfig(4, 128, act_bits=8), 256, 72)
     st8 = layer8._prepared["cpu"]
     with pytest.raises(RuntimeError, match="act_group_size must be"):
-        torch.ops.quantkernels.cpu_linear_int8(torch.randn(2, 256), st8.w, st8.scales, st8.zeros, None, 4, 64)
+        torch.ops.quantkernels.cpu_linear_int8(torch.randn(2, 256), st8.w, st8.scales, st8.zeros, st8.zero_point, None, 4, 64)
     with pytest.raises(RuntimeError, match="w must be the contiguous uint8"):
-        torch.ops.quantkernels.cpu_linear_int8(torch.randn(2, 256), st8.w.view(torch.int8), st8.scales, st8.zeros, None, 4, -1)
+        torch.ops.quantkernels.cpu_linear_int8(torch.randn(2, 256), st8.w.view(torch.int8), st8.scales, st8.zeros, st8.zero_point, None, 4, -1)
 
 
 def test_isa_selection_is_reported():
@@ -458,10 +484,10 @@ def test_opcheck(op):
     st = layer._prepared["cpu"]
     x = torch.randn(3, 256)
     if op == "float":
-        args = (x, st.w, st.scales, st.zeros, st.bias, cfg.bits)
+        args = (x, st.w, st.scales, st.zeros, st.zero_point, st.bias, cfg.bits)
         torch.library.opcheck(torch.ops.quantkernels.cpu_linear_float, args)
     else:
-        args = (x, st.w, st.scales, st.zeros, st.bias, cfg.bits, -1)
+        args = (x, st.w, st.scales, st.zeros, st.zero_point, st.bias, cfg.bits, -1)
         torch.library.opcheck(torch.ops.quantkernels.cpu_linear_int8, args)
 
 

@@ -15,6 +15,7 @@ inline std::string piece(const char* v) { return v; }
 inline std::string piece(const std::string& v) { return v; }
 inline std::string piece(c10::ScalarType v) { return c10::toString(v); }
 inline std::string piece(const c10::Device& v) { return v.str(); }
+inline std::string piece(double v) { return std::to_string(v); }
 template <typename I, typename = std::enable_if_t<std::is_integral_v<I>>>
 inline std::string piece(I v) {
   return std::to_string(v);

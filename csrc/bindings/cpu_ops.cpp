@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <string>
 
 #include "bindings/check.h"
@@ -84,8 +85,8 @@ void parallel_over_tiles(int64_t tiles, int64_t work_per_tile, const Fn& fn) {
   });
 }
 
-void check_common(const at::Tensor& x, const at::Tensor& scales, const at::Tensor& zeros,
-                  const std::optional<at::Tensor>& bias, const char* op) {
+void check_common(const at::Tensor& x, const at::Tensor& scales, const std::optional<at::Tensor>& zeros,
+                  double zero_point, const std::optional<at::Tensor>& bias, const char* op) {
   QK_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 2, op,
            ": x must be a 2-D float32 CPU tensor [M, K], got ", x.scalar_type(), " ", shape(x), " on ",
            x.device());
@@ -93,9 +94,14 @@ void check_common(const at::Tensor& x, const at::Tensor& scales, const at::Tenso
                scales.is_contiguous(),
            op, ": scales must be contiguous float32 tile-major [N/8, G, 8], got ", scales.scalar_type(), " ",
            shape(scales));
-  QK_CHECK(zeros.scalar_type() == at::kFloat && zeros.sizes() == scales.sizes() && zeros.is_contiguous(), op,
-           ": zeros must be contiguous float32 with the shape of scales ", shape(scales), ", got ",
-           zeros.scalar_type(), " ", shape(zeros));
+  if (zeros) {
+    QK_CHECK(zeros->scalar_type() == at::kFloat && zeros->sizes() == scales.sizes() && zeros->is_contiguous(), op,
+             ": zeros must be None or contiguous float32 with the shape of scales ", shape(scales), ", got ",
+             zeros->scalar_type(), " ", shape(*zeros));
+  } else {
+    QK_CHECK(std::isfinite(zero_point), op, ": zero_point (every zero point, zeros being None) must be finite, got ",
+             zero_point);
+  }
   const int64_t N = scales.size(0) * qk::cpu::kTileN, G = scales.size(1), K = x.size(1);
   QK_CHECK(N > 0, op, ": N = 8 * scales.size(0) must be positive, got scales ", shape(scales));
   QK_CHECK(G > 0 && K % G == 0, op, ": K = x.size(1) = ", K, " must be divisible by G = scales.size(1) = ", G);
@@ -106,10 +112,10 @@ void check_common(const at::Tensor& x, const at::Tensor& scales, const at::Tenso
 }
 
 at::Tensor linear_float(const at::Tensor& x_in, const at::Tensor& w, const at::Tensor& scales,
-                        const at::Tensor& zeros, const std::optional<at::Tensor>& bias, int64_t bits,
-                        c10::string_view isa_name) {
+                        const std::optional<at::Tensor>& zeros, double zero_point,
+                        const std::optional<at::Tensor>& bias, int64_t bits, c10::string_view isa_name) {
   const char* op = "quantkernels::cpu_linear_float";
-  check_common(x_in, scales, zeros, bias, op);
+  check_common(x_in, scales, zeros, zero_point, bias, op);
   QK_CHECK(bits == 4 || bits == 8, op, ": bits must be 4 or 8, got ", bits);
   const at::Tensor x = x_in.stride(1) == 1 ? x_in : x_in.contiguous();
   const int64_t M = x.size(0), K = x.size(1), G = scales.size(1), N = scales.size(0) * qk::cpu::kTileN, per = 32 / bits;
@@ -132,7 +138,8 @@ at::Tensor linear_float(const at::Tensor& x_in, const at::Tensor& w, const at::T
   qk::cpu::FloatLinearArgs a;
   a.w = reinterpret_cast<const uint32_t*>(w.data_ptr<int32_t>());
   a.scales = scales.data_ptr<float>();
-  a.zeros = zeros.data_ptr<float>();
+  a.zeros = zeros ? zeros->data_ptr<float>() : nullptr;
+  a.zero = static_cast<float>(zero_point);
   a.bias = bias ? bias->data_ptr<float>() : nullptr;
   a.xs = xs.data_ptr<float>();
   a.xsum = xsum.data_ptr<float>();
@@ -144,11 +151,12 @@ at::Tensor linear_float(const at::Tensor& x_in, const at::Tensor& w, const at::T
 }
 
 at::Tensor linear_int8(const at::Tensor& x_in, const at::Tensor& w, const at::Tensor& scales,
-                       const at::Tensor& zeros, const std::optional<at::Tensor>& bias, int64_t bits,
-                       int64_t act_group_size, c10::string_view isa_name) {
+                       const std::optional<at::Tensor>& zeros, double zero_point,
+                       const std::optional<at::Tensor>& bias, int64_t bits, int64_t act_group_size,
+                       c10::string_view isa_name) {
   const char* op = "quantkernels::cpu_linear_int8";
   using qk::cpu::kBlockK;
-  check_common(x_in, scales, zeros, bias, op);
+  check_common(x_in, scales, zeros, zero_point, bias, op);
   QK_CHECK(bits == 4 || bits == 8, op, ": bits must be 4 or 8, got ", bits);
   QK_CHECK(act_group_size == -1 || act_group_size == kBlockK, op, ": act_group_size must be -1 or 32, got ",
            act_group_size);
@@ -179,7 +187,8 @@ at::Tensor linear_int8(const at::Tensor& x_in, const at::Tensor& w, const at::Te
   qk::cpu::Int8LinearArgs a;
   a.w = static_cast<const uint8_t*>(w.data_ptr());
   a.scales = scales.data_ptr<float>();
-  a.zeros = zeros.data_ptr<float>();
+  a.zeros = zeros ? zeros->data_ptr<float>() : nullptr;
+  a.zero = static_cast<float>(zero_point);
   a.bias = bias ? bias->data_ptr<float>() : nullptr;
   a.xq = xq.data_ptr<int8_t>();
   a.xscale = xscale.data_ptr<float>();

@@ -34,10 +34,11 @@ constexpr int64_t kChunkBlocks = 16;
 // The tile-major scales and zero points ([N/8][G][8], see qlinear.h) as the tile kernels read them.
 struct TileParams {
   const float* s;
-  const float* z;
+  const float* z;  // nullptr: every zero point is zc
+  float zc;
   int64_t G;
-  const float* scale(int64_t t, int64_t g) const { return s + tile_param_offset(G, t, g); }
-  const float* zero(int64_t t, int64_t g) const { return z + tile_param_offset(G, t, g); }
+  __m256 scale(int64_t t, int64_t g) const { return _mm256_loadu_ps(s + tile_param_offset(G, t, g)); }
+  __m256 zero(int64_t t, int64_t g) const { return tile_zeros(z, zc, G, t, g); }
 };
 
 // Row strides of the per-row-block activation copies below: 64 bytes more than a row, so the rows a
@@ -120,7 +121,7 @@ void float_tile(const FloatLinearArgs& a, int64_t t, int64_t m0) {
       }
     }
     const __m256 s = _mm256_loadu_ps(a.scales + tile_param_offset(a.G, t, g));
-    const __m256 z = _mm256_loadu_ps(a.zeros + tile_param_offset(a.G, t, g));
+    const __m256 z = tile_zeros(a.zeros, a.zero, a.G, t, g);
     for (int i = 0; i < MR; ++i) {
       __m256 A = acc[i][0];
       for (int c = 1; c < NA; ++c) A = _mm256_add_ps(A, acc[i][c]);
@@ -168,7 +169,7 @@ void float_tiles_row(const FloatLinearArgs& a, int64_t t, int64_t m) {
     const __m256 xsum = _mm256_set1_ps(a.xsum[m * a.G + g]);
     for (int h = 0; h < NT; ++h) {
       const __m256 s = _mm256_loadu_ps(a.scales + tile_param_offset(a.G, t + h, g));
-      const __m256 z = _mm256_loadu_ps(a.zeros + tile_param_offset(a.G, t + h, g));
+      const __m256 z = tile_zeros(a.zeros, a.zero, a.G, t + h, g);
       __m256 A = acc[h][0];
       for (int c = 1; c < NA; ++c) A = _mm256_add_ps(A, acc[h][c]);
       out[h] = _mm256_fmadd_ps(s, _mm256_fnmadd_ps(z, xsum, A), out[h]);
@@ -311,8 +312,8 @@ void int4_gemv_tiles(const FloatLinearArgs& a, const GemvActivations& x, const T
     int4_gemv_group4(w + g * grows * kTileN, rows * kTileN * 4, x.x + g * grows * 8, grows, acc);
     const __m256 xsum = _mm256_set1_ps(x.xsum[g]);
     for (int h = 0; h < NT; ++h) {
-      const __m256 s = _mm256_loadu_ps(p.scale(t + h, g));
-      const __m256 z = _mm256_loadu_ps(p.zero(t + h, g));
+      const __m256 s = p.scale(t + h, g);
+      const __m256 z = p.zero(t + h, g);
       out[h] = _mm256_fmadd_ps(s, _mm256_fnmadd_ps(z, xsum, _mm256_add_ps(acc[h][0], acc[h][1])), out[h]);
     }
   }
@@ -325,7 +326,7 @@ void int4_gemv_tiles(const FloatLinearArgs& a, const GemvActivations& x, const T
 
 // The GEMV over tiles [t0, t1) in passes of 4 tiles; a last 1-3 tiles take the converting kernel.
 void int4_gemv(const FloatLinearArgs& a, const GemvActivations& x, int64_t t0, int64_t t1) {
-  const TileParams p{a.scales, a.zeros, a.G};
+  const TileParams p{a.scales, a.zeros, a.zero, a.G};
   const int64_t t4 = t0 + (t1 - t0) / kGemvTiles * kGemvTiles;
   for (int64_t t = t0; t < t4; t += kGemvTiles) int4_gemv_tiles(a, x, p, t);
   for (int64_t t = t4; t < t1; ++t) float_tile<4, 1>(a, t, 0);
@@ -373,8 +374,8 @@ template <int MR>
 inline void add_segment(const Int8LinearArgs& a, const RowBlock& rb, const __m256i* d, int64_t t, int64_t g,
                         int64_t seg, __m256* out) {
   const int64_t KB = a.Kp / kBlockK, b0 = seg * (a.segment / kBlockK);
-  const __m256 s = _mm256_loadu_ps(rb.p.scale(t, g));
-  const __m256 sz = _mm256_mul_ps(s, _mm256_loadu_ps(rb.p.zero(t, g)));
+  const __m256 s = rb.p.scale(t, g);
+  const __m256 sz = _mm256_mul_ps(s, rb.p.zero(t, g));
   for (int i = 0; i < MR; ++i) {
     __m256 v = _mm256_fnmadd_ps(sz, _mm256_set1_ps(rb.xseg[i * rb.nseg + seg]), _mm256_mul_ps(s, _mm256_cvtepi32_ps(d[i])));
     if (a.act_per_block) v = _mm256_mul_ps(v, _mm256_set1_ps(a.xscale[(rb.m0 + i) * KB + b0]));
@@ -615,7 +616,7 @@ void int8_rows(const Int8LinearArgs& a, int64_t t0, int64_t t1) {
       L2Prefetcher pf(a.w + g1 * tile_bytes, (next_end - g1) * tile_bytes, ((p1 - p0 + MR - 1) / MR) * (g1 - g0));
       // Made here rather than once before the loops: hoisted, GCC kept some of the W4A8 tile's
       // accumulators on the stack (qlinear_bench w4a8, m = 32, 4096x11008 g128: 22.4 against 19.9 ms).
-      const TileParams tp{a.scales, a.zeros, a.G};
+      const TileParams tp{a.scales, a.zeros, a.zero, a.G};
       for (int64_t m = p0; m < p1;) {
         const int mr = p1 - m >= MR ? MR : 1;
         const RowBlock rb = panel.rows_from(m - p0, a.Kp, tp);

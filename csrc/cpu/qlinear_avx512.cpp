@@ -55,7 +55,7 @@ void float_tile_pair(const FloatLinearArgs& a, int64_t t, int64_t m0) {
       }
     }
     const __m512 s = tile_pair_params(a.scales, a.G, t, g);
-    const __m512 z = tile_pair_params(a.zeros, a.G, t, g);
+    const __m512 z = a.zeros ? tile_pair_params(a.zeros, a.G, t, g) : _mm512_set1_ps(a.zero);
     for (int i = 0; i < MR; ++i) {
       __m512 A = acc[i][0];
       for (int c = 1; c < NA; ++c) A = _mm512_add_ps(A, acc[i][c]);

@@ -25,6 +25,12 @@ inline __m256i hsum8(const __m256i* a) {
   return _mm256_set_m128i(hi, lo);
 }
 
+// Tile t's 8 zero points of group g, or `zero` in every lane where the layer has no zeros array
+// (every zero point equal, qlinear.h).
+inline __m256 tile_zeros(const float* zeros, float zero, int64_t G, int64_t t, int64_t g) {
+  return zeros ? _mm256_loadu_ps(zeros + tile_param_offset(G, t, g)) : _mm256_set1_ps(zero);
+}
+
 // Adds one segment [k0, k1) of row m to out (tile t, weight group g): d holds the 8 channels'
 // integer sums; the zero points used are zeros + zero_extra (see qlinear_avx512vnni.cpp).
 inline __m256 int8_epilogue(const Int8LinearArgs& a, __m256i d, float zero_extra, int64_t t, int64_t m, int64_t g,
@@ -34,7 +40,7 @@ inline __m256 int8_epilogue(const Int8LinearArgs& a, __m256i d, float zero_extra
   for (int64_t b = k0 / kBlockK; b < k1 / kBlockK; ++b) xseg += a.xblock[m * KB + b];
   const float xscale = a.xscale[a.act_per_block ? m * KB + k0 / kBlockK : m];
   const __m256 s = _mm256_mul_ps(_mm256_loadu_ps(a.scales + tile_param_offset(a.G, t, g)), _mm256_set1_ps(xscale));
-  const __m256 z = _mm256_add_ps(_mm256_loadu_ps(a.zeros + tile_param_offset(a.G, t, g)), _mm256_set1_ps(zero_extra));
+  const __m256 z = _mm256_add_ps(tile_zeros(a.zeros, a.zero, a.G, t, g), _mm256_set1_ps(zero_extra));
   const __m256 corr = _mm256_fnmadd_ps(z, _mm256_set1_ps(static_cast<float>(xseg)), _mm256_cvtepi32_ps(d));
   return _mm256_fmadd_ps(corr, s, out);
 }

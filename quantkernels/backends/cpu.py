@@ -14,6 +14,8 @@ Layouts built here (T = N / 8 tiles, R = K * bits / 32 word rows, Kp = K rounded
   ``q[n, 32kb + c] | q[n, 32kb + 16 + c] << 4`` with ``n = 8t + j + 4h``.
 * int8 activations, 8-bit: ``int8 [T, KB, 8, 32]``, byte ``(t, kb, i, c)`` = ``q[8t + i, 32kb + c] - 128``.
 * scales and zero points (fp32, either kind): ``[T, G, 8]``, element ``(t, g, i)`` = portable ``[g, 8t + i]``.
+  Where every zero point is the same number (symmetric layers) no zero-point tensor is kept: the
+  kernels take that number instead and read one stream fewer.
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 class CpuState:
     w: torch.Tensor  # the repacked weight (see the module docstring)
     scales: torch.Tensor  # fp32 [N/8, G, 8], tile-major (see the module docstring)
-    zeros: torch.Tensor  # the same for the zero points as the kernel wants them (z, or z - 128 for int8 x int8)
+    zeros: Optional[torch.Tensor]  # the same for the zero points as the kernel wants them (z, or z - 128 for
+    # int8 x int8); None where they are all equal: zero_point then holds that value
+    zero_point: float
     bias: Optional[torch.Tensor]  # fp32 [N]
     perm: Optional[torch.Tensor]  # int64 [K]: kernel column k' is portable column perm[k'] (None: identity)
     int8_acts: bool
@@ -178,10 +182,12 @@ class CpuBackend:
         else:
             qw = layer.qweight if perm is None else pack(codes, cfg.bits, dim=0)
             w = _materialize(qw.view(-1, n // 8, 8).permute(1, 0, 2))
+        constant = bool((zeros == zeros.view(-1)[0]).all())
         state = CpuState(
             w=w,
             scales=_tile_major(layer.scales),
-            zeros=_tile_major(zeros),
+            zeros=None if constant else _tile_major(zeros),
+            zero_point=float(zeros.view(-1)[0]) if constant else 0.0,
             bias=None if layer.bias is None else layer.bias.to(torch.float32).contiguous(),
             perm=perm,
             int8_acts=int8_acts,
@@ -218,10 +224,12 @@ class CpuBackend:
             x = x.index_select(1, state.perm)
         if state.int8_acts:
             out = torch.ops.quantkernels.cpu_linear_int8(
-                x, state.w, state.scales, state.zeros, state.bias, cfg.bits, cfg.act_group_size
+                x, state.w, state.scales, state.zeros, state.zero_point, state.bias, cfg.bits, cfg.act_group_size
             )
         else:
-            out = torch.ops.quantkernels.cpu_linear_float(x, state.w, state.scales, state.zeros, state.bias, cfg.bits)
+            out = torch.ops.quantkernels.cpu_linear_float(
+                x, state.w, state.scales, state.zeros, state.zero_point, state.bias, cfg.bits
+            )
         return out if x2d.dtype == torch.float32 else out.to(x2d.dtype)
 
 

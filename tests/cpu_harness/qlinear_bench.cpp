@@ -7,7 +7,9 @@
 //   g++ -O2 -std=c++17 -Icsrc tests/cpu_harness/qlinear_bench.cpp $B/*.o -o /tmp/qlinear_bench
 //   flock /work/bench.lock /tmp/qlinear_bench w4a8 32 11008 4096 32 5   # kind M N K G reps
 //
-// kind: w4a16 (float activations, 4-bit), w4a8 / w8a8 (int8 activations per row).
+// kind: w4a16 (float activations, 4-bit), w4a8 / w8a8 (int8 activations per row). A last argument
+// `sym` gives the kernel one zero point as a value (zeros = nullptr), as the backend does for
+// symmetric layers; without it the kernel reads the zero-point array.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -21,13 +23,14 @@
 using namespace qk::cpu;
 
 int main(int argc, char** argv) {
-  if (argc != 7) {
-    std::fprintf(stderr, "usage: %s w4a16|w4a8|w8a8 M N K G reps\n", argv[0]);
+  if (argc != 7 && !(argc == 8 && !std::strcmp(argv[7], "sym"))) {
+    std::fprintf(stderr, "usage: %s w4a16|w4a8|w8a8 M N K G reps [sym]\n", argv[0]);
     return 2;
   }
   const char* kind = argv[1];
   const int64_t M = std::atol(argv[2]), N = std::atol(argv[3]), K = std::atol(argv[4]), G = std::atol(argv[5]);
   const int reps = std::atoi(argv[6]);
+  const bool sym = argc == 8;
   std::mt19937 rng(1);
   std::vector<float> scales(G * N, 0.01f), zeros(G * N, 8.0f), out(M * N), x(M * K);
   for (auto& v : x) v = std::uniform_real_distribution<float>(-1, 1)(rng);
@@ -46,7 +49,7 @@ int main(int argc, char** argv) {
     const int64_t ld = staggered_stride(K, sizeof(float));
     std::vector<float> xs(M * ld), xsum(M * G);
     prepare_float_activations(x.data(), K, M, K, G, 4, xs.data(), ld, xsum.data());
-    FloatLinearArgs a{w.data(), scales.data(), zeros.data(), nullptr, xs.data(), xsum.data(), out.data(), M, N, K, G, ld, 4};
+    FloatLinearArgs a{w.data(), scales.data(), sym ? nullptr : zeros.data(), 8.0f, nullptr, xs.data(), xsum.data(), out.data(), M, N, K, G, ld, 4};
     time_it([&] { linear_float_tiles_avx2(a, 0, N / kTileN); });
   } else {
     const int bits = std::strcmp(kind, "w4a8") ? 8 : 4;
@@ -57,12 +60,12 @@ int main(int argc, char** argv) {
     std::vector<float> xscale(M);
     std::vector<int32_t> xblock(M * Kp / kBlockK);
     quantize_activations_int8(x.data(), K, M, K, Kp, false, xq.data(), ldq, xscale.data(), xblock.data());
-    Int8LinearArgs a{w.data(), scales.data(), zeros.data(), nullptr, xq.data(), xscale.data(), xblock.data(),
+    Int8LinearArgs a{w.data(), scales.data(), sym ? nullptr : zeros.data(), bits == 8 ? 0.0f : 8.0f, nullptr, xq.data(), xscale.data(), xblock.data(),
                      out.data(), M, N, K, Kp, G, ldq, int8_segment_length(K, Kp, G, false), bits, false};
     time_it([&] { linear_int8_tiles_avx2(a, 0, N / kTileN); });
   }
   const double mac = double(M) * N * K;
-  std::printf("%s M=%ld N=%ld K=%ld G=%ld: %.3f ms  %.1f GMAC/s  %.2f Gweights/s\n", kind, long(M), long(N), long(K),
-              long(G), best * 1e3, mac / best / 1e9, double(N) * K / best / 1e9);
+  std::printf("%s%s M=%ld N=%ld K=%ld G=%ld: %.3f ms  %.1f GMAC/s  %.2f Gweights/s\n", kind, sym ? " sym" : "",
+              long(M), long(N), long(K), long(G), best * 1e3, mac / best / 1e9, double(N) * K / best / 1e9);
   return 0;
 }

@@ -1,6 +1,8 @@
 // Torch-free test of the SIMD quantized-linear kernels against their scalar twins (qlinear.h).
 // Random layouts, scales, zero points and activations; odd M, N, K; both weight widths; float and
-// int8 activations (per row and per 32-column block); K = 8192 once. Every SIMD path the CPU runs
+// int8 activations (per row and per 32-column block); K = 8192 once; every zero point one value
+// passed as `zero` (zeros = nullptr, as for symmetric layers) against the scalar kernel reading it
+// from a full array. Every SIMD path the CPU runs
 // (and this build has) is compared with the scalar kernel; exits non-zero on any failure or when
 // no SIMD path could be tested.
 //
@@ -25,6 +27,7 @@ namespace {
 struct Case {
   int bits;
   int64_t M, N, K, G;
+  bool one_zero = false;  // every zero point the same: the SIMD kernel gets it as a value, zeros = nullptr
 };
 
 double rel_err(const std::vector<float>& out, const std::vector<float>& ref) {
@@ -45,9 +48,10 @@ Inputs random_inputs(const Case& c, std::mt19937& rng) {
   std::uniform_int_distribution<int> uz(0, (1 << c.bits) - 1);
   std::normal_distribution<float> nd;
   Inputs in;
+  const float zero = static_cast<float>(uz(rng));
   for (int64_t i = 0; i < c.G * c.N; ++i) {
     in.scales.push_back(us(rng));
-    in.zeros.push_back(static_cast<float>(uz(rng)));
+    in.zeros.push_back(c.one_zero ? zero : static_cast<float>(uz(rng)));
   }
   for (int64_t i = 0; i < c.N; ++i) in.bias.push_back(nd(rng));
   for (int64_t i = 0; i < c.M * c.K; ++i) in.x.push_back(nd(rng));
@@ -68,15 +72,17 @@ bool test_float(const char* name, FloatTilesFn fn, const Case& c, std::mt19937& 
   const int64_t ldx = staggered_stride(c.K, sizeof(float));
   std::vector<float> xs(c.M * ldx), xsum(c.M * c.G), out(c.M * c.N), ref(c.M * c.N);
   prepare_float_activations(in.x.data(), c.K, c.M, c.K, c.G, c.bits, xs.data(), ldx, xsum.data());
-  FloatLinearArgs a{w.data(), in.scales.data(), in.zeros.data(), in.bias.data(), xs.data(), xsum.data(),
+  FloatLinearArgs a{w.data(), in.scales.data(), in.zeros.data(), 0.0f, in.bias.data(), xs.data(), xsum.data(),
                     ref.data(), c.M, c.N, c.K, c.G, ldx, c.bits};
   run_tiles(linear_float_tiles_scalar, a, c.N / kTileN);
   a.out = out.data();
+  if (c.one_zero) a.zeros = nullptr, a.zero = in.zeros[0];
   run_tiles(fn, a, c.N / kTileN);
   const double err = rel_err(out, ref), bound = 1e-6 * std::sqrt(double(c.K));
   const bool ok = err <= bound;
-  std::printf("%s %-6s float w%d M=%lld N=%lld K=%lld G=%lld rel err %.3g (bound %.3g)\n", ok ? "PASS" : "FAIL", name,
-              c.bits, (long long)c.M, (long long)c.N, (long long)c.K, (long long)c.G, err, bound);
+  std::printf("%s %-6s float w%d M=%lld N=%lld K=%lld G=%lld%s rel err %.3g (bound %.3g)\n", ok ? "PASS" : "FAIL", name,
+              c.bits, (long long)c.M, (long long)c.N, (long long)c.K, (long long)c.G, c.one_zero ? " z=one" : "", err,
+              bound);
   return ok;
 }
 
@@ -90,17 +96,18 @@ bool test_int8(const char* name, Int8TilesFn fn, const Case& c, bool per_block, 
   std::vector<float> xscale(c.M * (per_block ? KB : 1)), out(c.M * c.N), ref(c.M * c.N);
   std::vector<int32_t> xblock(c.M * KB);
   quantize_activations_int8(in.x.data(), c.K, c.M, c.K, Kp, per_block, xq.data(), ldq, xscale.data(), xblock.data());
-  Int8LinearArgs a{w.data(), in.scales.data(), in.zeros.data(), in.bias.data(), xq.data(), xscale.data(),
+  Int8LinearArgs a{w.data(), in.scales.data(), in.zeros.data(), 0.0f, in.bias.data(), xq.data(), xscale.data(),
                    xblock.data(), ref.data(), c.M, c.N, c.K, Kp, c.G, ldq,
                    int8_segment_length(c.K, Kp, c.G, per_block), c.bits, per_block};
   run_tiles(linear_int8_tiles_scalar, a, c.N / kTileN);
   a.out = out.data();
+  if (c.one_zero) a.zeros = nullptr, a.zero = in.zeros[0];
   run_tiles(fn, a, c.N / kTileN);
   const double err = rel_err(out, ref), bound = 1e-6 * std::sqrt(double(c.K));
   const bool ok = err <= bound;
-  std::printf("%s %-6s int8%s w%d M=%lld N=%lld K=%lld G=%lld rel err %.3g (bound %.3g)\n", ok ? "PASS" : "FAIL",
+  std::printf("%s %-6s int8%s w%d M=%lld N=%lld K=%lld G=%lld%s rel err %.3g (bound %.3g)\n", ok ? "PASS" : "FAIL",
               name, per_block ? "/32" : "   ", c.bits, (long long)c.M, (long long)c.N, (long long)c.K,
-              (long long)c.G, err, bound);
+              (long long)c.G, c.one_zero ? " z=one" : "", err, bound);
   return ok;
 }
 
@@ -127,10 +134,17 @@ int main() {
           if (c.K % kBlockK == 0) failed += !test_int8(isa_name(isa), fi, c, true, rng);
         }
       }
+      for (int64_t M : {1, 5}) {  // one zero point for all, passed as a value
+        const Case c{bits, M, 72, 256, 2, true};
+        failed += !test_float(isa_name(isa), ff, c, rng);
+        failed += !test_int8(isa_name(isa), fi, c, false, rng);
+      }
       const Case big{bits, 3, 16, 8192, 64};
       failed += !test_float(isa_name(isa), ff, big, rng);
       failed += !test_int8(isa_name(isa), fi, big, false, rng);
       failed += !test_int8(isa_name(isa), fi, big, true, rng);
+      const Case big_one_zero{bits, 1, 64, 8192, 64, true};
+      failed += !test_float(isa_name(isa), ff, big_one_zero, rng);
     }
   }
   std::printf("%d SIMD path(s) tested, %d failure(s)\n", tested, failed);

@@ -39,6 +39,10 @@ struct TileParams {
   int64_t G;
   __m256 scale(int64_t t, int64_t g) const { return _mm256_loadu_ps(s + tile_param_offset(G, t, g)); }
   __m256 zero(int64_t t, int64_t g) const { return tile_zeros(z, zc, G, t, g); }
+  void prefetch(int64_t t, int64_t g) const {  // tile t's values of group g into L1
+    _mm_prefetch(reinterpret_cast<const char*>(s + tile_param_offset(G, t, g)), _MM_HINT_T0);
+    if (z) _mm_prefetch(reinterpret_cast<const char*>(z + tile_param_offset(G, t, g)), _MM_HINT_T0);
+  }
 };
 
 // Row strides of the per-row-block activation copies below: 64 bytes more than a row, so the rows a
@@ -307,6 +311,11 @@ void int4_gemv_tiles(const FloatLinearArgs& a, const GemvActivations& x, const T
   __m256 out[NT];
   for (int h = 0; h < NT; ++h) out[h] = _mm256_setzero_ps();
   for (int64_t g = 0; g < a.G; ++g) {
+    // The four tiles' scales (and zero points) two groups ahead: thin streams, a 64-byte line per two
+    // groups, that the hardware prefetchers left to miss (each miss held up the group's epilogue).
+    // 8192x28672 g128, symmetric, two single-thread harness processes: 8.59-8.70 against 9.03-9.20 ms.
+    if (g + 2 < a.G)
+      for (int h = 0; h < NT; ++h) p.prefetch(t + h, g + 2);
     __m256 acc[NT][2];
     for (int h = 0; h < NT; ++h) acc[h][0] = acc[h][1] = _mm256_setzero_ps();
     int4_gemv_group4(w + g * grows * kTileN, rows * kTileN * 4, x.x + g * grows * 8, grows, acc);

@@ -36,7 +36,7 @@
 //   a kernel streaming a run of tiles reads them in order. Row-major [G, N] had every group of a
 //   tile on another page N * 4 bytes away: gathering them per call cost the AVX2 GEMV 15-20%.
 //   Where every zero point is the same number (symmetric formats), `zeros` is null and `zero` holds
-//   it: no zero-point stream at all (the AVX2 GEMV read its weights 5-6% faster without it).
+//   it: no zero-point stream at all (the AVX2 GEMV about 5% faster without it).
 #pragma once
 
 #include <cstdint>

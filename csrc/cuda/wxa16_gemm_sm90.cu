@@ -912,9 +912,14 @@ cudaError_t launch_wgmma(const void* x, int64_t ldx, void* xp, const int32_t* qw
   // the sum of a split tile's parts: a cluster's through distributed shared memory, per part; a
   // stream-K tile's from the workspace slots in L2, per slot read (H100, 11th session, against a build
   // that skipped the reads: 11 us for 7 slots at m = 64 on 14336x4096, 5.5 us for 3 on 8192x8192, 3.4
-  // for 3.1 on 28672x8192; a stage of 128 columns takes about 1.2 us there).
+  // for 3.1 on 28672x8192; a stage of 128 columns takes about 1.2 us there). A slot holds BN rows, and
+  // its cost grows with them: 180 / SC per slot of 32 rows. Seventeenth session (2026-11-24 17:15 and
+  // 17:20 runs): at 180 / SC for every BN the model sent 8192x8192 at 48-64 rows to stream-K, which
+  // measured 4-7% slower than the clusters of 3 it picks now (m = 64: 33.4 / 33.7 against 31.4 / 31.3
+  // us); no other choice at 24-256 rows on the six benchmark layers moved. Doubling the cost of every
+  // slot also sent the 32-row tiles there to clusters, 1-2% slower than stream-K.
   constexpr double kOverhead = 3.0 * 64 / SC;
-  constexpr double kClusterSum = 32.0 / SC, kSlotSum = 180.0 / SC;
+  constexpr double kClusterSum = 32.0 / SC, kSlotSum = 180.0 / SC * BN / 32;
   constexpr double kSplitGain = 0.85;  // a split must model 15% faster than one block a tile
   // Layers without a group table or zeros (symmetric, no act_order) run the kernel's PLAIN twin,
   // whose copy and dequantization leave out the code for them (per 128-column stage of config 3, 286

@@ -182,12 +182,13 @@ class CpuBackend:
         else:
             qw = layer.qweight if perm is None else pack(codes, cfg.bits, dim=0)
             w = _materialize(qw.view(-1, n // 8, 8).permute(1, 0, 2))
-        constant = bool((zeros == zeros.view(-1)[0]).all())
+        z0 = float(zeros.view(-1)[0])
+        constant = bool((zeros == z0).all())
         state = CpuState(
             w=w,
             scales=_tile_major(layer.scales),
             zeros=None if constant else _tile_major(zeros),
-            zero_point=float(zeros.view(-1)[0]) if constant else 0.0,
+            zero_point=z0 if constant else 0.0,
             bias=None if layer.bias is None else layer.bias.to(torch.float32).contiguous(),
             perm=perm,
             int8_acts=int8_acts,

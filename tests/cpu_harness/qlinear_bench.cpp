@@ -49,7 +49,8 @@ int main(int argc, char** argv) {
     const int64_t ld = staggered_stride(K, sizeof(float));
     std::vector<float> xs(M * ld), xsum(M * G);
     prepare_float_activations(x.data(), K, M, K, G, 4, xs.data(), ld, xsum.data());
-    FloatLinearArgs a{w.data(), scales.data(), sym ? nullptr : zeros.data(), 8.0f, nullptr, xs.data(), xsum.data(), out.data(), M, N, K, G, ld, 4};
+    FloatLinearArgs a{w.data(), scales.data(), sym ? nullptr : zeros.data(), 8.0f, nullptr, xs.data(),
+                      xsum.data(), out.data(), M, N, K, G, ld, 4};
     time_it([&] { linear_float_tiles_avx2(a, 0, N / kTileN); });
   } else {
     const int bits = std::strcmp(kind, "w4a8") ? 8 : 4;
@@ -60,8 +61,9 @@ int main(int argc, char** argv) {
     std::vector<float> xscale(M);
     std::vector<int32_t> xblock(M * Kp / kBlockK);
     quantize_activations_int8(x.data(), K, M, K, Kp, false, xq.data(), ldq, xscale.data(), xblock.data());
-    Int8LinearArgs a{w.data(), scales.data(), sym ? nullptr : zeros.data(), bits == 8 ? 0.0f : 8.0f, nullptr, xq.data(), xscale.data(), xblock.data(),
-                     out.data(), M, N, K, Kp, G, ldq, int8_segment_length(K, Kp, G, false), bits, false};
+    Int8LinearArgs a{w.data(), scales.data(), sym ? nullptr : zeros.data(), bits == 8 ? 0.0f : 8.0f, nullptr,
+                     xq.data(), xscale.data(), xblock.data(), out.data(), M, N, K, Kp, G, ldq,
+                     int8_segment_length(K, Kp, G, false), bits, false};
     time_it([&] { linear_int8_tiles_avx2(a, 0, N / kTileN); });
   }
   const double mac = double(M) * N * K;

@@ -2,9 +2,8 @@
 // Random layouts, scales, zero points and activations; odd M, N, K; both weight widths; float and
 // int8 activations (per row and per 32-column block); K = 8192 once; every zero point one value
 // passed as `zero` (zeros = nullptr, as for symmetric layers) against the scalar kernel reading it
-// from a full array. Every SIMD path the CPU runs
-// (and this build has) is compared with the scalar kernel; exits non-zero on any failure or when
-// no SIMD path could be tested.
+// from a full array. Every SIMD path the CPU runs (and this build has) is compared with the scalar
+// kernel; exits non-zero on any failure or when no SIMD path could be tested.
 //
 // Bound: ||simd - scalar|| / ||scalar|| <= 1e-6 * sqrt(K). Both sides compute the same products;
 // float activations differ only in fp32 summation order (~eps32 * sqrt(K)); int8 activations

@@ -268,7 +268,7 @@ SMALL_VARIANTS_M8 = ((7, -1), (12, -1), (14, -1), (2, -1), (12, 2))  # m <= 8
 SMALL_VARIANTS_M16 = ((4, -1), (13, -1), (5, -1), (15, -1), (4, 2), (13, 2), (15, 2))  # 8 < m <= 16
 
 
-WGMMA_CONFIGS = 7  # csrc/cuda/wxa16_gemm_sm90.cu, kConfigs
+WGMMA_CONFIGS = 8  # csrc/cuda/wxa16_gemm_sm90.cu, kConfigs
 
 
 def wgmma_m(shapes, m_list, out_dir, with_triton, configs, dtypes=(torch.float16,)):

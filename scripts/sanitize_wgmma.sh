@@ -2,7 +2,7 @@
 # compute-sanitizer memcheck and racecheck over the Hopper wgmma GEMM (csrc/cuda/wxa16_gemm_sm90.cu):
 # every config, 4 and 8 bits, fp16 and bf16, symmetric and asymmetric, act_order, m = 1, 17, 100,
 # with one block a tile and with a split of K over the blocks of a cluster and stream-K, and the
-# warp-specialized config with more tiles than SMs (blocks that run several tiles; whole tiles and
+# warp-specialized configs with more tiles than SMs (blocks that run several tiles; whole tiles and
 # stream-K). Needs a Hopper GPU and an extension built for sm_90a. Run from the repository root:
 # `bash scripts/sanitize_wgmma.sh`. Exits non-zero on an error.
 set -euo pipefail
@@ -19,7 +19,7 @@ from quantkernels.backends import cuda as qc
 from quantkernels.nn import QuantLinear
 
 torch.manual_seed(0)
-NUM_CONFIGS = 7  # kConfigs in csrc/cuda/wxa16_gemm_sm90.cu
+NUM_CONFIGS = 8  # kConfigs in csrc/cuda/wxa16_gemm_sm90.cu
 for bits, gs, sym, act_order in [(4, 128, True, False), (4, 32, False, False), (8, -1, True, False), (4, 64, True, True)]:
     k, n = 384, 48  # 6 stages; 3 n-tiles: partial blocks
     g_idx = None
@@ -45,19 +45,20 @@ for bits, gs, sym, act_order in [(4, 128, True, False), (4, 32, False, False), (
                         w, config, ks)
             torch.cuda.synchronize()
             assert torch.isfinite(out).all() and not ws.any()
-# The warp-specialized config (6) with more tiles than SMs: blocks run several tiles, slots wrap;
-# whole tiles, and stream-K in 9 lanes of m-blocks (tiles cut between blocks, parts summed). K = 1152:
-# 9 stages a tile, so that a block's stages wrap its 4 slots in both.
+# The warp-specialized configs (6 and 7) with more tiles than SMs: blocks run several tiles, slots
+# wrap; whole tiles, and stream-K in lanes of m-blocks (tiles cut between blocks, parts summed). K =
+# 1152: 9 stages a tile, so that a block's stages wrap its 4 (3) slots in both.
 lin = torch.nn.Linear(1152, 4112, device="cuda")
 layer = QuantLinear.from_linear(lin, QuantConfig(bits=4, group_size=64, sym=False))
 st = layer._prepared["cuda"]
 x = torch.randn(1100, 1152, device="cuda", dtype=torch.float16)
 ws = torch.zeros(qc.wgmma_workspace_floats(1100, 4112, qc.num_sms(0)), device="cuda")
-for w, ks in ((None, -1), (ws, 0)):
-    out = torch.ops.quantkernels.cuda_wxa16_gemm_wgmma(
-        x, st.qweight, st.scales[x.dtype], st.zeros[x.dtype], None, 64, st.bias[x.dtype], 4, w, 6, ks)
-    torch.cuda.synchronize()
-    assert torch.isfinite(out).all() and not ws.any()
+for config in (6, 7):
+    for w, ks in ((None, -1), (ws, 0)):
+        out = torch.ops.quantkernels.cuda_wxa16_gemm_wgmma(
+            x, st.qweight, st.scales[x.dtype], st.zeros[x.dtype], None, 64, st.bias[x.dtype], 4, w, config, ks)
+        torch.cuda.synchronize()
+        assert torch.isfinite(out).all() and not ws.any()
 print("sanitize workload done")
 PY
 status=0

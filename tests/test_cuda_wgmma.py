@@ -21,7 +21,7 @@ from quantkernels.backends import cuda as cuda_backend
 from quantkernels.nn import QuantLinear
 
 BOUND = {torch.float16: 1e-3, torch.bfloat16: 8e-3}
-NUM_CONFIGS = 7  # kConfigs in csrc/cuda/wxa16_gemm_sm90.cu
+NUM_CONFIGS = 8  # kConfigs in csrc/cuda/wxa16_gemm_sm90.cu
 
 
 def _reason():
@@ -136,16 +136,20 @@ def test_every_format_config_and_split(group_size, sym, act_order, bits, dtype):
 @needs_wgmma
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("bits,group_size,sym", [(4, 64, False), (4, 128, True), (8, -1, True), (8, 32, False)])
-def test_warp_specialized_persistent(bits, group_size, sym, dtype):
-    """The warp-specialized config (6) with more tiles than SMs, so that blocks run several tiles and
-    its slots wrap across tiles: 4112 channels (17 blocks of 256, the last with one n-tile), 1100 rows
-    (9 blocks of 128, the last partial); 153 tiles. K = 384 (3 stages: fewer than its slots) and 1152
-    (9). Whole tiles a block, and forced stream-K in 9 lanes of 14 blocks: at K = 384 all of it (shares
-    of 3-4 stages that start and end inside tiles, so most tiles are cut in two), at K = 1152 after a
-    full wave of whole tiles (126), the other 27 tiles shared out (shares of 1-2 of a lane's 27 stages).
-    Each twice, bit-equal, and the workspace left all zeros."""
+@pytest.mark.parametrize("config", [6, 7])
+def test_warp_specialized_persistent(bits, group_size, sym, dtype, config):
+    """The warp-specialized configs with more tiles than SMs, so that blocks run several tiles and
+    their slots wrap across tiles. Config 6 (256 channels x 128 rows): 4112 channels (17 blocks, the
+    last with one n-tile), 1100 rows (9 blocks, the last partial); 153 tiles. K = 384 (3 stages: no
+    more than its slots) and 1152 (9). Whole tiles a block, and forced stream-K in 9 lanes of 14
+    blocks: at K = 384 all of it (shares of 3-4 stages that start and end inside tiles, so most tiles
+    are cut in two), at K = 1152 after a full wave of whole tiles (126), the other 27 tiles shared out
+    (shares of 1-2 of a lane's 27 stages). Config 7 (128 channels x 256 rows; 8-bit weights run as
+    config 6): 33 n-blocks (the last with one n-tile) x 5 m-blocks (the last of 76 rows), 165 tiles;
+    stream-K in 5 lanes of 26 blocks. Each twice, bit-equal, and the workspace left all zeros."""
     n, m = 4112, 1100
     assert (n // 256 + 1) * ((m + 127) // 128) > cuda_backend.num_sms(0)
+    assert (n // 128 + 1) * ((m + 255) // 256) > cuda_backend.num_sms(0)
     for k in (384, 1152):
         layer, portable = _layer(k, n, bits, group_size, sym, dtype)
         x = torch.randn(m, k, device="cuda", dtype=dtype)
@@ -153,10 +157,10 @@ def test_warp_specialized_persistent(bits, group_size, sym, dtype):
         ws = torch.zeros(cuda_backend.wgmma_workspace_floats(m, n, cuda_backend.num_sms(0)), dtype=torch.float32,
                          device="cuda")
         for w, ksplit in ((None, -1), (ws, 0)):
-            out = _wgmma(layer, x, dtype, w, config=6, ksplit=ksplit)
+            out = _wgmma(layer, x, dtype, w, config=config, ksplit=ksplit)
             err = _rel(out, ref)
             assert err < BOUND[dtype], f"K={k} ksplit={ksplit}: {err:.2e}"
-            again = _wgmma(layer, x, dtype, w, config=6, ksplit=ksplit)
+            again = _wgmma(layer, x, dtype, w, config=config, ksplit=ksplit)
             assert torch.equal(out, again), f"K={k} ksplit={ksplit}: not deterministic"
             assert not ws.any(), "the workspace must be all zeros after a launch"
 
@@ -191,7 +195,8 @@ def test_wgmma_cells():
     assert serves(129, 4096, 4096) and serves(1024, 4096, 4096) and not serves(256, 2048, 4096)
     assert serves(257, 8192, 8192) and serves(1024, 28672, 8192) and serves(1024, 8192, 28672)
     assert serves(512, 14336, 4096) and serves(384, 4096, 14336)
-    assert not serves(1025, 28672, 8192) and not serves(1, 8192, 28672)
+    assert serves(2048, 28672, 8192) and serves(2048, 4096, 4096) and serves(1025, 14336, 4096)
+    assert not serves(2049, 28672, 8192) and not serves(4096, 4096, 4096) and not serves(1, 8192, 28672)
 
 
 @needs_wgmma

@@ -101,10 +101,10 @@ inline int64_t wxa16_gemm_wgmma_scratch_rows(int64_t M) { return (M + 255) / 256
 // Number of wgmma tile configs (valid `config` values are -1 and 0 .. wxa16_gemm_wgmma_num_configs() - 1).
 int wxa16_gemm_wgmma_num_configs();
 
-// Workspace of the wgmma GEMM's stream-K split: a partial tile (BN x 256 fp32) for each block of one
-// wave, then an int counter per output tile; all zero before a launch and after it. This size holds a
-// wave of num_sms blocks of the largest tile the automatic config gives M rows; with less, stream-K
-// runs fewer blocks (or none).
+// Workspace of the wgmma GEMM's stream-K split: a partial tile (BN rows x 256 channels fp32; the same
+// size for the 256-row x 128-channel tiles) for each block of one wave, then an int counter per output
+// tile; all zero before a launch and after it. This size holds a wave of num_sms blocks of the largest
+// tile the automatic config gives M rows; with less, stream-K runs fewer blocks (or none).
 inline int64_t wxa16_gemm_wgmma_workspace_floats(int M, int N, int num_sms) {
   const int64_t bn = M <= 32 ? 32 : M <= 64 ? 64 : 128;
   return num_sms * bn * 256 + static_cast<int64_t>(N / 16) * ((M + 7) / 8);

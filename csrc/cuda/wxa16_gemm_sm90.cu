@@ -181,6 +181,20 @@ __device__ __forceinline__ void wgmma_rs(WgmmaN<128>, float (&d)[64], const uint
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
 }
 
+// One k16 step of a BN-row tile. BN = 256 (config 7): two m64n128k16 on the two 128-row halves of
+// the B tile, sharing the A registers (one dequantization for both); the second half's accumulators
+// are d[64 ..], so the mapping d[4 i + q] -> row 8 i + 2 t + (q & 1) carries on across the halves. A
+// half's rows start 16 core matrices (8 rows each, SC * 16 bytes apart) into the tile.
+template <bool BF16, int BN, int SC, int NA>
+__device__ __forceinline__ void wgmma_step(float (&d)[NA], const uint32_t (&a)[4], uint64_t desc) {
+  if constexpr (BN == 256) {
+    constexpr uint64_t kHalf = (16 * SC * 16) >> 4;  // in the descriptor's 16-byte address units
+    wgmma_rs<BF16>(WgmmaN<128>{}, *reinterpret_cast<float(*)[64]>(&d[0]), a, desc);
+    wgmma_rs<BF16>(WgmmaN<128>{}, *reinterpret_cast<float(*)[64]>(&d[64]), a, desc + kHalf);
+  } else {
+    wgmma_rs<BF16>(WgmmaN<BN>{}, d, a, desc);
+  }
+}
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
@@ -612,7 +626,8 @@ constexpr int ws_slot_bytes(int bits, int bn, int nwg, int sc) {
 }
 
 // The large-m GEMM with warp specialization: NWG consumer warpgroups (64 output channels each, as in
-// wxa16_gemm_wgmma_kernel) and a producer warpgroup, PW warps of which copy. The producers stream
+// wxa16_gemm_wgmma_kernel; four of 128 rows, config 6, or two of 256, config 7, whose wgmma steps are
+// two m64n128k16 on one set of dequantized registers) and a producer warpgroup, PW warps of which copy. The producers stream
 // every stage of the block's tiles into S slots by bulk copies (cp.async.bulk, completing on the
 // slot's `full` mbarrier), and reuse a slot once every consumer thread has arrived on its `empty`
 // mbarrier; the consumers wait on `full`, dequantize from shared memory and issue wgmma as the other
@@ -634,14 +649,23 @@ constexpr int ws_slot_bytes(int bits, int bn, int nwg, int sc) {
 // the weights, scales and zeros through 2-D TMA tensor maps (4 copies a stage instead of 19-20: within
 // 2% on average, inside the run-to-run spread).
 //
-// Registers a thread after setmaxnreg. The block's pool is what it was launched with (640 threads
-// x 96, ptxas's limit for 640 threads), and setmaxnreg.inc waits until the pool has the registers:
-// the producer warpgroup gives up exactly what the consumers take (128 x 32 + 512 x 112 = 640 x 96).
-constexpr int kWsThreads = 640, kWsLaunchRegs = 96, kWsProducerRegs = 32, kWsConsumerRegs = 112;
-static_assert(128 * kWsProducerRegs + 512 * kWsConsumerRegs <= kWsThreads * kWsLaunchRegs, "the block's pool");
+// Threads and registers a thread after setmaxnreg, by consumer warpgroups: NWG of them and a producer
+// one. The block's pool is what it was launched with (ptxas's limit for the block's threads: 96 for
+// 640, 168 for 384), and setmaxnreg.inc waits until the pool has the registers: the producer warpgroup
+// gives up exactly what the consumers take (128 x 32 + 512 x 112 = 640 x 96; 128 x 40 + 256 x 232 =
+// 384 x 168). Two consumer warpgroups (config 7) hold 256-row tiles: 128 accumulators a thread.
+constexpr int ws_threads(int nwg) { return 128 * (nwg + 1); }
+constexpr int ws_launch_regs(int nwg) { return nwg == 4 ? 96 : 168; }
+constexpr int ws_producer_regs(int nwg) { return nwg == 4 ? 32 : 40; }
+constexpr int ws_consumer_regs(int nwg) { return nwg == 4 ? 112 : 232; }
+constexpr bool ws_pool_ok(int nwg) {
+  return 128 * ws_producer_regs(nwg) + 128 * nwg * ws_consumer_regs(nwg) <= ws_threads(nwg) * ws_launch_regs(nwg) &&
+         ws_launch_regs(nwg) * ws_threads(nwg) <= 65536;
+}
+static_assert(ws_pool_ok(4) && ws_pool_ok(2), "the block's pool");
 
 template <int BITS, typename T, int BN, int NWG, int S, int SC, int PW, bool SK>
-__global__ void __launch_bounds__(kWsThreads, 1) wxa16_gemm_wgmma_ws_kernel(
+__global__ void __launch_bounds__(ws_threads(NWG), 1) wxa16_gemm_wgmma_ws_kernel(
     const T* __restrict__ xt,              // activation tiles (wxa16_tile_x_kernel)
     const uint4* __restrict__ qw,          // [N/16, K/KC, 32] (16 bytes per lane)
     const uint32_t* __restrict__ scales,   // [G, N/16, 8]
@@ -666,7 +690,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) wxa16_gemm_wgmma_ws_kernel(
   constexpr bool BF16 = std::is_same<T, __nv_bfloat16>::value;
   static_assert(SC == 64 || SC == 128, "a stage is one or two 64-column halves");
   static_assert(SLOT % 128 == 0, "slots keep the activation tiles 128-byte aligned");
-  static_assert(NWG == 4, "four consumer warpgroups and a producer one: kWsThreads");
+  static_assert(NWG == 4 || NWG == 2, "the register split of ws_consumer_regs");
 
   extern __shared__ __align__(128) uint8_t smem[];
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + S * SLOT);
@@ -694,7 +718,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) wxa16_gemm_wgmma_ws_kernel(
   pdl_wait_then_release();
 
   if (warp >= 4 * NWG) {
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(kWsProducerRegs));
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(ws_producer_regs(NWG)));
     const int pw = warp - 4 * NWG;
     if (pw >= PW) return;
     // The producer warps. A stage's copies are items: n-tile i's weights (i < NT), the activation
@@ -737,7 +761,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) wxa16_gemm_wgmma_ws_kernel(
   }
 
   // Consumers: warp w dequantizes n-tile w of the block (16 channels) into wgmma's A registers.
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(kWsConsumerRegs));
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(ws_consumer_regs(NWG)));
   const int g = lane >> 2, t = lane & 3;
   const int lane_col = t * (KC / 4);
   const uint32_t zsym = [] {
@@ -779,7 +803,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) wxa16_gemm_wgmma_ws_kernel(
         dequant_group(slot, s, q, a[q & 1]);
         wgmma_fence();
 #pragma unroll
-        for (int r = 0; r < KG; ++r) wgmma_rs<BF16>(WgmmaN<BN>{}, acc, a[q & 1][r], desc + 16 * (q * KG + r));
+        for (int r = 0; r < KG; ++r) wgmma_step<BF16, BN, SC>(acc, a[q & 1][r], desc + 16 * (q * KG + r));
         wgmma_commit();
         wgmma_wait<1>();  // the previous group has completed: its registers are free again
         if (q == 0 && prev >= 0) mbar_arrive(empty + prev);  // so has the previous stage: its slot is free
@@ -790,7 +814,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) wxa16_gemm_wgmma_ws_kernel(
     fence_acc(acc);
     mbar_arrive(empty + prev);
     // A tile cut between blocks (SK): its parts summed through the workspace by the block holding its
-    // last stage, 8 float4 units at a time (the consumers' 112 registers hold 64 accumulators).
+    // last stage, 8 float4 units at a time (within the consumers' registers: 64 or 128 accumulators).
     if constexpr (SK)
       if (parts > 1 && !streamk_sum<NA, 128 * NWG, 1, 8>(acc, ws, tile, s_end == NS, first, m_blocks, tid)) return;
 
@@ -823,15 +847,21 @@ struct WgmmaConfig {
 };
 constexpr WgmmaConfig kConfigs[] = {{64, 4, 6, 64},  {128, 4, 4, 64},  {32, 4, 8, 64},
                                     {64, 4, 5, 128}, {32, 4, 6, 128}, {128, 4, 4, 128},
-                                    {128, 4, 4, 128, true, 4}};
+                                    {128, 4, 4, 128, true, 4}, {256, 2, 3, 128, true, 4}};
 constexpr int kNumConfigs = sizeof(kConfigs) / sizeof(kConfigs[0]);
-constexpr int kWsConfig = 6;
+constexpr int kWsConfig = 6;    // the warp-specialized kernel: 256 channels x 128 rows
+constexpr int kWsWideConfig = 7;  // and 128 channels x 256 rows (half the dequantization a flop)
 constexpr int twin64(int c) { return c == 3 ? 0 : c == 4 ? 2 : c == 5 ? 1 : c; }
 constexpr int kSmemBudget = 224 * 1024;  // of the 227 KB a block may have on sm_90
 // Whether three stages of config c fit the budget with BITS-bit weights (128-row, 128-column stages
 // of 8-bit weights do not: that config runs as its twin).
 constexpr bool fits(int bits, const WgmmaConfig& c) {
   return 3 * wgmma_stage_bytes(bits, c.bn, c.nwg, c.sc) <= kSmemBudget;
+}
+// Whether three slots of warp-specialized config c (and their two mbarriers each) fit with BITS-bit
+// weights (config 7's 256-row slots of 8-bit weights do not: it runs as config 6).
+constexpr bool ws_fits(int bits, const WgmmaConfig& c) {
+  return 3 * (ws_slot_bytes(bits, c.bn, c.nwg, c.sc) + 16) <= kSmemBudget;
 }
 
 // The config by m and layer shape, from `gpu_gemm.py --wgmma` on an H100 (benchmarks/NOTES_gpu.md, 21:21 run
@@ -844,10 +874,11 @@ constexpr bool fits(int bits, const WgmmaConfig& c) {
 // (4096x14336 m=64: 25.0 against 31.4 us, m=48: 24.9 against 31.0; 02:53 run), and square layers take 128-row
 // tiles from 129 rows (8192x8192 m=256: 67.8-70.4 against 77.3-80.0 us in the 02:45 and 02:50 runs;
 // 14336x4096 stays at 64-row tiles: 70.9 against 78.5, 02:41 run). 128-column stages in all (8192x28672 m=64:
-// 82.5 against 89.1 us with 64-column ones, 21:16 run). Measured and dropped: 256-row tiles (2 warpgroups;
-// slower everywhere), 2-warpgroup 64-row tiles, bulk copies (cp.async.bulk on an mbarrier) instead of
-// cp.async (8192x28672 m=64: 138.8 against 110.9 us; m=128: 168.0 against 151.8, 09:01 run), 128-row tiles of
-// 8 stages of 64 columns (8192x28672 m=256: 263.6 against 235.8 us for config 5; twelfth session, 02:41 run).
+// 82.5 against 89.1 us with 64-column ones, 21:16 run). Measured and dropped here: 256-row tiles (2
+// warpgroups, no warp specialization; slower everywhere at m <= 256), 2-warpgroup 64-row tiles, bulk
+// copies (cp.async.bulk on an mbarrier) instead of cp.async (8192x28672 m=64: 138.8 against 110.9 us;
+// m=128: 168.0 against 151.8, 09:01 run), 128-row tiles of 8 stages of 64 columns (8192x28672 m=256: 263.6
+// against 235.8 us for config 5; twelfth session, 02:41 run).
 //
 // From 65 rows, where its 128 x 256 tiles give the GPU at least three quarters of a wave, the
 // warp-specialized kernel (config 6). Thirteenth session, 2026-11-24 04:53 run (m = 128-2048 on the
@@ -864,9 +895,24 @@ constexpr bool fits(int bits, const WgmmaConfig& c) {
 // m=512 110.1-111.9 against 119.6-122.0. Not with 16 tiles (14336x4096 m=128: 56.0-57.4 against 42.1 for
 // config 5), nor on K = 4096 or 8192 (4096x4096 m=256: 36.6 against 28.4-29.7; 8192x8192 m=256: 68.5-69.5
 // against 65.9-67.2).
+//
+// From 512 rows, config 7 (128 channels x 256 rows: half config 6's dequantization a flop) where its
+// tiles give the GPU at least three quarters of a wave and pad M by no more than 10% over 128-row
+// ones. Eighteenth session (2026-11-24 19:59 and 20:02 runs, KG = 2, fp16, us, config 7 against 6 in
+// three rounds): 8192x8192 m=1024 212.6 / 209.7 / 210.9 against 232.2 / 217.5 / 226.2, m=512 105.3 /
+// 102.9 / 104.3 against 109.9 / 108.2 / 108.2; 28672x8192 m=512 346.9 / 346.8 / 344.7 against 374.0 /
+// 369.6 / 360.8; over the six layers at 512-2048 rows 0.90-1.06 of config 6, 0.97 on average. Not at
+// 256 rows (0.97-1.04), and not where it has fewer tiles (14336x4096 m=512, 64 tiles: 115.3-116.3
+// against 113.0-114.2 for config 6's stream-K). Nsight Compute at 8192x28672 m=1024 (clocks locked at
+// 1.42 GHz): config 7 706.4 us, 135.3 M warp instructions, config 6 730.6 us, 228.5 M; the tensor
+// pipes 87% busy in both (681 and 658 TFLOP/s against 768 at that clock).
 int auto_config(int M, int N, int K, int num_sms, bool have_ws) {
   const bool large = static_cast<int64_t>(N) * K >= (int64_t{1} << 27), wide = N >= K;
   const int64_t ws_tiles = static_cast<int64_t>((N + 255) / 256) * ((M + 127) / 128);
+  const int64_t wide_tiles = static_cast<int64_t>((N + 127) / 128) * ((M + 255) / 256);
+  const int64_t rows128 = (M + 127) / 128 * 128, rows256 = (M + 255) / 256 * 256;
+  if (M >= 512 && 4 * wide_tiles >= 3 * static_cast<int64_t>(num_sms) && 10 * rows256 <= 11 * rows128)
+    return kWsWideConfig;
   if (M > 64 && 4 * ws_tiles >= 3 * static_cast<int64_t>(num_sms)) return kWsConfig;
   if (have_ws && M >= 128 && K >= 12288 && 8 * ws_tiles > num_sms) return kWsConfig;
   if (M <= 32) return 4;
@@ -1054,7 +1100,7 @@ cudaError_t launch_wgmma_ws(const void* x, int64_t ldx, void* xp, const int32_t*
   constexpr int S = S0 * (kSlot + kBarBytes) <= kSmemBudget ? S0 : kSmemBudget / (kSlot + kBarBytes);
   static_assert(S >= 2, "two slots at least");
   constexpr int kSmem = S * (kSlot + kBarBytes);
-  constexpr int kThreads = kWsThreads;  // NWG consumer warpgroups and a producer one (PW warps of it copy)
+  constexpr int kThreads = ws_threads(NWG);  // NWG consumer warpgroups and a producer one (PW warps of it copy)
   constexpr int64_t kSlotFloats = wgmma_slot_floats(BN, NWG);
   // kFixup: 6.5 stages of 128 columns, from Nsight Compute (fourteenth session, call 8): at 4096x14336
   // m=256 the stream-K blocks (27.2 stages each, two fix-ups) spent 24% more SM cycles than whole
@@ -1109,11 +1155,17 @@ cudaError_t dispatch_config(int config, const void* x, int64_t ldx, void* xp, co
   if (config < 0) config = auto_config(M, N, K, num_sms, split.ws != nullptr);
   if (kConfigs[config].ws) {
     if (ws_serves(kgroup, group_shift(group_size, K), K)) {
-#define QK_WS_CONFIG(I)                                                                                              \
-  if (config == I)                                                                                                   \
-    return launch_wgmma_ws<BITS, T, kConfigs[I].bn, kConfigs[I].nwg, kConfigs[I].s, kConfigs[I].sc, kConfigs[I].pw>( \
-        x, ldx, xp, qweight, scales, zeros, group_size, bias, out, M, N, K, num_sms, split, stream);
+      if (!ws_fits(BITS, kConfigs[config])) config = kWsConfig;
+#define QK_WS_CONFIG(I)                                                                                           \
+  if (config == I) {                                                                                              \
+    if constexpr (ws_fits(BITS, kConfigs[I])) /* else remapped above: never instantiated */                       \
+      return launch_wgmma_ws<BITS, T, kConfigs[I].bn, kConfigs[I].nwg, kConfigs[I].s, kConfigs[I].sc,             \
+                             kConfigs[I].pw>(x, ldx, xp, qweight, scales, zeros, group_size, bias, out, M, N, K, \
+                                             num_sms, split, stream);                                             \
+    return cudaErrorInvalidValue;                                                                                 \
+  }
       QK_WS_CONFIG(6)
+      QK_WS_CONFIG(7)
 #undef QK_WS_CONFIG
     }
     config = 5;
@@ -1137,7 +1189,7 @@ cudaError_t dispatch_config(int config, const void* x, int64_t ldx, void* xp, co
   }
 #undef QK_CONFIG
 }
-static_assert(kNumConfigs == 7, "dispatch_config lists every config");
+static_assert(kNumConfigs == 8, "dispatch_config lists every config");
 constexpr bool twins_ok() {
   for (int c = 0; c < kWsConfig; ++c) {
     const WgmmaConfig& t = kConfigs[twin64(c)];

@@ -24,7 +24,7 @@ Dispatch by the number of rows m of the activation:
 
 ``GEMM_MAX_M`` comes from ``benchmarks/gpu_gemm.py`` on an H100 (see ``benchmarks/NOTES_gpu.md``).
 
-On a Hopper GPU with an sm_90a build, the (m, layer) cells of ``WGMMA_CELLS`` (17 <= m <= 1024, by
+On a Hopper GPU with an sm_90a build, the (m, layer) cells of ``WGMMA_CELLS`` (17 <= m <= 2048, by
 layer size) go instead to ``quantkernels::cuda_wxa16_gemm_wgmma``: the same weights and formula on the
 warpgroup tensor-core instruction (csrc/cuda/wxa16_gemm_sm90.cu), where it measured faster. Where a layer
 has too few output tiles for the SMs it splits K: over the blocks of a cluster (parts summed in
@@ -69,12 +69,18 @@ STREAMK_MAX_M = 8  # rows up to which the GEMM gets the layer's workspace (its s
 # against 34.4, m=512 36.1 against 42.1, m=1024 60.9 against 64.8; 14336x4096 m=512 121.0 against
 # 147.4, m=1024 215.9 against 219.3. From 1025 rows dequantize + cuBLAS stays (05:18 run: at m=4096
 # it was faster on all six layers, 8192x28672 2813.4 against 3078.6-3487.2; at m=2048 within 5%).
-WGMMA_CELLS = ((16, 128, 1 << 25, 1 << 25), (128, 1024, 1 << 24, 1 << 24))
+# Since the 256-row tiles (config 7, eighteenth session: 19:59 and 20:02 runs of 2026-11-24), 1025-2048
+# too: at m=2048 they were faster than dequantize + cuBLAS on all six layers in three rounds but one
+# (4096x4096 118.8 / 115.8 / 122.0 against 119.8 / 126.3 / 121.5 us; 8192x28672 1502.8 / 1424.5 /
+# 1467.5 against 1611.5 / 1583.4 / 1556.2; 28672x8192 1481.1 / 1442.0 / 1474.7 against 1607.3 /
+# 1580.9 / 1564.6). At m=4096 dequantize + cuBLAS stays (faster on four layers of six there).
+WGMMA_CELLS = ((16, 128, 1 << 25, 1 << 25), (128, 2048, 1 << 24, 1 << 24))
 # Rows up to which the wgmma GEMM gets the shared workspace (its stream-K split). 1024 since the
 # warp-specialized config's stream-K (fourteenth session): 14336x4096 m=512 110.1-111.9 against
 # 119.6-122.0 us without it; full waves of whole tiles and stream-K for the rest at 4096x14336 m=1024
-# (benchmarks/NOTES_gpu.md).
-WGMMA_SPLIT_MAX_M = 1024
+# (benchmarks/NOTES_gpu.md). 2048 with the 1025-2048-row cells, which the benchmark measured with it (the
+# workspace holds one wave of partial tiles whatever m is: its size grows only by a counter a tile).
+WGMMA_SPLIT_MAX_M = 2048
 
 
 def workspace_floats(m: int, n: int) -> int:

@@ -832,9 +832,9 @@ __global__ void __launch_bounds__(ws_threads(NWG), 1) wxa16_gemm_wgmma_ws_kernel
       // producers until then): stmatrix (.trans) writes each warp's 16 channels of every row, then rows
       // are copied out 16 bytes a thread, whole 128-byte lines a warp, instead of 2-byte stores that
       // touch 4 lines each (128 a thread). Rows of 256 bytes; 16-byte segment s of row r at s ^ (r & 7),
-      // so that the 8 rows of an 8 x 8 matrix fall in 8 bank groups. On an H100 (2026-11-24 20:48 run,
+      // so that the 8 rows of an 8 x 8 matrix fall in 8 bank groups. On an H100 (2026-11-24 20:35 run,
       // two rounds, configs 6 / 7 at 512-4096 rows on six layers) config 7 went from 0.97 of config 6's
-      // time (geometric mean, 19:59-20:02 runs) to 0.93: 8192x28672 m=2048 1365.5 / 1392.5 us against
+      // time (geometric mean, 19:55-20:03 runs) to 0.93: 8192x28672 m=2048 1365.5 / 1392.5 us against
       // 1424.5-1502.8 before.
       uint8_t* st = xs_of(prev);
       bar_threads<128 * NWG>();  // both warpgroups' wgmma on the slot have completed
@@ -946,7 +946,7 @@ constexpr bool ws_fits(int bits, const WgmmaConfig& c) {
 //
 // From 512 rows, config 7 (128 channels x 256 rows: half config 6's dequantization a flop) where its
 // tiles give the GPU at least three quarters of a wave and pad M by no more than 10% over 128-row
-// ones. Eighteenth session (2026-11-24 19:59 and 20:02 runs, KG = 2, fp16, us, config 7 against 6 in
+// ones. Eighteenth session (2026-11-24 19:55 and 20:03 runs, KG = 2, fp16, us, config 7 against 6 in
 // three rounds): 8192x8192 m=1024 212.6 / 209.7 / 210.9 against 232.2 / 217.5 / 226.2, m=512 105.3 /
 // 102.9 / 104.3 against 109.9 / 108.2 / 108.2; 28672x8192 m=512 346.9 / 346.8 / 344.7 against 374.0 /
 // 369.6 / 360.8; over the six layers at 512-2048 rows 0.90-1.06 of config 6, 0.97 on average. Not at

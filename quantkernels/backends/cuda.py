@@ -69,7 +69,7 @@ STREAMK_MAX_M = 8  # rows up to which the GEMM gets the layer's workspace (its s
 # against 34.4, m=512 36.1 against 42.1, m=1024 60.9 against 64.8; 14336x4096 m=512 121.0 against
 # 147.4, m=1024 215.9 against 219.3. From 1025 rows dequantize + cuBLAS stays (05:18 run: at m=4096
 # it was faster on all six layers, 8192x28672 2813.4 against 3078.6-3487.2; at m=2048 within 5%).
-# Since the 256-row tiles (config 7, eighteenth session: 19:59 and 20:02 runs of 2026-11-24), 1025-2048
+# Since the 256-row tiles (config 7, eighteenth session: 19:55 and 20:03 runs of 2026-11-24), 1025-2048
 # too: at m=2048 they were faster than dequantize + cuBLAS on all six layers in three rounds but one
 # (4096x4096 118.8 / 115.8 / 122.0 against 119.8 / 126.3 / 121.5 us; 8192x28672 1502.8 / 1424.5 /
 # 1467.5 against 1611.5 / 1583.4 / 1556.2; 28672x8192 1481.1 / 1442.0 / 1474.7 against 1607.3 /

@@ -626,28 +626,27 @@ constexpr int ws_slot_bytes(int bits, int bn, int nwg, int sc) {
 }
 
 // The large-m GEMM with warp specialization: NWG consumer warpgroups (64 output channels each, as in
-// wxa16_gemm_wgmma_kernel; four of 128 rows, config 6, or two of 256, config 7, whose wgmma steps are
-// two m64n128k16 on one set of dequantized registers) and a producer warpgroup, PW warps of which copy. The producers stream
-// every stage of the block's tiles into S slots by bulk copies (cp.async.bulk, completing on the
-// slot's `full` mbarrier), and reuse a slot once every consumer thread has arrived on its `empty`
+// wxa16_gemm_wgmma_kernel; four of 128 rows, config 6, or two of 256, config 7, whose wgmma steps are two
+// m64n128k16 on one set of dequantized registers) and a producer warpgroup, PW warps of which copy. The
+// producers stream every stage of the block's tiles into S slots by bulk copies (cp.async.bulk, completing
+// on the slot's `full` mbarrier), and reuse a slot once every consumer thread has arrived on its `empty`
 // mbarrier; the consumers wait on `full`, dequantize from shared memory and issue wgmma as the other
-// kernel does, and each releases a slot once its reads of it are done and its warpgroup's wgmma on it
-// have completed. Every thread arrives (fourteenth session), not lane 0 of each warp after a
-// __syncwarp: compute-sanitizer's racecheck reported the lanes' reads of a slot racing with the
-// producers' next copies into it (6 hazards once the slots wrap: lane 0's arrive does not order the
-// other lanes' reads for it), and the 07:21 run measured it faster in 18 of 24 cells, at most 2.2%
-// slower in 4 (8192x28672 m=1024: 700.4-718.9 against 775.0-787.5 us). No block barrier in the loop, no copy
-// address arithmetic in the consumers (about a fifth of their instructions in the other kernel), and
-// the block is persistent: the producers fill the next tile's stages while the
-// consumers store the last one. Needs: no group table, a power-of-two group size of at least 32 (or
-// one group: per-channel), K % SC == 0; the dispatcher sends other layers to the other kernel. One
-// tile a block at a time, or (SK, given the workspace) stream-K: the stages of all tiles shared out
-// equally (for_each_run), a cut tile's parts summed through the workspace (streamk_sum).
-// On an H100 (thirteenth session, 2026-11-24 05:08 run), four producer warps against one: 8192x28672
-// m=1024 745.5-746.0 against 812.3-866.8 us, 8192x8192 m=1024 204.8-219.9 against 243.6-245.1. Also
-// measured and dropped there: 8 slots of 64 columns (8192x28672 m=1024 1088.1 against 755.0 us), and
-// the weights, scales and zeros through 2-D TMA tensor maps (4 copies a stage instead of 19-20: within
-// 2% on average, inside the run-to-run spread).
+// kernel does, and each releases a slot once its reads of it are done and its warpgroup's wgmma on it have
+// completed. Every thread arrives (fourteenth session), not lane 0 of each warp after a __syncwarp:
+// compute-sanitizer's racecheck reported the lanes' reads of a slot racing with the producers' next copies
+// into it (6 hazards once the slots wrap: lane 0's arrive does not order the other lanes' reads for it),
+// and the 07:21 run measured it faster in 18 of 24 cells, at most 2.2% slower in 4 (8192x28672 m=1024:
+// 700.4-718.9 against 775.0-787.5 us). No block barrier in the loop, no copy address arithmetic in the
+// consumers (about a fifth of their instructions in the other kernel), and the block is persistent: the
+// producers fill the next tile's stages while the consumers store the last one. Needs: no group table, a
+// power-of-two group size of at least 32 (or one group: per-channel), K % SC == 0; the dispatcher sends
+// other layers to the other kernel. One tile a block at a time, or (SK, given the workspace) stream-K: the
+// stages of all tiles shared out equally (for_each_run), a cut tile's parts summed through the workspace
+// (streamk_sum). On an H100 (thirteenth session, 2026-11-24 05:08 run), four producer warps against one:
+// 8192x28672 m=1024 745.5-746.0 against 812.3-866.8 us, 8192x8192 m=1024 204.8-219.9 against 243.6-245.1.
+// Also measured and dropped there: 8 slots of 64 columns (8192x28672 m=1024 1088.1 against 755.0 us), and
+// the weights, scales and zeros through 2-D TMA tensor maps (4 copies a stage instead of 19-20: within 2%
+// on average, inside the run-to-run spread).
 //
 // Threads and registers a thread after setmaxnreg, by consumer warpgroups: NWG of them and a producer
 // one. The block's pool is what it was launched with (ptxas's limit for the block's threads: 96 for

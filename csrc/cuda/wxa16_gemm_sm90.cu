@@ -944,22 +944,22 @@ constexpr bool ws_fits(int bits, const WgmmaConfig& c) {
 // against 65.9-67.2).
 //
 // Config 7 (128 channels x 256 rows: half config 6's dequantization a flop) where its tiles pad M by no more
-// than 10% over 128-row ones (129-256 rows, 449-512, ...) and give the GPU at least three quarters of a wave
-// or, given the workspace and K >= 8192, an eighth (stream-K). First from 512 rows on the full-wave condition
-// alone; after its stmatrix epilogue also at 129-256 rows and with stream-K (2026-11-24 20:46 run, us, fp16,
-// two rounds, config 7 against the route before): 4096x14336 m=256 50.3 / 51.2 against 54.3 / 56.1, 14336x4096
-// m=256 66.4 / 67.0 against 69.5 / 69.7, 8192x28672 m=256 189.4 / 190.0 against 203.3 / 202.8, 28672x8192
-// m=256 195.9 / 201.5 against 202.4 / 207.6, 8192x8192 m=256 67.3 / 67.2 against 68.7 / 69.5 (the 20:35 run:
-// 14336x4096 m=512 109.6 / 110.5 against 113.1 / 113.0); not on 4096x4096 (m=256 34.1 / 33.9 against 28.1 for
-// config 5's split), nor at 384 rows (512 padded: 8192x28672 347.8 / 346.9 against 298.9 / 301.6 for config
-// 6). Before the epilogue (19:55 and 20:03 runs, KG = 2, fp16, us, config 7 against 6 in three rounds):
-// 8192x8192 m=1024 212.6 / 209.7 / 210.9 against 232.2 / 217.5 / 226.2, m=512 105.3 / 102.9 / 104.3 against
-// 109.9 / 108.2 / 108.2; 28672x8192 m=512 346.9 / 346.8 / 344.7 against 374.0 / 369.6 / 360.8; over the six
-// layers at 512-2048 rows 0.90-1.06 of config 6, 0.97 on average. Not at 256 rows (0.97-1.04), and not where
-// it has fewer tiles (14336x4096 m=512, 64 tiles: 115.3-116.3 against 113.0-114.2 for config 6's stream-K).
-// Nsight Compute at 8192x28672 m=1024 (clocks locked at 1.42 GHz): config 7 706.4 us, 135.3 M warp
-// instructions, config 6 730.6 us, 228.5 M; the tensor pipes 87% busy in both (681 and 658 TFLOP/s against 768
-// at that clock).
+// than 10% over 128-row ones (129-256 rows, 385-512, 641-768, ...) and give the GPU at least three quarters of
+// a wave or, given the workspace and K >= 8192, an eighth (stream-K). First from 512 rows on the full-wave
+// condition alone; after its stmatrix epilogue also at 129-256 rows and with stream-K (2026-11-24 20:46 run,
+// us, fp16, two rounds, config 7 against the route before): 4096x14336 m=256 50.3 / 51.2 against 54.3 / 56.1,
+// 14336x4096 m=256 66.4 / 67.0 against 69.5 / 69.7, 8192x28672 m=256 189.4 / 190.0 against 203.3 / 202.8,
+// 28672x8192 m=256 195.9 / 201.5 against 202.4 / 207.6, 8192x8192 m=256 67.3 / 67.2 against 68.7 / 69.5 (the
+// 20:35 run: 14336x4096 m=512 109.6 / 110.5 against 113.1 / 113.0); not on 4096x4096 (m=256 34.1 / 33.9
+// against 28.1 for config 5's split), nor at 384 rows (512 padded: 8192x28672 347.8 / 346.9 against
+// 298.9 / 301.6 for config 6). Before the epilogue (19:55 and 20:03 runs, KG = 2, fp16, us, config 7 against 6
+// in three rounds): 8192x8192 m=1024 212.6 / 209.7 / 210.9 against 232.2 / 217.5 / 226.2, m=512
+// 105.3 / 102.9 / 104.3 against 109.9 / 108.2 / 108.2; 28672x8192 m=512 346.9 / 346.8 / 344.7 against
+// 374.0 / 369.6 / 360.8; over the six layers at 512-2048 rows 0.90-1.06 of config 6, 0.97 on average. Not at
+// 256 rows (0.97-1.04), and not where it has fewer tiles (14336x4096 m=512, 64 tiles: 115.3-116.3 against
+// 113.0-114.2 for config 6's stream-K). Nsight Compute at 8192x28672 m=1024 (clocks locked at 1.42 GHz):
+// config 7 706.4 us, 135.3 M warp instructions, config 6 730.6 us, 228.5 M; the tensor pipes 87% busy in both
+// (681 and 658 TFLOP/s against 768 at that clock).
 int auto_config(int M, int N, int K, int num_sms, bool have_ws) {
   const bool large = static_cast<int64_t>(N) * K >= (int64_t{1} << 27), wide = N >= K;
   const int64_t ws_tiles = static_cast<int64_t>((N + 255) / 256) * ((M + 127) / 128);

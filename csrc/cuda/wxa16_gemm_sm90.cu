@@ -687,9 +687,11 @@ __global__ void __launch_bounds__(ws_threads(NWG), 1) wxa16_gemm_wgmma_ws_kernel
   constexpr int SLOT = ws_slot_bytes(BITS, BN, NWG, SC);
   constexpr int NA = BN / 2;
   constexpr bool BF16 = std::is_same<T, __nv_bfloat16>::value;
-  // The output tile (BN rows x 64 NWG channels) fits in a slot's activation tile: stored through it
-  // (config 7; needs `out` 16-byte aligned, which the launcher checks).
-  constexpr bool kStaged = BN * 64 * NWG * 2 <= XBYTES && 64 * NWG == 128;
+  // The output tile (BN rows x 64 NWG channels) leaves through a slot's activation tile, 128 channels
+  // (rows of 256 bytes) a round: config 7 in one round, config 6 in two. Needs `out` 16-byte aligned,
+  // which the launcher checks.
+  constexpr int kRounds = 64 * NWG / 128;
+  static_assert(BN * 128 * 2 <= XBYTES && 64 * NWG % 128 == 0, "a round of the output fits a slot's activation tile");
   static_assert(SC == 64 || SC == 128, "a stage is one or two 64-column halves");
   static_assert(SLOT % 128 == 0, "slots keep the activation tiles 128-byte aligned");
   static_assert(NWG == 4 || NWG == 2, "the register split of ws_consumer_regs");
@@ -814,29 +816,32 @@ __global__ void __launch_bounds__(ws_threads(NWG), 1) wxa16_gemm_wgmma_ws_kernel
     }
     wgmma_wait<0>();
     fence_acc(acc);
-    if constexpr (!kStaged) mbar_arrive(empty + prev);
+    // (The last stage's slot is released after the output has left through it, below.)
     // A tile cut between blocks (SK): its parts summed through the workspace by the block holding its
     // last stage, 8 float4 units at a time (within the consumers' registers: 64 or 128 accumulators).
     if constexpr (SK) {
       if (parts > 1 && !streamk_sum<NA, 128 * NWG, 1, 8>(acc, ws, tile, s_end == NS, first, m_blocks, tid)) {
-        if constexpr (kStaged) mbar_arrive(empty + prev);
+        mbar_arrive(empty + prev);
         return;
       }
     }
 
     // acc[4 i + q] = out^T[channel 16 nt + g + 8 (q >> 1)][row m0 + 8 i + 2 t + (q & 1)].
     const int nt = nb * NT + warp, m0 = mb * BN;
-    if constexpr (kStaged) {
+    {
       // The tile goes out through the activation tile of its last stage's slot (held back from the
-      // producers until then): stmatrix (.trans) writes each warp's 16 channels of every row, then rows
-      // are copied out 16 bytes a thread, whole 128-byte lines a warp, instead of 2-byte stores that
-      // touch 4 lines each (128 a thread). Rows of 256 bytes; 16-byte segment s of row r at s ^ (r & 7),
-      // so that the 8 rows of an 8 x 8 matrix fall in 8 bank groups. On an H100 (2026-11-24 20:35 run,
-      // two rounds, configs 6 / 7 at 512-4096 rows on six layers) config 7 went from 0.97 of config 6's
-      // time (geometric mean, 19:55-20:03 runs) to 0.93: 8192x28672 m=2048 1365.5 / 1392.5 us against
-      // 1424.5-1502.8 before.
+      // producers until then), 128 channels a round (config 7 in one, config 6 in two): stmatrix
+      // (.trans) writes each warp's 16 channels of every row, then rows are copied out 16 bytes a
+      // thread, whole 128-byte lines a warp, instead of 2-byte stores that touch 4 lines each (NA a
+      // thread). Rows of 256 bytes; 16-byte segment s of row r at s ^ (r & 7), so that the 8 rows of an
+      // 8 x 8 matrix fall in 8 bank groups. On an H100, config 7 (2026-11-24 20:35 run, two rounds,
+      // configs 6 / 7 at 512-4096 rows on six layers) went from 0.97 of config 6's time (geometric mean,
+      // 19:55-20:03 runs) to 0.93: 8192x28672 m=2048 1365.5 / 1392.5 us against 1424.5-1502.8 before;
+      // config 6 at 384 rows (21:06 run against 20:46's two rounds): 8192x28672 272.0 against 298.9 /
+      // 301.6 us, 4096x14336 86.0 against 93.4 / 94.5, 8192x8192 91.9 against 97.1 / 96.1, 28672x8192
+      // 294.8 against 289.9 / 296.5.
       uint8_t* st = xs_of(prev);
-      bar_threads<128 * NWG>();  // both warpgroups' wgmma on the slot have completed
+      bar_threads<128 * NWG>();  // every warpgroup's wgmma on the slot have completed
       const float b0 = bias != nullptr && nt < n_tiles ? ActTraits<T>::to_float(bias[16 * nt + g]) : 0.0f;
       const float b1 = bias != nullptr && nt < n_tiles ? ActTraits<T>::to_float(bias[16 * nt + g + 8]) : 0.0f;
       using T2 = typename ActTraits<T>::T2;
@@ -845,37 +850,34 @@ __global__ void __launch_bounds__(ws_threads(NWG), 1) wxa16_gemm_wgmma_ws_kernel
       };
       const int mk = lane >> 3, mr = lane & 7;  // the matrix and row this lane addresses
 #pragma unroll
-      for (int b = 0; b < NA / 4; b += 2) {  // blocks b, b + 1 of 8 rows: four 8 x 8 matrices
-        const uint32_t r0 = pack(acc[4 * b] + b0, acc[4 * b + 1] + b0);
-        const uint32_t r1 = pack(acc[4 * b + 2] + b1, acc[4 * b + 3] + b1);
-        const uint32_t r2 = pack(acc[4 * b + 4] + b0, acc[4 * b + 5] + b0);
-        const uint32_t r3 = pack(acc[4 * b + 6] + b1, acc[4 * b + 7] + b1);
-        const int row = 8 * (b + (mk >> 1)) + mr, seg = 2 * warp + (mk & 1);
-        asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};" ::"r"(
-                         smem_addr(st + row * 256 + 16 * (seg ^ (row & 7)))),
-                     "r"(r0), "r"(r1), "r"(r2), "r"(r3)
-                     : "memory");
-      }
-      bar_threads<128 * NWG>();
-#pragma unroll 4
-      for (int e = tid; e < BN * 16; e += 128 * NWG) {
-        const int row = e >> 4, seg = e & 15;
-        const int m = m0 + row, n = nb * 128 + 8 * seg;
-        if (m < M && n < N)
-          *reinterpret_cast<uint4*>(out + static_cast<int64_t>(m) * N + n) =
-              *reinterpret_cast<const uint4*>(st + row * 256 + 16 * (seg ^ (row & 7)));
+      for (int r = 0; r < kRounds; ++r) {  // round r: the channels of warps 8 r .. 8 r + 7
+        if (r > 0) bar_threads<128 * NWG>();  // the previous round is copied out
+        if ((warp >> 3) == r) {
+#pragma unroll
+          for (int b = 0; b < NA / 4; b += 2) {  // blocks b, b + 1 of 8 rows: four 8 x 8 matrices
+            const uint32_t r0 = pack(acc[4 * b] + b0, acc[4 * b + 1] + b0);
+            const uint32_t r1 = pack(acc[4 * b + 2] + b1, acc[4 * b + 3] + b1);
+            const uint32_t r2 = pack(acc[4 * b + 4] + b0, acc[4 * b + 5] + b0);
+            const uint32_t r3 = pack(acc[4 * b + 6] + b1, acc[4 * b + 7] + b1);
+            const int row = 8 * (b + (mk >> 1)) + mr, seg = 2 * (warp & 7) + (mk & 1);
+            asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};" ::"r"(
+                             smem_addr(st + row * 256 + 16 * (seg ^ (row & 7)))),
+                         "r"(r0), "r"(r1), "r"(r2), "r"(r3)
+                         : "memory");
+          }
+        }
+        bar_threads<128 * NWG>();
+#pragma unroll 2
+        for (int e = tid; e < BN * 16; e += 128 * NWG) {
+          const int row = e >> 4, seg = e & 15;
+          const int m = m0 + row, n = nb * 64 * NWG + 128 * r + 8 * seg;
+          if (m < M && n < N)
+            *reinterpret_cast<uint4*>(out + static_cast<int64_t>(m) * N + n) =
+                *reinterpret_cast<const uint4*>(st + row * 256 + 16 * (seg ^ (row & 7)));
+        }
       }
       asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // before the producers' bulk copies into it
       mbar_arrive(empty + prev);
-    } else if (nt < n_tiles) {
-#pragma unroll
-      for (int i = 0; i < NA; ++i) {
-        const int m = m0 + 8 * (i >> 2) + 2 * t + (i & 1), n = 16 * nt + g + 8 * ((i >> 1) & 1);
-        if (m < M) {
-          const float b = bias != nullptr ? ActTraits<T>::to_float(bias[n]) : 0.0f;
-          out[static_cast<int64_t>(m) * N + n] = ActTraits<T>::from_float(acc[i] + b);
-        }
-      }
     }
   });
 #endif
@@ -1210,9 +1212,9 @@ cudaError_t dispatch_config(int config, const void* x, int64_t ldx, void* xp, co
   if (config < 0) config = auto_config(M, N, K, num_sms, split.ws != nullptr);
   if (kConfigs[config].ws) {
     if (ws_serves(kgroup, group_shift(group_size, K), K)) {
-      // (Config 7 stores its tiles 16 bytes at a time: an `out` not so aligned takes config 6.)
-      if (!ws_fits(BITS, kConfigs[config]) || (config == kWsWideConfig && reinterpret_cast<uintptr_t>(out) % 16 != 0))
-        config = kWsConfig;
+      if (!ws_fits(BITS, kConfigs[config])) config = kWsConfig;
+      // (Both store their tiles 16 bytes at a time: an `out` not so aligned takes config 5.)
+      if (reinterpret_cast<uintptr_t>(out) % 16 != 0) config = 5;
 #define QK_WS_CONFIG(I)                                                                                           \
   if (config == I) {                                                                                              \
     if constexpr (ws_fits(BITS, kConfigs[I])) /* else remapped above: never instantiated */                       \

@@ -624,6 +624,7 @@ constexpr int ws_groups_max(int sc) { return sc / 32; }
 constexpr int ws_slot_bytes(int bits, int bn, int nwg, int sc) {
   return bn * sc * 2 + 4 * nwg * (sc / chunk_cols_c(bits)) * 512 + 2 * ws_groups_max(sc) * 4 * nwg * 32;
 }
+constexpr int kWsBarBytes = 16;  // a slot's two mbarriers (full, empty), after all the slots
 
 // The large-m GEMM with warp specialization: NWG consumer warpgroups (64 output channels each, as in
 // wxa16_gemm_wgmma_kernel; four of 128 rows, config 6, or two of 256, config 7, whose wgmma steps are two
@@ -910,7 +911,7 @@ constexpr bool fits(int bits, const WgmmaConfig& c) {
 // Whether three slots of warp-specialized config c (and their two mbarriers each) fit with BITS-bit
 // weights (config 7's 256-row slots of 8-bit weights do not: it runs as config 6).
 constexpr bool ws_fits(int bits, const WgmmaConfig& c) {
-  return 3 * (ws_slot_bytes(bits, c.bn, c.nwg, c.sc) + 16) <= kSmemBudget;
+  return 3 * (ws_slot_bytes(bits, c.bn, c.nwg, c.sc) + kWsBarBytes) <= kSmemBudget;
 }
 
 // The config by m and layer shape, from `gpu_gemm.py --wgmma` on an H100 (benchmarks/NOTES_gpu.md, 21:21 run
@@ -1152,11 +1153,10 @@ template <int BITS, typename T, int BN, int NWG, int S0, int SC, int PW>
 cudaError_t launch_wgmma_ws(const void* x, int64_t ldx, void* xp, const int32_t* qweight, const uint32_t* scales,
                             const uint32_t* zeros, int group_size, const void* bias, void* out, int M, int N, int K,
                             int num_sms, const SplitK& split, cudaStream_t stream) {
-  constexpr int kSlot = ws_slot_bytes(BITS, BN, NWG, SC);
-  constexpr int kBarBytes = 16;  // two mbarriers a slot
-  constexpr int S = S0 * (kSlot + kBarBytes) <= kSmemBudget ? S0 : kSmemBudget / (kSlot + kBarBytes);
-  static_assert(S >= 2, "two slots at least");
-  constexpr int kSmem = S * (kSlot + kBarBytes);
+  constexpr int kSlot = ws_slot_bytes(BITS, BN, NWG, SC) + kWsBarBytes;
+  constexpr int S = S0 * kSlot <= kSmemBudget ? S0 : kSmemBudget / kSlot;
+  static_assert(S >= 3, "three slots at least (dispatch_config runs only configs that fit, ws_fits)");
+  constexpr int kSmem = S * kSlot;
   constexpr int kThreads = ws_threads(NWG);  // NWG consumer warpgroups and a producer one (PW warps of it copy)
   constexpr int64_t kSlotFloats = wgmma_slot_floats(BN, NWG);
   // kFixup: 6.5 stages of 128 columns, from Nsight Compute (fourteenth session, call 8): at 4096x14336

@@ -187,7 +187,7 @@ void float_tiles_row(const FloatLinearArgs& a, int64_t t, int64_t m) {
 // exactly the number q * 2^(4j - 149): bits 0-22 are the denormal mantissa (unit 2^-149) and bit 23,
 // the lowest exponent bit, continues that scale (the first normal binade has the same unit). So
 // mask + FMA multiply exactly what mask + vcvtdq2ps + FMA did, one instruction fewer per 8 weights
-// (codes 6 and 7 are shifted down 8 and 28 bits first: 9 integer ops + 8 FMAs per word, against 16
+// (codes 6 and 7 are shifted down 24 and 28 bits first: 9 integer ops + 8 FMAs per word, against 16
 // + 8). The activation multiplying code j is x * 2^(149 - p_j - c) (p_j: the code's bit position
 // after the mask/shift; c per call, from max|x|, keeps it finite), so every product is
 // x * q * 2^-c, a normal number: the fp32 sums are the old kernel's scaled by 2^-c, and 2^c is put
@@ -199,7 +199,7 @@ struct GemvActivations {
   float unscale;      // 2^c
 };
 
-constexpr int kCodeBit[8] = {0, 4, 8, 12, 16, 20, 16, 0};  // p_j: code j's lowest bit in the value the FMA reads
+constexpr int kCodeBit[8] = {0, 4, 8, 12, 16, 20, 0, 0};  // p_j: code j's lowest bit in the value the FMA reads
 
 inline bool prepare_gemv_activations(const FloatLinearArgs& a, std::vector<float>& xbuf, std::vector<float>& sbuf,
                                      GemvActivations* out) {
@@ -248,32 +248,39 @@ inline bool prepare_gemv_activations(const FloatLinearArgs& a, std::vector<float
   return true;
 }
 
-alignas(32) constexpr uint32_t kGemvMasks[7][8] = {
+alignas(32) constexpr uint32_t kGemvMasks[6][8] = {  // codes 0-5 in place (code 6: mask 0 after the shift)
 #define QK_MASK8(m) {m, m, m, m, m, m, m, m}
     QK_MASK8(0xFu),     QK_MASK8(0xF0u),     QK_MASK8(0xF00u), QK_MASK8(0xF000u),
-    QK_MASK8(0xF0000u), QK_MASK8(0xF00000u), QK_MASK8(0xF0000u)};
+    QK_MASK8(0xF0000u), QK_MASK8(0xF00000u)};
 #undef QK_MASK8
 
 // `rows` word rows of 4 tiles (one weight group): ymm8-11 hold the tiles' words, ymm12 the
-// broadcast activation, ymm13-15 the masked codes; the masks are memory operands. In assembly
-// because GCC kept the seven masks in registers and spilled the accumulators instead (each FMA chain
-// then went through the stack), and moved the accumulators between registers around a one-row asm
-// block. Code j (activation x[j]) goes to accumulator j % 2 of each tile. Each row prefetches the
-// four streams 1 KiB ahead.
+// broadcast activation, ymm13 the masked code (one register: renaming keeps the 4 tiles' codes in
+// flight), ymm14-15 the masks of codes 0 and 6 (0xF) and code 1 (0xF0); codes 2-5 take their masks
+// as memory operands. Masks in registers cut the loads per row from 44 to 28 (two 256-bit loads
+// issue a cycle on Zen 2/3): K x N = 1024x8192 g128 in L3, one Zen 3 core (qlinear_bench), 0.242-0.244
+// against 0.255-0.259 ms; g32 0.285 against 0.312. In assembly because GCC kept all the masks in
+// registers and spilled the accumulators instead (each FMA chain then went through the stack), and
+// moved the accumulators between registers around a one-row asm block. Code j (activation x[j]) goes
+// to accumulator j % 2 of each tile. Each row prefetches the four streams 1 KiB ahead.
 #define QK_GEMV_CODE(j, A, MASKED)                                   \
   "vbroadcastss " #j "*4(%[x]), %%ymm12\n\t"                         \
-  MASKED(j, 8, 13) "vfmadd231ps %%ymm13, %%ymm12, %[t0" #A "]\n\t"   \
-  MASKED(j, 9, 14) "vfmadd231ps %%ymm14, %%ymm12, %[t1" #A "]\n\t"   \
-  MASKED(j, 10, 15) "vfmadd231ps %%ymm15, %%ymm12, %[t2" #A "]\n\t"  \
-  MASKED(j, 11, 13) "vfmadd231ps %%ymm13, %%ymm12, %[t3" #A "]\n\t"
-#define QK_AND(j, src, dst) "vpand " #j "*32(%[m]), %%ymm" #src ", %%ymm" #dst "\n\t"
-#define QK_SHR8_AND(j, src, dst) "vpsrld $8, %%ymm" #src ", %%ymm" #dst "\n\t" QK_AND(j, dst, dst)
-#define QK_SHR28(j, src, dst) "vpsrld $28, %%ymm" #src ", %%ymm" #dst "\n\t"
+  MASKED(j, 8) "vfmadd231ps %%ymm13, %%ymm12, %[t0" #A "]\n\t"   \
+  MASKED(j, 9) "vfmadd231ps %%ymm13, %%ymm12, %[t1" #A "]\n\t"   \
+  MASKED(j, 10) "vfmadd231ps %%ymm13, %%ymm12, %[t2" #A "]\n\t"  \
+  MASKED(j, 11) "vfmadd231ps %%ymm13, %%ymm12, %[t3" #A "]\n\t"
+#define QK_AND(j, src) "vpand " #j "*32(%[m]), %%ymm" #src ", %%ymm13\n\t"
+#define QK_AND0(j, src) "vpand %%ymm14, %%ymm" #src ", %%ymm13\n\t"
+#define QK_AND1(j, src) "vpand %%ymm15, %%ymm" #src ", %%ymm13\n\t"
+#define QK_SHR24_AND(j, src) "vpsrld $24, %%ymm" #src ", %%ymm13\n\t" "vpand %%ymm14, %%ymm13, %%ymm13\n\t"
+#define QK_SHR28(j, src) "vpsrld $28, %%ymm" #src ", %%ymm13\n\t"
 
 inline void int4_gemv_group4(const uint32_t* w, int64_t tile_stride_bytes, const float* x, int64_t rows,
                              __m256 (&acc)[4][2]) {
   const uint32_t* w3 = reinterpret_cast<const uint32_t*>(reinterpret_cast<const char*>(w) + 3 * tile_stride_bytes);
-  asm("1:\n\t"
+  asm("vmovdqa (%[m]), %%ymm14\n\t"
+      "vmovdqa 32(%[m]), %%ymm15\n\t"
+      "1:\n\t"
       "prefetcht0 1024(%[w])\n\t"
       "prefetcht0 1024(%[w], %[ts])\n\t"
       "prefetcht0 1024(%[w], %[ts], 2)\n\t"
@@ -282,9 +289,9 @@ inline void int4_gemv_group4(const uint32_t* w, int64_t tile_stride_bytes, const
       "vmovdqu (%[w], %[ts]), %%ymm9\n\t"
       "vmovdqu (%[w], %[ts], 2), %%ymm10\n\t"
       "vmovdqu (%[w3]), %%ymm11\n\t"
-      QK_GEMV_CODE(0, 0, QK_AND) QK_GEMV_CODE(1, 1, QK_AND) QK_GEMV_CODE(2, 0, QK_AND)
+      QK_GEMV_CODE(0, 0, QK_AND0) QK_GEMV_CODE(1, 1, QK_AND1) QK_GEMV_CODE(2, 0, QK_AND)
       QK_GEMV_CODE(3, 1, QK_AND) QK_GEMV_CODE(4, 0, QK_AND) QK_GEMV_CODE(5, 1, QK_AND)
-      QK_GEMV_CODE(6, 0, QK_SHR8_AND) QK_GEMV_CODE(7, 1, QK_SHR28)
+      QK_GEMV_CODE(6, 0, QK_SHR24_AND) QK_GEMV_CODE(7, 1, QK_SHR28)
       "add $32, %[w]\n\t"
       "add $32, %[w3]\n\t"
       "add $32, %[x]\n\t"
@@ -298,7 +305,9 @@ inline void int4_gemv_group4(const uint32_t* w, int64_t tile_stride_bytes, const
 }
 #undef QK_GEMV_CODE
 #undef QK_AND
-#undef QK_SHR8_AND
+#undef QK_AND0
+#undef QK_AND1
+#undef QK_SHR24_AND
 #undef QK_SHR28
 
 // Four tiles (kGemvTiles) per pass: each broadcast activation feeds the 4 tiles' FMAs; 2

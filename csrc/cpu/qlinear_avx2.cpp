@@ -67,13 +67,9 @@ struct RowBlock {
     return RowBlock{x16 + i * x16_stride(Kp), xd + i * xd_stride(Kp), xseg + i * nseg, nseg, m0 + i, params};
   }
 };
-// Register tile of the int8-activation kernels: kMR rows x kW8Channels int8 channels per pass. Two
-// channels (each activation load feeds two vpmaddwd; 8 accumulators, 4 widened weight vectors) on the
-// AVX2-only VM of 2026-11-24 (AMD EPYC, 2 threads, `cpu_gemm.py --shapes 4096x11008 --m 32 128
-// --methods "qk w8a8 chan" quantize_dynamic`, two A/B rounds): W8A8 m=32 0.92 against 0.86x
-// quantize_dynamic, m=128 0.92 against 0.91. One channel had measured fastest on Zen 3.
+// Register tile of the int8-activation kernels (W8A8 and long-segment W4A8): kMR rows x one channel
+// (W8A8) or one channel column (W4A8) per pass.
 constexpr int kMR = 4;
-constexpr int kW8Channels = 2;
 // W4A8 short-segment tile (int4_tile_short): 4 rows x 1 channel column per pass measured fastest of
 // {2,3,4,6,8} rows x {1,2,4} columns (K = 4096, g128, one Zen 3 core, qlinear_bench).
 constexpr int kMR4 = 4;
@@ -506,14 +502,21 @@ void int4_tile_short(const Int8LinearArgs& a, int64_t t, const RowBlock& rb) {
 
 // W8A8. Both operands widened to s16 and multiplied with vpmaddwd: on Zen 3 vpsignb/vpabsb issue on
 // the same two pipes as the multiplies, so the sign trick (|w| x sign(x, w)) cost 3 of those slots
-// per 32 products where this costs 2. x16 holds the MR rows' activations already widened (once per
-// row block, see int8_rows); each weight vector is widened once and reused by every row.
-// The bound is the multiply port: on the AVX2 VM of 2026-11-24 vpmaddwd and vpmaddubsw each issue once
-// a cycle (a loop of 12 independent ones: 3.3 G/s at about 3.3 GHz, against 10 G/s for vpaddd), so 32
-// products cost 2 cycles here and in fbgemm's u8 x s8 path (vpmaddubsw, then vpmaddwd by ones) alike:
-// 16 MAC/cycle at most; this loop runs at about 14 (qlinear_bench, one thread). Adding each product to
-// its accumulator on its own (gcc keeps two of the 8 accumulators on the stack here) gained 2% in
-// qlinear_bench and nothing measurable through `cpu_gemm.py` with 2 threads (session 14); not kept.
+// per 32 products where this costs 2. A 32-byte block of a channel's codes is read as 16 s16 words
+// and widened in lane by shifts (even columns: << 8 then >> 8 arithmetic; odd: >> 8) rather than by
+// vpmovsxbw (lane-crossing: 0.8 a cycle on Zen 3, against 2 for shifts); x16 holds the MR rows'
+// activations widened once per row block in the same even-then-odd order (see prepare_rows). Each
+// weight vector is widened once and reused by every row; one channel a pass keeps the tile in
+// registers (4 accumulators, 2 weight vectors, activations as memory operands).
+// Measured on the Zen 3 VM of 2026-11-24 (family 25, AVX2 only, `cpu_gemm.py --shapes 4096x11008
+// --m 32 128 --threads 2 --methods "qk w8a8 chan" quantize_dynamic`, two A/B rounds): m = 32
+// 14.7-15.5 against 16.2-21.7 ms (two channels a pass, vpmovsxbw), m = 128 53.5-53.7 against
+// 62.5-70.9. Two channels had measured faster on a Zen 2 VM (session 13, with vpmovsxbw).
+// The bound is the multiply pipes: vpmaddwd, vpmaddubsw and FMA share two (12 independent ones:
+// 2 a cycle together at about 3.2 GHz), so 32 exact s8 x s8 products cost 2 multiplies here and in
+// fbgemm's u8 x s8 path (vpmaddubsw, then vpmaddwd by ones; exact only for 7-bit activations) alike,
+// but this one adds twice as many s32 partial sums. In L1 this loop runs at 77 GMAC/s against 97 for
+// fbgemm's (the inner loops alone, one core; benchmarks/NOTES_cpu.md, session 19).
 template <int MR>
 void int8w_tile(const Int8LinearArgs& a, int64_t t, const RowBlock& rb) {
   const int64_t m0 = rb.m0;
@@ -529,26 +532,19 @@ void int8w_tile(const Int8LinearArgs& a, int64_t t, const RowBlock& rb) {
       for (int c = 0; c < kTileN; ++c) sums[i][c] = _mm256_setzero_si256();
     for (int64_t q0 = kb0; q0 < kb1; q0 += kChunkBlocks) {
       const int64_t q1 = std::min(kb1, q0 + kChunkBlocks);
-      for (int c = 0; c < kTileN; c += kW8Channels) {
-        __m256i acc[MR][kW8Channels];
-        for (int i = 0; i < MR; ++i)
-          for (int j = 0; j < kW8Channels; ++j) acc[i][j] = _mm256_setzero_si256();
+      for (int c = 0; c < kTileN; ++c) {
+        __m256i acc[MR];
+        for (int i = 0; i < MR; ++i) acc[i] = _mm256_setzero_si256();
         for (int64_t kb = q0; kb < q1; ++kb) {
-          const __m128i* wp = reinterpret_cast<const __m128i*>(wt + (kb * kTileN + c) * kBlockK);
-          __m256i wl[kW8Channels], wh[kW8Channels];
-          for (int j = 0; j < kW8Channels; ++j) {
-            wl[j] = _mm256_cvtepi8_epi16(_mm_loadu_si128(wp + 2 * j));
-            wh[j] = _mm256_cvtepi8_epi16(_mm_loadu_si128(wp + 2 * j + 1));
-          }
+          const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wt + (kb * kTileN + c) * kBlockK));
+          const __m256i we = _mm256_srai_epi16(_mm256_slli_epi16(w, 8), 8), wo = _mm256_srai_epi16(w, 8);
           for (int i = 0; i < MR; ++i) {
             const __m256i* xp = reinterpret_cast<const __m256i*>(x16 + i * ld16 + kb * kBlockK);
-            const __m256i xl = _mm256_loadu_si256(xp), xh = _mm256_loadu_si256(xp + 1);
-            for (int j = 0; j < kW8Channels; ++j)
-              acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_add_epi32(_mm256_madd_epi16(wl[j], xl), _mm256_madd_epi16(wh[j], xh)));
+            acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(we, _mm256_loadu_si256(xp)));
+            acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(wo, _mm256_loadu_si256(xp + 1)));
           }
         }
-        for (int i = 0; i < MR; ++i)
-          for (int j = 0; j < kW8Channels; ++j) sums[i][c + j] = _mm256_add_epi32(sums[i][c + j], acc[i][j]);
+        for (int i = 0; i < MR; ++i) sums[i][c] = _mm256_add_epi32(sums[i][c], acc[i]);
       }
     }
     __m256i d[MR];
@@ -595,9 +591,12 @@ inline RowBlock prepare_rows(const Int8LinearArgs& a, int64_t m, int mr, ActCopy
       xseg[i * nseg + s] = static_cast<float>(sum);
     }
     if (copy == ActCopy::kWiden16) {
-      for (int64_t k = 0; k < a.Kp; k += 16)
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(x16.data() + i * ld16 + k),
-                            _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xr + k))));
+      for (int64_t k = 0; k < a.Kp; k += kBlockK) {  // a block's even columns, then its odd ones
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr + k));
+        __m256i* d = reinterpret_cast<__m256i*>(x16.data() + i * ld16 + k);
+        _mm256_storeu_si256(d, _mm256_srai_epi16(_mm256_slli_epi16(v, 8), 8));
+        _mm256_storeu_si256(d + 1, _mm256_srai_epi16(v, 8));
+      }
     } else if (copy == ActCopy::kDuplicate) {
       for (int64_t kb = 0; kb < KB; ++kb) {
         const __m128i* xp = reinterpret_cast<const __m128i*>(xr + kb * kBlockK);

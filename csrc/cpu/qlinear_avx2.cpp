@@ -515,8 +515,9 @@ void int4_tile_short(const Int8LinearArgs& a, int64_t t, const RowBlock& rb) {
 // The bound is the multiply pipes: vpmaddwd, vpmaddubsw and FMA share two (12 independent ones:
 // 2 a cycle together at about 3.2 GHz), so 32 exact s8 x s8 products cost 2 multiplies here and in
 // fbgemm's u8 x s8 path (vpmaddubsw, then vpmaddwd by ones; exact only for 7-bit activations) alike,
-// but this one adds twice as many s32 partial sums. In L1 this loop runs at 77 GMAC/s against 97 for
-// fbgemm's (the inner loops alone, one core; benchmarks/NOTES_cpu.md, session 19).
+// but this one adds twice as many s32 partial sums. In L1, over runs of 64 blocks, this loop runs at
+// 77 GMAC/s against 97 for fbgemm's (the inner loops alone, one core; over runs of 16 blocks, as in
+// the kernel's chunks, 48; benchmarks/NOTES_cpu.md, session 19).
 template <int MR>
 void int8w_tile(const Int8LinearArgs& a, int64_t t, const RowBlock& rb) {
   const int64_t m0 = rb.m0;

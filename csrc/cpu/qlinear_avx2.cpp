@@ -258,7 +258,11 @@ alignas(32) constexpr uint32_t kGemvMasks[6][8] = {  // codes 0-5 in place (code
 // against 0.255-0.259 ms; g32 0.285 against 0.312. In assembly because GCC kept all the masks in
 // registers and spilled the accumulators instead (each FMA chain then went through the stack), and
 // moved the accumulators between registers around a one-row asm block. Code j (activation x[j]) goes
-// to accumulator j % 2 of each tile. Each row prefetches the four streams 1 KiB ahead.
+// to accumulator j % 2 of each tile. Each row prefetches the four streams 2 KiB (64 rows) ahead: on
+// the Zen 3 VM of 2026-11-24, 8192x28672 g128 through the op on two threads (`cpu_gemm.py --shapes
+// 8192x28672 --m 1 --methods "qk w4a16 g128"`, eight alternating pairs) 2 KiB read 88-94% of the
+// probe against 81-89% for 1 KiB (faster in seven pairs of eight; 4.21-4.40 against 4.31-5.26 ms
+// in the four timed).
 #define QK_GEMV_CODE(j, A, MASKED)                                   \
   "vbroadcastss " #j "*4(%[x]), %%ymm12\n\t"                         \
   MASKED(j, 8) "vfmadd231ps %%ymm13, %%ymm12, %[t0" #A "]\n\t"   \
@@ -277,10 +281,10 @@ inline void int4_gemv_group4(const uint32_t* w, int64_t tile_stride_bytes, const
   asm("vmovdqa (%[m]), %%ymm14\n\t"
       "vmovdqa 32(%[m]), %%ymm15\n\t"
       "1:\n\t"
-      "prefetcht0 1024(%[w])\n\t"
-      "prefetcht0 1024(%[w], %[ts])\n\t"
-      "prefetcht0 1024(%[w], %[ts], 2)\n\t"
-      "prefetcht0 1024(%[w3])\n\t"
+      "prefetcht0 2048(%[w])\n\t"
+      "prefetcht0 2048(%[w], %[ts])\n\t"
+      "prefetcht0 2048(%[w], %[ts], 2)\n\t"
+      "prefetcht0 2048(%[w3])\n\t"
       "vmovdqu (%[w]), %%ymm8\n\t"
       "vmovdqu (%[w], %[ts]), %%ymm9\n\t"
       "vmovdqu (%[w], %[ts], 2), %%ymm10\n\t"

@@ -87,6 +87,12 @@ inline __m256i hsum4_unpack(__m256i a0, __m256i a1, __m256i a2, __m256i a3) {
   return _mm256_add_epi32(_mm256_unpacklo_epi64(s01, s23), _mm256_unpackhi_epi64(s01, s23));
 }
 
+// 32 int8 values read as 16 int16 words, widened in lane: the even-indexed bytes (<< 8, then >> 8
+// arithmetic) and the odd-indexed ones (>> 8 arithmetic). W8A8 splits its weights and builds its
+// activation copy with the same pair, so the two sides' orders agree (see int8w_tile).
+inline __m256i even_s8_to_s16(__m256i v) { return _mm256_srai_epi16(_mm256_slli_epi16(v, 8), 8); }
+inline __m256i odd_s8_to_s16(__m256i v) { return _mm256_srai_epi16(v, 8); }
+
 inline int64_t l2_tile_group(int64_t tile_bytes) {
   constexpr int64_t kL2Budget = 256 << 10;
   return std::max<int64_t>(1, kL2Budget / std::max<int64_t>(1, tile_bytes));
@@ -542,7 +548,7 @@ void int8w_tile(const Int8LinearArgs& a, int64_t t, const RowBlock& rb) {
         for (int i = 0; i < MR; ++i) acc[i] = _mm256_setzero_si256();
         for (int64_t kb = q0; kb < q1; ++kb) {
           const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wt + (kb * kTileN + c) * kBlockK));
-          const __m256i we = _mm256_srai_epi16(_mm256_slli_epi16(w, 8), 8), wo = _mm256_srai_epi16(w, 8);
+          const __m256i we = even_s8_to_s16(w), wo = odd_s8_to_s16(w);
           for (int i = 0; i < MR; ++i) {
             const __m256i* xp = reinterpret_cast<const __m256i*>(x16 + i * ld16 + kb * kBlockK);
             acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(we, _mm256_loadu_si256(xp)));
@@ -599,8 +605,8 @@ inline RowBlock prepare_rows(const Int8LinearArgs& a, int64_t m, int mr, ActCopy
       for (int64_t k = 0; k < a.Kp; k += kBlockK) {  // a block's even columns, then its odd ones
         const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr + k));
         __m256i* d = reinterpret_cast<__m256i*>(x16.data() + i * ld16 + k);
-        _mm256_storeu_si256(d, _mm256_srai_epi16(_mm256_slli_epi16(v, 8), 8));
-        _mm256_storeu_si256(d + 1, _mm256_srai_epi16(v, 8));
+        _mm256_storeu_si256(d, even_s8_to_s16(v));
+        _mm256_storeu_si256(d + 1, odd_s8_to_s16(v));
       }
     } else if (copy == ActCopy::kDuplicate) {
       for (int64_t kb = 0; kb < KB; ++kb) {

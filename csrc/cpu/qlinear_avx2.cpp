@@ -585,14 +585,25 @@ class L2Prefetcher {
 // The activation copy a tile kernel reads (see RowBlock).
 enum class ActCopy { kNone, kWiden16, kDuplicate };
 
+// The copies start on a cache line: a large std::vector's data sits 16 bytes past a page boundary
+// (malloc's header), where every other 32-byte load of a block straddled two lines, each such load
+// costing two of the two load slots a cycle.
+constexpr int64_t kAlignPad = 64;  // elements of slack (>= 64 bytes for either element type)
+template <typename T>
+T* align_line(T* p) {
+  return reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t{63});
+}
+
 // Builds the RowBlock of rows [m, m + mr) into the thread's buffers.
 inline RowBlock prepare_rows(const Int8LinearArgs& a, int64_t m, int mr, ActCopy copy, std::vector<int16_t>& x16,
                              std::vector<int8_t>& xd, std::vector<float>& xseg) {
   const int64_t KB = a.Kp / kBlockK, nseg = (a.Kp + a.segment - 1) / a.segment;
   const int64_t ld16 = x16_stride(a.Kp), ldd = xd_stride(a.Kp);
   if (static_cast<int64_t>(xseg.size()) < mr * nseg) xseg.resize(mr * nseg);
-  if (copy == ActCopy::kWiden16 && static_cast<int64_t>(x16.size()) < mr * ld16) x16.resize(mr * ld16);
-  if (copy == ActCopy::kDuplicate && static_cast<int64_t>(xd.size()) < mr * ldd) xd.resize(mr * ldd);
+  if (copy == ActCopy::kWiden16 && static_cast<int64_t>(x16.size()) < mr * ld16 + kAlignPad) x16.resize(mr * ld16 + kAlignPad);
+  if (copy == ActCopy::kDuplicate && static_cast<int64_t>(xd.size()) < mr * ldd + kAlignPad) xd.resize(mr * ldd + kAlignPad);
+  int16_t* const x16a = align_line(x16.data());
+  int8_t* const xda = align_line(xd.data());
   for (int i = 0; i < mr; ++i) {
     const int8_t* xr = a.xq + (m + i) * a.ldq;
     const int32_t* xb = a.xblock + (m + i) * KB;
@@ -604,20 +615,20 @@ inline RowBlock prepare_rows(const Int8LinearArgs& a, int64_t m, int mr, ActCopy
     if (copy == ActCopy::kWiden16) {
       for (int64_t k = 0; k < a.Kp; k += kBlockK) {  // a block's even columns, then its odd ones
         const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr + k));
-        __m256i* d = reinterpret_cast<__m256i*>(x16.data() + i * ld16 + k);
+        __m256i* d = reinterpret_cast<__m256i*>(x16a + i * ld16 + k);
         _mm256_storeu_si256(d, even_s8_to_s16(v));
         _mm256_storeu_si256(d + 1, odd_s8_to_s16(v));
       }
     } else if (copy == ActCopy::kDuplicate) {
       for (int64_t kb = 0; kb < KB; ++kb) {
         const __m128i* xp = reinterpret_cast<const __m128i*>(xr + kb * kBlockK);
-        __m256i* d = reinterpret_cast<__m256i*>(xd.data() + i * ldd + kb * 64);
+        __m256i* d = reinterpret_cast<__m256i*>(xda + i * ldd + kb * 64);
         _mm256_storeu_si256(d, _mm256_broadcastsi128_si256(_mm_loadu_si128(xp)));
         _mm256_storeu_si256(d + 1, _mm256_broadcastsi128_si256(_mm_loadu_si128(xp + 1)));
       }
     }
   }
-  return RowBlock{x16.data(), xd.data(), xseg.data(), nseg, m, TileParams{}};
+  return RowBlock{x16a, xda, xseg.data(), nseg, m, TileParams{}};
 }
 
 // Rows in panels of up to kRowPanel, whose activation copies are built once per call; within a

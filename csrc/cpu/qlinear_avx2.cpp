@@ -137,6 +137,131 @@ void float_tile(const FloatLinearArgs& a, int64_t t, int64_t m0) {
   }
 }
 
+// ---- the float-activation GEMM: two tiles x 6 rows a pass, in assembly --------------------------
+// Each broadcast activation feeds two FMAs (one per tile), so a pass issues one load per two FMAs, and
+// the 12 accumulators (ymm0-11) are 12 independent FMA chains: at 8 codes a word row each chain waits
+// 8 x 4 cycles a row while the pipes need 48 cycles for its 96 FMAs. float_tile's 8 rows x 1 tile had
+// 8 chains, whose latency (32 cycles a row) equalled the FMA pipes' time, and a load per FMA. The
+// words are read as memory operands of the masking (ymm15 holds code j's mask, ymm12 / ymm13 the two
+// tiles' converted codes, ymm14 the broadcast). In assembly: 12 accumulators plus these four are all
+// 16 registers, which GCC's allocation of the same loop did not keep (its intrinsics version, 4 rows x
+// 2 tiles, gained 8%). Harness (qlinear_bench w4a16, one Zen 3 core, K x N = 4096x11008 g128,
+// alternating): m = 128 42.3-43.7 against 32.7-33.1 GMAC/s for float_tile<8> (the FMA pipes' peak
+// here: 51); m = 8 / 16 (weights from DRAM) 26-32 / 27 against 19-21 / 20.
+template <int BITS>
+struct CodeMasks {  // code j's mask in place, j < 32 / BITS - 1 (the top code is shifted instead)
+  alignas(32) uint32_t m[32 / BITS - 1][8];
+  constexpr CodeMasks() : m{} {
+    for (int j = 0; j < 32 / BITS - 1; ++j)
+      for (int l = 0; l < 8; ++l) m[j][l] = ((1u << BITS) - 1) << (BITS * j);
+  }
+};
+alignas(32) constexpr CodeMasks<4> kCodeMasks4{};
+alignas(32) constexpr CodeMasks<8> kCodeMasks8{};
+
+#define QK_G2_ROWS(j)                                                                                 \
+  QK_G2_FMA(j, "(%[x])", 0, 1) QK_G2_FMA(j, "(%[x], %[ld])", 2, 3) QK_G2_FMA(j, "(%[x], %[ld], 2)", 4, 5) \
+  QK_G2_FMA(j, "(%%r11)", 6, 7) QK_G2_FMA(j, "(%%r11, %[ld])", 8, 9) QK_G2_FMA(j, "(%%r11, %[ld], 2)", 10, 11)
+#define QK_G2_MASKED(j)                         \
+  "vmovdqa " #j "*32(%[m]), %%ymm15\n\t"         \
+  "vpand (%[w]), %%ymm15, %%ymm12\n\t"          \
+  "vpand (%[w], %[ts]), %%ymm15, %%ymm13\n\t"   \
+  "vcvtdq2ps %%ymm12, %%ymm12\n\t"              \
+  "vcvtdq2ps %%ymm13, %%ymm13\n\t" QK_G2_ROWS(j)
+// The top code is shifted down instead (AVX2's vpsrld takes no memory operand).
+#define QK_G2_TOP(j, SHIFT)                               \
+  "vmovdqu (%[w]), %%ymm12\n\t"                           \
+  "vmovdqu (%[w], %[ts]), %%ymm13\n\t"                    \
+  "vpsrld $" #SHIFT ", %%ymm12, %%ymm12\n\t"               \
+  "vpsrld $" #SHIFT ", %%ymm13, %%ymm13\n\t"               \
+  "vcvtdq2ps %%ymm12, %%ymm12\n\t"                        \
+  "vcvtdq2ps %%ymm13, %%ymm13\n\t" QK_G2_ROWS(j)
+#define QK_G2_FMA(j, ROW, A0, A1)                    \
+  "vbroadcastss " #j "*4" ROW ", %%ymm14\n\t"         \
+  "vfmadd231ps %%ymm12, %%ymm14, %%ymm" #A0 "\n\t"   \
+  "vfmadd231ps %%ymm13, %%ymm14, %%ymm" #A1 "\n\t"
+// Operands of float_rows_2x6's asm: its arguments and `masks` (the CodeMasks of the width).
+#define QK_G2_OPERANDS                                                                          \
+  : [w] "+r"(w), [x] "+r"(x), [n] "+r"(rows)                                                     \
+  : [ts] "r"(tile_stride_bytes), [ld] "r"(ld_bytes), [m] "r"(&masks.m[0][0]), [acc] "r"(&acc[0][0]) \
+  : "r11", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",   \
+    "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "cc", "memory"
+// Zeroes ymm0-11 and points r11 (x3) at activation row 3.
+#define QK_G2_PROLOGUE                                                                                   \
+  "vxorps %%xmm0, %%xmm0, %%xmm0\n\t" "vxorps %%xmm1, %%xmm1, %%xmm1\n\t" "vxorps %%xmm2, %%xmm2, %%xmm2\n\t"  \
+  "vxorps %%xmm3, %%xmm3, %%xmm3\n\t" "vxorps %%xmm4, %%xmm4, %%xmm4\n\t" "vxorps %%xmm5, %%xmm5, %%xmm5\n\t"  \
+  "vxorps %%xmm6, %%xmm6, %%xmm6\n\t" "vxorps %%xmm7, %%xmm7, %%xmm7\n\t" "vxorps %%xmm8, %%xmm8, %%xmm8\n\t"  \
+  "vxorps %%xmm9, %%xmm9, %%xmm9\n\t" "vxorps %%xmm10, %%xmm10, %%xmm10\n\t"                               \
+  "vxorps %%xmm11, %%xmm11, %%xmm11\n\t"                                                                   \
+  "lea (%[x], %[ld], 2), %%r11\n\t"                                                                        \
+  "add %[ld], %%r11\n\t"
+// Stores ymm0-11 to acc[6][2] (row-major: row i, tile h in ymm(2i + h)).
+#define QK_G2_EPILOGUE                                                                                   \
+  "vmovups %%ymm0, 0(%[acc])\n\t" "vmovups %%ymm1, 32(%[acc])\n\t" "vmovups %%ymm2, 64(%[acc])\n\t"          \
+  "vmovups %%ymm3, 96(%[acc])\n\t" "vmovups %%ymm4, 128(%[acc])\n\t" "vmovups %%ymm5, 160(%[acc])\n\t"       \
+  "vmovups %%ymm6, 192(%[acc])\n\t" "vmovups %%ymm7, 224(%[acc])\n\t" "vmovups %%ymm8, 256(%[acc])\n\t"      \
+  "vmovups %%ymm9, 288(%[acc])\n\t" "vmovups %%ymm10, 320(%[acc])\n\t" "vmovups %%ymm11, 352(%[acc])\n\t"
+
+// `rows` (>= 1) word rows of tiles t and t + 1 (`tile_stride_bytes` apart) against 6 activation rows
+// (`ld_bytes` apart, prepared by prepare_float_activations): acc[row][tile] = the sums.
+template <int BITS>
+inline void float_rows_2x6(const uint32_t* w, int64_t tile_stride_bytes, const float* x, int64_t ld_bytes,
+                           int64_t rows, __m256 (&acc)[6][2]) {
+  if constexpr (BITS == 4) {
+    const auto& masks = kCodeMasks4;
+    asm volatile(QK_G2_PROLOGUE "1:\n\t" QK_G2_MASKED(0) QK_G2_MASKED(1) QK_G2_MASKED(2) QK_G2_MASKED(3) QK_G2_MASKED(4)
+        QK_G2_MASKED(5) QK_G2_MASKED(6) QK_G2_TOP(7, 28)
+        "add $32, %[w]\n\t"
+        "add $32, %[x]\n\t"
+        "add $32, %%r11\n\t"
+        "dec %[n]\n\t"
+        "jnz 1b\n\t" QK_G2_EPILOGUE QK_G2_OPERANDS);
+  } else {
+    const auto& masks = kCodeMasks8;
+    asm volatile(QK_G2_PROLOGUE "1:\n\t" QK_G2_MASKED(0) QK_G2_MASKED(1) QK_G2_MASKED(2) QK_G2_TOP(3, 24)
+        "add $32, %[w]\n\t"
+        "add $16, %[x]\n\t"
+        "add $16, %%r11\n\t"
+        "dec %[n]\n\t"
+        "jnz 1b\n\t" QK_G2_EPILOGUE QK_G2_OPERANDS);
+  }
+}
+#undef QK_G2_FMA
+#undef QK_G2_ROWS
+#undef QK_G2_MASKED
+#undef QK_G2_TOP
+#undef QK_G2_OPERANDS
+#undef QK_G2_PROLOGUE
+#undef QK_G2_EPILOGUE
+
+// Tiles t, t + 1 for rows m0 .. m0 + 5 (see float_rows_2x6); the group epilogue as float_tile's.
+template <int BITS>
+void float_tile2x6(const FloatLinearArgs& a, int64_t t, int64_t m0) {
+  constexpr int MR = 6, P = 32 / BITS;
+  const int64_t rows = a.K / P, grows = rows / a.G;
+  const uint32_t* wt = a.w + t * rows * kTileN;
+  const float* x0 = a.xs + m0 * a.ldx;
+  float* out = a.out + m0 * a.N + t * kTileN;  // the running sums live in the output (L1) between groups
+  for (int h = 0; h < 2; ++h) {
+    const __m256 b = a.bias ? _mm256_loadu_ps(a.bias + (t + h) * kTileN) : _mm256_setzero_ps();
+    for (int i = 0; i < MR; ++i) _mm256_storeu_ps(out + i * a.N + h * kTileN, b);
+  }
+  for (int64_t g = 0; g < a.G; ++g) {
+    __m256 acc[MR][2];
+    float_rows_2x6<BITS>(wt + g * grows * kTileN, rows * kTileN * 4, x0 + g * grows * P,
+                         a.ldx * static_cast<int64_t>(sizeof(float)), grows, acc);
+    for (int h = 0; h < 2; ++h) {
+      const __m256 s = _mm256_loadu_ps(a.scales + tile_param_offset(a.G, t + h, g));
+      const __m256 z = tile_zeros(a.zeros, a.zero, a.G, t + h, g);
+      for (int i = 0; i < MR; ++i) {
+        const __m256 xsum = _mm256_set1_ps(a.xsum[(m0 + i) * a.G + g]);
+        float* o = out + i * a.N + h * kTileN;
+        _mm256_storeu_ps(o, _mm256_fmadd_ps(s, _mm256_fnmadd_ps(z, xsum, acc[i][h]), _mm256_loadu_ps(o)));
+      }
+    }
+  }
+}
+
 // One row (a GEMV) over NT tiles at once: each broadcast activation feeds NT tiles' FMAs, and
 // the NT weight streams are prefetched ahead of use. 8 / NT accumulators per tile keep 8 FMA
 // chains in flight (2 FMA pipes x 4 cycles).
@@ -250,11 +375,6 @@ inline bool prepare_gemv_activations(const FloatLinearArgs& a, std::vector<float
   return true;
 }
 
-alignas(32) constexpr uint32_t kGemvMasks[6][8] = {  // codes 0-5 in place (code 6: mask 0 after the shift)
-#define QK_MASK8(m) {m, m, m, m, m, m, m, m}
-    QK_MASK8(0xFu),     QK_MASK8(0xF0u),     QK_MASK8(0xF00u), QK_MASK8(0xF000u),
-    QK_MASK8(0xF0000u), QK_MASK8(0xF00000u)};
-#undef QK_MASK8
 
 // `rows` word rows of 4 tiles (one weight group): ymm8-11 hold the tiles' words, ymm12 the
 // broadcast activation, ymm13 the masked code (one register: renaming keeps the 4 tiles' codes in
@@ -306,7 +426,7 @@ inline void int4_gemv_group4(const uint32_t* w, int64_t tile_stride_bytes, const
       : [t00] "+x"(acc[0][0]), [t01] "+x"(acc[0][1]), [t10] "+x"(acc[1][0]), [t11] "+x"(acc[1][1]),
         [t20] "+x"(acc[2][0]), [t21] "+x"(acc[2][1]), [t30] "+x"(acc[3][0]), [t31] "+x"(acc[3][1]),
         [w] "+r"(w), [w3] "+r"(w3), [x] "+r"(x), [n] "+r"(rows)
-      : [ts] "r"(tile_stride_bytes), [m] "r"(&kGemvMasks[0][0])
+      : [ts] "r"(tile_stride_bytes), [m] "r"(&kCodeMasks4.m[0][0])
       : "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "cc", "memory");
 }
 #undef QK_GEMV_CODE
@@ -373,8 +493,11 @@ void float_tiles(const FloatLinearArgs& a, int64_t t0, int64_t t1) {
       continue;
     }
     int64_t m = 0;
-    for (; m + 8 <= a.M; m += 8)
-      for (int64_t t = g0; t < g1; ++t) float_tile<BITS, 8>(a, t, m);
+    for (; m + 6 <= a.M; m += 6) {
+      int64_t t = g0;
+      for (; t + 2 <= g1; t += 2) float_tile2x6<BITS>(a, t, m);
+      if (t < g1) float_tile<BITS, 6>(a, t, m);
+    }
     for (int64_t t = g0; t < g1; ++t) {
       int64_t mt = m;
       if (mt + 4 <= a.M) {

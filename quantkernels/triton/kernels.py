@@ -358,10 +358,12 @@ def dequant_kernel(
 # inline PTX (the interpreter, ROCm) plain Triton computes the same values.
 
 @triton.jit
-def _unpack_words(wd, nzf, NZF_BITS: tl.constexpr, DTYPE: tl.constexpr, USE_ASM: tl.constexpr):
+def _unpack_words(wd, nzf, NZF_BITS: tl.constexpr, NZF_HI_BITS: tl.constexpr, DTYPE: tl.constexpr,
+                  USE_ASM: tl.constexpr):
     """int32 nk4 words -> 8 tensors ``o_j`` (DTYPE, wd's shape): magic + nibble ``P[j]`` + nzf, with
     P = 0, 4, 1, 5, 2, 6, 3, 7 and ``nzf`` (fp32, broadcast to wd's shape) = ``-(magic + z)``.
-    NZF_BITS: 0, or the bit pattern of a constant nzf in DTYPE (lets Triton place the words freely)."""
+    NZF_BITS: 0, or the bit pattern of a constant nzf in DTYPE (lets Triton place the words freely);
+    NZF_HI_BITS: then that of ``nzf + 960`` = ``-(64 + z)`` (fp16: the second nibble of a byte, below)."""
     if USE_ASM:
         # The packed operand of the fma.x2: a constant when NZF_BITS (nzf's DTYPE bits) is given.
         if NZF_BITS != 0:
@@ -370,28 +372,34 @@ def _unpack_words(wd, nzf, NZF_BITS: tl.constexpr, DTYPE: tl.constexpr, USE_ASM:
             half = nzf.to(DTYPE).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
             nzf2 = half | (half << 16)
         if DTYPE == tl.float16:
+            # A byte's second nibble is taken in place: 1024 + 16 q, exact in fp16 (10 mantissa bits),
+            # then fma(., 1/16, -(64 + z)) = q - z, exact. One shift a word instead of three.
+            if NZF_HI_BITS != 0:
+                nzh2 = tl.full(wd.shape, NZF_HI_BITS * 65537 - (1 << 32), tl.int32)
+            else:
+                hhalf = (nzf + 960.0).to(DTYPE).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+                nzh2 = hhalf | (hhalf << 16)
             o0, o1, o2, o3, o4, o5, o6, o7 = tl.inline_asm_elementwise(
                 asm="""{
-                .reg .b32 t, a, b, c, d, one;
+                .reg .b32 t, a, b, c, d, one, sixteenth;
                 mov.b32 one, 0x3c003c00;
+                mov.b32 sixteenth, 0x2c002c00;
                 lop3.b32 a, $8, 0x000f000f, 0x64006400, 0xea;
-                shr.b32 t, $8, 4;
-                lop3.b32 b, t, 0x000f000f, 0x64006400, 0xea;
+                lop3.b32 b, $8, 0x00f000f0, 0x64006400, 0xea;
                 shr.b32 t, $8, 8;
                 lop3.b32 c, t, 0x000f000f, 0x64006400, 0xea;
-                shr.b32 t, $8, 12;
-                lop3.b32 d, t, 0x000f000f, 0x64006400, 0xea;
+                lop3.b32 d, t, 0x00f000f0, 0x64006400, 0xea;
                 fma.rn.f16x2 a, a, one, $9;
-                fma.rn.f16x2 b, b, one, $9;
+                fma.rn.f16x2 b, b, sixteenth, $10;
                 fma.rn.f16x2 c, c, one, $9;
-                fma.rn.f16x2 d, d, one, $9;
+                fma.rn.f16x2 d, d, sixteenth, $10;
                 mov.b32 {$0, $1}, a;
                 mov.b32 {$2, $3}, b;
                 mov.b32 {$4, $5}, c;
                 mov.b32 {$6, $7}, d;
                 }""",
-                constraints="=h,=h,=h,=h,=h,=h,=h,=h,r,r",
-                args=[wd, nzf2], dtype=(tl.float16,) * 8, is_pure=True, pack=1,
+                constraints="=h,=h,=h,=h,=h,=h,=h,=h,r,r,r",
+                args=[wd, nzf2, nzh2], dtype=(tl.float16,) * 8, is_pure=True, pack=1,
             )
         else:
             o0, o1, o2, o3, o4, o5, o6, o7 = tl.inline_asm_elementwise(
@@ -476,12 +484,16 @@ def _nk4_tile(
         nzf = nzf_grp
         if HAS_ZEROS:
             NZF_BITS: tl.constexpr = 0
+            NZF_HI_BITS: tl.constexpr = 0
         else:
             NZF_BITS: tl.constexpr = 0xE408 if DTYPE == tl.float16 else 0xC308  # -1032.0 / -136.0
+            NZF_HI_BITS: tl.constexpr = 0xD480  # fp16 -72.0
     else:
         nzf = tl.full((BLOCK_N,), -MAGIC_F, tl.float32)  # the codes q themselves
         NZF_BITS: tl.constexpr = 0xE400 if DTYPE == tl.float16 else 0xC300  # -1024.0 / -128.0
-    o0, o1, o2, o3, o4, o5, o6, o7 = _unpack_words(wd, nzf[:, None, None, None], NZF_BITS, DTYPE, USE_ASM)
+        NZF_HI_BITS: tl.constexpr = 0xD400  # fp16 -64.0
+    o0, o1, o2, o3, o4, o5, o6, o7 = _unpack_words(wd, nzf[:, None, None, None], NZF_BITS, NZF_HI_BITS, DTYPE,
+                                                   USE_ASM)
     # o_(4s + 2h + e) holds column 128b + 32q + 16s + 8h + 2c + e: stack (e, h, s), order the columns.
     t = tl.join(tl.join(tl.join(o0, o1), tl.join(o2, o3)), tl.join(tl.join(o4, o5), tl.join(o6, o7)))
     w = tl.reshape(tl.permute(t, (0, 1, 3, 6, 5, 2, 4)), (BLOCK_N, BLOCK_K))

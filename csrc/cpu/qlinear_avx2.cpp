@@ -648,7 +648,7 @@ void int4_tile_short(const Int8LinearArgs& a, int64_t t, const RowBlock& rb) {
 // The bound is the multiply pipes: vpmaddwd, vpmaddubsw and FMA share two (12 independent ones:
 // 2 a cycle together at about 3.2 GHz), so 32 exact s8 x s8 products cost 2 multiplies here and in
 // fbgemm's u8 x s8 path (vpmaddubsw, then vpmaddwd by ones; exact only for 7-bit activations) alike,
-// but this one adds twice as many s32 partial sums. In L1, over runs of 64 blocks, this loop runs at
+// but this one adds twice as many s32 partial sums. In L1 this loop runs at
 // 77 GMAC/s against 97 for fbgemm's (the inner loops alone, one core, over runs of 16 or 64 blocks;
 // with the weights from L2 at this layout's 256-byte stride, 62; benchmarks/NOTES_cpu.md, sessions 19
 // and 20). The kernel reads 57.5 on 11008x4096 at M = 32.

@@ -181,11 +181,11 @@ alignas(32) constexpr CodeMasks<8> kCodeMasks8{};
   "vbroadcastss " #j "*4" ROW ", %%ymm14\n\t"         \
   "vfmadd231ps %%ymm12, %%ymm14, %%ymm" #A0 "\n\t"   \
   "vfmadd231ps %%ymm13, %%ymm14, %%ymm" #A1 "\n\t"
-// Operands of float_rows_2x6's asm: its arguments and `masks` (the CodeMasks of the width). w, x, rows,
-// ts and ld are scratch registers in the group epilogue (QK_G2_EPILOGUE).
+// Operands of float_rows_2x6's asm: its arguments and `masks` (the CodeMasks of the width). w, x, rows
+// and ts are scratch registers in the group epilogue (QK_G2_EPILOGUE).
 #define QK_G2_OPERANDS                                                                                 \
-  : [w] "+r"(w), [x] "+r"(x), [n] "+r"(rows), [ts] "+r"(tile_stride_bytes), [ld] "+r"(ld_bytes)         \
-  : [m] "r"(&masks.m[0][0]), [ep] "r"(&ep)                                                                \
+  : [w] "+r"(w), [x] "+r"(x), [n] "+r"(rows), [ts] "+r"(tile_stride_bytes)                              \
+  : [ld] "r"(ld_bytes), [m] "r"(&masks.m[0][0]), [ep] "r"(&ep)                                            \
   : "r11", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",          \
     "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "cc", "memory"
 // Zeroes ymm0-11 and points r11 (x3) at activation row 3.
@@ -406,7 +406,6 @@ inline bool prepare_gemv_activations(const FloatLinearArgs& a, std::vector<float
   *out = GemvActivations{xbuf.data(), sbuf.data(), std::ldexp(1.0f, c)};
   return true;
 }
-
 
 // `rows` word rows of 4 tiles (one weight group): ymm8-11 hold the tiles' words, ymm12 the
 // broadcast activation, ymm13 the masked code (one register: renaming keeps the 4 tiles' codes in
@@ -756,8 +755,9 @@ inline RowBlock prepare_rows(const Int8LinearArgs& a, int64_t m, int mr, ActCopy
   const int64_t KB = a.Kp / kBlockK, nseg = (a.Kp + a.segment - 1) / a.segment;
   const int64_t ld16 = x16_stride(a.Kp), ldd = xd_stride(a.Kp);
   if (static_cast<int64_t>(xseg.size()) < mr * nseg) xseg.resize(mr * nseg);
-  if (copy == ActCopy::kWiden16 && static_cast<int64_t>(x16.size()) < mr * ld16 + kAlignPad) x16.resize(mr * ld16 + kAlignPad);
-  if (copy == ActCopy::kDuplicate && static_cast<int64_t>(xd.size()) < mr * ldd + kAlignPad) xd.resize(mr * ldd + kAlignPad);
+  const int64_t n16 = mr * ld16 + kAlignPad, nd = mr * ldd + kAlignPad;
+  if (copy == ActCopy::kWiden16 && static_cast<int64_t>(x16.size()) < n16) x16.resize(n16);
+  if (copy == ActCopy::kDuplicate && static_cast<int64_t>(xd.size()) < nd) xd.resize(nd);
   int16_t* const x16a = align_line(x16.data());
   int8_t* const xda = align_line(xd.data());
   for (int i = 0; i < mr; ++i) {

@@ -236,6 +236,24 @@ def test_gemv_non_finite_activation(isa, bad):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("cfg", [QuantConfig(4, -1, sym=False), QuantConfig(4, 32)], ids=_id)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gemv_passes(isa, cfg, threads):
+    # The AVX2 GEMV runs 4-tile passes whose last 64 word rows prefetch the next pass's tiles, so a
+    # group that straddles that row runs as two calls of the assembly loop with one set of
+    # accumulators. K = 1056 (132 word rows: the turn at row 68, inside the one per-channel group,
+    # on a group edge for g32), N = 200 (25 tiles: six passes and a single tile on one thread).
+    layer, portable = make_layer(cfg, 1056, 200)
+    x = torch.randn(1, 1056, generator=torch.Generator().manual_seed(8))
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        check(layer, portable, x, isa)
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("isa", ISAS)
 def test_gemv_k_zero(isa):
     # An empty reduction gives zeros (the AVX2 GEMV's assembly loop must not run on zero rows).
     op = torch.ops.quantkernels.cpu_linear_float

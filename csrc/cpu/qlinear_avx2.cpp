@@ -77,6 +77,7 @@ constexpr int kMR4 = 4;
 constexpr int kJC4 = 1;
 // Tiles per GEMV pass (float_tiles_row): 4 measured ~10% faster than 2 in cache on one Zen 3 core.
 constexpr int kGemvTiles = 4;
+constexpr int64_t kGemvPrefetch = 2048;  // bytes ahead in each weight stream the GEMV prefetches
 
 // hsum4 (qlinear_x86.h) with unpacks instead of vphaddd, which issues at one per two cycles on Zen 3
 // (measured 0.5/cycle against 2/cycle for vpunpck*). The W4A8 g128 epilogue runs it every 4 blocks;
@@ -415,11 +416,11 @@ inline bool prepare_gemv_activations(const FloatLinearArgs& a, std::vector<float
 // against 0.255-0.259 ms; g32 0.285 against 0.312. In assembly because GCC kept all the masks in
 // registers and spilled the accumulators instead (each FMA chain then went through the stack), and
 // moved the accumulators between registers around a one-row asm block. Code j (activation x[j]) goes
-// to accumulator j % 2 of each tile. Each row prefetches the four streams 2 KiB (64 rows) ahead: on
-// the Zen 3 VM of 2026-11-24, 8192x28672 g128 through the op on two threads (`cpu_gemm.py --shapes
-// 8192x28672 --m 1 --methods "qk w4a16 g128"`, eight alternating pairs) 2 KiB read 88-94% of the
-// probe against 81-89% for 1 KiB (faster in seven pairs of eight; 4.21-4.40 against 4.31-5.26 ms
-// in the four timed).
+// to accumulator j % 2 of each tile. Each row prefetches the four streams `prefetch_bytes` ahead,
+// 2 KiB (64 rows): on the Zen 3 VM of 2026-11-24, 8192x28672 g128 through the op on two threads
+// (`cpu_gemm.py --shapes 8192x28672 --m 1 --methods "qk w4a16 g128"`, eight alternating pairs) 2 KiB
+// read 88-94% of the probe against 81-89% for 1 KiB (faster in seven pairs of eight; 4.21-4.40
+// against 4.31-5.26 ms in the four timed); 3 KiB measured the same as 2 (2026-11-25, paired calls).
 #define QK_GEMV_CODE(j, A, MASKED)                                   \
   "vbroadcastss " #j "*4(%[x]), %%ymm12\n\t"                         \
   MASKED(j, 8) "vfmadd231ps %%ymm13, %%ymm12, %[t0" #A "]\n\t"   \
@@ -433,31 +434,32 @@ inline bool prepare_gemv_activations(const FloatLinearArgs& a, std::vector<float
 #define QK_SHR28(j, src) "vpsrld $28, %%ymm" #src ", %%ymm13\n\t"
 
 inline void int4_gemv_group4(const uint32_t* w, int64_t tile_stride_bytes, const float* x, int64_t rows,
-                             __m256 (&acc)[4][2]) {
-  const uint32_t* w3 = reinterpret_cast<const uint32_t*>(reinterpret_cast<const char*>(w) + 3 * tile_stride_bytes);
+                             int64_t prefetch_bytes, __m256 (&acc)[4][2]) {
+  const int64_t ts3 = 3 * tile_stride_bytes;
+  const char* pf = reinterpret_cast<const char*>(w) + prefetch_bytes;
   asm("vmovdqa (%[m]), %%ymm14\n\t"
       "vmovdqa 32(%[m]), %%ymm15\n\t"
       "1:\n\t"
-      "prefetcht0 2048(%[w])\n\t"
-      "prefetcht0 2048(%[w], %[ts])\n\t"
-      "prefetcht0 2048(%[w], %[ts], 2)\n\t"
-      "prefetcht0 2048(%[w3])\n\t"
+      "prefetcht0 (%[pf])\n\t"
+      "prefetcht0 (%[pf], %[ts])\n\t"
+      "prefetcht0 (%[pf], %[ts], 2)\n\t"
+      "prefetcht0 (%[pf], %[ts3])\n\t"
       "vmovdqu (%[w]), %%ymm8\n\t"
       "vmovdqu (%[w], %[ts]), %%ymm9\n\t"
       "vmovdqu (%[w], %[ts], 2), %%ymm10\n\t"
-      "vmovdqu (%[w3]), %%ymm11\n\t"
+      "vmovdqu (%[w], %[ts3]), %%ymm11\n\t"
       QK_GEMV_CODE(0, 0, QK_AND0) QK_GEMV_CODE(1, 1, QK_AND1) QK_GEMV_CODE(2, 0, QK_AND)
       QK_GEMV_CODE(3, 1, QK_AND) QK_GEMV_CODE(4, 0, QK_AND) QK_GEMV_CODE(5, 1, QK_AND)
       QK_GEMV_CODE(6, 0, QK_SHR24_AND) QK_GEMV_CODE(7, 1, QK_SHR28)
       "add $32, %[w]\n\t"
-      "add $32, %[w3]\n\t"
+      "add $32, %[pf]\n\t"
       "add $32, %[x]\n\t"
       "dec %[n]\n\t"
       "jnz 1b\n\t"
       : [t00] "+x"(acc[0][0]), [t01] "+x"(acc[0][1]), [t10] "+x"(acc[1][0]), [t11] "+x"(acc[1][1]),
         [t20] "+x"(acc[2][0]), [t21] "+x"(acc[2][1]), [t30] "+x"(acc[3][0]), [t31] "+x"(acc[3][1]),
-        [w] "+r"(w), [w3] "+r"(w3), [x] "+r"(x), [n] "+r"(rows)
-      : [ts] "r"(tile_stride_bytes), [m] "r"(&kCodeMasks4.m[0][0])
+        [w] "+r"(w), [pf] "+r"(pf), [x] "+r"(x), [n] "+r"(rows)
+      : [ts] "r"(tile_stride_bytes), [ts3] "r"(ts3), [m] "r"(&kCodeMasks4.m[0][0])
       : "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "cc", "memory");
 }
 #undef QK_GEMV_CODE
@@ -470,10 +472,12 @@ inline void int4_gemv_group4(const uint32_t* w, int64_t tile_stride_bytes, const
 // Four tiles (kGemvTiles) per pass: each broadcast activation feeds the 4 tiles' FMAs; 2
 // accumulators per tile keep 8 FMA chains in flight (2 FMA pipes x 4 cycles latency). p: the layer's
 // tile-major scales and zero points.
-void int4_gemv_tiles(const FloatLinearArgs& a, const GemvActivations& x, const TileParams& p, int64_t t) {
+void int4_gemv_tiles(const FloatLinearArgs& a, const GemvActivations& x, const TileParams& p, int64_t t,
+                     bool next_pass) {
   constexpr int NT = 4;
   const int64_t rows = a.K / 8, grows = rows / a.G;
   const uint32_t* w = a.w + t * rows * kTileN;
+  const int64_t ts = rows * kTileN * 4, turn = next_pass ? rows - kGemvPrefetch / (kTileN * 4) : rows;
   __m256 out[NT];
   for (int h = 0; h < NT; ++h) out[h] = _mm256_setzero_ps();
   for (int64_t g = 0; g < a.G; ++g) {
@@ -484,7 +488,15 @@ void int4_gemv_tiles(const FloatLinearArgs& a, const GemvActivations& x, const T
       for (int h = 0; h < NT; ++h) p.prefetch(t + h, g + 2);
     __m256 acc[NT][2];
     for (int h = 0; h < NT; ++h) acc[h][0] = acc[h][1] = _mm256_setzero_ps();
-    int4_gemv_group4(w + g * grows * kTileN, rows * kTileN * 4, x.x + g * grows * 8, grows, acc);
+    // Rows past `turn` prefetch the next pass's tiles (the same offsets 3 tile strides further on):
+    // each stream's last 2 KiB of prefetches would otherwise land on the next tile of this pass,
+    // already read, and the next pass would start its four streams cold. Zen 3 VM, two threads,
+    // the two builds' calls interleaved (200-400 pairs): 8192x28672 g128 5.2-5.6% faster (faster in
+    // 165-168 of 200 pairs), 4096x11008 g128 9.9%, 11008x4096 2.0%, 8192x28672 g32 3.0%. (The
+    // next pass's first scales prefetched likewise: no difference.)
+    const int64_t r0 = g * grows, r1 = r0 + grows, mid = std::min(r1, std::max(r0, turn));
+    if (mid > r0) int4_gemv_group4(w + r0 * kTileN, ts, x.x + r0 * 8, mid - r0, kGemvPrefetch, acc);
+    if (r1 > mid) int4_gemv_group4(w + mid * kTileN, ts, x.x + mid * 8, r1 - mid, kGemvPrefetch + 3 * ts, acc);
     const __m256 xsum = _mm256_set1_ps(x.xsum[g]);
     for (int h = 0; h < NT; ++h) {
       const __m256 s = p.scale(t + h, g);
@@ -503,7 +515,7 @@ void int4_gemv_tiles(const FloatLinearArgs& a, const GemvActivations& x, const T
 void int4_gemv(const FloatLinearArgs& a, const GemvActivations& x, int64_t t0, int64_t t1) {
   const TileParams p{a.scales, a.zeros, a.zero, a.G};
   const int64_t t4 = t0 + (t1 - t0) / kGemvTiles * kGemvTiles;
-  for (int64_t t = t0; t < t4; t += kGemvTiles) int4_gemv_tiles(a, x, p, t);
+  for (int64_t t = t0; t < t4; t += kGemvTiles) int4_gemv_tiles(a, x, p, t, t + 2 * kGemvTiles <= t4);
   for (int64_t t = t4; t < t1; ++t) float_tile<4, 1>(a, t, 0);
 }
 

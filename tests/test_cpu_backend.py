@@ -242,8 +242,9 @@ def test_gemv_passes(isa, cfg, threads):
     # The AVX2 GEMV runs 4-tile passes whose last 64 word rows prefetch the next pass's tiles, so a
     # group that straddles that row runs as two calls of the assembly loop with one set of
     # accumulators. K = 1056 (132 word rows: the turn at row 68, inside the one per-channel group,
-    # on a group edge for g32), N = 200 (25 tiles: six passes and a single tile on one thread).
-    layer, portable = make_layer(cfg, 1056, 200)
+    # on a group edge for g32), N = 456 (57 tiles: on one thread 14 passes and a single tile; on two,
+    # chunks of 8 and 4 tiles handed out by parallel_over_tiles, so passes with and without a next one).
+    layer, portable = make_layer(cfg, 1056, 456)
     x = torch.randn(1, 1056, generator=torch.Generator().manual_seed(8))
     old = torch.get_num_threads()
     torch.set_num_threads(threads)

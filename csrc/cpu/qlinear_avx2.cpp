@@ -477,7 +477,8 @@ void int4_gemv_tiles(const FloatLinearArgs& a, const GemvActivations& x, const T
   constexpr int NT = 4;
   const int64_t rows = a.K / 8, grows = rows / a.G;
   const uint32_t* w = a.w + t * rows * kTileN;
-  const int64_t ts = rows * kTileN * 4, turn = next_pass ? rows - kGemvPrefetch / (kTileN * 4) : rows;
+  constexpr int64_t kRowBytes = kTileN * 4;  // a tile's word row
+  const int64_t ts = rows * kRowBytes, turn = next_pass ? rows - kGemvPrefetch / kRowBytes : rows;
   __m256 out[NT];
   for (int h = 0; h < NT; ++h) out[h] = _mm256_setzero_ps();
   for (int64_t g = 0; g < a.G; ++g) {
@@ -488,15 +489,16 @@ void int4_gemv_tiles(const FloatLinearArgs& a, const GemvActivations& x, const T
       for (int h = 0; h < NT; ++h) p.prefetch(t + h, g + 2);
     __m256 acc[NT][2];
     for (int h = 0; h < NT; ++h) acc[h][0] = acc[h][1] = _mm256_setzero_ps();
-    // Rows past `turn` prefetch the next pass's tiles (the same offsets 3 tile strides further on):
-    // each stream's last 2 KiB of prefetches would otherwise land on the next tile of this pass,
-    // already read, and the next pass would start its four streams cold. Zen 3 VM, two threads,
-    // the two builds' calls interleaved (200-400 pairs): 8192x28672 g128 5.2-5.6% faster (faster in
-    // 165-168 of 200 pairs), 4096x11008 g128 9.9%, 11008x4096 2.0%, 8192x28672 g32 3.0%. (The
-    // next pass's first scales prefetched likewise: no difference.)
+    // Rows past `turn` prefetch the next pass's tiles (the same offsets NT - 1 tile strides further
+    // on): each stream's last kGemvPrefetch bytes of prefetches would otherwise land on the next
+    // tile of this pass, already read, and the next pass would start its four streams cold. Zen 3
+    // VM, two threads, the two builds' calls interleaved (200-400 pairs): 8192x28672 g128 5.2-5.6%
+    // faster (faster in 165-168 of 200 pairs), 4096x11008 g128 9.9%, 11008x4096 2.0%, 8192x28672
+    // g32 3.0%. (The next pass's first scales prefetched likewise: no difference.)
     const int64_t r0 = g * grows, r1 = r0 + grows, mid = std::min(r1, std::max(r0, turn));
     if (mid > r0) int4_gemv_group4(w + r0 * kTileN, ts, x.x + r0 * 8, mid - r0, kGemvPrefetch, acc);
-    if (r1 > mid) int4_gemv_group4(w + mid * kTileN, ts, x.x + mid * 8, r1 - mid, kGemvPrefetch + 3 * ts, acc);
+    if (r1 > mid)
+      int4_gemv_group4(w + mid * kTileN, ts, x.x + mid * 8, r1 - mid, kGemvPrefetch + (NT - 1) * ts, acc);
     const __m256 xsum = _mm256_set1_ps(x.xsum[g]);
     for (int h = 0; h < NT; ++h) {
       const __m256 s = p.scale(t + h, g);

@@ -255,6 +255,51 @@ def test_gemv_passes(isa, cfg, threads):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("cfg", [QuantConfig(4, 128), QuantConfig(4, 32, sym=False), QuantConfig(4, -1, sym=False),
+                                 QuantConfig(8, 64, sym=False)], ids=_id)
+def test_fp16_params_equal_fp32_params(isa, cfg):
+    # Float-activation layers with fp16 scales keep their tile-major scales and zero points as fp16;
+    # the kernels widen them exactly, so the output must equal, bit for bit, that of the same layer
+    # with the values held as fp32 (GEMV, the 2 x 6 tile and the row tiles: m = 1, 3, 6, 17; K x N
+    # = 1152 x 456 gives GEMV passes with and without a next pass).
+    layer, _ = make_layer(cfg, 1152, 456)
+    st = layer._prepared["cpu"]
+    assert st.scales.dtype == torch.float16 and (st.zeros is None or st.zeros.dtype == torch.float16)
+    op = torch.ops.quantkernels.cpu_linear_float
+    z32 = None if st.zeros is None else st.zeros.float()
+    gen = torch.Generator().manual_seed(11)
+    for m in (1, 3, 6, 17):
+        x = torch.randn(m, 1152, generator=gen)
+        out16 = op(x, st.w, st.scales, st.zeros, st.zero_point, st.bias, cfg.bits, isa)
+        out32 = op(x, st.w, st.scales.float(), z32, st.zero_point, st.bias, cfg.bits, isa)
+        assert torch.equal(out16, out32), f"{isa} m={m}: max diff {(out16 - out32).abs().max().item():.3g}"
+
+
+@pytest.mark.parametrize("cfg", [QuantConfig(4, 64, scale_dtype=torch.bfloat16), QuantConfig(4, 64, scale_dtype=torch.float32),
+                                 QuantConfig(4, 64, sym=False, act_bits=8)], ids=_id)
+def test_params_stay_fp32_unless_exact_and_float(cfg):
+    # bf16 scales do not fit fp16 (range), fp32 ones would be rounded, and the int8-activation kernels
+    # read fp32 (their zero points are shifted): all keep fp32 tile-major parameters.
+    layer, _ = make_layer(cfg, 256, 72)
+    st = layer._prepared["cpu"]
+    assert st.scales.dtype == torch.float32 and (st.zeros is None or st.zeros.dtype == torch.float32)
+
+
+def test_param_dtype_errors():
+    layer, _ = make_layer(QuantConfig(4, 64, sym=False), 256, 72)
+    st = layer._prepared["cpu"]
+    x = torch.randn(2, 256)
+    with pytest.raises(RuntimeError, match="zeros must be None or contiguous with the dtype and shape of scales"):
+        torch.ops.quantkernels.cpu_linear_float(x, st.w, st.scales, st.zeros.float(), 0.0, st.bias, 4)
+    with pytest.raises(RuntimeError, match="scales must be contiguous float32 or float16"):
+        torch.ops.quantkernels.cpu_linear_float(x, st.w, st.scales.double(), None, 8.0, st.bias, 4)
+    layer8, _ = make_layer(QuantConfig(4, 64, sym=False, act_bits=8), 256, 72)
+    s8 = layer8._prepared["cpu"]
+    with pytest.raises(RuntimeError, match="scales must be contiguous float32 tile-major"):
+        torch.ops.quantkernels.cpu_linear_int8(x, s8.w, s8.scales.half(), None, 8.0, None, 4, -1)
+
+
+@pytest.mark.parametrize("isa", ISAS)
 def test_gemv_k_zero(isa):
     # An empty reduction gives zeros (the AVX2 GEMV's assembly loop must not run on zero rows).
     op = torch.ops.quantkernels.cpu_linear_float
@@ -470,7 +515,7 @@ def test_errors_name_the_argument():
         op(torch.randn(2, 256), st.w, st.scales, st.zeros[:1], 0.0, st.bias, 4)
     with pytest.raises(RuntimeError, match="zero_point .* must be finite"):
         op(torch.randn(2, 256), st.w, st.scales, None, float("nan"), st.bias, 4)
-    with pytest.raises(RuntimeError, match=r"scales must be contiguous float32 tile-major \[N/8, G, 8\]"):
+    with pytest.raises(RuntimeError, match=r"scales must be contiguous float32 or float16 tile-major \[N/8, G, 8\]"):
         op(torch.randn(2, 256), st.w, st.scales.permute(1, 0, 2).reshape(-1, 72), st.zeros, st.zero_point, st.bias, 4)
     with pytest.raises(RuntimeError, match="scales must be"):
         op(torch.randn(2, 256), st.w, st.scales.transpose(0, 1), st.zeros, st.zero_point, st.bias, 4)  # not contiguous

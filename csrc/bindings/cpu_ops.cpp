@@ -85,19 +85,21 @@ void parallel_over_tiles(int64_t tiles, int64_t work_per_tile, const Fn& fn) {
   });
 }
 
+// half_ok: scales (and zeros, in the same dtype) may be float16 as well as float32 (the float-activation op).
 void check_common(const at::Tensor& x, const at::Tensor& scales, const std::optional<at::Tensor>& zeros,
-                  double zero_point, const std::optional<at::Tensor>& bias, const char* op) {
+                  double zero_point, const std::optional<at::Tensor>& bias, const char* op, bool half_ok) {
   QK_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 2, op,
            ": x must be a 2-D float32 CPU tensor [M, K], got ", x.scalar_type(), " ", shape(x), " on ",
            x.device());
-  QK_CHECK(scales.scalar_type() == at::kFloat && scales.dim() == 3 && scales.size(2) == qk::cpu::kTileN &&
-               scales.is_contiguous(),
-           op, ": scales must be contiguous float32 tile-major [N/8, G, 8], got ", scales.scalar_type(), " ",
-           shape(scales));
+  const bool dtype_ok = scales.scalar_type() == at::kFloat || (half_ok && scales.scalar_type() == at::kHalf);
+  QK_CHECK(dtype_ok && scales.dim() == 3 && scales.size(2) == qk::cpu::kTileN && scales.is_contiguous(), op,
+           ": scales must be contiguous ", half_ok ? "float32 or float16" : "float32", " tile-major [N/8, G, 8], got ",
+           scales.scalar_type(), " ", shape(scales));
   if (zeros) {
-    QK_CHECK(zeros->scalar_type() == at::kFloat && zeros->sizes() == scales.sizes() && zeros->is_contiguous(), op,
-             ": zeros must be None or contiguous float32 with the shape of scales ", shape(scales), ", got ",
-             zeros->scalar_type(), " ", shape(*zeros));
+    QK_CHECK(zeros->scalar_type() == scales.scalar_type() && zeros->sizes() == scales.sizes() &&
+                 zeros->is_contiguous(),
+             op, ": zeros must be None or contiguous with the dtype and shape of scales (", scales.scalar_type(), " ",
+             shape(scales), "), got ", zeros->scalar_type(), " ", shape(*zeros));
   } else {
     QK_CHECK(std::isfinite(zero_point), op, ": zero_point (every zero point, zeros being None) must be finite, got ",
              zero_point);
@@ -115,7 +117,7 @@ at::Tensor linear_float(const at::Tensor& x_in, const at::Tensor& w, const at::T
                         const std::optional<at::Tensor>& zeros, double zero_point,
                         const std::optional<at::Tensor>& bias, int64_t bits, c10::string_view isa_name) {
   const char* op = "quantkernels::cpu_linear_float";
-  check_common(x_in, scales, zeros, zero_point, bias, op);
+  check_common(x_in, scales, zeros, zero_point, bias, op, /*half_ok=*/true);
   QK_CHECK(bits == 4 || bits == 8, op, ": bits must be 4 or 8, got ", bits);
   const at::Tensor x = x_in.stride(1) == 1 ? x_in : x_in.contiguous();
   const int64_t M = x.size(0), K = x.size(1), G = scales.size(1), N = scales.size(0) * qk::cpu::kTileN, per = 32 / bits;
@@ -137,8 +139,9 @@ at::Tensor linear_float(const at::Tensor& x_in, const at::Tensor& w, const at::T
   });
   qk::cpu::FloatLinearArgs a;
   a.w = reinterpret_cast<const uint32_t*>(w.data_ptr<int32_t>());
-  a.scales = scales.data_ptr<float>();
-  a.zeros = zeros ? zeros->data_ptr<float>() : nullptr;
+  a.scales = scales.data_ptr();
+  a.zeros = zeros ? zeros->data_ptr() : nullptr;
+  a.params_fp16 = scales.scalar_type() == at::kHalf;
   a.zero = static_cast<float>(zero_point);
   a.bias = bias ? bias->data_ptr<float>() : nullptr;
   a.xs = xs.data_ptr<float>();
@@ -156,7 +159,7 @@ at::Tensor linear_int8(const at::Tensor& x_in, const at::Tensor& w, const at::Te
                        c10::string_view isa_name) {
   const char* op = "quantkernels::cpu_linear_int8";
   using qk::cpu::kBlockK;
-  check_common(x_in, scales, zeros, zero_point, bias, op);
+  check_common(x_in, scales, zeros, zero_point, bias, op, /*half_ok=*/false);
   QK_CHECK(bits == 4 || bits == 8, op, ": bits must be 4 or 8, got ", bits);
   QK_CHECK(act_group_size == -1 || act_group_size == kBlockK, op, ": act_group_size must be -1 or 32, got ",
            act_group_size);

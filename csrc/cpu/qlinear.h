@@ -40,6 +40,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 #include "cpu/cpu_features.h"
 
@@ -54,10 +55,28 @@ constexpr int64_t param_index(int64_t G, int64_t g, int64_t n) { return tile_par
 // The zero point at offset p of a tile-major zeros array, or `zero` where there is none (see above).
 inline float zero_at(const float* zeros, float zero, int64_t p) { return zeros ? zeros[p] : zero; }
 
+// IEEE binary16 bits to fp32 (exact: every half is a float), for the scalar paths.
+inline float half_to_float(uint16_t h) {
+  const uint32_t exp = (h >> 10) & 0x1Fu, man = h & 0x3FFu;
+  float v;
+  if (exp == 0) {
+    v = static_cast<float>(man) * (1.0f / 16777216.0f);  // zero or subnormal: man * 2^-24
+  } else {
+    const uint32_t bits = (exp == 0x1F ? 0xFFu : exp + 112) << 23 | man << 13;  // inf / NaN, or rebiased
+    std::memcpy(&v, &bits, sizeof v);
+  }
+  return (h & 0x8000u) ? -v : v;
+}
+
+// Element i of a tile-major scales / zeros array held as fp32, or as fp16 bits where `half`.
+inline float param_at(const void* p, bool half, int64_t i) {
+  return half ? half_to_float(static_cast<const uint16_t*>(p)[i]) : static_cast<const float*>(p)[i];
+}
+
 struct FloatLinearArgs {
   const uint32_t* w;     // uint32 [N/8][K*bits/32][8], float layout
-  const float* scales;   // fp32 [N/8][G][8], tile-major
-  const float* zeros;    // fp32 [N/8][G][8], real zero points; nullptr: every zero point is `zero`
+  const void* scales;    // [N/8][G][8], tile-major: fp32, or fp16 where params_fp16
+  const void* zeros;     // the same (same dtype) for the real zero points; nullptr: every zero point is `zero`
   float zero;            // the zero point of every channel and group where zeros == nullptr
   const float* bias;     // fp32 [N] or nullptr
   const float* xs;       // fp32 [M, K] (row stride ldx), activations pre-scaled by prepare_float_activations
@@ -66,6 +85,9 @@ struct FloatLinearArgs {
   int64_t M, N, K, G;    // G groups of K / G columns each
   int64_t ldx;           // row stride of xs, see staggered_stride
   int bits;              // 4 or 8
+  // scales and zeros as fp16 (the layer's own scale dtype, so no rounding): the memory-bound GEMV
+  // then reads 2 bytes of scale a group and channel instead of 4 (3% of a g128 layer's bytes).
+  bool params_fp16 = false;
 };
 
 struct Int8LinearArgs {

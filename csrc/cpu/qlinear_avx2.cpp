@@ -34,17 +34,22 @@ constexpr int64_t kChunkBlocks = 16;
 
 // The tile-major scales and zero points ([N/8][G][8], see qlinear.h) as the tile kernels read them.
 struct TileParams {
-  const float* s;
-  const float* z;  // nullptr: every zero point is zc
+  const void* s;
+  const void* z;  // nullptr: every zero point is zc
   float zc;
   int64_t G;
-  __m256 scale(int64_t t, int64_t g) const { return _mm256_loadu_ps(s + tile_param_offset(G, t, g)); }
-  __m256 zero(int64_t t, int64_t g) const { return tile_zeros(z, zc, G, t, g); }
+  bool half = false;  // s and z hold fp16 bits (float-activation layers with fp16 scales), else fp32
+  __m256 scale(int64_t t, int64_t g) const { return load_params8(s, half, tile_param_offset(G, t, g)); }
+  __m256 zero(int64_t t, int64_t g) const {
+    return z ? load_params8(z, half, tile_param_offset(G, t, g)) : _mm256_set1_ps(zc);
+  }
   void prefetch(int64_t t, int64_t g) const {  // tile t's values of group g into L1
-    _mm_prefetch(reinterpret_cast<const char*>(s + tile_param_offset(G, t, g)), _MM_HINT_T0);
-    if (z) _mm_prefetch(reinterpret_cast<const char*>(z + tile_param_offset(G, t, g)), _MM_HINT_T0);
+    const int64_t at = tile_param_offset(G, t, g) * (half ? 2 : 4);
+    _mm_prefetch(static_cast<const char*>(s) + at, _MM_HINT_T0);
+    if (z) _mm_prefetch(static_cast<const char*>(z) + at, _MM_HINT_T0);
   }
 };
+inline TileParams float_params(const FloatLinearArgs& a) { return {a.scales, a.zeros, a.zero, a.G, a.params_fp16}; }
 
 // Row strides of the per-row-block activation copies below: 64 bytes more than a row, so the rows a
 // tile reads together do not alias in the L1 sets.
@@ -109,6 +114,7 @@ void float_tile(const FloatLinearArgs& a, int64_t t, int64_t m0) {
   const int64_t K = a.K, rows = K / P, grows = rows / a.G;
   const uint32_t* wt = a.w + t * rows * kTileN;
   const float* x0 = a.xs + m0 * a.ldx;
+  const TileParams p = float_params(a);
   float* out = a.out + m0 * a.N + t * kTileN;  // the running sums live in the output (L1) between groups
   const __m256 b = a.bias ? _mm256_loadu_ps(a.bias + t * kTileN) : _mm256_setzero_ps();
   for (int i = 0; i < MR; ++i) _mm256_storeu_ps(out + i * a.N, b);
@@ -128,8 +134,8 @@ void float_tile(const FloatLinearArgs& a, int64_t t, int64_t m0) {
           acc[i][j % NA] = _mm256_fmadd_ps(q, _mm256_broadcast_ss(x + i * a.ldx + j), acc[i][j % NA]);
       }
     }
-    const __m256 s = _mm256_loadu_ps(a.scales + tile_param_offset(a.G, t, g));
-    const __m256 z = tile_zeros(a.zeros, a.zero, a.G, t, g);
+    const __m256 s = p.scale(t, g);
+    const __m256 z = p.zero(t, g);
     for (int i = 0; i < MR; ++i) {
       __m256 A = acc[i][0];
       for (int c = 1; c < NA; ++c) A = _mm256_add_ps(A, acc[i][c]);
@@ -274,6 +280,7 @@ template <int BITS>
 void float_tile2x6(const FloatLinearArgs& a, int64_t t, int64_t m0) {
   constexpr int MR = 6, P = 32 / BITS;
   const int64_t rows = a.K / P, grows = rows / a.G;
+  const TileParams p = float_params(a);
   const uint32_t* wt = a.w + t * rows * kTileN;
   const float* x0 = a.xs + m0 * a.ldx;
   float* out = a.out + m0 * a.N + t * kTileN;  // the running sums live in the output (L1) between groups
@@ -286,8 +293,8 @@ void float_tile2x6(const FloatLinearArgs& a, int64_t t, int64_t m0) {
              a.N * static_cast<int64_t>(sizeof(float))};
   for (int64_t g = 0; g < a.G; ++g) {
     for (int h = 0; h < 2; ++h) {
-      _mm256_store_ps(sz[h], _mm256_loadu_ps(a.scales + tile_param_offset(a.G, t + h, g)));
-      _mm256_store_ps(sz[2 + h], tile_zeros(a.zeros, a.zero, a.G, t + h, g));
+      _mm256_store_ps(sz[h], p.scale(t + h, g));
+      _mm256_store_ps(sz[2 + h], p.zero(t + h, g));
     }
     ep.xsum = a.xsum + m0 * a.G + g;
     float_rows_2x6<BITS>(wt + g * grows * kTileN, rows * kTileN * 4, x0 + g * grows * P,
@@ -305,6 +312,7 @@ void float_tiles_row(const FloatLinearArgs& a, int64_t t, int64_t m) {
   constexpr int NA = 8 / NT;
   constexpr int64_t kAhead = 32;  // word rows (1 KiB per tile) prefetched ahead
   const int64_t rows = a.K / P, grows = rows / a.G;
+  const TileParams p = float_params(a);
   const uint32_t* w = a.w + t * rows * kTileN;
   const float* xr = a.xs + m * a.ldx;
   __m256 out[NT];
@@ -332,8 +340,8 @@ void float_tiles_row(const FloatLinearArgs& a, int64_t t, int64_t m) {
     }
     const __m256 xsum = _mm256_set1_ps(a.xsum[m * a.G + g]);
     for (int h = 0; h < NT; ++h) {
-      const __m256 s = _mm256_loadu_ps(a.scales + tile_param_offset(a.G, t + h, g));
-      const __m256 z = tile_zeros(a.zeros, a.zero, a.G, t + h, g);
+      const __m256 s = p.scale(t + h, g);
+      const __m256 z = p.zero(t + h, g);
       __m256 A = acc[h][0];
       for (int c = 1; c < NA; ++c) A = _mm256_add_ps(A, acc[h][c]);
       out[h] = _mm256_fmadd_ps(s, _mm256_fnmadd_ps(z, xsum, A), out[h]);
@@ -470,11 +478,13 @@ inline void int4_gemv_group4(const uint32_t* w, int64_t tile_stride_bytes, const
 #undef QK_SHR28
 
 // Four tiles (kGemvTiles) per pass: each broadcast activation feeds the 4 tiles' FMAs; 2
-// accumulators per tile keep 8 FMA chains in flight (2 FMA pipes x 4 cycles latency). p: the layer's
-// tile-major scales and zero points.
-void int4_gemv_tiles(const FloatLinearArgs& a, const GemvActivations& x, const TileParams& p, int64_t t,
-                     bool next_pass) {
+// accumulators per tile keep 8 FMA chains in flight (2 FMA pipes x 4 cycles latency). HALF: the
+// layer's scales and zero points are fp16 (a.params_fp16), as a constant so that each group's loads
+// carry no test.
+template <bool HALF>
+void int4_gemv_tiles(const FloatLinearArgs& a, const GemvActivations& x, int64_t t, bool next_pass) {
   constexpr int NT = 4;
+  const TileParams p{a.scales, a.zeros, a.zero, a.G, HALF};
   const int64_t rows = a.K / 8, grows = rows / a.G;
   const uint32_t* w = a.w + t * rows * kTileN;
   constexpr int64_t kRowBytes = kTileN * 4;  // a tile's word row
@@ -515,9 +525,9 @@ void int4_gemv_tiles(const FloatLinearArgs& a, const GemvActivations& x, const T
 
 // The GEMV over tiles [t0, t1) in passes of 4 tiles; a last 1-3 tiles take the converting kernel.
 void int4_gemv(const FloatLinearArgs& a, const GemvActivations& x, int64_t t0, int64_t t1) {
-  const TileParams p{a.scales, a.zeros, a.zero, a.G};
   const int64_t t4 = t0 + (t1 - t0) / kGemvTiles * kGemvTiles;
-  for (int64_t t = t0; t < t4; t += kGemvTiles) int4_gemv_tiles(a, x, p, t, t + 2 * kGemvTiles <= t4);
+  const auto pass = a.params_fp16 ? int4_gemv_tiles<true> : int4_gemv_tiles<false>;
+  for (int64_t t = t0; t < t4; t += kGemvTiles) pass(a, x, t, t + 2 * kGemvTiles <= t4);
   for (int64_t t = t4; t < t1; ++t) float_tile<4, 1>(a, t, 0);
 }
 

@@ -18,9 +18,9 @@ namespace qk::cpu {
 namespace {
 
 // Group g's scales (or zero points) of tiles t and t + 1, from the tile-major [N/8][G][8] layout.
-inline __m512 tile_pair_params(const float* p, int64_t G, int64_t t, int64_t g) {
-  return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(p + tile_param_offset(G, t, g))),
-                            _mm256_loadu_ps(p + tile_param_offset(G, t + 1, g)), 1);
+inline __m512 tile_pair_params(const void* p, bool half, int64_t G, int64_t t, int64_t g) {
+  return _mm512_insertf32x8(_mm512_castps256_ps512(load_params8(p, half, tile_param_offset(G, t, g))),
+                            load_params8(p, half, tile_param_offset(G, t + 1, g)), 1);
 }
 
 template <int BITS, int MR>
@@ -54,8 +54,8 @@ void float_tile_pair(const FloatLinearArgs& a, int64_t t, int64_t m0) {
           acc[i][j % NA] = _mm512_fmadd_ps(q, _mm512_set1_ps(x[i * a.ldx + j]), acc[i][j % NA]);
       }
     }
-    const __m512 s = tile_pair_params(a.scales, a.G, t, g);
-    const __m512 z = a.zeros ? tile_pair_params(a.zeros, a.G, t, g) : _mm512_set1_ps(a.zero);
+    const __m512 s = tile_pair_params(a.scales, a.params_fp16, a.G, t, g);
+    const __m512 z = a.zeros ? tile_pair_params(a.zeros, a.params_fp16, a.G, t, g) : _mm512_set1_ps(a.zero);
     for (int i = 0; i < MR; ++i) {
       __m512 A = acc[i][0];
       for (int c = 1; c < NA; ++c) A = _mm512_add_ps(A, acc[i][c]);

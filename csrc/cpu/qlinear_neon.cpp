@@ -14,6 +14,13 @@
 namespace qk::cpu {
 namespace {
 
+// The 4 values at offset `off` of a tile-major scales / zeros array held as fp32, or as fp16 bits
+// where `half`.
+inline float32x4_t load_params4(const void* p, bool half, int64_t off) {
+  return half ? vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(static_cast<const uint16_t*>(p) + off)))
+              : vld1q_f32(static_cast<const float*>(p) + off);
+}
+
 // Half h (channels 4h .. 4h + 3) of tile t's zero points of group g, or `zero` where the layer has no
 // zeros array (every zero point equal, qlinear.h).
 inline float32x4_t tile_zeros4(const float* zeros, float zero, int64_t G, int64_t t, int64_t g, int h) {
@@ -57,8 +64,9 @@ void float_tile(const FloatLinearArgs& a, int64_t t, int64_t m0) {
       }
     }
     for (int h = 0; h < 2; ++h) {
-      const float32x4_t s = vld1q_f32(a.scales + tile_param_offset(a.G, t, g) + 4 * h);
-      const float32x4_t z = tile_zeros4(a.zeros, a.zero, a.G, t, g, h);
+      const int64_t off = tile_param_offset(a.G, t, g) + 4 * h;
+      const float32x4_t s = load_params4(a.scales, a.params_fp16, off);
+      const float32x4_t z = a.zeros ? load_params4(a.zeros, a.params_fp16, off) : vdupq_n_f32(a.zero);
       for (int i = 0; i < MR; ++i) {
         float32x4_t A = acc[i][0][h];
         for (int c = 1; c < NA; ++c) A = vaddq_f32(A, acc[i][c][h]);

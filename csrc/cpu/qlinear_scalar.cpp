@@ -35,7 +35,8 @@ void linear_float_tiles_scalar(const FloatLinearArgs& a, int64_t t0, int64_t t1)
         for (int i = 0; i < kTileN; ++i) {
           const int64_t n = t * kTileN + i;
           const int64_t p = param_index(a.G, g, n);
-          out[i] += a.scales[p] * (acc[i] - zero_at(a.zeros, a.zero, p) * xsum);
+          const float z = a.zeros ? param_at(a.zeros, a.params_fp16, p) : a.zero;
+          out[i] += param_at(a.scales, a.params_fp16, p) * (acc[i] - z * xsum);
         }
       }
       std::memcpy(a.out + m * a.N + t * kTileN, out, sizeof(out));

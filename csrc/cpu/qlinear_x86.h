@@ -25,6 +25,13 @@ inline __m256i hsum8(const __m256i* a) {
   return _mm256_set_m128i(hi, lo);
 }
 
+// The 8 values at offset `off` of a tile-major scales / zeros array held as fp32, or as fp16 bits
+// where `half` (converted by F16C, which every path using this header has).
+inline __m256 load_params8(const void* p, bool half, int64_t off) {
+  return half ? _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(p) + off)))
+              : _mm256_loadu_ps(static_cast<const float*>(p) + off);
+}
+
 // Tile t's 8 zero points of group g, or `zero` in every lane where the layer has no zeros array
 // (every zero point equal, qlinear.h).
 inline __m256 tile_zeros(const float* zeros, float zero, int64_t G, int64_t t, int64_t g) {

@@ -38,19 +38,33 @@ double rel_err(const std::vector<float>& out, const std::vector<float>& ref) {
   return std::sqrt(num / den);
 }
 
+// Scales and zero points are drawn as fp16 values (scales in [2^-10, 2^-5), integer zero points), so
+// the float kernels can also be run on them as fp16 (params_fp16) against the scalar fp32 run.
 struct Inputs {
   std::vector<float> scales, zeros, bias, x;
+  std::vector<uint16_t> scales_h, zeros_h;  // the same values as fp16 bits
 };
 
+uint16_t small_int_to_half(int v) {  // exact for 0 <= v < 2048
+  if (v == 0) return 0;
+  int e = 0;
+  while ((v >> (e + 1)) != 0) ++e;
+  return static_cast<uint16_t>((e + 15) << 10 | ((v << (10 - e)) & 0x3FF));
+}
+
 Inputs random_inputs(const Case& c, std::mt19937& rng) {
-  std::uniform_real_distribution<float> us(0.001f, 0.021f);
+  std::uniform_int_distribution<int> uexp(5, 9), uman(0, 0x3FF);
   std::uniform_int_distribution<int> uz(0, (1 << c.bits) - 1);
   std::normal_distribution<float> nd;
   Inputs in;
-  const float zero = static_cast<float>(uz(rng));
+  const int zero = uz(rng);
   for (int64_t i = 0; i < c.G * c.N; ++i) {
-    in.scales.push_back(us(rng));
-    in.zeros.push_back(c.one_zero ? zero : static_cast<float>(uz(rng)));
+    const uint16_t s = static_cast<uint16_t>(uexp(rng) << 10 | uman(rng));
+    const int z = c.one_zero ? zero : uz(rng);
+    in.scales_h.push_back(s);
+    in.scales.push_back(half_to_float(s));
+    in.zeros_h.push_back(small_int_to_half(z));
+    in.zeros.push_back(static_cast<float>(z));
   }
   for (int64_t i = 0; i < c.N; ++i) in.bias.push_back(nd(rng));
   for (int64_t i = 0; i < c.M * c.K; ++i) in.x.push_back(nd(rng));
@@ -74,14 +88,25 @@ bool test_float(const char* name, FloatTilesFn fn, const Case& c, std::mt19937& 
   FloatLinearArgs a{w.data(), in.scales.data(), in.zeros.data(), 0.0f, in.bias.data(), xs.data(), xsum.data(),
                     ref.data(), c.M, c.N, c.K, c.G, ldx, c.bits};
   run_tiles(linear_float_tiles_scalar, a, c.N / kTileN);
-  a.out = out.data();
-  if (c.one_zero) a.zeros = nullptr, a.zero = in.zeros[0];
-  run_tiles(fn, a, c.N / kTileN);
-  const double err = rel_err(out, ref), bound = 1e-6 * std::sqrt(double(c.K));
-  const bool ok = err <= bound;
-  std::printf("%s %-6s float w%d M=%lld N=%lld K=%lld G=%lld%s rel err %.3g (bound %.3g)\n", ok ? "PASS" : "FAIL", name,
-              c.bits, (long long)c.M, (long long)c.N, (long long)c.K, (long long)c.G, c.one_zero ? " z=one" : "", err,
-              bound);
+  // The scalar kernel on the fp16 copies: the same values, so the same output bit for bit.
+  std::vector<float> ref_h(c.M * c.N);
+  FloatLinearArgs ah = a;
+  ah.scales = in.scales_h.data(), ah.zeros = in.zeros_h.data(), ah.params_fp16 = true, ah.out = ref_h.data();
+  run_tiles(linear_float_tiles_scalar, ah, c.N / kTileN);
+  bool ok = ref_h == ref;
+  if (c.one_zero) a.zeros = ah.zeros = nullptr, a.zero = ah.zero = in.zeros[0];
+  const double bound = 1e-6 * std::sqrt(double(c.K));
+  for (int half = 0; half < 2; ++half) {  // the SIMD kernel on fp32, then on fp16 parameters
+    FloatLinearArgs as = half ? ah : a;
+    as.out = out.data();
+    run_tiles(fn, as, c.N / kTileN);
+    const double err = rel_err(out, ref);
+    ok = ok && err <= bound;
+    std::printf("%s %-6s float w%d M=%lld N=%lld K=%lld G=%lld%s%s rel err %.3g (bound %.3g)%s\n",
+                err <= bound ? "PASS" : "FAIL", name, c.bits, (long long)c.M, (long long)c.N, (long long)c.K,
+                (long long)c.G, c.one_zero ? " z=one" : "", half ? " fp16 params" : "", err, bound,
+                ref_h == ref ? "" : " (scalar fp16 params differ from fp32: FAIL)");
+  }
   return ok;
 }
 

@@ -31,7 +31,8 @@
 // Int8 layout for int8 activations:
 //   int8 w8[N/8][KB][8][32]; byte (t, kb, i, c) = q[8t+i, 32kb+c] - 128 (0 for padded columns).
 //   The zero points given to the int8-activation kernel are then z' = z - 128 (and z' = z for int4).
-// Scales and zero points, both families: fp32 [N/8][G][8], tile-major; element (t, g, i) belongs to
+// Scales and zero points, both families: [N/8][G][8], tile-major, fp32 (or fp16 for float activations
+//   where the layer's scales are fp16: FloatLinearArgs::params_fp16); element (t, g, i) belongs to
 //   channel n = 8t + i and group g (param_index). A tile's values for all groups are contiguous, so
 //   a kernel streaming a run of tiles reads them in order. Row-major [G, N] had every group of a
 //   tile on another page N * 4 bytes away: gathering them per call cost the AVX2 GEMV 15-20%.

@@ -22,6 +22,11 @@ struct Features {
   bool avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false;
   bool avx512vnni = false, avx512bf16 = false, avxvnni = false;
   bool neon = false, dotprod = false, i8mm = false;
+  // Arithmetic on denormal operands at full speed: AMD and Hygon x86 cores. Intel cores take a
+  // microcode assist per denormal operand (the AVX2 GEMV, which reads 4-bit codes as denormal
+  // floats, ran 100x slower on an Intel Xeon: benchmarks/NOTES_cpu.md, session 22), so the kernels
+  // that rely on denormals use them only where this is set.
+  bool fast_denormals = false;
 };
 
 const Features& features();       // what the CPU and OS support

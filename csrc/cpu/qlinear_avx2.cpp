@@ -359,8 +359,9 @@ void float_tiles_row(const FloatLinearArgs& a, int64_t t, int64_t m) {
 // + 8). The activation multiplying code j is x * 2^(149 - p_j - c) (p_j: the code's bit position
 // after the mask/shift; c per call, from max|x|, keeps it finite), so every product is
 // x * q * 2^-c, a normal number: the fp32 sums are the old kernel's scaled by 2^-c, and 2^c is put
-// back once per output. Needs denormal inputs to be honoured (MXCSR.DAZ clear); otherwise, and for
-// activations out of range (non-finite, or max|x| outside 2^-100 .. 2^90), the converting kernel runs.
+// back once per output. Needs denormal inputs to be honoured (MXCSR.DAZ clear) and cheap (AMD cores:
+// an Intel Xeon took a microcode assist per FMA, 100x slower; features().fast_denormals); otherwise, and
+// for activations out of range (non-finite, or max|x| outside 2^-100 .. 2^90), the converting kernel runs.
 struct GemvActivations {
   const float* x;     // fp32 [K]: x[k] * 2^(149 - p_j - c), j = k % 8
   const float* xsum;  // fp32 [G]: the group sums of x, times 2^-c
@@ -372,7 +373,7 @@ constexpr int kCodeBit[8] = {0, 4, 8, 12, 16, 20, 0, 0};  // p_j: code j's lowes
 inline bool prepare_gemv_activations(const FloatLinearArgs& a, std::vector<float>& xbuf, std::vector<float>& sbuf,
                                      GemvActivations* out) {
   constexpr unsigned kDaz = 0x40;
-  if (a.K == 0 || (_mm_getcsr() & kDaz)) return false;  // (the assembly loop needs >= 1 row)
+  if (a.K == 0 || (_mm_getcsr() & kDaz) || !features().fast_denormals) return false;  // (the loop needs >= 1 row)
   // xs = x * 2^(-4j) except for the top slot (see prepare_float_activations); one vector = the 8
   // slots of a word row. Vectorized: this runs once per thread chunk, and scalar it cost ~9 us at
   // K = 8192 (a third of a 64-channel GEMV).

@@ -12,6 +12,8 @@ pybind11::dict build_info() {
   d["cpu_isas_compiled"] = QK_CPU_ISAS;
   d["cpu_isa_best"] = qk::cpu::isa_name(qk::cpu::best_supported_isa());
   d["cpu_isa_selected"] = qk::cpu::isa_name(qk::cpu::selected_isa());
+  // Whether the AVX2 int4 GEMV may read codes as denormal floats (AMD cores; see cpu_features.h).
+  d["cpu_fast_denormals"] = qk::cpu::features().fast_denormals;
 #ifdef _OPENMP
   d["openmp"] = true;  // at::parallel_for in the bindings runs on torch's OpenMP threads
 #else

@@ -53,9 +53,6 @@ constexpr int kBlockK = 32;  // columns per int8-activation block
 // Offsets in the tile-major scales and zero points: of tile t's 8 values for group g, and of (g, n).
 constexpr int64_t tile_param_offset(int64_t G, int64_t t, int64_t g) { return (t * G + g) * kTileN; }
 constexpr int64_t param_index(int64_t G, int64_t g, int64_t n) { return tile_param_offset(G, n / kTileN, g) + n % kTileN; }
-// The zero point at offset p of a tile-major zeros array, or `zero` where there is none (see above).
-inline float zero_at(const float* zeros, float zero, int64_t p) { return zeros ? zeros[p] : zero; }
-
 // IEEE binary16 bits to fp32 (exact: every half is a float), for the scalar paths.
 inline float half_to_float(uint16_t h) {
   const uint32_t exp = (h >> 10) & 0x1Fu, man = h & 0x3FFu;
@@ -72,6 +69,10 @@ inline float half_to_float(uint16_t h) {
 // Element i of a tile-major scales / zeros array held as fp32, or as fp16 bits where `half`.
 inline float param_at(const void* p, bool half, int64_t i) {
   return half ? half_to_float(static_cast<const uint16_t*>(p)[i]) : static_cast<const float*>(p)[i];
+}
+// The zero point at offset p of a tile-major zeros array, or `zero` where there is none (see above).
+inline float zero_at(const void* zeros, bool half, float zero, int64_t p) {
+  return zeros ? param_at(zeros, half, p) : zero;
 }
 
 struct FloatLinearArgs {

@@ -40,9 +40,7 @@ struct TileParams {
   int64_t G;
   bool half = false;  // s and z hold fp16 bits (float-activation layers with fp16 scales), else fp32
   __m256 scale(int64_t t, int64_t g) const { return load_params8(s, half, tile_param_offset(G, t, g)); }
-  __m256 zero(int64_t t, int64_t g) const {
-    return z ? load_params8(z, half, tile_param_offset(G, t, g)) : _mm256_set1_ps(zc);
-  }
+  __m256 zero(int64_t t, int64_t g) const { return tile_zeros(z, half, zc, G, t, g); }
   void prefetch(int64_t t, int64_t g) const {  // tile t's values of group g into L1
     const int64_t at = tile_param_offset(G, t, g) * (half ? 2 : 4);
     _mm_prefetch(static_cast<const char*>(s) + at, _MM_HINT_T0);

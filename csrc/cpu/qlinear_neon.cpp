@@ -22,9 +22,9 @@ inline float32x4_t load_params4(const void* p, bool half, int64_t off) {
 }
 
 // Half h (channels 4h .. 4h + 3) of tile t's zero points of group g, or `zero` where the layer has no
-// zeros array (every zero point equal, qlinear.h).
-inline float32x4_t tile_zeros4(const float* zeros, float zero, int64_t G, int64_t t, int64_t g, int h) {
-  return zeros ? vld1q_f32(zeros + tile_param_offset(G, t, g) + 4 * h) : vdupq_n_f32(zero);
+// zeros array (every zero point equal, qlinear.h); fp16 values where `half`.
+inline float32x4_t tile_zeros4(const void* zeros, bool half, float zero, int64_t G, int64_t t, int64_t g, int h) {
+  return zeros ? load_params4(zeros, half, tile_param_offset(G, t, g) + 4 * h) : vdupq_n_f32(zero);
 }
 
 template <int BITS, int MR>
@@ -64,9 +64,8 @@ void float_tile(const FloatLinearArgs& a, int64_t t, int64_t m0) {
       }
     }
     for (int h = 0; h < 2; ++h) {
-      const int64_t off = tile_param_offset(a.G, t, g) + 4 * h;
-      const float32x4_t s = load_params4(a.scales, a.params_fp16, off);
-      const float32x4_t z = a.zeros ? load_params4(a.zeros, a.params_fp16, off) : vdupq_n_f32(a.zero);
+      const float32x4_t s = load_params4(a.scales, a.params_fp16, tile_param_offset(a.G, t, g) + 4 * h);
+      const float32x4_t z = tile_zeros4(a.zeros, a.params_fp16, a.zero, a.G, t, g, h);
       for (int i = 0; i < MR; ++i) {
         float32x4_t A = acc[i][0][h];
         for (int c = 1; c < NA; ++c) A = vaddq_f32(A, acc[i][c][h]);
@@ -141,7 +140,7 @@ void int8_tile(const Int8LinearArgs& a, int64_t t, int64_t m0) {
       reduce8(acc[i], &d[0], &d[1]);
       for (int h = 0; h < 2; ++h) {
         const float32x4_t s = vmulq_n_f32(vld1q_f32(a.scales + tile_param_offset(a.G, t, g) + 4 * h), xscale);
-        const float32x4_t z = tile_zeros4(a.zeros, a.zero, a.G, t, g, h);
+        const float32x4_t z = tile_zeros4(a.zeros, false, a.zero, a.G, t, g, h);
         const float32x4_t corr = vfmsq_f32(vcvtq_f32_s32(d[h]), z, vdupq_n_f32(static_cast<float>(xseg)));
         out[i][h] = vfmaq_f32(out[i][h], corr, s);
       }

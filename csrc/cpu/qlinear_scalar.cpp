@@ -35,8 +35,7 @@ void linear_float_tiles_scalar(const FloatLinearArgs& a, int64_t t0, int64_t t1)
         for (int i = 0; i < kTileN; ++i) {
           const int64_t n = t * kTileN + i;
           const int64_t p = param_index(a.G, g, n);
-          const float z = a.zeros ? param_at(a.zeros, a.params_fp16, p) : a.zero;
-          out[i] += param_at(a.scales, a.params_fp16, p) * (acc[i] - z * xsum);
+          out[i] += param_at(a.scales, a.params_fp16, p) * (acc[i] - zero_at(a.zeros, a.params_fp16, a.zero, p) * xsum);
         }
       }
       std::memcpy(a.out + m * a.N + t * kTileN, out, sizeof(out));
@@ -85,7 +84,7 @@ void linear_int8_tiles_scalar(const Int8LinearArgs& a, int64_t t0, int64_t t1) {
           const int64_t n = t * kTileN + i;
           const float d = static_cast<float>(dot_int8_scalar(a, t, i, xq, k0, k1));
           const int64_t p = param_index(a.G, g, n);
-          out[i] += (d - zero_at(a.zeros, a.zero, p) * static_cast<float>(xseg)) * (a.scales[p] * xscale);
+          out[i] += (d - zero_at(a.zeros, false, a.zero, p) * static_cast<float>(xseg)) * (a.scales[p] * xscale);
         }
       }
       std::memcpy(a.out + m * a.N + t * kTileN, out, sizeof(out));

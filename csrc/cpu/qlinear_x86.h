@@ -28,14 +28,14 @@ inline __m256i hsum8(const __m256i* a) {
 // The 8 values at offset `off` of a tile-major scales / zeros array held as fp32, or as fp16 bits
 // where `half` (converted by F16C, which every path using this header has).
 inline __m256 load_params8(const void* p, bool half, int64_t off) {
-  return half ? _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(p) + off)))
-              : _mm256_loadu_ps(static_cast<const float*>(p) + off);
+  if (!half) return _mm256_loadu_ps(static_cast<const float*>(p) + off);
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(p) + off)));
 }
 
 // Tile t's 8 zero points of group g, or `zero` in every lane where the layer has no zeros array
-// (every zero point equal, qlinear.h).
-inline __m256 tile_zeros(const float* zeros, float zero, int64_t G, int64_t t, int64_t g) {
-  return zeros ? _mm256_loadu_ps(zeros + tile_param_offset(G, t, g)) : _mm256_set1_ps(zero);
+// (every zero point equal, qlinear.h); fp16 values where `half`.
+inline __m256 tile_zeros(const void* zeros, bool half, float zero, int64_t G, int64_t t, int64_t g) {
+  return zeros ? load_params8(zeros, half, tile_param_offset(G, t, g)) : _mm256_set1_ps(zero);
 }
 
 // Adds one segment [k0, k1) of row m to out (tile t, weight group g): d holds the 8 channels'
@@ -47,7 +47,7 @@ inline __m256 int8_epilogue(const Int8LinearArgs& a, __m256i d, float zero_extra
   for (int64_t b = k0 / kBlockK; b < k1 / kBlockK; ++b) xseg += a.xblock[m * KB + b];
   const float xscale = a.xscale[a.act_per_block ? m * KB + k0 / kBlockK : m];
   const __m256 s = _mm256_mul_ps(_mm256_loadu_ps(a.scales + tile_param_offset(a.G, t, g)), _mm256_set1_ps(xscale));
-  const __m256 z = _mm256_add_ps(tile_zeros(a.zeros, a.zero, a.G, t, g), _mm256_set1_ps(zero_extra));
+  const __m256 z = _mm256_add_ps(tile_zeros(a.zeros, false, a.zero, a.G, t, g), _mm256_set1_ps(zero_extra));
   const __m256 corr = _mm256_fnmadd_ps(z, _mm256_set1_ps(static_cast<float>(xseg)), _mm256_cvtepi32_ps(d));
   return _mm256_fmadd_ps(corr, s, out);
 }

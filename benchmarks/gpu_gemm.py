@@ -7,7 +7,9 @@ that cycle through enough copies of the weights to exceed the L2 cache, so every
 weights from HBM), effective GB/s (weights + scales + activations + output, each read or written
 once), TFLOP/s (2 m N K / time), and speedup over cuBLAS of the same dtype and over tinygemm
 (bf16 activations: that kernel takes no fp16), both timed in the same run. The `triton` column is
-QuantLinear with ``layer.backend = "triton"`` when that backend is available.
+QuantLinear with ``layer.backend = "triton"`` when that backend is available. cuBLAS and the kernels
+of one (m, dtype) are timed interleaved: each has its graph, and ten rounds replay every graph once,
+so that the GPU's clock and power drift over the run fall on all of them alike (time_interleaved).
 
 For m >= 64 it also times both CUDA paths (the fused mma kernel and dequantize + cuBLAS) to set
 ``quantkernels.backends.cuda.GEMM_MAX_M``. The table goes to stdout (and DIR/gpu_gemm.md, .csv).
@@ -38,48 +40,60 @@ M_LIST = [1, 4, 16, 64, 256, 1024, 4096]
 L2_BYTES = 50 * 2**20
 
 
-def time_us(fns, target_ms=8.0, replays=10):
-    """Median per-call µs: a CUDA graph of R calls cycling through ``fns`` (one per weight copy),
-    replayed ``replays`` times after a warm-up; falls back to an eager loop if capture fails."""
-    for f in fns:  # warm-up: lazy init, cuBLAS handles, autotuning
-        f()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for f in fns:
-        f()
-    torch.cuda.synchronize()
-    est = max((time.perf_counter() - t0) / len(fns), 1e-6)
-    reps = max(len(fns), min(400, math.ceil(target_ms * 1e-3 / est)))
-    reps = math.ceil(reps / len(fns)) * len(fns)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    try:
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.stream(stream):
-            with torch.cuda.graph(graph, stream=stream):
+def time_interleaved(groups, target_ms=8.0, replays=10):
+    """Median per-call µs of each group of calls, {name: (µs, mode)}: per group a CUDA graph of R calls
+    cycling through its ``fns`` (one per weight copy), then ``replays`` rounds that replay every group's
+    graph once, in an order rotated each round. Interleaved so that a clock or power drift of the GPU
+    over the run (seen at m >= 1024: the same launch up to 10% apart a few seconds later) falls on the
+    baseline and the kernels alike. A group whose capture fails is timed as an eager loop."""
+    runs = {}
+    for name, fns in groups.items():
+        for f in fns:  # warm-up: lazy init, cuBLAS handles, autotuning
+            f()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for f in fns:
+            f()
+        torch.cuda.synchronize()
+        est = max((time.perf_counter() - t0) / len(fns), 1e-6)
+        reps = max(len(fns), min(400, math.ceil(target_ms * 1e-3 / est)))
+        reps = math.ceil(reps / len(fns)) * len(fns)
+        try:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.stream(stream):
+                with torch.cuda.graph(graph, stream=stream):
+                    for i in range(reps):
+                        fns[i % len(fns)]()
+            torch.cuda.current_stream().wait_stream(stream)
+            graph.replay()
+            runs[name] = (graph.replay, reps, "graph")
+        except Exception as e:  # noqa: BLE001  (a backend that cannot be captured is timed eagerly)
+            print(f"  (graph capture failed: {type(e).__name__}: {str(e)[:80]}; timing eagerly)", flush=True)
+
+            def run(fns=fns, reps=reps):
                 for i in range(reps):
                     fns[i % len(fns)]()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph.replay()
-        run = graph.replay
-        mode = "graph"
-    except Exception as e:  # noqa: BLE001  (a backend that cannot be captured is timed eagerly)
-        print(f"  (graph capture failed: {type(e).__name__}: {str(e)[:80]}; timing eagerly)", flush=True)
 
-        def run():
-            for i in range(reps):
-                fns[i % len(fns)]()
+            runs[name] = (run, reps, "eager")
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = {name: [] for name in runs}
+    names = list(runs)
+    for r in range(replays):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            run, reps, _ = runs[name]
+            start.record()
+            run()
+            end.record()
+            end.synchronize()
+            times[name].append(start.elapsed_time(end) * 1e3 / reps)
+    return {name: (statistics.median(times[name]), runs[name][2]) for name in names}
 
-        mode = "eager"
-    times = []
-    for _ in range(replays):
-        start.record()
-        run()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / reps)
-    return statistics.median(times), mode
+
+def time_us(fns, target_ms=8.0, replays=10):
+    """Median per-call µs of one group of calls (time_interleaved), and the timing mode."""
+    return time_interleaved({"fns": fns}, target_ms, replays)["fns"]
 
 
 def copies_for(nbytes):
@@ -294,16 +308,16 @@ def wgmma_m(shapes, m_list, out_dir, with_triton, configs, dtypes=(torch.float16
                 x = torch.randn(m, k, device="cuda", dtype=dt)
                 ws = torch.zeros(qk_cuda.wgmma_workspace_floats(m, n, qk_cuda.num_sms(0)), dtype=torch.float32,
                                  device="cuda")
-                res = {"cublas": time_us([lambda w=w: torch.nn.functional.linear(x, w) for w in dense])[0]}
-                res["old"] = time_us([lambda s=s: qk_cuda.BACKEND.linear(layer, s, x) for s in old_states])[0]
+                groups = {"cublas": [lambda w=w: torch.nn.functional.linear(x, w) for w in dense],
+                          "old": [lambda s=s: qk_cuda.BACKEND.linear(layer, s, x) for s in old_states]}
                 for c in configs:  # "C" or "C:KS" (config C, split forced: KS blocks of a cluster a tile, 0 stream-K)
                     cfg_id, _, ks = str(c).partition(":")
-                    res[f"c{c}"] = time_us([lambda s=s: torch.ops.quantkernels.cuda_wxa16_gemm_wgmma(
-                        x, s.qweight, s.scales[dt], None, None, 128, None, 4, ws, int(cfg_id), int(ks or -1))
-                        for s in states])[0]
-                res["auto"] = time_us([lambda s=s: qk_cuda.BACKEND.linear(layer, s, x) for s in states])[0]
+                    groups[f"c{c}"] = [lambda s=s, c=int(cfg_id), ks=int(ks or -1): torch.ops.quantkernels.cuda_wxa16_gemm_wgmma(
+                        x, s.qweight, s.scales[dt], None, None, 128, None, 4, ws, c, ks) for s in states]
+                groups["auto"] = [lambda s=s: qk_cuda.BACKEND.linear(layer, s, x) for s in states]
                 if tri is not None:
-                    res["triton"] = time_us([lambda lay=lay: lay(x) for lay in tri])[0]
+                    groups["triton"] = [lambda lay=lay: lay(x) for lay in tri]
+                res = {name: v[0] for name, v in time_interleaved(groups).items()}  # all interleaved
                 line = variants_line(f"{k}x{n} m={m} {str(dt).split('.')[-1]}", res)
                 print(line, flush=True)
                 lines.append(line)
@@ -489,21 +503,31 @@ def main():
         for m in m_list:
             for dt in (torch.float16, torch.bfloat16):
                 x = torch.randn(m, k, device="cuda", dtype=dt)
-                cub_us, _ = time_us([lambda w=w: torch.nn.functional.linear(x, w) for w in dense[dt]])
-                us, mode = time_us([lambda s=s: qk_cuda.BACKEND.linear(layer4, s, x) for s in states4])
+                # cuBLAS and every kernel of this (m, dtype) timed interleaved (time_interleaved)
+                groups = {"cublas": [lambda w=w: torch.nn.functional.linear(x, w) for w in dense[dt]],
+                          "ours": [lambda s=s: qk_cuda.BACKEND.linear(layer4, s, x) for s in states4]}
+                if dt == torch.bfloat16 and tg is not None:
+                    groups["tinygemm"] = [lambda p=p, sz=sz: torch.ops.aten._weight_int4pack_mm(x, p, 128, sz)
+                                          for p, sz in tg]
+                if dt == torch.float16 and triton_layers is not None:
+                    groups["triton"] = [lambda lay=lay: lay(x) for lay in triton_layers]
+                if dt == torch.float16 and m <= 64:
+                    groups["int8"] = [lambda s=s: qk_cuda.BACKEND.linear(layer8, s, x) for s in states8]
+                try:
+                    t = time_interleaved(groups)
+                except Exception as e:  # noqa: BLE001  (a triton failure must not lose the CUDA row)
+                    print(f"# interleaved timing failed at m={m}: {type(e).__name__}: {e}; without triton", flush=True)
+                    groups.pop("triton", None)
+                    t = time_interleaved(groups)
+                cub_us, (us, mode) = t["cublas"][0], t["ours"]
                 act = (m * k + m * n) * 2
                 row = Row(k, n, m, "int4-g128", str(dt).split(".")[-1], us, (q4_bytes + act) / us / 1e3,
                           2 * m * n * k / us / 1e6, cub_us, cub_us / us)
-                if dt == torch.bfloat16 and tg is not None:
-                    row.tinygemm_us, _ = time_us(
-                        [lambda p=p, sz=sz: torch.ops.aten._weight_int4pack_mm(x, p, 128, sz) for p, sz in tg]
-                    )
+                if "tinygemm" in t:
+                    row.tinygemm_us = t["tinygemm"][0]
                     row.vs_tinygemm = row.tinygemm_us / us
-                if dt == torch.float16 and triton_layers is not None:
-                    try:
-                        row.triton_us, _ = time_us([lambda lay=lay: lay(x) for lay in triton_layers])
-                    except Exception as e:  # noqa: BLE001
-                        print(f"# triton failed at m={m}: {type(e).__name__}: {e}", flush=True)
+                if "triton" in t:
+                    row.triton_us = t["triton"][0]
                 if m in (64, 256):  # both CUDA paths, for the dispatch threshold
                     s0 = states4[0]
                     row.fused_us, _ = time_us([
@@ -516,13 +540,12 @@ def main():
                 rows.append(row)
                 print(f"  {k}x{n} m={m} {row.dtype} int4: {us:.1f} us ({mode}), cuBLAS {cub_us:.1f} us, "
                       f"x{row.speedup:.2f}", flush=True)
+                if "int8" in t:  # against the cuBLAS fp16 time of the same rounds
+                    us8 = t["int8"][0]
+                    int8_row = Row(k, n, m, "int8-ch", "float16", us8, (q8_bytes + act) / us8 / 1e3,
+                                   2 * m * n * k / us8 / 1e6, cub_us, cub_us / us8)
             if m <= 64:
-                x = torch.randn(m, k, device="cuda", dtype=torch.float16)
-                cub = next(r.cublas_us for r in rows if r.K == k and r.N == n and r.m == m and r.dtype == "float16")
-                us8, _ = time_us([lambda s=s: qk_cuda.BACKEND.linear(layer8, s, x) for s in states8])
-                act = (m * k + m * n) * 2
-                rows.append(Row(k, n, m, "int8-ch", "float16", us8, (q8_bytes + act) / us8 / 1e3,
-                                2 * m * n * k / us8 / 1e6, cub, cub / us8))
+                rows.append(int8_row)
         del states4, states8, dense, tg, triton_layers
         torch.cuda.empty_cache()
         print(f"# shape {k}x{n} done in {time.perf_counter() - t_shape:.0f} s", flush=True)

@@ -167,11 +167,12 @@ def test_warp_specialized_persistent(bits, group_size, sym, dtype, config):
 
 @needs_wgmma
 @pytest.mark.parametrize("k,n,ms", [(4096, 4096, (64, 256, 1000)), (4096, 14336, (128,)), (14336, 4096, (33, 256)),
-                                    (512, 1024, (4096,))])
+                                    (512, 1024, (4096,)), (8192, 28672, (4096,))])
 def test_real_layer_shapes(k, n, ms):
-    """LLaMA-3-8B / Mistral-7B projections (int4 g128 fp16, the benchmark format) and a large m, the
-    automatic config without a workspace and with one (as the backend gives it up to
-    WGMMA_SPLIT_MAX_M rows: 14336x4096 at m = 256 runs the warp-specialized config's stream-K)."""
+    """LLaMA-3-8B / Mistral-7B projections (int4 g128 fp16, the benchmark format) and a large m (8192x28672 at
+    4096 rows: the wgmma cell of the widest layers), the automatic config without a workspace and with one
+    (as the backend gives it up to WGMMA_SPLIT_MAX_M rows: 14336x4096 at m = 256 runs the warp-specialized
+    config's stream-K)."""
     layer, portable = _layer(k, n, 4, 128, True, torch.float16)
     for m in ms:
         x = torch.randn(m, k, device="cuda", dtype=torch.float16)
@@ -196,7 +197,10 @@ def test_wgmma_cells():
     assert serves(257, 8192, 8192) and serves(1024, 28672, 8192) and serves(1024, 8192, 28672)
     assert serves(512, 14336, 4096) and serves(384, 4096, 14336)
     assert serves(2048, 28672, 8192) and serves(2048, 4096, 4096) and serves(1025, 14336, 4096)
-    assert not serves(2049, 28672, 8192) and not serves(4096, 4096, 4096) and not serves(1, 8192, 28672)
+    assert not serves(2049, 8192, 28672) and not serves(4096, 4096, 4096) and not serves(1, 8192, 28672)
+    # 2049-4096 rows: the wide layers from 2^27 weights only (8192x28672, K x N)
+    assert serves(2049, 28672, 8192) and serves(4096, 28672, 8192) and not serves(4097, 28672, 8192)
+    assert not serves(4096, 14336, 4096) and not serves(4096, 4096, 14336) and not serves(4096, 8192, 8192)
 
 
 @needs_wgmma

@@ -24,7 +24,7 @@ Dispatch by the number of rows m of the activation:
 
 ``GEMM_MAX_M`` comes from ``benchmarks/gpu_gemm.py`` on an H100 (see ``benchmarks/NOTES_gpu.md``).
 
-On a Hopper GPU with an sm_90a build, the (m, layer) cells of ``WGMMA_CELLS`` (17 <= m <= 2048, by
+On a Hopper GPU with an sm_90a build, the (m, layer) cells of ``WGMMA_CELLS`` (17 <= m <= 4096, by
 layer size) go instead to ``quantkernels::cuda_wxa16_gemm_wgmma``: the same weights and formula on the
 warpgroup tensor-core instruction (csrc/cuda/wxa16_gemm_sm90.cu), where it measured faster. Where a layer
 has too few output tiles for the SMs it splits K: over the blocks of a cluster (parts summed in
@@ -73,8 +73,11 @@ STREAMK_MAX_M = 8  # rows up to which the GEMM gets the layer's workspace (its s
 # too: at m=2048 they were faster than dequantize + cuBLAS on all six layers in three rounds but one
 # (4096x4096 118.8 / 115.8 / 122.0 against 119.8 / 126.3 / 121.5 us; 8192x28672 1502.8 / 1424.5 /
 # 1467.5 against 1611.5 / 1583.4 / 1556.2; 28672x8192 1481.1 / 1442.0 / 1474.7 against 1607.3 /
-# 1580.9 / 1564.6). At m=4096 dequantize + cuBLAS stays (faster on four layers of six there).
-WGMMA_CELLS = ((16, 128, 1 << 25, 1 << 25), (128, 2048, 1 << 24, 1 << 24))
+# 1580.9 / 1564.6). At m=4096 dequantize + cuBLAS stays (faster on four layers of six there), but for
+# the wide layers from 2^27 weights (8192x28672): there config 7 took 2888.3 us against 2977.9 for
+# dequantize + cuBLAS and 2774.8 for cuBLAS, config 6 2900.3 (twenty-third session, 08:00 UTC run of
+# 2026-11-25, the three timed interleaved); on the other five layers it was 1-6% slower or level.
+WGMMA_CELLS = ((16, 128, 1 << 25, 1 << 25), (128, 2048, 1 << 24, 1 << 24), (2048, 4096, 1 << 27, 1 << 62))
 # Rows up to which the wgmma GEMM gets the shared workspace (its stream-K split). 1024 since the
 # warp-specialized config's stream-K (fourteenth session): 14336x4096 m=512 110.1-111.9 against
 # 119.6-122.0 us without it; full waves of whole tiles and stream-K for the rest at 4096x14336 m=1024

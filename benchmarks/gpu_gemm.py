@@ -44,7 +44,7 @@ def time_interleaved(groups, target_ms=8.0, replays=10):
     """Median per-call µs of each group of calls, {name: (µs, mode)}: per group a CUDA graph of R calls
     cycling through its ``fns`` (one per weight copy), then ``replays`` rounds that replay every group's
     graph once, in an order rotated each round. Interleaved so that a clock or power drift of the GPU
-    over the run (seen at m >= 1024: the same launch up to 10% apart a few seconds later) falls on the
+    over the run (seen at m >= 1024: the same launch up to 15% apart a few seconds later) falls on the
     baseline and the kernels alike. A group whose capture fails is timed as an eager loop."""
     runs = {}
     for name, fns in groups.items():
@@ -312,8 +312,9 @@ def wgmma_m(shapes, m_list, out_dir, with_triton, configs, dtypes=(torch.float16
                           "old": [lambda s=s: qk_cuda.BACKEND.linear(layer, s, x) for s in old_states]}
                 for c in configs:  # "C" or "C:KS" (config C, split forced: KS blocks of a cluster a tile, 0 stream-K)
                     cfg_id, _, ks = str(c).partition(":")
-                    groups[f"c{c}"] = [lambda s=s, c=int(cfg_id), ks=int(ks or -1): torch.ops.quantkernels.cuda_wxa16_gemm_wgmma(
-                        x, s.qweight, s.scales[dt], None, None, 128, None, 4, ws, c, ks) for s in states]
+                    groups[f"c{c}"] = [
+                        lambda s=s, c=int(cfg_id), ks=int(ks or -1): torch.ops.quantkernels.cuda_wxa16_gemm_wgmma(
+                            x, s.qweight, s.scales[dt], None, None, 128, None, 4, ws, c, ks) for s in states]
                 groups["auto"] = [lambda s=s: qk_cuda.BACKEND.linear(layer, s, x) for s in states]
                 if tri is not None:
                     groups["triton"] = [lambda lay=lay: lay(x) for lay in tri]

@@ -73,10 +73,11 @@ STREAMK_MAX_M = 8  # rows up to which the GEMM gets the layer's workspace (its s
 # too: at m=2048 they were faster than dequantize + cuBLAS on all six layers in three rounds but one
 # (4096x4096 118.8 / 115.8 / 122.0 against 119.8 / 126.3 / 121.5 us; 8192x28672 1502.8 / 1424.5 /
 # 1467.5 against 1611.5 / 1583.4 / 1556.2; 28672x8192 1481.1 / 1442.0 / 1474.7 against 1607.3 /
-# 1580.9 / 1564.6). At m=4096 dequantize + cuBLAS stays (faster on four layers of six there), but for
-# the wide layers from 2^27 weights (8192x28672): there config 7 took 2888.3 us against 2977.9 for
-# dequantize + cuBLAS and 2774.8 for cuBLAS, config 6 2900.3 (twenty-third session, 08:00 UTC run of
-# 2026-11-25, the three timed interleaved); on the other five layers it was 1-6% slower or level.
+# 1580.9 / 1564.6). At 2049-4096 rows dequantize + cuBLAS stays (faster on four layers of six at m=4096),
+# except on the layers at least as wide as deep from 2^27 weights (8192x28672): there config 7 took
+# 2888.3 us at m=4096 against 2977.9 for dequantize + cuBLAS and 2774.8 for cuBLAS, config 6 2900.3
+# (twenty-third session, 08:00 UTC run of 2026-11-25, timed interleaved); on the other five layers the
+# wgmma configs were 1-6% slower or level.
 WGMMA_CELLS = ((16, 128, 1 << 25, 1 << 25), (128, 2048, 1 << 24, 1 << 24), (2048, 4096, 1 << 27, 1 << 62))
 # Rows up to which the wgmma GEMM gets the shared workspace (its stream-K split). 1024 since the
 # warp-specialized config's stream-K (fourteenth session): 14336x4096 m=512 110.1-111.9 against

@@ -185,20 +185,21 @@ def sweep_tiles(shapes, out_dir):
             gsz = states[0].group_size
             for m in ((1, 16, 32, 64, 96, 128) if bits == 4 else (1, 16)):
                 x = torch.randn(m, k, device="cuda", dtype=torch.float16)
-                res = {}
+                groups = {}
                 tiles = range(n_tiles_total) if m <= 16 else (4, 5, 6)
                 ws = None  # no split over blocks (see csrc/cuda/wxa16_gemm_sm80.cu, launch)
                 for tile in tiles:
-                    res[f"t{tile}"], _ = time_us([
+                    groups[f"t{tile}"] = [
                         lambda s=s, tile=tile: torch.ops.quantkernels.cuda_wxa16_gemm(
-                            x, s.qweight, s.scales[x.dtype], None, None, gsz, None, bits, ws, tile) for s in states])
-                res["auto"], _ = time_us([
+                            x, s.qweight, s.scales[x.dtype], None, None, gsz, None, bits, ws, tile) for s in states]
+                groups["auto"] = [
                     lambda s=s: torch.ops.quantkernels.cuda_wxa16_gemm(
-                        x, s.qweight, s.scales[x.dtype], None, None, gsz, None, bits, ws) for s in states])
+                        x, s.qweight, s.scales[x.dtype], None, None, gsz, None, bits, ws) for s in states]
                 if m >= 96:
-                    res["dq+cublas"], _ = time_us([
+                    groups["dq+cublas"] = [
                         lambda s=s: torch.nn.functional.linear(x, torch.ops.quantkernels.cuda_wxa16_dequantize(
-                            s.qweight, s.scales[x.dtype], None, None, gsz, bits)) for s in states])
+                            s.qweight, s.scales[x.dtype], None, None, gsz, bits)) for s in states]
+                res = {name: v[0] for name, v in time_interleaved(groups).items()}
                 best = min((v, key) for key, v in res.items())
                 line = f"{k}x{n} int{bits} m={m}: " + " ".join(f"{key}={v:.1f}" for key, v in res.items())
                 line += f"  best={best[1]}"
@@ -251,21 +252,22 @@ def mid_m(shapes, m_list, out_dir, with_triton):
         for m in m_list:
             x = torch.randn(m, k, device="cuda", dtype=dt)
             ws = torch.zeros(qk_cuda.workspace_floats(m, n), dtype=torch.float32, device="cuda")
-            res = {"cublas": time_us([lambda w=w: torch.nn.functional.linear(x, w) for w in dense])[0]}
+            groups = {"cublas": [lambda w=w: torch.nn.functional.linear(x, w) for w in dense]}
 
             def gemm(tile, w):
-                return time_us([lambda s=s: torch.ops.quantkernels.cuda_wxa16_gemm(
-                    x, s.qweight, s.scales[dt], None, None, 128, None, 4, w, tile) for s in states])[0]
+                return [lambda s=s: torch.ops.quantkernels.cuda_wxa16_gemm(
+                    x, s.qweight, s.scales[dt], None, None, 128, None, 4, w, tile) for s in states]
 
-            res["plain6"] = gemm(6, None)
+            groups["plain6"] = gemm(6, None)
             for tile in MID_TILES:
-                res[f"t{tile}"] = gemm(tile, ws)
-            res["t10nows"] = gemm(10, None)
-            res["auto"] = time_us([lambda s=s: qk_cuda.BACKEND.linear(layer, s, x) for s in states])[0]
-            res["dq+cublas"] = time_us([lambda s=s: torch.nn.functional.linear(x, torch.ops.quantkernels.cuda_wxa16_dequantize(
-                s.qweight, s.scales[dt], None, None, 128, 4)) for s in states])[0]
+                groups[f"t{tile}"] = gemm(tile, ws)
+            groups["t10nows"] = gemm(10, None)
+            groups["auto"] = [lambda s=s: qk_cuda.BACKEND.linear(layer, s, x) for s in states]
+            groups["dq+cublas"] = [lambda s=s: torch.nn.functional.linear(x, torch.ops.quantkernels.cuda_wxa16_dequantize(
+                s.qweight, s.scales[dt], None, None, 128, 4)) for s in states]
             if tri is not None:
-                res["triton"] = time_us([lambda lay=lay: lay(x) for lay in tri])[0]
+                groups["triton"] = [lambda lay=lay: lay(x) for lay in tri]
+            res = {name: v[0] for name, v in time_interleaved(groups).items()}
             line = variants_line(f"{k}x{n} m={m}", res)
             print(line, flush=True)
             lines.append(line)
@@ -347,19 +349,19 @@ def small_m(shapes, m_list, out_dir, dtypes=(torch.float16, torch.bfloat16)):
                 for dt in dts:
                     x = torch.randn(m, k, device="cuda", dtype=dt)
                     copies = [dense.to(dt).clone() for _ in range(copies_for(n * k * 2))]
-                    res = {}
-                    res["cublas"], _ = time_us([lambda w=w: torch.nn.functional.linear(x, w) for w in copies])
-                    del copies
+                    groups = {"cublas": [lambda w=w: torch.nn.functional.linear(x, w) for w in copies]}
                     ws = torch.zeros(qk_cuda.workspace_floats(m, n), dtype=torch.float32, device="cuda")
                     variants = [("plain", -1, None, -1), ("auto", -1, ws, -1)]
                     forced = SMALL_VARIANTS_M8 if m <= 8 else SMALL_VARIANTS_M16 if m <= 16 else ()
                     variants += [(f"t{t}" + (f"k{ks}" if ks > 1 else ""), t, ws if ks > 1 or t in STREAMK_TILES else None, ks)
                                  for t, ks in forced]
                     for name, tile, w, ks in variants:
-                        res[name], _ = time_us([
+                        groups[name] = [
                             lambda s=s, tile=tile, w=w, ks=ks: torch.ops.quantkernels.cuda_wxa16_gemm(
                                 x, s.qweight, s.scales[dt], None, None, gsz, None, bits, w, tile, ks)
-                            for s in states])
+                            for s in states]
+                    res = {name: v[0] for name, v in time_interleaved(groups).items()}
+                    del groups, copies
                     line = f"{k}x{n} m={m} int{bits} {str(dt).split('.')[-1]}: " + " ".join(
                         f"{key}={v:.1f}" for key, v in res.items())
                     line += " | x" + " ".join(f"{key}={res['cublas'] / v:.2f}" for key, v in res.items() if key != "cublas")
@@ -399,12 +401,13 @@ def dequant_and_threshold(shapes, out_dir):
         dense = [w] + [w.clone() for _ in range(copies_for(n * k * 2) - 1)]
         for m in (64, 96, 128, 256, 1024, 4096):
             x = torch.randn(m, k, device="cuda", dtype=dt)
-            res = {"cublas": time_us([lambda w=w: torch.nn.functional.linear(x, w) for w in dense])[0]}
+            groups = {"cublas": [lambda w=w: torch.nn.functional.linear(x, w) for w in dense]}
             if m <= 256:
-                res["fused"] = time_us([lambda s=s: torch.ops.quantkernels.cuda_wxa16_gemm(
-                    x, s.qweight, s.scales[dt], None, None, 128, None, 4) for s in states])[0]
-            res["dq+cublas"] = time_us([lambda s=s: torch.nn.functional.linear(x, torch.ops.quantkernels.cuda_wxa16_dequantize(
-                s.qweight, s.scales[dt], None, None, 128, 4)) for s in states])[0]
+                groups["fused"] = [lambda s=s: torch.ops.quantkernels.cuda_wxa16_gemm(
+                    x, s.qweight, s.scales[dt], None, None, 128, None, 4) for s in states]
+            groups["dq+cublas"] = [lambda s=s: torch.nn.functional.linear(x, torch.ops.quantkernels.cuda_wxa16_dequantize(
+                s.qweight, s.scales[dt], None, None, 128, 4)) for s in states]
+            res = {name: v[0] for name, v in time_interleaved(groups).items()}
             line = f"{k}x{n} m={m}: " + " ".join(f"{key}={v:.1f}" for key, v in res.items())
             line += "  vs cublas: " + " ".join(f"{key}={res['cublas'] / v:.2f}" for key, v in res.items() if key != "cublas")
             print(line, flush=True)
@@ -514,6 +517,12 @@ def main():
                     groups["triton"] = [lambda lay=lay: lay(x) for lay in triton_layers]
                 if dt == torch.float16 and m <= 64:
                     groups["int8"] = [lambda s=s: qk_cuda.BACKEND.linear(layer8, s, x) for s in states8]
+                if m in (64, 256):  # both CUDA paths, for the dispatch threshold
+                    groups["fused"] = [lambda s=s: torch.ops.quantkernels.cuda_wxa16_gemm(
+                        x, s.qweight, s.scales[dt], None, None, 128, None, 4) for s in states4]
+                    groups["dq+cublas"] = [lambda s=s: torch.nn.functional.linear(
+                        x, torch.ops.quantkernels.cuda_wxa16_dequantize(s.qweight, s.scales[dt], None, None, 128, 4))
+                        for s in states4]
                 try:
                     t = time_interleaved(groups)
                 except Exception as e:  # noqa: BLE001  (a triton failure must not lose the CUDA row)
@@ -529,15 +538,8 @@ def main():
                     row.vs_tinygemm = row.tinygemm_us / us
                 if "triton" in t:
                     row.triton_us = t["triton"][0]
-                if m in (64, 256):  # both CUDA paths, for the dispatch threshold
-                    s0 = states4[0]
-                    row.fused_us, _ = time_us([
-                        lambda s=s: torch.ops.quantkernels.cuda_wxa16_gemm(
-                            x, s.qweight, s.scales[dt], None, None, 128, None, 4) for s in states4])
-                    row.dq_cublas_us, _ = time_us([
-                        lambda s=s: torch.nn.functional.linear(x, torch.ops.quantkernels.cuda_wxa16_dequantize(
-                            s.qweight, s.scales[dt], None, None, 128, 4)) for s in states4])
-                    del s0
+                if "fused" in t:
+                    row.fused_us, row.dq_cublas_us = t["fused"][0], t["dq+cublas"][0]
                 rows.append(row)
                 print(f"  {k}x{n} m={m} {row.dtype} int4: {us:.1f} us ({mode}), cuBLAS {cub_us:.1f} us, "
                       f"x{row.speedup:.2f}", flush=True)

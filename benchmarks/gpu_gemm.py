@@ -96,6 +96,17 @@ def time_us(fns, target_ms=8.0, replays=10):
     return time_interleaved({"fns": fns}, target_ms, replays)["fns"]
 
 
+def times_us(groups):
+    """{name: median per-call µs} of the groups, timed interleaved (time_interleaved)."""
+    return {name: v[0] for name, v in time_interleaved(groups).items()}
+
+
+def dq_cublas_fns(x, states, group_size=128, bits=4):
+    """Dequantize + cuBLAS (the CUDA backend's large-m path) on x, one call per weight copy."""
+    return [lambda s=s: torch.nn.functional.linear(x, torch.ops.quantkernels.cuda_wxa16_dequantize(
+        s.qweight, s.scales[x.dtype], None, None, group_size, bits)) for s in states]
+
+
 def copies_for(nbytes):
     return max(1, math.ceil(2.5 * L2_BYTES / nbytes))
 
@@ -196,10 +207,8 @@ def sweep_tiles(shapes, out_dir):
                     lambda s=s: torch.ops.quantkernels.cuda_wxa16_gemm(
                         x, s.qweight, s.scales[x.dtype], None, None, gsz, None, bits, ws) for s in states]
                 if m >= 96:
-                    groups["dq+cublas"] = [
-                        lambda s=s: torch.nn.functional.linear(x, torch.ops.quantkernels.cuda_wxa16_dequantize(
-                            s.qweight, s.scales[x.dtype], None, None, gsz, bits)) for s in states]
-                res = {name: v[0] for name, v in time_interleaved(groups).items()}
+                    groups["dq+cublas"] = dq_cublas_fns(x, states, gsz, bits)
+                res = times_us(groups)
                 best = min((v, key) for key, v in res.items())
                 line = f"{k}x{n} int{bits} m={m}: " + " ".join(f"{key}={v:.1f}" for key, v in res.items())
                 line += f"  best={best[1]}"
@@ -263,11 +272,10 @@ def mid_m(shapes, m_list, out_dir, with_triton):
                 groups[f"t{tile}"] = gemm(tile, ws)
             groups["t10nows"] = gemm(10, None)
             groups["auto"] = [lambda s=s: qk_cuda.BACKEND.linear(layer, s, x) for s in states]
-            groups["dq+cublas"] = [lambda s=s: torch.nn.functional.linear(x, torch.ops.quantkernels.cuda_wxa16_dequantize(
-                s.qweight, s.scales[dt], None, None, 128, 4)) for s in states]
+            groups["dq+cublas"] = dq_cublas_fns(x, states)
             if tri is not None:
                 groups["triton"] = [lambda lay=lay: lay(x) for lay in tri]
-            res = {name: v[0] for name, v in time_interleaved(groups).items()}
+            res = times_us(groups)
             line = variants_line(f"{k}x{n} m={m}", res)
             print(line, flush=True)
             lines.append(line)
@@ -320,7 +328,7 @@ def wgmma_m(shapes, m_list, out_dir, with_triton, configs, dtypes=(torch.float16
                 groups["auto"] = [lambda s=s: qk_cuda.BACKEND.linear(layer, s, x) for s in states]
                 if tri is not None:
                     groups["triton"] = [lambda lay=lay: lay(x) for lay in tri]
-                res = {name: v[0] for name, v in time_interleaved(groups).items()}  # all interleaved
+                res = times_us(groups)
                 line = variants_line(f"{k}x{n} m={m} {str(dt).split('.')[-1]}", res)
                 print(line, flush=True)
                 lines.append(line)
@@ -360,7 +368,7 @@ def small_m(shapes, m_list, out_dir, dtypes=(torch.float16, torch.bfloat16)):
                             lambda s=s, tile=tile, w=w, ks=ks: torch.ops.quantkernels.cuda_wxa16_gemm(
                                 x, s.qweight, s.scales[dt], None, None, gsz, None, bits, w, tile, ks)
                             for s in states]
-                    res = {name: v[0] for name, v in time_interleaved(groups).items()}
+                    res = times_us(groups)
                     del groups, copies
                     line = f"{k}x{n} m={m} int{bits} {str(dt).split('.')[-1]}: " + " ".join(
                         f"{key}={v:.1f}" for key, v in res.items())
@@ -405,9 +413,8 @@ def dequant_and_threshold(shapes, out_dir):
             if m <= 256:
                 groups["fused"] = [lambda s=s: torch.ops.quantkernels.cuda_wxa16_gemm(
                     x, s.qweight, s.scales[dt], None, None, 128, None, 4) for s in states]
-            groups["dq+cublas"] = [lambda s=s: torch.nn.functional.linear(x, torch.ops.quantkernels.cuda_wxa16_dequantize(
-                s.qweight, s.scales[dt], None, None, 128, 4)) for s in states]
-            res = {name: v[0] for name, v in time_interleaved(groups).items()}
+            groups["dq+cublas"] = dq_cublas_fns(x, states)
+            res = times_us(groups)
             line = f"{k}x{n} m={m}: " + " ".join(f"{key}={v:.1f}" for key, v in res.items())
             line += "  vs cublas: " + " ".join(f"{key}={res['cublas'] / v:.2f}" for key, v in res.items() if key != "cublas")
             print(line, flush=True)
@@ -520,9 +527,7 @@ def main():
                 if m in (64, 256):  # both CUDA paths, for the dispatch threshold
                     groups["fused"] = [lambda s=s: torch.ops.quantkernels.cuda_wxa16_gemm(
                         x, s.qweight, s.scales[dt], None, None, 128, None, 4) for s in states4]
-                    groups["dq+cublas"] = [lambda s=s: torch.nn.functional.linear(
-                        x, torch.ops.quantkernels.cuda_wxa16_dequantize(s.qweight, s.scales[dt], None, None, 128, 4))
-                        for s in states4]
+                    groups["dq+cublas"] = dq_cublas_fns(x, states4)
                 try:
                     t = time_interleaved(groups)
                 except Exception as e:  # noqa: BLE001  (a triton failure must not lose the CUDA row)

@@ -72,8 +72,8 @@ void float_tile_pair(const FloatLinearArgs& a, int64_t t, int64_t m0) {
 // On the GPU host's Xeon (AVX-512, 2026-11-25, `.gpu_diag/s24_gemv.py`: interleaved calls through
 // the op, three to twelve rotated weight copies) this ran 8192x28672 g128 in 6.73 against 8.19 ms for
 // float_tile_pair<1> on two threads (86% against 71% of the read probe) and 11.80 against 14.24 ms on
-// one, 4096x11008 1.20 against 1.38 ms; one pair a pass was 3-8% slower than two, four pairs or
-// 2 KiB ahead no faster.
+// one, 4096x11008 1.20 against 1.38 ms. One pair a pass was 1-6% slower than two; four pairs, or
+// 2 KiB ahead, within 1%; one pair 2 KiB ahead 2-3% faster on 8192x28672 but 6% slower on 4096x11008.
 constexpr int kGemvPairs = 2;
 template <int BITS, int NP>
 void float_tiles_row(const FloatLinearArgs& a, int64_t t, int64_t m) {

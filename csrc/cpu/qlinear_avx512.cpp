@@ -140,43 +140,14 @@ void float_tiles(const FloatLinearArgs& a, int64_t t0, int64_t t1) {
   if (t < t1) linear_float_tiles_avx2(a, t, t1);
 }
 
+// int4 x int8 without VNNI: vpmaddubsw (15 * 127 * 2 fits s16), then vpmaddwd against ones.
 template <int MR>
 void int4_tile(const Int8LinearArgs& a, int64_t t, int64_t m0) {
-  const int64_t KB = a.Kp / kBlockK, group = a.G == 1 ? a.Kp : a.K / a.G;
-  const uint8_t* wt = a.w + t * KB * 128;
-  const __m512i nib = _mm512_set1_epi8(0x0F), ones = _mm512_set1_epi16(1);
-  __m256 out[MR];
-  const __m256 b = a.bias ? _mm256_loadu_ps(a.bias + t * kTileN) : _mm256_setzero_ps();
-  for (int i = 0; i < MR; ++i) out[i] = b;
-  for (int64_t k0 = 0; k0 < a.Kp; k0 += a.segment) {
-    const int64_t k1 = std::min(a.Kp, k0 + a.segment);
-    __m512i acc[MR][2];  // [j0 | j4 | j1 | j5], [j2 | j6 | j3 | j7] (128-bit lanes)
-    for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_si512();
-    for (int64_t kb = k0 / kBlockK; kb < k1 / kBlockK; ++kb) {
-      __m512i xl[MR], xh[MR];
-      for (int i = 0; i < MR; ++i) {
-        const int8_t* xp = a.xq + (m0 + i) * a.ldq + kb * kBlockK;
-        xl[i] = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xp)));
-        xh[i] = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xp + 16)));
-      }
-      for (int p = 0; p < 2; ++p) {
-        const __m512i w = _mm512_loadu_si512(wt + kb * 128 + p * 64);
-        const __m512i lo = _mm512_and_si512(w, nib);
-        const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), nib);
-        for (int i = 0; i < MR; ++i) {
-          const __m512i q = _mm512_add_epi16(_mm512_maddubs_epi16(lo, xl[i]), _mm512_maddubs_epi16(hi, xh[i]));
-          acc[i][p] = _mm512_add_epi32(acc[i][p], _mm512_madd_epi16(q, ones));
-        }
-      }
-    }
-    const int64_t g = k0 / group;
-    for (int i = 0; i < MR; ++i) {
-      const __m256i d = hsum4(_mm512_castsi512_si256(acc[i][0]), _mm512_extracti64x4_epi64(acc[i][0], 1),
-                              _mm512_castsi512_si256(acc[i][1]), _mm512_extracti64x4_epi64(acc[i][1], 1));
-      out[i] = int8_epilogue(a, d, 0.0f, t, m0 + i, g, k0, k1, out[i]);
-    }
-  }
-  for (int i = 0; i < MR; ++i) _mm256_storeu_ps(a.out + (m0 + i) * a.N + t * kTileN, out[i]);
+  const __m512i ones = _mm512_set1_epi16(1);
+  int4_tile_512<MR>(a, t, m0, [ones](__m512i acc, __m512i lo, __m512i xl, __m512i hi, __m512i xh) {
+    const __m512i q = _mm512_add_epi16(_mm512_maddubs_epi16(lo, xl), _mm512_maddubs_epi16(hi, xh));
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(q, ones));
+  });
 }
 
 template <int MR>

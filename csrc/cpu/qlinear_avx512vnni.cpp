@@ -4,7 +4,8 @@
 // Compiled alone with the avx512vnni flags of setup.py; only called when cpuid + XCR0 report it.
 //
 // int4: the unpacked nibbles are the u8 operand, the activations the s8 one; with per-row activation
-//   scales the segments are scaled in lane form (int4_tile_lanes), per-block scales use int4_tile.
+//   scales the segments are scaled in lane form (int4_tile_lanes), per-block scales use int4_tile_512
+//   (qlinear_x86.h).
 // int8: the stored bytes q - 128 are the s8 operand and the activations, biased to x + 128, the u8
 //   one; the epilogue takes out 128 times the weights' segment sums (int8w_tile).
 // Test: tests/test_cpu_backend.py (isa="avx512_vnni", skipped on CPUs without it).
@@ -19,49 +20,9 @@
 namespace qk::cpu {
 namespace {
 
-// The integer sums of one segment (blocks [kb0, kb1)) of rows m0 .. m0 + MR - 1 against tile wt:
-// acc[i][p] = [j0 | j4 | j1 | j5], [j2 | j6 | j3 | j7] (128-bit lanes of four partial sums each).
-template <int MR>
-inline void int4_segment(const Int8LinearArgs& a, const uint8_t* wt, int64_t m0, int64_t kb0, int64_t kb1,
-                         __m512i (&acc)[MR][2]) {
-  const __m512i nib = _mm512_set1_epi8(0x0F);
-  for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_si512();
-  for (int64_t kb = kb0; kb < kb1; ++kb) {
-    __m512i xl[MR], xh[MR];
-    for (int i = 0; i < MR; ++i) {
-      const int8_t* xp = a.xq + (m0 + i) * a.ldq + kb * kBlockK;
-      xl[i] = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xp)));
-      xh[i] = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xp + 16)));
-    }
-    for (int p = 0; p < 2; ++p) {
-      const __m512i w = _mm512_loadu_si512(wt + kb * 128 + p * 64);
-      const __m512i lo = _mm512_and_si512(w, nib);
-      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), nib);
-      for (int i = 0; i < MR; ++i)
-        acc[i][p] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(acc[i][p], lo, xl[i]), hi, xh[i]);
-    }
-  }
-}
-
-template <int MR>
-void int4_tile(const Int8LinearArgs& a, int64_t t, int64_t m0) {
-  const int64_t KB = a.Kp / kBlockK, group = a.G == 1 ? a.Kp : a.K / a.G;
-  const uint8_t* wt = a.w + t * KB * 128;
-  __m256 out[MR];
-  const __m256 b = a.bias ? _mm256_loadu_ps(a.bias + t * kTileN) : _mm256_setzero_ps();
-  for (int i = 0; i < MR; ++i) out[i] = b;
-  for (int64_t k0 = 0; k0 < a.Kp; k0 += a.segment) {
-    const int64_t k1 = std::min(a.Kp, k0 + a.segment);
-    __m512i acc[MR][2];
-    int4_segment<MR>(a, wt, m0, k0 / kBlockK, k1 / kBlockK, acc);
-    const int64_t g = k0 / group;
-    for (int i = 0; i < MR; ++i) {
-      const __m256i d = hsum4(_mm512_castsi512_si256(acc[i][0]), _mm512_extracti64x4_epi64(acc[i][0], 1),
-                              _mm512_castsi512_si256(acc[i][1]), _mm512_extracti64x4_epi64(acc[i][1], 1));
-      out[i] = int8_epilogue(a, d, 0.0f, t, m0 + i, g, k0, k1, out[i]);
-    }
-  }
-  for (int i = 0; i < MR; ++i) _mm256_storeu_ps(a.out + (m0 + i) * a.N + t * kTileN, out[i]);
+// u8 x s8 products of a block, four to a 32-bit lane, added in one instruction each (see qlinear_x86.h).
+inline __m512i dot_vnni(__m512i acc, __m512i lo, __m512i xl, __m512i hi, __m512i xh) {
+  return _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(acc, lo, xl), hi, xh);
 }
 
 // The sums of xq over each integer segment of every row, as fp32 [M][nseg] (this thread's copy: a
@@ -179,7 +140,7 @@ void int8w_tiles(const Int8LinearArgs& a, int64_t t0, int64_t t1) {
 // Each segment adds (acc - Z_p Xseg) * S_p into fp32 lanes, S_p being the group's scales spread over
 // the lanes and Z_p the zero points in each channel's first lane only (the term is subtracted once
 // a channel), so the horizontal sum to 8 channels and the row's activation scale come once a row,
-// not once a segment. int4_tile's per-segment epilogue (hsum4 + int8_epilogue, with the activation
+// not once a segment. int4_tile_512's per-segment epilogue (hsum4 + int8_epilogue, with the activation
 // block sums added up per tile) cost more than the segment's 16 vpdpbusd at g128: on the GPU host's
 // Xeon (qlinear_bench w4a8 isa=avx512vnni, M = 32, K x N = 4096x11008 g128, four alternating rounds
 // on one core) this ran 14.3-20.7 ms against 24.8-33.4 (sym) and 17.7-20.9 against 26.9-31.3
@@ -198,7 +159,7 @@ void int4_tile_lanes(const Int8LinearArgs& a, int64_t t, int64_t m0, const float
   for (int64_t k0 = 0; k0 < a.Kp; k0 += a.segment, ++s) {
     const int64_t k1 = std::min(a.Kp, k0 + a.segment);
     __m512i acc[MR][2];
-    int4_segment<MR>(a, wt, m0, k0 / kBlockK, k1 / kBlockK, acc);
+    int4_segment_512<MR>(a, wt, m0, k0 / kBlockK, k1 / kBlockK, acc, dot_vnni);
     const int64_t g = k0 / group;
     const __m512 s8 = _mm512_castps256_ps512(_mm256_loadu_ps(a.scales + tile_param_offset(a.G, t, g)));
     const __m512 z8 = _mm512_castps256_ps512(tile_zeros(a.zeros, false, a.zero, a.G, t, g));
@@ -242,8 +203,8 @@ void linear_int8_tiles_avx512vnni(const Int8LinearArgs& a, int64_t t0, int64_t t
   if (!a.act_per_block) return int4_tiles_lanes(a, t0, t1);
   for (int64_t t = t0; t < t1; ++t) {
     int64_t m = 0;
-    for (; m + 4 <= a.M; m += 4) int4_tile<4>(a, t, m);
-    for (; m < a.M; ++m) int4_tile<1>(a, t, m);
+    for (; m + 4 <= a.M; m += 4) int4_tile_512<4>(a, t, m, dot_vnni);
+    for (; m < a.M; ++m) int4_tile_512<1>(a, t, m, dot_vnni);
   }
 }
 

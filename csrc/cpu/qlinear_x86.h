@@ -1,10 +1,12 @@
-// AVX2-level helpers shared by the x86 kernel files (qlinear_avx2.cpp, qlinear_avx512.cpp,
+// Helpers shared by the x86 kernel files (qlinear_avx2.cpp, qlinear_avx512.cpp,
 // qlinear_avx512vnni.cpp). Each file compiles them with its own flags; the anonymous namespace
 // gives every file its own private copy, so the linker can never hand the AVX2 file a copy that was
 // compiled with AVX-512 instructions.
 #pragma once
 
 #include <immintrin.h>
+
+#include <algorithm>
 
 #include "cpu/qlinear.h"
 
@@ -50,6 +52,57 @@ inline __m256 int8_epilogue(const Int8LinearArgs& a, __m256i d, float zero_extra
   const __m256 z = _mm256_add_ps(tile_zeros(a.zeros, false, a.zero, a.G, t, g), _mm256_set1_ps(zero_extra));
   const __m256 corr = _mm256_fnmadd_ps(z, _mm256_set1_ps(static_cast<float>(xseg)), _mm256_cvtepi32_ps(d));
   return _mm256_fmadd_ps(corr, s, out);
+}
+
+
+// ---- 512-bit int4 x int8 tiles (instantiated only by qlinear_avx512.cpp and qlinear_avx512vnni.cpp,
+// each with its own flags; the AVX2 file includes this header but never instantiates them) ----------
+
+// The integer sums of one segment (blocks [kb0, kb1)) of rows m0 .. m0 + MR - 1 against tile wt:
+// acc[i][p] = [j0 | j4 | j1 | j5], [j2 | j6 | j3 | j7] (128-bit lanes of four partial sums each).
+// dot(acc, lo, xl, hi, xh) adds, per 32-bit lane, the u8 x s8 products lo * xl + hi * xh.
+template <int MR, class Dot>
+inline void int4_segment_512(const Int8LinearArgs& a, const uint8_t* wt, int64_t m0, int64_t kb0, int64_t kb1,
+                             __m512i (&acc)[MR][2], Dot dot) {
+  const __m512i nib = _mm512_set1_epi8(0x0F);
+  for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_si512();
+  for (int64_t kb = kb0; kb < kb1; ++kb) {
+    __m512i xl[MR], xh[MR];
+    for (int i = 0; i < MR; ++i) {
+      const int8_t* xp = a.xq + (m0 + i) * a.ldq + kb * kBlockK;
+      xl[i] = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xp)));
+      xh[i] = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xp + 16)));
+    }
+    for (int p = 0; p < 2; ++p) {
+      const __m512i w = _mm512_loadu_si512(wt + kb * 128 + p * 64);
+      const __m512i lo = _mm512_and_si512(w, nib);
+      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), nib);
+      for (int i = 0; i < MR; ++i) acc[i][p] = dot(acc[i][p], lo, xl[i], hi, xh[i]);
+    }
+  }
+}
+
+// W4A8 rows m0 .. m0 + MR - 1 of tile t, segment by segment (int4_segment_512), each segment's sums
+// reduced to the 8 channels and scaled by int8_epilogue.
+template <int MR, class Dot>
+void int4_tile_512(const Int8LinearArgs& a, int64_t t, int64_t m0, Dot dot) {
+  const int64_t KB = a.Kp / kBlockK, group = a.G == 1 ? a.Kp : a.K / a.G;
+  const uint8_t* wt = a.w + t * KB * 128;
+  __m256 out[MR];
+  const __m256 b = a.bias ? _mm256_loadu_ps(a.bias + t * kTileN) : _mm256_setzero_ps();
+  for (int i = 0; i < MR; ++i) out[i] = b;
+  for (int64_t k0 = 0; k0 < a.Kp; k0 += a.segment) {
+    const int64_t k1 = std::min(a.Kp, k0 + a.segment);
+    __m512i acc[MR][2];
+    int4_segment_512<MR>(a, wt, m0, k0 / kBlockK, k1 / kBlockK, acc, dot);
+    const int64_t g = k0 / group;
+    for (int i = 0; i < MR; ++i) {
+      const __m256i d = hsum4(_mm512_castsi512_si256(acc[i][0]), _mm512_extracti64x4_epi64(acc[i][0], 1),
+                              _mm512_castsi512_si256(acc[i][1]), _mm512_extracti64x4_epi64(acc[i][1], 1));
+      out[i] = int8_epilogue(a, d, 0.0f, t, m0 + i, g, k0, k1, out[i]);
+    }
+  }
+  for (int i = 0; i < MR; ++i) _mm256_storeu_ps(a.out + (m0 + i) * a.N + t * kTileN, out[i]);
 }
 
 }  // namespace

@@ -54,8 +54,11 @@ inline int64_t segment_sums(const Int8LinearArgs& a, std::vector<float>& xseg) {
 inline int64_t xu_stride(int64_t Kp) { return Kp + 64; }  // a cache line more than a row (L1 sets)
 
 template <int MR>
-void int8w_tile(const Int8LinearArgs& a, int64_t t, int64_t m0, const uint8_t* xu, const float* xseg, int64_t nseg,
-                const int32_t* wsum) {
+void int8w_tile(const Int8LinearArgs& a, int64_t t, int64_t m0,
+                const uint8_t* xu,      // u8 [M][xu_stride(Kp)], xq + 128, every row of the call
+                const float* xseg,      // fp32 [MR][nseg], rows m0.., sums of xq over each segment
+                int64_t nseg,
+                const int32_t* wsum) {  // int32 [nseg][8], tile t's 128 W' per segment and channel
   const int64_t KB = a.Kp / kBlockK, ldu = xu_stride(a.Kp), group = a.G == 1 ? a.Kp : a.K / a.G;
   const uint8_t* wt = a.w + t * KB * kTileN * kBlockK;
   __m256 out[MR];
@@ -146,7 +149,9 @@ void int8w_tiles(const Int8LinearArgs& a, int64_t t0, int64_t t1) {
 // on one core) this ran 14.3-20.7 ms against 24.8-33.4 (sym) and 17.7-20.9 against 26.9-31.3
 // (zero points); MR = 2, 3 and 6 were no faster than 4.
 template <int MR>
-void int4_tile_lanes(const Int8LinearArgs& a, int64_t t, int64_t m0, const float* xseg, int64_t nseg) {
+void int4_tile_lanes(const Int8LinearArgs& a, int64_t t, int64_t m0,
+                     const float* xseg,  // fp32 [MR][nseg], rows m0.., sums of xq over each segment
+                     int64_t nseg) {
   const int64_t KB = a.Kp / kBlockK, group = a.G == 1 ? a.Kp : a.K / a.G;
   const uint8_t* wt = a.w + t * KB * 128;
   // Channel of each fp32 lane for the two accumulator layouts, and each channel's first lane.

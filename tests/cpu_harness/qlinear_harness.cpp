@@ -9,7 +9,8 @@
 // float activations differ only in fp32 summation order (~eps32 * sqrt(K)); int8 activations
 // have exact integer sums, so only the fp32 epilogue order differs.
 //
-// Built and run by ci/neon_test.sh (aarch64, under qemu); on x86 the same source tests AVX2:
+// Built and run by ci/neon_test.sh (aarch64, under qemu) and by ci/avx512_emulated_test.sh (the
+// AVX-512 kernels with emulated intrinsics, QK_HARNESS_EMULATED_AVX512); on x86 it tests AVX2 as:
 //   g++ -O2 -std=c++17 -Icsrc tests/cpu_harness/qlinear_harness.cpp csrc/cpu/{cpu_features,qlinear_common,qlinear_scalar}.cpp <isa objects>
 #include <cmath>
 #include <cstdio>
@@ -144,7 +145,14 @@ int main() {
   for (Isa isa : simd) {
     FloatTilesFn ff = float_tiles_for(isa);
     Int8TilesFn fi = int8_tiles_for(isa);
-    if (!ff || !fi || !isa_supported(isa)) {
+#ifdef QK_HARNESS_EMULATED_AVX512
+    // The AVX-512 kernels are linked in their scalar-emulated build (ci/avx512_emulated_test.sh),
+    // which runs on any x86 CPU.
+    const bool runs = isa == Isa::kAvx512 || isa == Isa::kAvx512Vnni || isa_supported(isa);
+#else
+    const bool runs = isa_supported(isa);
+#endif
+    if (!ff || !fi || !runs) {
       std::printf("skip %s (%s)\n", isa_name(isa), (!ff || !fi) ? "not in this build" : "not supported by this CPU");
       continue;
     }

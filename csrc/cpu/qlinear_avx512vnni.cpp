@@ -55,7 +55,7 @@ inline int64_t xu_stride(int64_t Kp) { return Kp + 64; }  // a cache line more t
 
 template <int MR>
 void int8w_tile(const Int8LinearArgs& a, int64_t t, int64_t m0,
-                const uint8_t* xu,      // u8 [M][xu_stride(Kp)], xq + 128, every row of the call
+                const uint8_t* xu,      // u8 [MR][xu_stride(Kp)], rows m0.., xq + 128
                 const float* xseg,      // fp32 [MR][nseg], rows m0.., sums of xq over each segment
                 int64_t nseg,
                 const int32_t* wsum) {  // int32 [nseg][8], tile t's 128 W' per segment and channel
@@ -74,7 +74,7 @@ void int8w_tile(const Int8LinearArgs& a, int64_t t, int64_t m0,
       __m512i xv[MR];
       for (int i = 0; i < MR; ++i)
         xv[i] = _mm512_broadcast_i64x4(
-            _mm256_load_si256(reinterpret_cast<const __m256i*>(xu + (m0 + i) * ldu + kb * kBlockK)));
+            _mm256_load_si256(reinterpret_cast<const __m256i*>(xu + i * ldu + kb * kBlockK)));
       for (int p = 0; p < 4; ++p) {
         const __m512i w = _mm512_loadu_si512(wt + (kb * kTileN + 2 * p) * kBlockK);
         for (int i = 0; i < MR; ++i) acc[i][p] = _mm512_dpbusd_epi32(acc[i][p], xv[i], w);
@@ -99,6 +99,11 @@ void int8w_tile(const Int8LinearArgs& a, int64_t t, int64_t m0,
   for (int i = 0; i < MR; ++i) _mm256_storeu_ps(a.out + (m0 + i) * a.N + t * kTileN, out[i]);
 }
 
+// Rows a pass over the tiles: the activation copy holds at most this many (the AVX2 kernels copy 64-row
+// panels), so a long prefill does not leave M x K bytes behind in every thread. Each panel recomputes
+// its tiles' weight sums: 1/256 of its multiplies.
+constexpr int64_t kRowPanel = 256;
+
 void int8w_tiles(const Int8LinearArgs& a, int64_t t0, int64_t t1) {
   constexpr int MR = 4;
   thread_local std::vector<uint8_t> xu_buf;
@@ -106,35 +111,40 @@ void int8w_tiles(const Int8LinearArgs& a, int64_t t0, int64_t t1) {
   thread_local std::vector<int32_t> wsum;
   const int64_t KB = a.Kp / kBlockK, ldu = xu_stride(a.Kp);
   const int64_t nseg = segment_sums(a, xseg);
-  if (static_cast<int64_t>(xu_buf.size()) < a.M * ldu + 64) xu_buf.resize(a.M * ldu + 64);
+  const int64_t panel_rows = std::min(a.M, kRowPanel);
+  if (static_cast<int64_t>(xu_buf.size()) < panel_rows * ldu + 64) xu_buf.resize(panel_rows * ldu + 64);
   if (static_cast<int64_t>(wsum.size()) < nseg * kTileN) wsum.resize(nseg * kTileN);
   uint8_t* xu = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(xu_buf.data()) + 63) & ~uintptr_t{63});
   const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
-  for (int64_t m = 0; m < a.M; ++m)
-    for (int64_t k = 0; k < a.Kp; k += kBlockK)
-      _mm256_store_si256(reinterpret_cast<__m256i*>(xu + m * ldu + k),
-                         _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.xq + m * a.ldq + k)), flip));
   const __m512i ones = _mm512_set1_epi8(1);
-  for (int64_t t = t0; t < t1; ++t) {
-    const uint8_t* wt = a.w + t * KB * kTileN * kBlockK;
-    int64_t s = 0;
-    for (int64_t k0 = 0; k0 < a.Kp; k0 += a.segment, ++s) {  // 128 W' of each segment
-      const int64_t k1 = std::min(a.Kp, k0 + a.segment);
-      __m512i acc[4];
-      for (int p = 0; p < 4; ++p) acc[p] = _mm512_setzero_si512();
-      for (int64_t kb = k0 / kBlockK; kb < k1 / kBlockK; ++kb)
-        for (int p = 0; p < 4; ++p)
-          acc[p] = _mm512_dpbusd_epi32(acc[p], ones, _mm512_loadu_si512(wt + (kb * kTileN + 2 * p) * kBlockK));
-      __m256i c[8];
-      for (int p = 0; p < 4; ++p) {
-        c[2 * p] = _mm512_castsi512_si256(acc[p]);
-        c[2 * p + 1] = _mm512_extracti64x4_epi64(acc[p], 1);
+  for (int64_t p0 = 0; p0 < a.M; p0 += kRowPanel) {
+    const int64_t p1 = std::min(a.M, p0 + kRowPanel);
+    for (int64_t m = p0; m < p1; ++m)
+      for (int64_t k = 0; k < a.Kp; k += kBlockK)
+        _mm256_store_si256(reinterpret_cast<__m256i*>(xu + (m - p0) * ldu + k),
+                           _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.xq + m * a.ldq + k)), flip));
+    for (int64_t t = t0; t < t1; ++t) {
+      const uint8_t* wt = a.w + t * KB * kTileN * kBlockK;
+      int64_t s = 0;
+      for (int64_t k0 = 0; k0 < a.Kp; k0 += a.segment, ++s) {  // 128 W' of each segment
+        const int64_t k1 = std::min(a.Kp, k0 + a.segment);
+        __m512i acc[4];
+        for (int p = 0; p < 4; ++p) acc[p] = _mm512_setzero_si512();
+        for (int64_t kb = k0 / kBlockK; kb < k1 / kBlockK; ++kb)
+          for (int p = 0; p < 4; ++p)
+            acc[p] = _mm512_dpbusd_epi32(acc[p], ones, _mm512_loadu_si512(wt + (kb * kTileN + 2 * p) * kBlockK));
+        __m256i c[8];
+        for (int p = 0; p < 4; ++p) {
+          c[2 * p] = _mm512_castsi512_si256(acc[p]);
+          c[2 * p + 1] = _mm512_extracti64x4_epi64(acc[p], 1);
+        }
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(wsum.data() + s * kTileN), _mm256_slli_epi32(hsum8(c), 7));
       }
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(wsum.data() + s * kTileN), _mm256_slli_epi32(hsum8(c), 7));
+      int64_t m = p0;
+      for (; m + MR <= p1; m += MR)
+        int8w_tile<MR>(a, t, m, xu + (m - p0) * ldu, xseg.data() + m * nseg, nseg, wsum.data());
+      for (; m < p1; ++m) int8w_tile<1>(a, t, m, xu + (m - p0) * ldu, xseg.data() + m * nseg, nseg, wsum.data());
     }
-    int64_t m = 0;
-    for (; m + MR <= a.M; m += MR) int8w_tile<MR>(a, t, m, xu, xseg.data() + m * nseg, nseg, wsum.data());
-    for (; m < a.M; ++m) int8w_tile<1>(a, t, m, xu, xseg.data() + m * nseg, nseg, wsum.data());
   }
 }
 

@@ -171,6 +171,11 @@ int main() {
         failed += !test_float(isa_name(isa), ff, c, rng);
         failed += !test_int8(isa_name(isa), fi, c, false, rng);
       }
+      // More rows than the kernels' row panels (64 on AVX2, 256 for VNNI W8A8).
+      const Case tall{bits, 261, 24, 96, 3};
+      failed += !test_float(isa_name(isa), ff, tall, rng);
+      failed += !test_int8(isa_name(isa), fi, tall, false, rng);
+      failed += !test_int8(isa_name(isa), fi, tall, true, rng);
       const Case big{bits, 3, 16, 8192, 64};
       failed += !test_float(isa_name(isa), ff, big, rng);
       failed += !test_int8(isa_name(isa), fi, big, false, rng);

@@ -27,12 +27,4 @@ wait
 "$CXX" "${FLAGS[@]}" -static tests/cpu_harness/qlinear_harness.cpp "$build"/*.o -o "$build/qlinear_harness"
 
 # qemu's default CPU model ("max") has ASIMD and dotprod, reported through hwcaps as on hardware.
-status=0
-out=$(qemu-aarch64 "$build/qlinear_harness") || status=$?
-echo "$out" | grep -v '^PASS' || true
-echo "passing cases: $(echo "$out" | grep -c '^PASS' || true)"
-if echo "$out" | grep -q '^skip neon'; then
-  echo "neon path was not tested"
-  exit 1
-fi
-exit "$status"
+bash ci/check_harness.sh neon qemu-aarch64 "$build/qlinear_harness"

@@ -179,15 +179,7 @@ void int8w_tile(const Int8LinearArgs& a, int64_t t, int64_t m0) {
       }
     }
     const int64_t g = k0 / group;
-    for (int i = 0; i < MR; ++i) {
-      // Channel c's partial sums, one ymm per channel.
-      __m256i c[8];
-      for (int p = 0; p < 4; ++p) {
-        c[2 * p] = _mm512_castsi512_si256(acc[i][p]);
-        c[2 * p + 1] = _mm512_extracti64x4_epi64(acc[i][p], 1);
-      }
-      out[i] = int8_epilogue(a, hsum8(c), 0.0f, t, m0 + i, g, k0, k1, out[i]);
-    }
+    for (int i = 0; i < MR; ++i) out[i] = int8_epilogue(a, hsum8_512(acc[i]), t, m0 + i, g, k0, k1, out[i]);
   }
   for (int i = 0; i < MR; ++i) _mm256_storeu_ps(a.out + (m0 + i) * a.N + t * kTileN, out[i]);
 }

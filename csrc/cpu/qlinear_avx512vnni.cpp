@@ -85,12 +85,7 @@ void int8w_tile(const Int8LinearArgs& a, int64_t t, int64_t m0,
     const __m256 sc = _mm256_loadu_ps(a.scales + tile_param_offset(a.G, t, g));
     const __m256 z = tile_zeros(a.zeros, false, a.zero, a.G, t, g);
     for (int i = 0; i < MR; ++i) {
-      __m256i c[8];
-      for (int p = 0; p < 4; ++p) {
-        c[2 * p] = _mm512_castsi512_si256(acc[i][p]);
-        c[2 * p + 1] = _mm512_extracti64x4_epi64(acc[i][p], 1);
-      }
-      const __m256i d = _mm256_sub_epi32(hsum8(c), w128);
+      const __m256i d = _mm256_sub_epi32(hsum8_512(acc[i]), w128);
       const float xscale = a.xscale[a.act_per_block ? (m0 + i) * KB + k0 / kBlockK : m0 + i];
       const __m256 corr = _mm256_fnmadd_ps(z, _mm256_set1_ps(xseg[i * nseg + s]), _mm256_cvtepi32_ps(d));
       out[i] = _mm256_fmadd_ps(corr, _mm256_mul_ps(sc, _mm256_set1_ps(xscale)), out[i]);
@@ -133,12 +128,7 @@ void int8w_tiles(const Int8LinearArgs& a, int64_t t0, int64_t t1) {
         for (int64_t kb = k0 / kBlockK; kb < k1 / kBlockK; ++kb)
           for (int p = 0; p < 4; ++p)
             acc[p] = _mm512_dpbusd_epi32(acc[p], ones, _mm512_loadu_si512(wt + (kb * kTileN + 2 * p) * kBlockK));
-        __m256i c[8];
-        for (int p = 0; p < 4; ++p) {
-          c[2 * p] = _mm512_castsi512_si256(acc[p]);
-          c[2 * p + 1] = _mm512_extracti64x4_epi64(acc[p], 1);
-        }
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(wsum.data() + s * kTileN), _mm256_slli_epi32(hsum8(c), 7));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(wsum.data() + s * kTileN), _mm256_slli_epi32(hsum8_512(acc), 7));
       }
       int64_t m = p0;
       for (; m + MR <= p1; m += MR)

@@ -41,15 +41,15 @@ inline __m256 tile_zeros(const void* zeros, bool half, float zero, int64_t G, in
 }
 
 // Adds one segment [k0, k1) of row m to out (tile t, weight group g): d holds the 8 channels'
-// integer sums; the zero points used are zeros + zero_extra (see qlinear_avx512vnni.cpp).
-inline __m256 int8_epilogue(const Int8LinearArgs& a, __m256i d, float zero_extra, int64_t t, int64_t m, int64_t g,
+// integer sums.
+inline __m256 int8_epilogue(const Int8LinearArgs& a, __m256i d, int64_t t, int64_t m, int64_t g,
                             int64_t k0, int64_t k1, __m256 out) {
   const int64_t KB = a.Kp / kBlockK;
   int32_t xseg = 0;
   for (int64_t b = k0 / kBlockK; b < k1 / kBlockK; ++b) xseg += a.xblock[m * KB + b];
   const float xscale = a.xscale[a.act_per_block ? m * KB + k0 / kBlockK : m];
   const __m256 s = _mm256_mul_ps(_mm256_loadu_ps(a.scales + tile_param_offset(a.G, t, g)), _mm256_set1_ps(xscale));
-  const __m256 z = _mm256_add_ps(tile_zeros(a.zeros, false, a.zero, a.G, t, g), _mm256_set1_ps(zero_extra));
+  const __m256 z = tile_zeros(a.zeros, false, a.zero, a.G, t, g);
   const __m256 corr = _mm256_fnmadd_ps(z, _mm256_set1_ps(static_cast<float>(xseg)), _mm256_cvtepi32_ps(d));
   return _mm256_fmadd_ps(corr, s, out);
 }
@@ -57,6 +57,19 @@ inline __m256 int8_epilogue(const Int8LinearArgs& a, __m256i d, float zero_extra
 
 // ---- 512-bit int4 x int8 tiles (instantiated only by qlinear_avx512.cpp and qlinear_avx512vnni.cpp,
 // each with its own flags; the AVX2 file includes this header but never instantiates them) ----------
+
+// The 8 channel sums of four s32 vectors holding channel 2p in the low 256 bits of acc[p] and
+// 2p + 1 in the high (the int8-weight tiles' accumulators).
+template <int P = 4>
+inline __m256i hsum8_512(const __m512i (&acc)[P]) {
+  static_assert(P == 4, "four vectors of two channels");
+  __m256i c[8];
+  for (int p = 0; p < 4; ++p) {
+    c[2 * p] = _mm512_castsi512_si256(acc[p]);
+    c[2 * p + 1] = _mm512_extracti64x4_epi64(acc[p], 1);
+  }
+  return hsum8(c);
+}
 
 // The integer sums of one segment (blocks [kb0, kb1)) of rows m0 .. m0 + MR - 1 against tile wt:
 // acc[i][p] = [j0 | j4 | j1 | j5], [j2 | j6 | j3 | j7] (128-bit lanes of four partial sums each).
@@ -99,7 +112,7 @@ void int4_tile_512(const Int8LinearArgs& a, int64_t t, int64_t m0, Dot dot) {
     for (int i = 0; i < MR; ++i) {
       const __m256i d = hsum4(_mm512_castsi512_si256(acc[i][0]), _mm512_extracti64x4_epi64(acc[i][0], 1),
                               _mm512_castsi512_si256(acc[i][1]), _mm512_extracti64x4_epi64(acc[i][1], 1));
-      out[i] = int8_epilogue(a, d, 0.0f, t, m0 + i, g, k0, k1, out[i]);
+      out[i] = int8_epilogue(a, d, t, m0 + i, g, k0, k1, out[i]);
     }
   }
   for (int i = 0; i < MR; ++i) _mm256_storeu_ps(a.out + (m0 + i) * a.N + t * kTileN, out[i]);

@@ -98,11 +98,6 @@ inline __m256i hsum4_unpack(__m256i a0, __m256i a1, __m256i a2, __m256i a3) {
 inline __m256i even_s8_to_s16(__m256i v) { return _mm256_srai_epi16(_mm256_slli_epi16(v, 8), 8); }
 inline __m256i odd_s8_to_s16(__m256i v) { return _mm256_srai_epi16(v, 8); }
 
-inline int64_t l2_tile_group(int64_t tile_bytes) {
-  constexpr int64_t kL2Budget = 256 << 10;
-  return std::max<int64_t>(1, kL2Budget / std::max<int64_t>(1, tile_bytes));
-}
-
 template <int BITS, int MR>
 void float_tile(const FloatLinearArgs& a, int64_t t, int64_t m0) {
   constexpr int P = 32 / BITS;

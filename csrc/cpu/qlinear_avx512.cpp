@@ -3,8 +3,9 @@
 // the AVX2 path is usable too: an odd last float tile is handed to it).
 //
 // * float activations: two tiles (16 channels) per zmm vector; codes masked in place and
-//   converted (pre-shifted), FMA'd with broadcast activations of up to 4 rows. A single row (GEMV)
-//   runs four tiles a pass with software prefetch of the four weight streams (float_tiles_row).
+//   converted (pre-shifted), FMA'd with broadcast activations. Several rows: four tiles x 8 rows a
+//   register block (float_tile_quad), over L2-sized groups of tiles. A single row (GEMV) runs four
+//   tiles a pass with software prefetch of the four weight streams (float_tiles_row).
 // * int8 activations: vpmaddubsw/vpmaddwd on 64 bytes = two int4 tile columns (j, j+1) at once;
 //   int8 weights use |w| x (x negated where w < 0) since AVX-512 has no vpsignb.
 // Test: tests/test_cpu_backend.py (isa="avx512", skipped on CPUs without AVX-512).
@@ -122,22 +123,105 @@ void float_tiles_row(const FloatLinearArgs& a, int64_t t, int64_t m) {
   for (int p = 0; p < NP; ++p) _mm512_storeu_ps(a.out + m * a.N + (t + 2 * p) * kTileN, out[p]);
 }
 
-template <int BITS>
-void float_tiles(const FloatLinearArgs& a, int64_t t0, int64_t t1) {
+// Tiles t .. t + 3 (two vectors of 16 channels) for MR rows: 2 * MR independent FMA chains, where
+// float_tile_pair's 4 rows x 16 channels kept only 4 in flight (half the two FMA pipes' 8 at 4 cycles'
+// latency) and spent one code conversion per 4 FMAs instead of one per MR. The running sums live in
+// the output (L1) between groups, as in the AVX2 file's float_tile2x6, so only the accumulators
+// hold registers.
+constexpr int kQuadRows = 8;
+template <int BITS, int MR>
+void float_tile_quad(const FloatLinearArgs& a, int64_t t, int64_t m0) {
+  constexpr int P = 32 / BITS;
+  constexpr uint32_t kMask = (1u << BITS) - 1;
+  const int64_t rows = a.K / P, grows = rows / a.G;
+  const uint32_t* w = a.w + t * rows * kTileN;  // tile t + h starts h * rows word rows further
+  const float* x0 = a.xs + m0 * a.ldx;
+  float* out = a.out + m0 * a.N + t * kTileN;
+  for (int h = 0; h < 2; ++h) {
+    const __m512 b = a.bias ? _mm512_loadu_ps(a.bias + (t + 2 * h) * kTileN) : _mm512_setzero_ps();
+    for (int i = 0; i < MR; ++i) _mm512_storeu_ps(out + i * a.N + 16 * h, b);
+  }
+  for (int64_t g = 0; g < a.G; ++g) {
+    __m512 acc[MR][2];
+    for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    for (int64_t r = g * grows; r < (g + 1) * grows; ++r) {
+      __m512i v[2];
+      for (int h = 0; h < 2; ++h)
+        v[h] = _mm512_inserti64x4(
+            _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + (2 * h * rows + r) * kTileN))),
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + ((2 * h + 1) * rows + r) * kTileN)), 1);
+      const float* x = x0 + r * P;
+#pragma GCC unroll 8
+      for (int j = 0; j < P; ++j) {
+        __m512 q[2];
+        for (int h = 0; h < 2; ++h)
+          q[h] = _mm512_cvtepi32_ps(j == P - 1 ? _mm512_srli_epi32(v[h], BITS * j)
+                                               : _mm512_and_si512(v[h], _mm512_set1_epi32(static_cast<int>(kMask << (BITS * j)))));
+        for (int i = 0; i < MR; ++i) {
+          const __m512 xb = _mm512_set1_ps(x[i * a.ldx + j]);
+          acc[i][0] = _mm512_fmadd_ps(q[0], xb, acc[i][0]);
+          acc[i][1] = _mm512_fmadd_ps(q[1], xb, acc[i][1]);
+        }
+      }
+    }
+    for (int h = 0; h < 2; ++h) {
+      const __m512 s = tile_pair_params(a.scales, a.params_fp16, a.G, t + 2 * h, g);
+      const __m512 z = a.zeros ? tile_pair_params(a.zeros, a.params_fp16, a.G, t + 2 * h, g) : _mm512_set1_ps(a.zero);
+      for (int i = 0; i < MR; ++i) {
+        float* o = out + i * a.N + 16 * h;
+        const __m512 xsum = _mm512_set1_ps(a.xsum[(m0 + i) * a.G + g]);
+        _mm512_storeu_ps(o, _mm512_fmadd_ps(s, _mm512_fnmadd_ps(z, xsum, acc[i][h]), _mm512_loadu_ps(o)));
+      }
+    }
+  }
+}
+
+// Rows m0 .. m0 + MR of tiles [t0, t1), an even count: quads, then a pair.
+template <int BITS, int MR>
+void float_rows(const FloatLinearArgs& a, int64_t t0, int64_t t1, int64_t m0) {
   int64_t t = t0;
-  if (a.M == 1)
-    for (; t + 2 * kGemvPairs <= t1; t += 2 * kGemvPairs) float_tiles_row<BITS, kGemvPairs>(a, t, 0);
-  for (; t + 2 <= t1; t += 2) {
-    int64_t m = 0;
-    for (; m + 4 <= a.M; m += 4) float_tile_pair<BITS, 4>(a, t, m);
-    switch (a.M - m) {
+  for (; t + 4 <= t1; t += 4) float_tile_quad<BITS, MR>(a, t, m0);
+  if (t < t1) {
+    int64_t m = m0;
+    for (; m + 4 <= m0 + MR; m += 4) float_tile_pair<BITS, 4>(a, t, m);
+    switch (m0 + MR - m) {
       case 3: float_tile_pair<BITS, 3>(a, t, m); break;
       case 2: float_tile_pair<BITS, 2>(a, t, m); break;
       case 1: float_tile_pair<BITS, 1>(a, t, m); break;
       default: break;
     }
   }
-  if (t < t1) linear_float_tiles_avx2(a, t, t1);
+}
+
+template <int BITS>
+void float_tiles(const FloatLinearArgs& a, int64_t t0, int64_t t1) {
+  if (a.M == 1) {
+    int64_t t = t0;
+    for (; t + 2 * kGemvPairs <= t1; t += 2 * kGemvPairs) float_tiles_row<BITS, kGemvPairs>(a, t, 0);
+    for (; t + 2 <= t1; t += 2) float_tile_pair<BITS, 1>(a, t, 0);
+    if (t < t1) linear_float_tiles_avx2(a, t, t1);
+    return;
+  }
+  // Tiles in groups that stay in the L2 while every row block passes over them; an odd last tile
+  // goes to the AVX2 kernels.
+  const int64_t tg = std::max<int64_t>(4, l2_tile_group(a.K * kTileN * BITS / 8) / 4 * 4);
+  const int64_t te = t0 + (t1 - t0) / 2 * 2;
+  for (int64_t g0 = t0; g0 < te; g0 += tg) {
+    const int64_t g1 = std::min(te, g0 + tg);
+    int64_t m = 0;
+    for (; m + kQuadRows <= a.M; m += kQuadRows) float_rows<BITS, kQuadRows>(a, g0, g1, m);
+    switch (a.M - m) {
+      case 7: float_rows<BITS, 7>(a, g0, g1, m); break;
+      case 6: float_rows<BITS, 6>(a, g0, g1, m); break;
+      case 5: float_rows<BITS, 5>(a, g0, g1, m); break;
+      case 4: float_rows<BITS, 4>(a, g0, g1, m); break;
+      case 3: float_rows<BITS, 3>(a, g0, g1, m); break;
+      case 2: float_rows<BITS, 2>(a, g0, g1, m); break;
+      case 1: float_rows<BITS, 1>(a, g0, g1, m); break;
+      default: break;
+    }
+  }
+  if (te < t1) linear_float_tiles_avx2(a, te, t1);
 }
 
 // int4 x int8 without VNNI: vpmaddubsw (15 * 127 * 2 fits s16), then vpmaddwd against ones.

@@ -27,6 +27,14 @@ inline __m256i hsum8(const __m256i* a) {
   return _mm256_set_m128i(hi, lo);
 }
 
+// How many consecutive tiles of `tile_bytes` weight bytes each a GEMM of several rows works through
+// together: every row block re-reads them, so they should stay in the L2 (256 KiB of it, a budget
+// that leaves room for the activations on every x86 core these kernels target).
+inline int64_t l2_tile_group(int64_t tile_bytes) {
+  constexpr int64_t kL2Budget = 256 << 10;
+  return std::max<int64_t>(1, kL2Budget / std::max<int64_t>(1, tile_bytes));
+}
+
 // The 8 values at offset `off` of a tile-major scales / zeros array held as fp32, or as fp16 bits
 // where `half` (converted by F16C, which every path using this header has).
 inline __m256 load_params8(const void* p, bool half, int64_t off) {

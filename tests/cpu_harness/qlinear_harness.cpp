@@ -176,6 +176,10 @@ int main() {
       failed += !test_float(isa_name(isa), ff, tall, rng);
       failed += !test_int8(isa_name(isa), fi, tall, false, rng);
       failed += !test_int8(isa_name(isa), fi, tall, true, rng);
+      // Row blocks of the float GEMMs (6 rows on AVX2, 8 on AVX-512) plus a remainder, over several of
+      // their L2-sized tile groups (16 int4 / 8 int8 tiles at K = 4096) and an odd last tile.
+      const Case wide{bits, 12, 312, 4096, 32};
+      failed += !test_float(isa_name(isa), ff, wide, rng);
       const Case big{bits, 3, 16, 8192, 64};
       failed += !test_float(isa_name(isa), ff, big, rng);
       failed += !test_int8(isa_name(isa), fi, big, false, rng);

@@ -53,6 +53,14 @@ inline int64_t segment_sums(const Int8LinearArgs& a, std::vector<float>& xseg) {
 // and 13-18% slower on 11008x4096.
 inline int64_t xu_stride(int64_t Kp) { return Kp + 64; }  // a cache line more than a row (L1 sets)
 
+// GCC's loop-header copying (-ftree-ch) kept the W8A8 loops' carried accumulators in two register
+// sets: two zmm moves per vpdpbusd and stack stores, 59 instructions a block of 16 vpdpbusd against
+// 29 without it (GCC 12). It is off for the W8A8 functions only. On the GPU host's Xeon
+// (qlinear_bench w8a8 isa=avx512vnni, one core, five interleaved rounds, `.gpu_diag/s25_run6.sh`)
+// they took 0.56-0.92x the time (0.73-0.78x in most rounds) at 8-128 rows of 4096x11008, 11008x4096
+// and 8192x28672. Building the whole file without it slowed the W4A8 kernel instead.
+#pragma GCC push_options
+#pragma GCC optimize("no-tree-ch")
 template <int MR>
 void int8w_tile(const Int8LinearArgs& a, int64_t t, int64_t m0,
                 const uint8_t* xu,      // u8 [MR][xu_stride(Kp)], rows m0.., xq + 128
@@ -137,6 +145,8 @@ void int8w_tiles(const Int8LinearArgs& a, int64_t t0, int64_t t1) {
     }
   }
 }
+
+#pragma GCC pop_options
 
 // W4A8 with per-row activation scales: the segment epilogue in lane form. acc[i][p] holds, per
 // 128-bit lane, four partial sums of one channel ([c0|c4|c1|c5], [c2|c6|c3|c7]: the layout's lanes).

@@ -57,8 +57,8 @@ inline int64_t xu_stride(int64_t Kp) { return Kp + 64; }  // a cache line more t
 // sets: two zmm moves per vpdpbusd and stack stores, 59 instructions a block of 16 vpdpbusd against
 // 29 without it (GCC 12). It is off for the W8A8 functions only. On the GPU host's Xeon
 // (qlinear_bench w8a8 isa=avx512vnni, one core, five interleaved rounds, `.gpu_diag/s25_run6.sh`)
-// they took 0.56-0.92x the time (0.73-0.78x in most rounds) at 8-128 rows of 4096x11008, 11008x4096
-// and 8192x28672. Building the whole file without it slowed the W4A8 kernel instead.
+// they took 0.56-1.09x the time (0.72-0.82x in most rounds) at 8-128 rows of 4096x11008, 11008x4096
+// and 8192x28672. Building the whole file without it slowed the W4A8 kernel and the GEMV instead.
 #pragma GCC push_options
 #pragma GCC optimize("no-tree-ch")
 template <int MR>

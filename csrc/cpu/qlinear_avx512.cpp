@@ -176,7 +176,7 @@ void float_tile_quad(const FloatLinearArgs& a, int64_t t, int64_t m0) {
   }
 }
 
-// Rows m0 .. m0 + MR of tiles [t0, t1), an even count: quads, then a pair.
+// Rows m0 .. m0 + MR - 1 of tiles [t0, t1), an even count: quads, then a pair.
 template <int BITS, int MR>
 void float_rows(const FloatLinearArgs& a, int64_t t0, int64_t t1, int64_t m0) {
   int64_t t = t0;

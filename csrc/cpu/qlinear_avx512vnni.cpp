@@ -59,8 +59,10 @@ inline int64_t xu_stride(int64_t Kp) { return Kp + 64; }  // a cache line more t
 // (qlinear_bench w8a8 isa=avx512vnni, one core, five interleaved rounds, `.gpu_diag/s25_run6.sh`)
 // they took 0.56-1.09x the time (0.72-0.82x in most rounds) at 8-128 rows of 4096x11008, 11008x4096
 // and 8192x28672. Building the whole file without it slowed the W4A8 kernel and the GEMV instead.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC push_options
 #pragma GCC optimize("no-tree-ch")
+#endif
 template <int MR>
 void int8w_tile(const Int8LinearArgs& a, int64_t t, int64_t m0,
                 const uint8_t* xu,      // u8 [MR][xu_stride(Kp)], rows m0.., xq + 128
@@ -146,7 +148,9 @@ void int8w_tiles(const Int8LinearArgs& a, int64_t t0, int64_t t1) {
   }
 }
 
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC pop_options
+#endif
 
 // W4A8 with per-row activation scales: the segment epilogue in lane form. acc[i][p] holds, per
 // 128-bit lane, four partial sums of one channel ([c0|c4|c1|c5], [c2|c6|c3|c7]: the layout's lanes).

@@ -180,6 +180,9 @@ int main() {
       // their L2-sized tile groups (16 int4 / 8 int8 tiles at K = 4096) and an odd last tile.
       const Case wide{bits, 12, 312, 4096, 32};
       failed += !test_float(isa_name(isa), ff, wide, rng);
+      // Per channel with per-row activation scales: one integer segment of 4160 columns a row.
+      const Case long_row{bits, 6, 40, 4160, 1};
+      failed += !test_int8(isa_name(isa), fi, long_row, false, rng);
       const Case big{bits, 3, 16, 8192, 64};
       failed += !test_float(isa_name(isa), ff, big, rng);
       failed += !test_int8(isa_name(isa), fi, big, false, rng);

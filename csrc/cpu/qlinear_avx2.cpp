@@ -526,37 +526,45 @@ void int4_gemv(const FloatLinearArgs& a, const GemvActivations& x, int64_t t0, i
   for (int64_t t = t4; t < t1; ++t) float_tile<4, 1>(a, t, 0);
 }
 
+// The padded copy of rows m0 .. m0 + rows - 1 (zero rows after them) that float_rows_padded reads, built
+// once a call and shared by every tile group.
+struct PaddedRows {
+  static constexpr int kRows = 6;
+  std::vector<float> xs, xsum, out;
+  void build(const FloatLinearArgs& a, int64_t m0, int64_t rows) {
+    xs.assign(kRows * a.ldx, 0.0f);
+    xsum.assign(kRows * a.G, 0.0f);
+    for (int64_t i = 0; i < rows; ++i) {
+      std::memcpy(xs.data() + i * a.ldx, a.xs + (m0 + i) * a.ldx, a.K * sizeof(float));
+      std::memcpy(xsum.data() + i * a.G, a.xsum + (m0 + i) * a.G, a.G * sizeof(float));
+    }
+  }
+};
+
 // Rows m0 .. m0 + rows - 1 (rows < 6) of tiles [g0, g1) through the 6-row block, on a copy of those
 // rows padded with zero rows; the block's outputs for the real rows are copied back. The copy is a view
-// of the layer restricted to the tile range, so its output buffer holds only those columns. Used for 5
-// rows, where float_tile<4> + float_tile<1> was slower. One Zen 3 core, qlinear_bench w4a16 g128, the two
+// of the layer restricted to the tile range, so its output buffer (pad.out) holds only those columns.
+// Used for 5 rows, where float_tile<4> + float_tile<1> was slower. One Zen 3 core, qlinear_bench w4a16 g128, the two
 // alternating round by round, time of this path over the old one: M = 5 on 4096x11008 0.65-0.91 (five
 // rounds) and 0.67-1.07 (six, median 0.90); M = 5 on 11008x4096 0.83-1.04 (median 0.96); M = 11 (6 + 5)
 // 0.77-0.97 (median 0.87). For 4 rows float_tile<4> was faster (5.9-8.6 against 7.5-9.0 ms).
 template <int BITS>
-void float_rows_padded(const FloatLinearArgs& a, int64_t g0, int64_t g1, int64_t m0, int64_t rows) {
-  constexpr int MR = 6;
-  thread_local std::vector<float> xs, xsum, out;
+void float_rows_padded(const FloatLinearArgs& a, PaddedRows& pad, int64_t g0, int64_t g1, int64_t m0, int64_t rows) {
+  constexpr int MR = PaddedRows::kRows;
   const int64_t n = (g1 - g0) * kTileN, pb = a.params_fp16 ? 2 : 4;
-  xs.assign(MR * a.ldx, 0.0f);
-  xsum.assign(MR * a.G, 0.0f);
-  out.resize(MR * n);
-  for (int64_t i = 0; i < rows; ++i) {
-    std::memcpy(xs.data() + i * a.ldx, a.xs + (m0 + i) * a.ldx, a.K * sizeof(float));
-    std::memcpy(xsum.data() + i * a.G, a.xsum + (m0 + i) * a.G, a.G * sizeof(float));
-  }
+  pad.out.resize(MR * n);
   FloatLinearArgs r = a;
   const int64_t skip = tile_param_offset(a.G, g0, 0) * pb;  // bytes of the tiles before g0
   r.w = a.w + g0 * (a.K * BITS / 32) * kTileN;
   r.scales = static_cast<const char*>(a.scales) + skip;
   r.zeros = a.zeros ? static_cast<const char*>(a.zeros) + skip : nullptr;
   r.bias = a.bias ? a.bias + g0 * kTileN : nullptr;
-  r.xs = xs.data(), r.xsum = xsum.data(), r.out = out.data(), r.M = MR, r.N = n;
+  r.xs = pad.xs.data(), r.xsum = pad.xsum.data(), r.out = pad.out.data(), r.M = MR, r.N = n;
   int64_t t = 0;
   for (; t + 2 <= g1 - g0; t += 2) float_tile2x6<BITS>(r, t, 0);
   if (t < g1 - g0) float_tile<BITS, MR>(r, t, 0);
   for (int64_t i = 0; i < rows; ++i)
-    std::memcpy(a.out + (m0 + i) * a.N + g0 * kTileN, out.data() + i * n, n * sizeof(float));
+    std::memcpy(a.out + (m0 + i) * a.N + g0 * kTileN, pad.out.data() + i * n, n * sizeof(float));
 }
 
 template <int BITS>
@@ -567,6 +575,10 @@ void float_tiles(const FloatLinearArgs& a, int64_t t0, int64_t t1) {
     GemvActivations gx{};
     if (prepare_gemv_activations(a, gemv_x, gemv_sum, &gx)) return int4_gemv(a, gx, t0, t1);
   }
+  // 5 rows after the 6-row blocks go through the 6-row block on a padded copy (float_rows_padded).
+  const int64_t m6 = a.M / 6 * 6;
+  thread_local PaddedRows pad;
+  if (a.M - m6 == 5) pad.build(a, m6, 5);
   for (int64_t g0 = t0; g0 < t1; g0 += tg) {
     const int64_t g1 = std::min(t1, g0 + tg);
     if (a.M == 1) {  // GEMV: tiles in sets of kGemvTiles
@@ -582,7 +594,7 @@ void float_tiles(const FloatLinearArgs& a, int64_t t0, int64_t t1) {
       if (t < g1) float_tile<BITS, 6>(a, t, m);
     }
     if (a.M - m == 5) {
-      float_rows_padded<BITS>(a, g0, g1, m, a.M - m);
+      float_rows_padded<BITS>(a, pad, g0, g1, m, a.M - m);
       continue;
     }
     for (int64_t t = g0; t < g1; ++t) {

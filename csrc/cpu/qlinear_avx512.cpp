@@ -176,7 +176,8 @@ void float_tile_quad(const FloatLinearArgs& a, int64_t t, int64_t m0) {
   }
 }
 
-// Rows m0 .. m0 + MR - 1 of tiles [t0, t1), an even count: quads, then a pair.
+// Rows m0 .. m0 + MR - 1 of tiles [t0, t1), an even count: quads, then a pair in blocks of at most 4
+// rows (float_tile_pair keeps its sums in registers; at 7-8 rows GCC spilled them).
 template <int BITS, int MR>
 void float_rows(const FloatLinearArgs& a, int64_t t0, int64_t t1, int64_t m0) {
   int64_t t = t0;

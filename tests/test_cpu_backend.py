@@ -36,7 +36,7 @@ from quantkernels.nn import QuantLinear
 
 pytestmark = pytest.mark.skipif(_ext.extension() is None, reason=f"needs quantkernels._C: {_ext.unavailable_reason()}")
 
-ALL_ISAS = ("scalar", "avx2", "avx512", "avx512_vnni", "neon", "i8mm")
+ALL_ISAS = ("scalar", "avx2", "avx_vnni", "avx512", "avx512_vnni", "neon", "i8mm")
 MS = (1, 2, 3, 5, 17, 64, 129)
 
 

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <iterator>
 #include <string>
 
 #include "bindings/check.h"
@@ -26,7 +27,7 @@ Isa resolve_isa(c10::string_view name) {
   Isa isa;
   const std::string s(name);
   QK_CHECK(qk::cpu::parse_isa(s.c_str(), &isa), "quantkernels cpu: unknown isa '", s,
-           "' (expected scalar, avx2, avx512, avx512_vnni, neon or i8mm)");
+           "' (expected scalar, avx2, avx_vnni, avx512, avx512_vnni, neon or i8mm)");
   QK_CHECK(qk::cpu::isa_supported(isa), "quantkernels cpu: isa '", s, "' is not supported by this CPU/OS");
   return isa;
 }
@@ -34,11 +35,11 @@ Isa resolve_isa(c10::string_view name) {
 // The best kernel this build has at or below `isa` (an ISA may lack its own file for one family).
 template <class Fn>
 Fn kernel_at_or_below(Isa isa, Fn (*table)(Isa)) {
-  const Isa x86[] = {Isa::kAvx512Vnni, Isa::kAvx512, Isa::kAvx2, Isa::kScalar};
+  const Isa x86[] = {Isa::kAvx512Vnni, Isa::kAvx512, Isa::kAvxVnni, Isa::kAvx2, Isa::kScalar};
   const Isa arm[] = {Isa::kI8mm, Isa::kNeon, Isa::kScalar};
   const bool is_arm = isa == Isa::kNeon || isa == Isa::kI8mm;
   bool reached = false;
-  for (Isa cand : is_arm ? std::vector<Isa>(arm, arm + 3) : std::vector<Isa>(x86, x86 + 4)) {
+  for (Isa cand : is_arm ? std::vector<Isa>(std::begin(arm), std::end(arm)) : std::vector<Isa>(std::begin(x86), std::end(x86))) {
     reached = reached || cand == isa;
     if (reached && table(cand)) return table(cand);
   }

@@ -88,6 +88,7 @@ bool isa_supported(Isa isa) {
     case Isa::kAvx2: return avx2;
     case Isa::kAvx512: return avx512;
     case Isa::kAvx512Vnni: return avx512 && f.avx512vnni;
+    case Isa::kAvxVnni: return avx2 && f.avxvnni;
     case Isa::kNeon: return f.neon && f.dotprod;
     case Isa::kI8mm: return f.neon && f.dotprod && f.i8mm;
   }
@@ -95,7 +96,7 @@ bool isa_supported(Isa isa) {
 }
 
 Isa best_supported_isa() {
-  for (Isa isa : {Isa::kAvx512Vnni, Isa::kAvx512, Isa::kAvx2, Isa::kI8mm, Isa::kNeon}) {
+  for (Isa isa : {Isa::kAvx512Vnni, Isa::kAvx512, Isa::kAvxVnni, Isa::kAvx2, Isa::kI8mm, Isa::kNeon}) {
     if (isa_supported(isa)) return isa;
   }
   return Isa::kScalar;
@@ -107,6 +108,7 @@ const char* isa_name(Isa isa) {
     case Isa::kAvx2: return "avx2";
     case Isa::kAvx512: return "avx512";
     case Isa::kAvx512Vnni: return "avx512_vnni";
+    case Isa::kAvxVnni: return "avx_vnni";
     case Isa::kNeon: return "neon";
     case Isa::kI8mm: return "i8mm";
   }
@@ -114,7 +116,7 @@ const char* isa_name(Isa isa) {
 }
 
 bool parse_isa(const char* name, Isa* out) {
-  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kAvx512Vnni, Isa::kNeon, Isa::kI8mm}) {
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvxVnni, Isa::kAvx512, Isa::kAvx512Vnni, Isa::kNeon, Isa::kI8mm}) {
     if (std::strcmp(name, isa_name(isa)) == 0) {
       *out = isa;
       return true;

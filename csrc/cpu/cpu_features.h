@@ -2,7 +2,7 @@
 //
 // The chosen ISA is computed once: the best path the CPU *and* the OS support (cpuid plus XCR0 on
 // x86, so AVX-512 state the OS does not save is never used; hwcaps on ARM), lowered by the
-// environment variable QUANTKERNELS_CPU_ISA=scalar|avx2|avx512|avx512_vnni|neon|... when set.
+// environment variable QUANTKERNELS_CPU_ISA=scalar|avx2|avx_vnni|avx512|avx512_vnni|neon|... when set.
 // Asking for a path the machine cannot run falls back to the best it can (never SIGILL).
 #pragma once
 
@@ -13,6 +13,7 @@ enum class Isa : int {
   kAvx2 = 1,         // AVX2 + FMA + F16C
   kAvx512 = 2,       // AVX-512 F/BW/VL/DQ
   kAvx512Vnni = 3,   // AVX-512 + VNNI (+ BF16 when present)
+  kAvxVnni = 4,      // AVX2 + AVX-VNNI (256-bit vpdpbusd, VEX-encoded)
   kNeon = 10,        // ARMv8.2 NEON + dotprod
   kI8mm = 11,        // NEON + i8mm
 };

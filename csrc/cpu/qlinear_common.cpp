@@ -77,6 +77,7 @@ FloatTilesFn float_tiles_for(Isa isa) {
     case Isa::kAvx2: return linear_float_tiles_avx2;
     case Isa::kAvx512: return linear_float_tiles_avx512;
     case Isa::kAvx512Vnni: return linear_float_tiles_avx512vnni;
+    case Isa::kAvxVnni: return linear_float_tiles_avxvnni;
 #endif
 #if defined(__aarch64__)
     case Isa::kNeon:
@@ -93,6 +94,7 @@ Int8TilesFn int8_tiles_for(Isa isa) {
     case Isa::kAvx2: return linear_int8_tiles_avx2;
     case Isa::kAvx512: return linear_int8_tiles_avx512;
     case Isa::kAvx512Vnni: return linear_int8_tiles_avx512vnni;
+    case Isa::kAvxVnni: return linear_int8_tiles_avxvnni;
 #endif
 #if defined(__aarch64__)
     case Isa::kNeon:

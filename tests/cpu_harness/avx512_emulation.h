@@ -1,6 +1,7 @@
 // Scalar definitions of the AVX-512 intrinsics that csrc/cpu/qlinear_avx512.cpp,
-// csrc/cpu/qlinear_avx512vnni.cpp and the 512-bit templates of qlinear_x86.h use, so that those
-// kernels' logic can be tested on an x86 CPU without AVX-512 (this VM and CI's). Included by
+// csrc/cpu/qlinear_avx512vnni.cpp and the 512-bit templates of qlinear_x86.h use, and of AVX-VNNI's
+// vpdpbusd (csrc/cpu/qlinear_avxvnni.cpp), so that those kernels' logic can be tested on an x86 CPU
+// without AVX-512 or AVX-VNNI (this VM and CI's). Included by
 // avx512_emulated.cpp after <immintrin.h> and before the kernel source: each intrinsic name is
 // redefined as a macro for the emu_ function below, which computes the documented result lane by
 // lane (integer products exact, wrap-around where the instruction wraps, saturation where it
@@ -179,6 +180,23 @@ inline __m512i emu_dpbusd_epi32(__m512i src, __m512i a, __m512i b) {
   }
   return pack<__m512i>(r);
 }
+// The 256-bit, VEX-encoded vpdpbusd of AVX-VNNI (csrc/cpu/qlinear_avxvnni.cpp): the same lane rule.
+inline __m256i emu_dpbusd_avx_epi32(__m256i src, __m256i a, __m256i b) {
+  int32_t s32[8];
+  uint8_t u8[32];
+  int8_t s8[32];
+  std::memcpy(s32, &src, 32);
+  std::memcpy(u8, &a, 32);
+  std::memcpy(s8, &b, 32);
+  for (int i = 0; i < 8; ++i) {
+    int64_t s = s32[i];
+    for (int j = 0; j < 4; ++j) s += int64_t{u8[4 * i + j]} * s8[4 * i + j];
+    s32[i] = wrap<int32_t>(s);
+  }
+  __m256i r;
+  std::memcpy(&r, s32, 32);
+  return r;
+}
 
 // ---- float ----
 inline __m512 emu_add_ps(__m512 a, __m512 b) {
@@ -248,6 +266,7 @@ inline __m512 emu_maskz_permutexvar_ps(__mmask16 k, __m512i idx, __m512 a) {
 #define _mm512_maddubs_epi16 qk::emu::emu_maddubs_epi16
 #define _mm512_madd_epi16 qk::emu::emu_madd_epi16
 #define _mm512_dpbusd_epi32 qk::emu::emu_dpbusd_epi32
+#define _mm256_dpbusd_avx_epi32 qk::emu::emu_dpbusd_avx_epi32
 #define _mm512_add_ps qk::emu::emu_add_ps
 #define _mm512_fmadd_ps qk::emu::emu_fmadd_ps
 #define _mm512_fnmadd_ps qk::emu::emu_fnmadd_ps

@@ -10,7 +10,7 @@
 // kind: w4a16 (float activations, 4-bit), w4a8 / w8a8 (int8 activations per row). Optional last
 // arguments: `sym` gives the kernel one zero point as a value (zeros = nullptr), as the backend does
 // for symmetric layers (without it the kernel reads the zero-point array); `isa=avx512` or
-// `isa=avx512vnni` times that file's kernels instead of AVX2's (the CPU must have them: nothing is
+// `isa=avx512vnni` or `isa=avxvnni` times that file's kernels instead of AVX2's (the CPU must have them: nothing is
 // checked here).
 #include <algorithm>
 #include <chrono>
@@ -48,12 +48,14 @@ int main(int argc, char** argv) {
       float_tiles = linear_float_tiles_avx512, int8_tiles = linear_int8_tiles_avx512;
     } else if (!std::strcmp(argv[i], "isa=avx512vnni")) {
       float_tiles = linear_float_tiles_avx512vnni, int8_tiles = linear_int8_tiles_avx512vnni;
+    } else if (!std::strcmp(argv[i], "isa=avxvnni")) {
+      float_tiles = linear_float_tiles_avxvnni, int8_tiles = linear_int8_tiles_avxvnni;
     } else if (std::strcmp(argv[i], "isa=avx2")) {
       args_ok = false;
     }
   }
   if (!args_ok) {
-    std::fprintf(stderr, "usage: %s w4a16|w4a8|w8a8 M N K G reps [sym] [isa=avx2|avx512|avx512vnni]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s w4a16|w4a8|w8a8 M N K G reps [sym] [isa=avx2|avxvnni|avx512|avx512vnni]\n", argv[0]);
     return 2;
   }
   const char* kind = argv[1];

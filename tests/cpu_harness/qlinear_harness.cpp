@@ -10,7 +10,7 @@
 // have exact integer sums, so only the fp32 epilogue order differs.
 //
 // Built and run by ci/neon_test.sh (aarch64, under qemu) and by ci/avx512_emulated_test.sh (the
-// AVX-512 kernels with emulated intrinsics, QK_HARNESS_EMULATED_AVX512); on x86 it tests AVX2 as:
+// AVX-512 and AVX-VNNI kernels with emulated intrinsics, QK_HARNESS_EMULATED_AVX512); on x86 it tests AVX2 as:
 //   g++ -O2 -std=c++17 -Icsrc tests/cpu_harness/qlinear_harness.cpp csrc/cpu/{cpu_features,qlinear_common,qlinear_scalar}.cpp <isa objects>
 #include <cmath>
 #include <cstdio>
@@ -140,15 +140,15 @@ bool test_int8(const char* name, Int8TilesFn fn, const Case& c, bool per_block, 
 
 int main() {
   std::mt19937 rng(1234);
-  const Isa simd[] = {Isa::kAvx2, Isa::kAvx512, Isa::kAvx512Vnni, Isa::kNeon, Isa::kI8mm};
+  const Isa simd[] = {Isa::kAvx2, Isa::kAvxVnni, Isa::kAvx512, Isa::kAvx512Vnni, Isa::kNeon, Isa::kI8mm};
   int tested = 0, failed = 0;
   for (Isa isa : simd) {
     FloatTilesFn ff = float_tiles_for(isa);
     Int8TilesFn fi = int8_tiles_for(isa);
 #ifdef QK_HARNESS_EMULATED_AVX512
-    // The AVX-512 kernels are linked in their scalar-emulated build (ci/avx512_emulated_test.sh),
-    // which runs on any x86 CPU.
-    const bool runs = isa == Isa::kAvx512 || isa == Isa::kAvx512Vnni || isa_supported(isa);
+    // The AVX-512 and AVX-VNNI kernels are linked in their scalar-emulated build
+    // (ci/avx512_emulated_test.sh), which runs on any x86 CPU.
+    const bool runs = isa == Isa::kAvx512 || isa == Isa::kAvx512Vnni || isa == Isa::kAvxVnni || isa_supported(isa);
 #else
     const bool runs = isa_supported(isa);
 #endif

@@ -138,6 +138,7 @@ QK_DECLARE_QLINEAR(avx512)
 QK_DECLARE_QLINEAR(avx512vnni)
 QK_DECLARE_QLINEAR(avxvnni)
 QK_DECLARE_QLINEAR(neon)
+QK_DECLARE_QLINEAR(i8mm)
 #undef QK_DECLARE_QLINEAR
 
 using FloatTilesFn = void (*)(const FloatLinearArgs&, int64_t, int64_t);

@@ -80,8 +80,8 @@ FloatTilesFn float_tiles_for(Isa isa) {
     case Isa::kAvxVnni: return linear_float_tiles_avxvnni;
 #endif
 #if defined(__aarch64__)
-    case Isa::kNeon:
-    case Isa::kI8mm: return linear_float_tiles_neon;
+    case Isa::kNeon: return linear_float_tiles_neon;
+    case Isa::kI8mm: return linear_float_tiles_i8mm;
 #endif
     default: return nullptr;
   }
@@ -97,8 +97,8 @@ Int8TilesFn int8_tiles_for(Isa isa) {
     case Isa::kAvxVnni: return linear_int8_tiles_avxvnni;
 #endif
 #if defined(__aarch64__)
-    case Isa::kNeon:
-    case Isa::kI8mm: return linear_int8_tiles_neon;
+    case Isa::kNeon: return linear_int8_tiles_neon;
+    case Isa::kI8mm: return linear_int8_tiles_i8mm;
 #endif
     default: return nullptr;
   }

@@ -97,7 +97,6 @@ def make_ext_modules():
 
     cpu_sources = sorted(glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))
     cpu_sources = [s for s in cpu_sources if _isa_of(s) is None or CPU_ISA_FLAGS[_isa_of(s)][0]]
-    isas = sorted({_isa_of(s) for s in cpu_sources if _isa_of(s)})
     bindings = sorted(glob.glob(os.path.join(ROOT, "csrc", "bindings", "*.cpp")))
     with_cuda = _want_cuda(torch, cpp_extension.CUDA_HOME)
     if not with_cuda:
@@ -106,7 +105,6 @@ def make_ext_modules():
     rel = lambda paths: [os.path.relpath(p, ROOT) for p in paths]  # noqa: E731
     defines = [
         f'-DQK_TORCH_VERSION="{torch.__version__}"',
-        f'-DQK_CPU_ISAS="{",".join(["scalar", *isas])}"',
     ]
     extra = {"cxx": ["-O3", "-std=c++20", *defines]}
     # at::parallel_for is a header template: without -fopenmp in *this* build it compiles to a

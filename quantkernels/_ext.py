@@ -8,6 +8,7 @@ saying what is missing and how to build it.
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import Optional
 
 import torch
@@ -52,7 +53,22 @@ def _import_extension():
     built_for = info.get("torch_version", "?")
     if built_for.split("+")[0] != torch.__version__.split("+")[0]:
         return None, f"quantkernels._C was built for torch {built_for} but torch {torch.__version__} is running"
+    _warn_ignored_isa(info)
     return mod, None
+
+
+def _warn_ignored_isa(info: dict) -> None:
+    """QUANTKERNELS_CPU_ISA that names no instruction set, or one this CPU cannot run, is ignored (the
+    best supported path runs, never an illegal instruction); say so instead of ignoring it silently."""
+    status, env = info.get("cpu_isa_env_status"), info.get("cpu_isa_env")
+    if status == "unknown":
+        why = f"is not an instruction set name (expected one of {info.get('cpu_isas_compiled')})"
+    elif status == "unsupported":
+        why = "names an instruction set this CPU / OS does not support"
+    else:
+        return
+    warnings.warn(f"QUANTKERNELS_CPU_ISA={env!r} {why}; the CPU kernels use {info.get('cpu_isa_selected')}",
+                  RuntimeWarning)
 
 
 def extension() -> Optional[object]:

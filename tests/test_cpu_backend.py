@@ -580,3 +580,31 @@ def test_torch_compile_fullgraph(cfg):
     with torch.no_grad():
         compiled = torch.compile(layer, fullgraph=True)(x)
     assert torch.equal(compiled, eager)
+
+
+@pytest.mark.parametrize("env, status", [("scalar", "used"), ("no_such_isa", "unknown"), ("", "unset")])
+def test_cpu_isa_environment_is_honoured_or_reported(env, status):
+    # The choice is made once a process, so each setting runs in its own interpreter. A name that is
+    # not an ISA is ignored with a warning that lists the valid ones; "scalar" is always runnable.
+    import os
+    import subprocess
+
+    code = (
+        "import warnings; warnings.simplefilter('always')\n"
+        "from quantkernels import _ext\n"
+        "_ext.require(); i = _ext.build_info()\n"
+        "print(i['cpu_isa_env_status'], i['cpu_isa_selected'], i['cpu_isa_best'], i['cpu_isas_compiled'])\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    e = dict(os.environ, QUANTKERNELS_CPU_ISA=env, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, timeout=300)
+    assert r.returncode == 0, r.stderr
+    got, selected, best, compiled = r.stdout.split()
+    assert got == status
+    assert "scalar" in compiled.split(",") and best in compiled.split(",")
+    if status == "used":
+        assert selected == "scalar" and "QUANTKERNELS_CPU_ISA" not in r.stderr
+    else:
+        assert selected == best
+    if status == "unknown":
+        assert "QUANTKERNELS_CPU_ISA='no_such_isa' is not an instruction set name" in r.stderr and compiled in r.stderr

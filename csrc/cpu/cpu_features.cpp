@@ -116,7 +116,7 @@ const char* isa_name(Isa isa) {
 }
 
 bool parse_isa(const char* name, Isa* out) {
-  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvxVnni, Isa::kAvx512, Isa::kAvx512Vnni, Isa::kNeon, Isa::kI8mm}) {
+  for (Isa isa : kAllIsas) {
     if (std::strcmp(name, isa_name(isa)) == 0) {
       *out = isa;
       return true;
@@ -125,13 +125,20 @@ bool parse_isa(const char* name, Isa* out) {
   return false;
 }
 
+const char* isa_env_status() {
+  const char* env = std::getenv("QUANTKERNELS_CPU_ISA");
+  Isa wanted;
+  if (!env || !*env) return "unset";
+  if (!parse_isa(env, &wanted)) return "unknown";
+  return isa_supported(wanted) ? "used" : "unsupported";
+}
+
 Isa selected_isa() {
   static const Isa chosen = [] {
-    Isa best = best_supported_isa();
-    const char* env = std::getenv("QUANTKERNELS_CPU_ISA");
     Isa wanted;
-    if (env && *env && parse_isa(env, &wanted) && isa_supported(wanted)) return wanted;
-    return best;
+    if (std::strcmp(isa_env_status(), "used") == 0 && parse_isa(std::getenv("QUANTKERNELS_CPU_ISA"), &wanted))
+      return wanted;
+    return best_supported_isa();
   }();
   return chosen;
 }

@@ -3,7 +3,8 @@
 // The chosen ISA is computed once: the best path the CPU *and* the OS support (cpuid plus XCR0 on
 // x86, so AVX-512 state the OS does not save is never used; hwcaps on ARM), lowered by the
 // environment variable QUANTKERNELS_CPU_ISA=scalar|avx2|avx_vnni|avx512|avx512_vnni|neon|... when set.
-// Asking for a path the machine cannot run falls back to the best it can (never SIGILL).
+// Asking for a path the machine cannot run, or for an unknown name, falls back to the best it can
+// (never SIGILL); isa_env_status() says which happened, and the Python loader warns about it.
 #pragma once
 
 namespace qk::cpu {
@@ -17,6 +18,10 @@ enum class Isa : int {
   kNeon = 10,        // ARMv8.2 NEON + dotprod
   kI8mm = 11,        // NEON + i8mm
 };
+
+// Every instruction set, in the order the names are listed (scalar, x86 low to high, then ARM).
+inline constexpr Isa kAllIsas[] = {Isa::kScalar, Isa::kAvx2,  Isa::kAvxVnni, Isa::kAvx512,
+                                   Isa::kAvx512Vnni, Isa::kNeon, Isa::kI8mm};
 
 struct Features {
   bool avx2 = false, fma = false, f16c = false;
@@ -37,5 +42,8 @@ bool isa_supported(Isa isa);
 const char* isa_name(Isa isa);
 // Parses a name as accepted by QUANTKERNELS_CPU_ISA; returns false if unknown.
 bool parse_isa(const char* name, Isa* out);
+// What became of QUANTKERNELS_CPU_ISA: "unset", "used", "unknown" (not an ISA name) or "unsupported"
+// (a path this CPU/OS cannot run); in the last two cases selected_isa() is the best supported one.
+const char* isa_env_status();
 
 }  // namespace qk::cpu

@@ -611,7 +611,7 @@ void int4_tile_short(const Int8LinearArgs& a, int64_t t, const RowBlock& rb) {
   const int64_t KB = a.Kp / kBlockK, group = a.G == 1 ? a.Kp : a.K / a.G, nb = a.segment / kBlockK;
   const int64_t ldd = xd_stride(a.Kp);
   const uint8_t* wt = a.w + t * KB * 128;
-  const __m256i nib = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  const __m256i ones = _mm256_set1_epi16(1);
   __m256 out[MR];
   for (int i = 0; i < MR; ++i) out[i] = _mm256_setzero_ps();
   // Segment s lies in weight group g; counted, not divided (this epilogue runs every <= 4 blocks).
@@ -623,18 +623,10 @@ void int4_tile_short(const Int8LinearArgs& a, int64_t t, const RowBlock& rb) {
       __m256i acc[MR][JC];
       for (int i = 0; i < MR; ++i)
         for (int j = 0; j < JC; ++j) acc[i][j] = _mm256_setzero_si256();
-      for (int64_t kb = kb0; kb < kb0 + nb; ++kb) {
-        const int8_t* xb = rb.xd + kb * 64;
-        for (int j = 0; j < JC; ++j) {
-          const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wt + kb * 128 + (j0 + j) * 32));
-          const __m256i lo = _mm256_and_si256(w, nib), hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), nib);
-          for (int i = 0; i < MR; ++i) {
-            const __m256i* xp = reinterpret_cast<const __m256i*>(xb + i * ldd);
-            acc[i][j] = _mm256_add_epi16(acc[i][j], _mm256_maddubs_epi16(lo, _mm256_loadu_si256(xp)));
-            acc[i][j] = _mm256_add_epi16(acc[i][j], _mm256_maddubs_epi16(hi, _mm256_loadu_si256(xp + 1)));
-          }
-        }
-      }
+      int4_columns<MR, JC>(wt, rb.xd, ldd, kb0, kb0 + nb, j0, acc, [](__m256i s, __m256i lo, __m256i hi, const __m256i* xp) {
+        s = _mm256_add_epi16(s, _mm256_maddubs_epi16(lo, _mm256_loadu_si256(xp)));
+        return _mm256_add_epi16(s, _mm256_maddubs_epi16(hi, _mm256_loadu_si256(xp + 1)));
+      });
       for (int i = 0; i < MR; ++i)
         for (int j = 0; j < JC; ++j) part[i][j0 + j] = _mm256_madd_epi16(acc[i][j], ones);
     }

@@ -37,7 +37,6 @@ void int4_tile(const Int8LinearArgs& a, int64_t t, const RowBlock& rb) {
   static_assert(4 % JC == 0, "JC divides the 4 channel columns of a tile");
   const int64_t KB = a.Kp / kBlockK, group = a.G == 1 ? a.Kp : a.K / a.G, ldd = xd_stride(a.Kp);
   const uint8_t* wt = a.w + t * KB * 128;
-  const __m256i nib = _mm256_set1_epi8(0x0F);
   __m256 out[MR];
   for (int i = 0; i < MR; ++i) out[i] = _mm256_setzero_ps();
   int64_t s = 0;
@@ -52,18 +51,9 @@ void int4_tile(const Int8LinearArgs& a, int64_t t, const RowBlock& rb) {
         __m256i acc[MR][JC];
         for (int i = 0; i < MR; ++i)
           for (int j = 0; j < JC; ++j) acc[i][j] = _mm256_setzero_si256();
-        for (int64_t kb = q0; kb < q1; ++kb) {
-          const int8_t* xb = rb.xd + kb * 64;
-          for (int j = 0; j < JC; ++j) {
-            const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wt + kb * 128 + (j0 + j) * 32));
-            const __m256i lo = _mm256_and_si256(w, nib), hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), nib);
-            for (int i = 0; i < MR; ++i) {
-              const __m256i* xp = reinterpret_cast<const __m256i*>(xb + i * ldd);
-              acc[i][j] = _mm256_dpbusd_avx_epi32(acc[i][j], lo, _mm256_loadu_si256(xp));
-              acc[i][j] = _mm256_dpbusd_avx_epi32(acc[i][j], hi, _mm256_loadu_si256(xp + 1));
-            }
-          }
-        }
+        int4_columns<MR, JC>(wt, rb.xd, ldd, q0, q1, j0, acc, [](__m256i s, __m256i lo, __m256i hi, const __m256i* xp) {
+          return _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(s, lo, _mm256_loadu_si256(xp)), hi, _mm256_loadu_si256(xp + 1));
+        });
         for (int i = 0; i < MR; ++i)
           for (int j = 0; j < JC; ++j) sums[i][j0 + j] = _mm256_add_epi32(sums[i][j0 + j], acc[i][j]);
       }

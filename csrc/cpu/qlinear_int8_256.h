@@ -100,6 +100,24 @@ inline void finish_rows(const Int8LinearArgs& a, int64_t t, int64_t m0, const __
   }
 }
 
+// W4A8: blocks [kb0, kb1) of channel columns j0 .. j0 + JC - 1 of tile wt (column j holds channels j
+// and j + 4, see the layout) for MR rows of the duplicated activation copy (RowBlock::xd, row stride
+// ldd), added into acc[i][j] by dot(acc, lo, hi, xp): lo / hi are the column's low / high nibbles
+// (block columns 0-15 / 16-31) as unsigned bytes, xp the row's two duplicated 16-column halves.
+template <int MR, int JC, class Dot>
+inline void int4_columns(const uint8_t* wt, const int8_t* xd, int64_t ldd, int64_t kb0, int64_t kb1, int j0,
+                         __m256i (&acc)[MR][JC], Dot dot) {
+  const __m256i nib = _mm256_set1_epi8(0x0F);
+  for (int64_t kb = kb0; kb < kb1; ++kb) {
+    const int8_t* xb = xd + kb * 64;
+    for (int j = 0; j < JC; ++j) {
+      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wt + kb * 128 + (j0 + j) * 32));
+      const __m256i lo = _mm256_and_si256(w, nib), hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), nib);
+      for (int i = 0; i < MR; ++i) acc[i][j] = dot(acc[i][j], lo, hi, reinterpret_cast<const __m256i*>(xb + i * ldd));
+    }
+  }
+}
+
 // Pulls the next tile group's weights into L2 while the current one is computed: every (row block,
 // tile) step prefetches an equal share, so the group is resident when its first row block starts.
 class L2Prefetcher {

@@ -46,8 +46,8 @@ inline int64_t xd_stride(int64_t Kp) { return 2 * Kp + 64; }  // bytes
 struct RowBlock {
   const int16_t* x16;  // W8A8: s16 [MR][x16_stride(Kp)], xq widened
   const int8_t* xd;    // W4A8: s8 [MR][xd_stride(Kp)], each 32-column block as 64 bytes: columns
-                       // 0-15 twice, then 16-31 twice (the broadcast operands of vpmaddubsw, so they
-                       // are read as memory operands instead of occupying registers)
+                       // 0-15 twice, then 16-31 twice (the broadcast operands of vpmaddubsw or vpdpbusd,
+                       // so they are read as memory operands instead of occupying registers)
   const float* xseg;   // fp32 [MR][nseg]: sum of xq over each integer segment (zero-point correction)
   int64_t nseg;
   int64_t m0;          // first row of the block

@@ -24,9 +24,10 @@ namespace qk::cpu {
 namespace {
 
 // Register tiles. On the GPU host's Xeon (qlinear_bench isa=avxvnni, one core, 3-7 interleaved rounds,
-// benchmarks/NOTES_cpu.md session 26) these were the fastest or level in most rounds: W8A8 with 1 or 4
-// channels a pass took 1.07-1.41x the time, W4A8 with 2 columns 1.01-1.19x (m = 8-32), and 3 rows a
-// pass was slower for both. 6 rows were mixed, and leave more rows to the one-row tile.
+// benchmarks/NOTES_cpu.md session 26) these were the fastest or level in most rounds: W8A8 with 1
+// channel a pass took 1.08-1.41x the time and with 4 channels 1.07-1.26x (once 0.79x), W4A8 with 2
+// columns 1.01-1.19x at m = 8-32, and 3 rows a pass were slower in most rounds. 6 rows were mixed, and
+// leave more rows to the one-row tile.
 constexpr int kMR = 4;  // rows a pass in both tiles
 constexpr int kJC = 1;  // W4A8: channel columns a pass (each column is channels j and j + 4)
 constexpr int kCP = 2;  // W8A8: channels a pass

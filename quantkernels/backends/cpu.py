@@ -1,5 +1,6 @@
-"""The ``cpu`` backend: native SIMD kernels (AVX2 / AVX-512 / NEON, scalar fallback) for 4- and 8-bit
-weights with float activations (W4A16, W8A16) or dynamic int8 activations (W4A8, W8A8).
+"""The ``cpu`` backend: native SIMD kernels (AVX2, AVX-VNNI, AVX-512 / VNNI, NEON, i8mm; scalar
+fallback) for 4- and 8-bit weights with float activations (W4A16, W8A16) or dynamic int8 activations
+(W4A8, W8A8).
 
 ``prepare`` repacks the portable ``qweight`` once into the layout the kernels stream (documented in
 ``csrc/cpu/qlinear.h``) and *replaces* it: the layer keeps only a placeholder, and ``to_portable``

@@ -5,9 +5,11 @@
 // activations run the AVX2 kernels, and the row panels, activation copies, L2 tile groups and segment
 // epilogue are the AVX2 file's (qlinear_int8_256.h). One vpdpbusd replaces the AVX2 tiles'
 // vpmaddubsw + vpmaddwd + vpaddd (W4A8) or widening + 2 vpmaddwd + 2 vpaddd (W8A8).
+// Layouts: the int8-activation layouts of qlinear.h (limits: N % 8 == 0, K as they state).
 // Compiled alone with the avxvnni flags of setup.py; only called when cpuid + XCR0 report it.
 // Test: tests/test_cpu_backend.py (isa="avx_vnni", skipped on CPUs without it); on any x86 CPU,
-// ci/avx512_emulated_test.sh runs this file with vpdpbusd emulated.
+// ci/avx512_emulated_test.sh runs this file with vpdpbusd emulated. Benchmark: QUANTKERNELS_CPU_ISA=avx_vnni
+// benchmarks/cpu_gemm.py; one core: tests/cpu_harness/qlinear_bench.cpp with isa=avxvnni.
 // GCC's loop-header copying (-ftree-ch) kept the W8A8 loops' accumulators in two register sets, as
 // in qlinear_avx512vnni.cpp: 11-12 register moves and stack stores a block of 8 vpdpbusd (GCC 12),
 // none without it. The W4A8 loop compiles the same either way. So it is off for this whole file, which

@@ -3,10 +3,12 @@
 // channels' codes into a 2x2 s32 tile: 32 multiply-adds an instruction against sdot's 16, each lane a
 // whole dot product (no reduction across lanes at the end). Rows therefore go in pairs. An odd last
 // row runs the NEON sdot kernel, and so does a single row, which gains nothing from a second row's
-// slot. Float activations run the NEON kernels. Compiled alone with -march=armv8.6-a+i8mm (setup.py);
-// only called when hwcaps report I8MM.
+// slot. Float activations run the NEON kernels. Layouts: the int8-activation layouts of qlinear.h
+// (limits: N % 8 == 0, K as they state). Compiled alone with -march=armv8.6-a+i8mm (setup.py); only
+// called when hwcaps report I8MM.
 // Test: bash ci/neon_test.sh (cross-compiled, run under qemu-aarch64 against the scalar kernels).
-// Speed: not measured. No ARM CPU was available; qemu checks correctness only.
+// Benchmark: benchmarks/cpu_gemm.py on an i8mm CPU (QUANTKERNELS_CPU_ISA=neon for the sdot kernels).
+// Not timed yet: no ARM CPU was available, and qemu checks correctness only.
 #include <arm_neon.h>
 
 #include <algorithm>

@@ -8,8 +8,9 @@
 // Layouts: the int8-activation layouts of qlinear.h (limits: N % 8 == 0, K as they state).
 // Compiled alone with the avxvnni flags of setup.py; only called when cpuid + XCR0 report it.
 // Test: tests/test_cpu_backend.py (isa="avx_vnni", skipped on CPUs without it); on any x86 CPU,
-// ci/avx512_emulated_test.sh runs this file with vpdpbusd emulated. Benchmark: QUANTKERNELS_CPU_ISA=avx_vnni
-// benchmarks/cpu_gemm.py; one core: tests/cpu_harness/qlinear_bench.cpp with isa=avxvnni.
+// ci/avx512_emulated_test.sh runs this file with vpdpbusd emulated. Benchmark:
+// QUANTKERNELS_CPU_ISA=avx_vnni benchmarks/cpu_gemm.py; one core: qlinear_bench isa=avxvnni
+// (tests/cpu_harness/qlinear_bench.cpp).
 // GCC's loop-header copying (-ftree-ch) kept the W8A8 loops' accumulators in two register sets, as
 // in qlinear_avx512vnni.cpp: 11-12 register moves and stack stores a block of 8 vpdpbusd (GCC 12),
 // none without it. The W4A8 loop compiles the same either way. So it is off for this whole file, which
@@ -58,8 +59,9 @@ void int4_tile(const Int8LinearArgs& a, int64_t t, const RowBlock& rb) {
         __m256i acc[MR][JC];
         for (int i = 0; i < MR; ++i)
           for (int j = 0; j < JC; ++j) acc[i][j] = _mm256_setzero_si256();
-        int4_columns<MR, JC>(wt, rb.xd, ldd, q0, q1, j0, acc, [](__m256i s, __m256i lo, __m256i hi, const __m256i* xp) {
-          return _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(s, lo, _mm256_loadu_si256(xp)), hi, _mm256_loadu_si256(xp + 1));
+        int4_columns<MR, JC>(wt, rb.xd, ldd, q0, q1, j0, acc, [](__m256i s, __m256i lo, __m256i hi, const __m256i* x) {
+          s = _mm256_dpbusd_avx_epi32(s, lo, _mm256_loadu_si256(x));
+          return _mm256_dpbusd_avx_epi32(s, hi, _mm256_loadu_si256(x + 1));
         });
         for (int i = 0; i < MR; ++i)
           for (int j = 0; j < JC; ++j) sums[i][j0 + j] = _mm256_add_epi32(sums[i][j0 + j], acc[i][j]);

@@ -21,6 +21,13 @@ namespace {
 
 constexpr int kPairs = 4;  // row pairs a pass (8 rows): 16 accumulators, 22 of the 32 vector registers in all
 
+// [c0 k0..7 | c1 k0..7] and [c0 k8..15 | c1 k8..15] from 16 columns of two channels (or two rows):
+// the 8-column operands of smmla.
+inline void pair_chunks(int8x16_t c0, int8x16_t c1, int8x16_t* lo, int8x16_t* hi) {
+  *lo = vreinterpretq_s8_s64(vzip1q_s64(vreinterpretq_s64_s8(c0), vreinterpretq_s64_s8(c1)));
+  *hi = vreinterpretq_s8_s64(vzip2q_s64(vreinterpretq_s64_s8(c0), vreinterpretq_s64_s8(c1)));
+}
+
 // The activations of row pairs interleaved for smmla's left operand: pair p, block kb, chunk c (8
 // columns) is 16 bytes, row 2p's 8 columns then row 2p + 1's. Row stride of a pair: 2 Kp + 64 bytes.
 inline int64_t pair_stride(int64_t Kp) { return 2 * Kp + 64; }
@@ -31,17 +38,12 @@ void interleave_pairs(const Int8LinearArgs& a, int64_t pairs, int8_t* xi) {
     const int8_t* r0 = a.xq + 2 * p * a.ldq;
     const int8_t* r1 = r0 + a.ldq;
     for (int64_t k = 0; k < a.Kp; k += 16) {
-      const int8x16_t v0 = vld1q_s8(r0 + k), v1 = vld1q_s8(r1 + k);
-      vst1q_s8(xi + p * ld + 2 * k, vreinterpretq_s8_s64(vzip1q_s64(vreinterpretq_s64_s8(v0), vreinterpretq_s64_s8(v1))));
-      vst1q_s8(xi + p * ld + 2 * k + 16, vreinterpretq_s8_s64(vzip2q_s64(vreinterpretq_s64_s8(v0), vreinterpretq_s64_s8(v1))));
+      int8x16_t lo, hi;
+      pair_chunks(vld1q_s8(r0 + k), vld1q_s8(r1 + k), &lo, &hi);  // [r0 k..k+7 | r1 k..k+7], then k+8..k+15
+      vst1q_s8(xi + p * ld + 2 * k, lo);
+      vst1q_s8(xi + p * ld + 2 * k + 16, hi);
     }
   }
-}
-
-// [c0 k0..7 | c1 k0..7] and [c0 k8..15 | c1 k8..15] from 16 columns of two channels.
-inline void pair_chunks(int8x16_t c0, int8x16_t c1, int8x16_t* lo, int8x16_t* hi) {
-  *lo = vreinterpretq_s8_s64(vzip1q_s64(vreinterpretq_s64_s8(c0), vreinterpretq_s64_s8(c1)));
-  *hi = vreinterpretq_s8_s64(vzip2q_s64(vreinterpretq_s64_s8(c0), vreinterpretq_s64_s8(c1)));
 }
 
 inline int32x4_t zip_lo64(int32x4_t a, int32x4_t b) {

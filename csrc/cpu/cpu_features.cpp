@@ -135,9 +135,9 @@ const char* isa_env_status() {
 
 Isa selected_isa() {
   static const Isa chosen = [] {
+    const char* env = std::getenv("QUANTKERNELS_CPU_ISA");
     Isa wanted;
-    if (std::strcmp(isa_env_status(), "used") == 0 && parse_isa(std::getenv("QUANTKERNELS_CPU_ISA"), &wanted))
-      return wanted;
+    if (env && *env && parse_isa(env, &wanted) && isa_supported(wanted)) return wanted;
     return best_supported_isa();
   }();
   return chosen;

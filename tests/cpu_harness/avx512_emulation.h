@@ -167,36 +167,28 @@ inline __m512i emu_madd_epi16(__m512i a, __m512i b) {
     r.v[i] = wrap<int32_t>(int64_t{la.v[2 * i]} * lb.v[2 * i] + int64_t{la.v[2 * i + 1]} * lb.v[2 * i + 1]);
   return pack<__m512i>(r);
 }
-// vpdpbusd: four u8 x s8 products added to each s32 lane, wrapping, no intermediate saturation.
-inline __m512i emu_dpbusd_epi32(__m512i src, __m512i a, __m512i b) {
-  const Lanes<int32_t> ls = lanes<int32_t>(src);
-  const Lanes<uint8_t> la = lanes<uint8_t>(a);
-  const Lanes<int8_t> lb = lanes<int8_t>(b);
-  Lanes<int32_t> r;
-  for (int i = 0; i < 16; ++i) {
-    int64_t s = ls.v[i];
-    for (int j = 0; j < 4; ++j) s += int64_t{la.v[4 * i + j]} * lb.v[4 * i + j];
-    r.v[i] = wrap<int32_t>(s);
-  }
-  return pack<__m512i>(r);
-}
-// The 256-bit, VEX-encoded vpdpbusd of AVX-VNNI (csrc/cpu/qlinear_avxvnni.cpp): the same lane rule.
-inline __m256i emu_dpbusd_avx_epi32(__m256i src, __m256i a, __m256i b) {
-  int32_t s32[8];
-  uint8_t u8[32];
-  int8_t s8[32];
-  std::memcpy(s32, &src, 32);
-  std::memcpy(u8, &a, 32);
-  std::memcpy(s8, &b, 32);
-  for (int i = 0; i < 8; ++i) {
+// vpdpbusd: four u8 x s8 products added to each s32 lane, wrapping, no intermediate saturation. V is the
+// 512-bit type (AVX-512-VNNI) or the 256-bit one (AVX-VNNI's VEX form, csrc/cpu/qlinear_avxvnni.cpp).
+template <typename V>
+inline V dpbusd_lanes(V src, V a, V b) {
+  constexpr int kLanes = sizeof(V) / 4;
+  int32_t s32[kLanes];
+  uint8_t u8[4 * kLanes];
+  int8_t s8[4 * kLanes];
+  std::memcpy(s32, &src, sizeof(V));
+  std::memcpy(u8, &a, sizeof(V));
+  std::memcpy(s8, &b, sizeof(V));
+  for (int i = 0; i < kLanes; ++i) {
     int64_t s = s32[i];
     for (int j = 0; j < 4; ++j) s += int64_t{u8[4 * i + j]} * s8[4 * i + j];
     s32[i] = wrap<int32_t>(s);
   }
-  __m256i r;
-  std::memcpy(&r, s32, 32);
+  V r;
+  std::memcpy(&r, s32, sizeof(V));
   return r;
 }
+inline __m512i emu_dpbusd_epi32(__m512i src, __m512i a, __m512i b) { return dpbusd_lanes(src, a, b); }
+inline __m256i emu_dpbusd_avx_epi32(__m256i src, __m256i a, __m256i b) { return dpbusd_lanes(src, a, b); }
 
 // ---- float ----
 inline __m512 emu_add_ps(__m512 a, __m512 b) {

@@ -162,6 +162,32 @@ def test_split_k_deals_k_tiles_evenly(split_inner):
         assert not st.workspace.any(), (m, cfg)
 
 
+@pytest.mark.parametrize("per_sm", [1, 3, 4, 6])
+def test_stream_k_runs_across_tiles(per_sm):
+    # K = 640 is 5 K tiles; N = 200 is 4 tiles of 64 (the last one masked) or 2 of 128: 20 or 10 units
+    # of work. The interpreter counts 2 SMs, so per_sm 1, 3, 4, 6 deal them over 2, 6, 8, 12 programs
+    # (10 at most for the 64 x 128 tile): runs of 10 that own whole tiles (stored directly), runs that
+    # end inside a tile and the next that begins there, tiles with 2 to 5 contributors (an arrival
+    # count off by one leaves a tile unwritten or written twice). Each case runs twice: the workspace
+    # and its counters must be left zero for the next call.
+    for gs, sym in ((64, False), (128, True)):
+        layer = make_layer(640, 200, qk.QuantConfig(bits=4, group_size=gs, sym=sym), bias=True, seed=per_sm)
+        st = layer._prepare("triton")
+        for m, dtype, cfg in (
+            (1, torch.float16, tops._nk4_stream_k(16, 64, 128, per_sm, 4, 3, prefetch_s=per_sm % 2 == 0)),
+            (5, torch.bfloat16, tops._nk4_stream_k(16, 64, 128, per_sm, 4, 3)),
+            (40, torch.float16, tops._nk4_stream_k(64, 128, 128, per_sm, 8, 3, scale_w=True, prefetch_s=True)),
+            (17, torch.bfloat16, tops._nk4_stream_k(64, 128, 128, per_sm, 8, 3, scale_w=True)),
+        ):
+            x = torch.randn(m, 640, dtype=dtype, device=DEVICE)
+            ref = ref_out(layer, x)
+            with tops.force_config(cfg):
+                for _ in range(2):
+                    err = rel_err(layer(x), ref)
+                    assert err <= BOUND[dtype], (per_sm, gs, sym, m, dtype, err)
+                    assert not st.workspace.any(), (per_sm, gs, m)
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="the interpreter times nothing: tuning needs a GPU")
 def test_tuning_caches_the_fastest():
     layer = make_layer(1024, 320, qk.QuantConfig(bits=4, group_size=128), seed=11)

@@ -36,6 +36,8 @@ Split-K (``SPLIT_K > 1``): each program adds its fp32 partial tile into ``ws`` w
 bumps the tile's arrival counter ``cnt``; the last program to arrive reads the sum, adds the bias,
 writes ``out`` in the activation dtype and puts ``ws`` and ``cnt`` back to zero. One launch, no
 second reduction pass; ``ws`` and ``cnt`` must be zero on entry and are zero again on exit.
+``qgemm_nk4_streamk_kernel`` shares the nk4 K loop (``_nk4_acc``) and that reduction, but deals the
+layer's (output tile, K tile) pairs evenly over a grid of one resident wave (stream-K).
 
 Limits: BITS in (4, 8); activations fp16/bf16; ``x`` has unit column stride. Test: ``PYTHONPATH=$PWD python -m pytest -q
 tests/test_triton_backend.py`` (interpreter on a CPU); benchmark: ``python benchmarks/triton_gemm.py``.
@@ -166,9 +168,14 @@ def _load_weight_tile(
 @triton.jit
 def _finish_tile(
     acc, offs_m, offs_n, tile_id, M, N, out_ptr, bias_ptr, ws_ptr, cnt_ptr,
-    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, arrivals=None,
 ):
-    """Write the fp32 tile ``acc [BM, BN]`` (+ bias) to ``out``, reducing over the K splits first."""
+    """Write the fp32 tile ``acc [BM, BN]`` (+ bias) to ``out``, reducing over the K splits first.
+
+    ``arrivals``: how many programs add into this tile when SPLIT_K > 1 (default SPLIT_K; stream-K
+    passes its own, counted at run time)."""
+    if arrivals is None:
+        arrivals = SPLIT_K
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     offs = offs_m[:, None] * N + offs_n[None, :]
     if SPLIT_K == 1:
@@ -180,7 +187,7 @@ def _finish_tile(
         # Every thread's partial sums are issued before one thread publishes the arrival.
         tl.debug_barrier()
         arrived = tl.atomic_add(cnt_ptr + tile_id, 1, sem="acq_rel")
-        if arrived == SPLIT_K - 1:
+        if arrived == arrivals - 1:
             # An atomic read (add 0) comes from L2, never from a stale L1 line.
             total = tl.atomic_add(ws_ptr + offs, tl.zeros_like(acc), mask=mask, sem="relaxed")
             if HAS_BIAS:
@@ -519,6 +526,64 @@ def _nk4_tile(
 
 
 @triton.jit
+def _nk4_acc(
+    x_ptr, qt_ptr, s_ptr, z_ptr, gidx_ptr, offs_m, offs_n, m_mask, n_mask, N, K, stride_xm, stride_qn,
+    kt_begin, kt_end, k_tiles,
+    GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_GIDX: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_ASM: tl.constexpr, EVEN_K: tl.constexpr,
+    DOT_F32: tl.constexpr, SCALE_W: tl.constexpr, PREFETCH_S: tl.constexpr,
+):
+    """fp32 ``(W x.T)[offs_n, offs_m]`` (``[BLOCK_N, BLOCK_M]``) over K tiles ``kt_begin .. kt_end - 1``:
+    the K loop of ``qgemm_nk4_kernel`` (whose docstring describes SCALE_W, PREFETCH_S and DOT_F32)."""
+    DTYPE: tl.constexpr = x_ptr.dtype.element_ty
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    TILE_IN_GROUP: tl.constexpr = (GROUP_SIZE % BLOCK_K == 0) and (not HAS_GIDX)
+    if TILE_IN_GROUP and PREFETCH_S:
+        # Clamped: a split past the last tile (empty loop) still reads in bounds.
+        s_grp, nzf_grp = _nk4_group(s_ptr, z_ptr, tl.minimum(kt_begin, k_tiles - 1) * BLOCK_K, offs_n, n_mask, N,
+                                    GROUP_SIZE, HAS_ZEROS, DTYPE)
+    for kt in range(kt_begin, kt_end):
+        k0 = kt * BLOCK_K
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        if TILE_IN_GROUP and PREFETCH_S:
+            s_cur, nzf_cur = s_grp, nzf_grp
+            # The next tile's group (clamped to the last tile: no mask, an in-bounds reload at the end).
+            s_grp, nzf_grp = _nk4_group(s_ptr, z_ptr, tl.minimum(kt + 1, k_tiles - 1) * BLOCK_K, offs_n, n_mask, N,
+                                        GROUP_SIZE, HAS_ZEROS, DTYPE)
+        elif TILE_IN_GROUP:
+            s_cur, nzf_cur = _nk4_group(s_ptr, z_ptr, k0, offs_n, n_mask, N, GROUP_SIZE, HAS_ZEROS, DTYPE)
+        else:  # per-weight scales: _nk4_tile loads them itself
+            s_cur = tl.zeros((BLOCK_N,), tl.float32)
+            nzf_cur = s_cur
+        if EVEN_K:
+            x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=m_mask[:, None], other=0.0)
+        else:
+            x = tl.load(
+                x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+                mask=m_mask[:, None] & (offs_k[None, :] < K),
+                other=0.0,
+            )
+        w, s = _nk4_tile(
+            qt_ptr, s_ptr, z_ptr, gidx_ptr, k0, offs_n, n_mask, N, K, stride_qn, s_cur, nzf_cur,
+            GROUP_SIZE, HAS_ZEROS, HAS_GIDX, BLOCK_K, BLOCK_N, DTYPE, USE_ASM, EVEN_K,
+        )
+        if SCALE_W and DOT_F32:
+            # The same value (a product of two 8- or 11-bit significands is exact in fp32, rounded
+            # once); the interpreter's bf16 multiply returned NaN.
+            w = (w.to(tl.float32) * s[:, None].to(DTYPE).to(tl.float32)).to(DTYPE)
+        elif SCALE_W:
+            w = w * s[:, None].to(DTYPE)
+        if DOT_F32:
+            w = w.to(tl.float32)
+            x = x.to(tl.float32)
+        if SCALE_W:
+            acc = tl.dot(w, tl.trans(x), acc)
+        else:
+            acc += tl.dot(w, tl.trans(x)) * s[:, None]
+    return acc
+
+
+@triton.jit
 def qgemm_nk4_kernel(
     x_ptr,  # [M, K] fp16/bf16, row stride stride_xm
     qt_ptr,  # [N, Kp / 2] uint8: the bytes of the nk4 int32 words [N, Kp / 8]; stride_qn = Kp / 8
@@ -571,7 +636,6 @@ def qgemm_nk4_kernel(
     pid_m = first_m + (pid % width) % group_rows
     pid_n = (pid % width) // group_rows
 
-    DTYPE: tl.constexpr = x_ptr.dtype.element_ty
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_mask = offs_m < M
@@ -579,48 +643,71 @@ def qgemm_nk4_kernel(
     k_tiles = (K + BLOCK_K - 1) // BLOCK_K
     kt_begin = pid_k * k_tiles // SPLIT_K
     kt_end = (pid_k + 1) * k_tiles // SPLIT_K
-    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    TILE_IN_GROUP: tl.constexpr = (GROUP_SIZE % BLOCK_K == 0) and (not HAS_GIDX)
-    if TILE_IN_GROUP and PREFETCH_S:
-        # Clamped: a split past the last tile (empty loop) still reads in bounds.
-        s_grp, nzf_grp = _nk4_group(s_ptr, z_ptr, tl.minimum(kt_begin, k_tiles - 1) * BLOCK_K, offs_n, n_mask, N,
-                                    GROUP_SIZE, HAS_ZEROS, DTYPE)
-    for kt in range(kt_begin, kt_end):
-        k0 = kt * BLOCK_K
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        if TILE_IN_GROUP and PREFETCH_S:
-            s_cur, nzf_cur = s_grp, nzf_grp
-            # The next tile's group (clamped to the last tile: no mask, an in-bounds reload at the end).
-            s_grp, nzf_grp = _nk4_group(s_ptr, z_ptr, tl.minimum(kt + 1, k_tiles - 1) * BLOCK_K, offs_n, n_mask, N,
-                                        GROUP_SIZE, HAS_ZEROS, DTYPE)
-        elif TILE_IN_GROUP:
-            s_cur, nzf_cur = _nk4_group(s_ptr, z_ptr, k0, offs_n, n_mask, N, GROUP_SIZE, HAS_ZEROS, DTYPE)
-        else:  # per-weight scales: _nk4_tile loads them itself
-            s_cur = tl.zeros((BLOCK_N,), tl.float32)
-            nzf_cur = s_cur
-        if EVEN_K:
-            x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=m_mask[:, None], other=0.0)
-        else:
-            x = tl.load(
-                x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
-                mask=m_mask[:, None] & (offs_k[None, :] < K),
-                other=0.0,
-            )
-        w, s = _nk4_tile(
-            qt_ptr, s_ptr, z_ptr, gidx_ptr, k0, offs_n, n_mask, N, K, stride_qn, s_cur, nzf_cur,
-            GROUP_SIZE, HAS_ZEROS, HAS_GIDX, BLOCK_K, BLOCK_N, DTYPE, USE_ASM, EVEN_K,
-        )
-        if SCALE_W:
-            w = w * s[:, None].to(DTYPE)
-        if DOT_F32:
-            w = w.to(tl.float32)
-            x = x.to(tl.float32)
-        if SCALE_W:
-            acc = tl.dot(w, tl.trans(x), acc)
-        else:
-            acc += tl.dot(w, tl.trans(x)) * s[:, None]
+    acc = _nk4_acc(
+        x_ptr, qt_ptr, s_ptr, z_ptr, gidx_ptr, offs_m, offs_n, m_mask, n_mask, N, K, stride_xm, stride_qn,
+        kt_begin, kt_end, k_tiles, GROUP_SIZE, HAS_ZEROS, HAS_GIDX, BLOCK_M, BLOCK_N, BLOCK_K, USE_ASM, EVEN_K,
+        DOT_F32, SCALE_W, PREFETCH_S,
+    )
     tile_id = pid_m * num_pid_n + pid_n
     _finish_tile(tl.trans(acc), offs_m, offs_n, tile_id, M, N, out_ptr, bias_ptr, ws_ptr, cnt_ptr, HAS_BIAS, SPLIT_K)
+
+
+@triton.jit
+def qgemm_nk4_streamk_kernel(
+    x_ptr,  # [M, K] fp16/bf16, row stride stride_xm
+    qt_ptr,  # [N, Kp / 2] uint8: nk4 words, as qgemm_nk4_kernel
+    s_ptr,  # [G, N] fp16/bf16/fp32
+    z_ptr,  # [G, N] uint8 (HAS_ZEROS)
+    gidx_ptr,  # [K] int32 (HAS_GIDX)
+    bias_ptr,  # [N] (HAS_BIAS)
+    out_ptr,  # [M, N] x dtype, contiguous
+    ws_ptr,  # [M, N] fp32, zero on entry and exit
+    cnt_ptr,  # [cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N)] int32, zero on entry and exit
+    M, N, K, stride_xm, stride_qn,
+    GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_GIDX: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_ASM: tl.constexpr,
+    EVEN_K: tl.constexpr, DOT_F32: tl.constexpr, SCALE_W: tl.constexpr = False, PREFETCH_S: tl.constexpr = False,
+):
+    """``qgemm_nk4_kernel``'s product with the work dealt evenly: stream-K.
+
+    The layer's ``T`` units of work, (output tile, K tile) pairs in tile-major order, are dealt to
+    the ``P <= T`` programs of the grid (one resident wave: a few programs an SM) as evenly as
+    integers allow: program p takes units ``p T // P`` up to ``(p + 1) T // P``, so every program
+    streams the same number of weight bytes, give or take one K tile, and none idles in a partial
+    last wave (8192x28672 at m = 64 has 112 tiles of 64 x 256 for 132 SMs; split-K 4 is 3.4 waves).
+    A run may end inside an output tile and the next begin there. A tile whose K tiles one program
+    owns is stored directly; a shared one is summed in ``ws`` as split-K does, its contributors
+    (the owners of its first and last K tile and every program between) counted at run time.
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    progs = tl.num_programs(0)
+    num_pid_n = (N + BLOCK_N - 1) // BLOCK_N
+    k_tiles = (K + BLOCK_K - 1) // BLOCK_K
+    total = ((M + BLOCK_M - 1) // BLOCK_M) * num_pid_n * k_tiles
+    unit = (pid * total // progs).to(tl.int32)
+    end = ((pid + 1) * total // progs).to(tl.int32)
+    while unit < end:
+        tile = unit // k_tiles
+        kt_begin = unit - tile * k_tiles
+        kt_end = tl.minimum(k_tiles, kt_begin + (end - unit))
+        pid_m = tile // num_pid_n
+        pid_n = tile - pid_m * num_pid_n
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        acc = _nk4_acc(
+            x_ptr, qt_ptr, s_ptr, z_ptr, gidx_ptr, offs_m, offs_n, offs_m < M, offs_n < N, N, K, stride_xm,
+            stride_qn, kt_begin, kt_end, k_tiles, GROUP_SIZE, HAS_ZEROS, HAS_GIDX, BLOCK_M, BLOCK_N, BLOCK_K,
+            USE_ASM, EVEN_K, DOT_F32, SCALE_W, PREFETCH_S,
+        )
+        # The owner of unit u is the last program whose run starts at or before it: (P (u + 1) - 1) // T.
+        first = tile.to(tl.int64) * k_tiles
+        arrivals = ((first + k_tiles) * progs - 1) // total - ((first + 1) * progs - 1) // total + 1
+        if arrivals == 1:
+            _finish_tile(tl.trans(acc), offs_m, offs_n, tile, M, N, out_ptr, bias_ptr, ws_ptr, cnt_ptr, HAS_BIAS, 1)
+        else:
+            _finish_tile(tl.trans(acc), offs_m, offs_n, tile, M, N, out_ptr, bias_ptr, ws_ptr, cnt_ptr, HAS_BIAS, 2,
+                         arrivals.to(tl.int32))
+        unit += kt_end - kt_begin
 
 
 @triton.jit

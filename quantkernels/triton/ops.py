@@ -120,6 +120,14 @@ def _nk4(bm, bn, bk, sk, w, st, gm=8, scale_w=False, prefetch_s=False, split_inn
     )
 
 
+def _nk4_stream_k(bm, bn, bk, per_sm, w, st, scale_w=False, prefetch_s=False) -> triton.Config:
+    """``qgemm_nk4_streamk_kernel`` on a grid of ``per_sm`` programs an SM, which deal the layer's
+    work evenly (per_sm: the programs that fit an SM, from the registers and shared memory that
+    ``benchmarks/triton_gemm.py --only asm`` reports)."""
+    return _cfg(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, STREAM_K=per_sm, SCALE_W=scale_w, PREFETCH_S=prefetch_s,
+                num_warps=w, num_stages=st)
+
+
 def _nk4_dequant(bn, bk, w=4) -> triton.Config:
     return _cfg(BLOCK_N=bn, BLOCK_K=bk, DEQUANT=True, num_warps=w, num_stages=1)
 
@@ -187,6 +195,14 @@ CONFIGS_NK4: Dict[str, List[triton.Config]] = {  # BLOCK_K: a multiple of the la
         _nk4(64, 256, 128, 4, 8, 3, scale_w=True, prefetch_s=True, split_inner=True),
         _nk4(64, 128, 128, 4, 8, 4, scale_w=True, split_inner=True),
         _nk4(64, 128, 128, 7, 8, 4, scale_w=True, split_inner=True),
+        # Stream-K: 8192x28672 has 112 tiles of 64 x 256 (split 4: 448 programs, 3.4 waves of 132) and
+        # 224 of 64 x 128. One program an SM: sm_90 compiles (triton 3.9) take 222-243 registers x 256
+        # threads for the 256-wide tile and 161-163 for the 128-wide one (the split-K kernel's 120-124
+        # let two of those share an SM); the K loop is the split-K kernel's (390 against 386-389 SASS
+        # instructions, fp16).
+        _nk4_stream_k(64, 256, 128, 1, 8, 3, scale_w=True, prefetch_s=True),
+        _nk4_stream_k(64, 256, 128, 1, 8, 3, scale_w=True),
+        _nk4_stream_k(64, 128, 128, 1, 8, 4, scale_w=True),
     ],
     "large": [
         _nk4(128, 64, 128, 1, 4, 4),
@@ -251,6 +267,13 @@ def _l2_flush(device: torch.device) -> Tensor:
 def _l2_flush_ms(device: torch.device) -> float:
     """The time of one flush (graph method), measured once per device: the tuner subtracts it."""
     return triton.testing.do_bench_cudagraph(_l2_flush(device).zero_, rep=20, return_mode="median")
+
+
+def _sm_count(device) -> int:
+    """SMs of ``device`` (the stream-K grid); 2 in the interpreter, so that its runs cross tiles."""
+    if device.type != "cuda" or INTERPRETED:
+        return 2
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 CHOSEN: Dict[Tuple, triton.Config] = {}
@@ -551,6 +574,7 @@ def _linear_nk4(x, qt, scales, z, gi, bias, consts, family, key, fake, workspace
     ws, cnt = _split_k_buffers(m, n, x.device, m <= SPLIT_K_MAX_M, out, workspace)
     b = scales if bias is None else bias
     gemm = torch.library.wrap_triton(kernels.qgemm_nk4_kernel)
+    stream_k = torch.library.wrap_triton(kernels.qgemm_nk4_streamk_kernel)
     deq = torch.library.wrap_triton(kernels.dequant_nk4_kernel)
     result = [out]
 
@@ -566,6 +590,13 @@ def _linear_nk4(x, qt, scales, z, gi, bias, consts, family, key, fake, workspace
             deq[grid](qt, scales, z, gi, w, n, k, stride_qn, **consts, **kw, EVEN_K=even_k, **_launch_opts(c))
             mm = torch.mm(x, w.t())
             result[0] = mm if bias is None else mm + bias.to(mm.dtype)
+        elif "STREAM_K" in kw:
+            units = triton.cdiv(m, kw["BLOCK_M"]) * triton.cdiv(n, kw["BLOCK_N"]) * triton.cdiv(k, kw["BLOCK_K"])
+            grid = (max(1, min(units, kw.pop("STREAM_K") * _sm_count(x.device))),)
+            stream_k[grid](x, qt, scales, z, gi, b, out, ws, cnt, m, n, k, x.stride(0), stride_qn,
+                           **consts, HAS_BIAS=bias is not None, **kw, EVEN_K=even_k, DOT_F32=INTERPRETED,
+                           **_launch_opts(c))
+            result[0] = out
         else:
             tiles = triton.cdiv(m, kw["BLOCK_M"]) * triton.cdiv(n, kw["BLOCK_N"])
             grid = (tiles * kw["SPLIT_K"], 1) if kw.get("SPLIT_INNER") else (tiles, kw["SPLIT_K"])
@@ -575,7 +606,7 @@ def _linear_nk4(x, qt, scales, z, gi, bias, consts, family, key, fake, workspace
             result[0] = out
 
     cfg = _choose(family, key, launch, not fake, True, x.device, 4)
-    if (SPLIT_K_MAX_M < m) and cfg.kwargs.get("SPLIT_K", 1) > 1:
+    if (SPLIT_K_MAX_M < m) and (cfg.kwargs.get("SPLIT_K", 1) > 1 or "STREAM_K" in cfg.kwargs):
         raise ValueError(f"quantkernels::triton_linear: split-K configuration {cfg} for m = {m} > {SPLIT_K_MAX_M}")
     launch(cfg)
     return result[0]

@@ -279,16 +279,16 @@ def test_nk4_layout_replaces_qweight_exactly():
     layer = make_layer(144, 24, qk.QuantConfig(bits=4, group_size=16, sym=False), seed=3)
     portable = layer.portable_tensors()["qweight"].clone()
     st = layer._prepare("triton")
-    assert st.replaces_qweight and st.qweight.dtype == torch.uint8 and st.qweight.shape == (24, 128)  # Kp = 256
+    assert st.replaces_qweight and st.qweight.dtype == torch.uint8 and st.qweight.shape == (2, 24, 64)  # Kp = 256
     assert layer.qweight.numel() == 0
     assert torch.equal(layer.portable_tensors()["qweight"], portable)
-    # The documented order: nibble p of word 16b + 4c + q is column 128b + 32q + 16((p%4)//2) + 8(p%2)
-    # + 2c + p//4; columns past K (144) hold 0.
+    # The documented order, K-block major: nibble p of word 4c + q of block b of output n is column
+    # 128b + 32q + 16((p%4)//2) + 8(p%2) + 2c + p//4; columns past K (144) hold 0.
     codes = reference.unpack(portable, 4, dim=0).t().to(torch.int64)  # [N, K]
-    words = st.qweight.view(torch.int32).to(torch.int64)
+    words = st.qweight.view(torch.int32).to(torch.int64)  # [Kp/128, N, 16]
     for n, b, c, q, p in ((0, 0, 0, 0, 0), (5, 0, 3, 1, 4), (23, 1, 2, 0, 7), (7, 0, 1, 3, 3), (9, 1, 0, 0, 5)):
         col = 128 * b + 32 * q + 16 * ((p % 4) // 2) + 8 * (p % 2) + 2 * c + p // 4
-        assert ((words[n, 16 * b + 4 * c + q] >> (4 * p)) & 15) == (codes[n, col] if col < 144 else 0)
+        assert ((words[b, n, 4 * c + q] >> (4 * p)) & 15) == (codes[n, col] if col < 144 else 0)
     assert torch.equal(layer.dequantize(torch.float32), reference.dequantize(
         portable, layer.qzeros, layer.scales, layer.g_idx, 4, torch.float32))
 
@@ -329,6 +329,10 @@ def test_bad_arguments_name_the_argument():
     op = torch.ops.quantkernels.triton_linear
     with pytest.raises(ValueError, match="qweight"):
         op(x, layer.portable_tensors()["qweight"][:-1], layer.scales, None, None, None, 4, 32)
+    qt = layer._prepare("triton").qweight  # nk4 [Kp/128, N, 64]
+    with pytest.raises(ValueError, match=r"nk4 qweight must be uint8 \[Kp/128, N, 64\]"):
+        op(x, qt.reshape(qt.shape[1], -1), layer.scales, None, None, None, 4, 32)  # the old [N, Kp/2]
+    torch.testing.assert_close(op(x, qt, layer.scales, None, None, None, 4, 32), layer(x))
     with pytest.raises(ValueError, match="scales"):
         op(x, layer.portable_tensors()["qweight"], layer.scales[:-1], None, None, None, 4, 32)
     with pytest.raises(ValueError, match="bits"):

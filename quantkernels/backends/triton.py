@@ -37,15 +37,15 @@ def _interpreter_on() -> bool:
 class TritonState:
     """What ``prepare`` computed once.
 
-    4-bit layers: ``qweight`` holds the codes in the kernels' nk4 layout (uint8 ``[N, Kp/2]``, the
-    bytes of int32 words ``[N, Kp/8]``; see quantkernels/triton/kernels.py) and *replaces* the portable
+    4-bit layers: ``qweight`` holds the codes in the kernels' nk4 layout (uint8 ``[Kp/128, N, 64]``,
+    the bytes of int32 words ``[Kp/128, N, 16]``; see quantkernels/triton/kernels.py) and *replaces* the portable
     qweight (the layer keeps a placeholder; :meth:`TritonBackend.to_portable` rebuilds it exactly).
     8-bit layers: ``qweight`` is None and the kernels read the portable one.
     """
 
     zeros: Optional[torch.Tensor]  # uint8 [G, N] real zero points; None when all are 2**(bits-1)
     g_idx: Optional[torch.Tensor]  # int32 [K]; None when it is k // group_size
-    qweight: Optional[torch.Tensor] = None  # uint8 [N, Kp/2] (4-bit) or None
+    qweight: Optional[torch.Tensor] = None  # uint8 [Kp/128, N, 64] (4-bit) or None
     replaces_qweight: bool = False
     # fp32 zeros [workspace_floats(N)] (16 N + N / 16 floats): split-K partial sums and arrival
     # counters for calls of up to 16 rows, so that they launch no zero-fills (the kernels leave it zero)
@@ -59,8 +59,9 @@ NK4_COLUMN = torch.tensor(
 
 
 def nk4_from_portable(qweight: torch.Tensor) -> torch.Tensor:
-    """Portable 4-bit int32 ``[K/8, N]`` -> nk4 uint8 ``[N, Kp/2]``: the bytes of the int32 words
-    ``[N, Kp/8]`` described in quantkernels/triton/kernels.py (Kp = K rounded up to 128, zero codes)."""
+    """Portable 4-bit int32 ``[K/8, N]`` -> nk4 uint8 ``[Kp/128, N, 64]``: the bytes of the int32
+    words ``[Kp/128, N, 16]`` described in quantkernels/triton/kernels.py (Kp = K rounded up to 128,
+    zero codes)."""
     from ..reference import unpack
 
     codes = unpack(qweight, 4, dim=0).t()  # uint8 [N, K]
@@ -71,15 +72,15 @@ def nk4_from_portable(qweight: torch.Tensor) -> torch.Tensor:
     shifts = 4 * torch.arange(8, device=codes.device)
     words = (nib << shifts).sum(-1)  # [N, Kp/128, 16], each < 2**32
     words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
-    return words.view(n, kp // 8).view(torch.uint8)
+    return words.transpose(0, 1).contiguous().view(torch.uint8)  # [Kp/128, N, 64]
 
 
 def nk4_to_portable(qt: torch.Tensor, k: int) -> torch.Tensor:
     """Inverse of :func:`nk4_from_portable` for ``k`` input columns."""
     from ..reference import pack
 
-    n = qt.shape[0]
-    words = qt.view(torch.int32).to(torch.int64).view(n, -1, 16)  # [N, Kp/128, 16]
+    n = qt.shape[1]
+    words = qt.contiguous().view(torch.int32).to(torch.int64).transpose(0, 1)  # [N, Kp/128, 16]
     nib = (words[..., None] >> (4 * torch.arange(8, device=qt.device))) & 15  # [N, Kp/128, 16, 8]
     codes = torch.empty(n, words.shape[1], 128, dtype=torch.int64, device=qt.device)
     codes[:, :, NK4_COLUMN.to(qt.device)] = nib

@@ -345,10 +345,19 @@ def dequant_kernel(
 # ---------------------------------------------------------------------------------------------------
 # 4-bit weights in the Triton layout ("nk4", made once by the backend's ``prepare``):
 #
-#   ``qt`` int32 ``[N, Kp / 8]``, Kp = K rounded up to 128 (codes past K are 0): row n holds output
-#   column n's codes along K. Each 128-column block b of a row is 16 words; word ``16b + 4c + q``
-#   holds, at nibble p (bits 4p..4p+3), the code of input column ``128b + 32q + 16 * ((p % 4) // 2)
-#   + 8 * (p % 2) + 2c + p // 4``  (see ``NK4_COLUMN`` in quantkernels/backends/triton.py).
+#   ``qt`` int32 ``[Kp / 128, N, 16]``, Kp = K rounded up to 128 (codes past K are 0): K-block
+#   major. ``qt[b, n]`` holds output column n's codes of input columns 128b .. 128b + 127: word
+#   ``4c + q`` holds, at nibble p (bits 4p..4p+3), the code of input column ``128b + 32q + 16 *
+#   ((p % 4) // 2) + 8 * (p % 2) + 2c + p // 4``  (see ``NK4_COLUMN`` in quantkernels/backends/triton.py).
+#   The kernels take the strides as arguments (``stride_qn`` words between outputs, ``stride_qb``
+#   between 128-column blocks), so the address of word w of block b of output n is
+#   ``n * stride_qn + b * stride_qb + w``.
+#
+# Why K-block major: a K step of a ``[BLOCK_N, 128]`` tile then reads ``BLOCK_N x 64`` contiguous
+# bytes, where rows of whole K (the layout until 2026-11-25) scattered it into BLOCK_N pieces of 64
+# bytes, ``K / 2`` bytes apart. On the H100 the same kernels ran 5-39% faster on the K-block-major
+# copy (every tile and split of the m = 1, 16 and 64 candidates on 8192x28672, 28672x8192 and
+# 8192x8192, docs/triton.md, 2026-11-25), though both read the same bytes.
 #
 # Why that order: the weight tile ``[BLOCK_N, BLOCK_K]`` is the left operand of ``tl.dot`` (swap-AB:
 # out.T = W @ x.T; Hopper's wgmma reads it from registers, and a small m only pads the MMA's narrow
@@ -464,7 +473,7 @@ def _nk4_group(s_ptr, z_ptr, k0, offs_n, n_mask, N, GROUP_SIZE: tl.constexpr, HA
 
 @triton.jit
 def _nk4_tile(
-    qt_ptr, s_ptr, z_ptr, gidx_ptr, k0, offs_n, n_mask, N, K, stride_qn, s_grp, nzf_grp,
+    qt_ptr, s_ptr, z_ptr, gidx_ptr, k0, offs_n, n_mask, N, K, stride_qn, stride_qb, s_grp, nzf_grp,
     GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_GIDX: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, DTYPE: tl.constexpr, USE_ASM: tl.constexpr, EVEN_K: tl.constexpr,
 ):
@@ -478,12 +487,16 @@ def _nk4_tile(
     MAGIC_F: tl.constexpr = 1024.0 if DTYPE == tl.float16 else 128.0
     tl.static_assert(BLOCK_K % 128 == 0, "nk4: BLOCK_K must be a multiple of the layout's 128-column block")
     B: tl.constexpr = BLOCK_K // 128
-    offs_w = k0 // 8 + tl.arange(0, BLOCK_K // 8)
+    j = tl.arange(0, BLOCK_K // 8)  # word of the tile: block k0 // 128 + j // 16, word j % 16 of it
+    if B == 1:
+        offs_w = (k0 // 128) * stride_qb + j
+    else:
+        offs_w = (k0 // 128 + j // 16) * stride_qb + j % 16
     ptrs = qt_ptr.to(tl.pointer_type(tl.int32)) + offs_n[:, None] * stride_qn + offs_w[None, :]
     if EVEN_K:
         wd = tl.load(ptrs, mask=n_mask[:, None], other=0)
-    else:
-        wd = tl.load(ptrs, mask=n_mask[:, None] & (offs_w[None, :] < stride_qn), other=0)
+    else:  # the layout holds whole 128-column blocks: mask the blocks past the last
+        wd = tl.load(ptrs, mask=n_mask[:, None] & ((k0 + 8 * j)[None, :] < (K + 127) // 128 * 128), other=0)
     wd = tl.reshape(wd, (BLOCK_N, B, 4, 4))  # (row, block b, thread c, chunk q)
     TILE_IN_GROUP: tl.constexpr = (GROUP_SIZE % BLOCK_K == 0) and (not HAS_GIDX)
     if TILE_IN_GROUP:
@@ -527,7 +540,7 @@ def _nk4_tile(
 
 @triton.jit
 def _nk4_acc(
-    x_ptr, qt_ptr, s_ptr, z_ptr, gidx_ptr, offs_m, offs_n, m_mask, n_mask, N, K, stride_xm, stride_qn,
+    x_ptr, qt_ptr, s_ptr, z_ptr, gidx_ptr, offs_m, offs_n, m_mask, n_mask, N, K, stride_xm, stride_qn, stride_qb,
     kt_begin, kt_end, k_tiles,
     GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_GIDX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_ASM: tl.constexpr, EVEN_K: tl.constexpr,
@@ -564,7 +577,7 @@ def _nk4_acc(
                 other=0.0,
             )
         w, s = _nk4_tile(
-            qt_ptr, s_ptr, z_ptr, gidx_ptr, k0, offs_n, n_mask, N, K, stride_qn, s_cur, nzf_cur,
+            qt_ptr, s_ptr, z_ptr, gidx_ptr, k0, offs_n, n_mask, N, K, stride_qn, stride_qb, s_cur, nzf_cur,
             GROUP_SIZE, HAS_ZEROS, HAS_GIDX, BLOCK_K, BLOCK_N, DTYPE, USE_ASM, EVEN_K,
         )
         if SCALE_W and DOT_F32:
@@ -586,7 +599,7 @@ def _nk4_acc(
 @triton.jit
 def qgemm_nk4_kernel(
     x_ptr,  # [M, K] fp16/bf16, row stride stride_xm
-    qt_ptr,  # [N, Kp / 2] uint8: the bytes of the nk4 int32 words [N, Kp / 8]; stride_qn = Kp / 8
+    qt_ptr,  # the bytes of the nk4 int32 words; stride_qn, stride_qb: words between outputs, 128-column blocks
     s_ptr,  # [G, N] fp16/bf16/fp32
     z_ptr,  # [G, N] uint8 (HAS_ZEROS)
     gidx_ptr,  # [K] int32 (HAS_GIDX)
@@ -594,7 +607,7 @@ def qgemm_nk4_kernel(
     out_ptr,  # [M, N] x dtype, contiguous
     ws_ptr,  # [M, N] fp32, zero on entry and exit (SPLIT_K > 1)
     cnt_ptr,  # [cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N)] int32, zero on entry and exit (SPLIT_K > 1)
-    M, N, K, stride_xm, stride_qn,
+    M, N, K, stride_xm, stride_qn, stride_qb,
     GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_GIDX: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
     GROUP_M: tl.constexpr, USE_ASM: tl.constexpr, EVEN_K: tl.constexpr, DOT_F32: tl.constexpr,
@@ -644,7 +657,7 @@ def qgemm_nk4_kernel(
     kt_begin = pid_k * k_tiles // SPLIT_K
     kt_end = (pid_k + 1) * k_tiles // SPLIT_K
     acc = _nk4_acc(
-        x_ptr, qt_ptr, s_ptr, z_ptr, gidx_ptr, offs_m, offs_n, m_mask, n_mask, N, K, stride_xm, stride_qn,
+        x_ptr, qt_ptr, s_ptr, z_ptr, gidx_ptr, offs_m, offs_n, m_mask, n_mask, N, K, stride_xm, stride_qn, stride_qb,
         kt_begin, kt_end, k_tiles, GROUP_SIZE, HAS_ZEROS, HAS_GIDX, BLOCK_M, BLOCK_N, BLOCK_K, USE_ASM, EVEN_K,
         DOT_F32, SCALE_W, PREFETCH_S,
     )
@@ -655,7 +668,7 @@ def qgemm_nk4_kernel(
 @triton.jit
 def qgemm_nk4_streamk_kernel(
     x_ptr,  # [M, K] fp16/bf16, row stride stride_xm
-    qt_ptr,  # [N, Kp / 2] uint8: nk4 words, as qgemm_nk4_kernel
+    qt_ptr,  # nk4 words, as qgemm_nk4_kernel
     s_ptr,  # [G, N] fp16/bf16/fp32
     z_ptr,  # [G, N] uint8 (HAS_ZEROS)
     gidx_ptr,  # [K] int32 (HAS_GIDX)
@@ -663,7 +676,7 @@ def qgemm_nk4_streamk_kernel(
     out_ptr,  # [M, N] x dtype, contiguous
     ws_ptr,  # [M, N] fp32, zero on entry and exit
     cnt_ptr,  # [cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N)] int32, zero on entry and exit
-    M, N, K, stride_xm, stride_qn,
+    M, N, K, stride_xm, stride_qn, stride_qb,
     GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_GIDX: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_ASM: tl.constexpr,
     EVEN_K: tl.constexpr, DOT_F32: tl.constexpr, SCALE_W: tl.constexpr = False, PREFETCH_S: tl.constexpr = False,
@@ -696,7 +709,7 @@ def qgemm_nk4_streamk_kernel(
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         acc = _nk4_acc(
             x_ptr, qt_ptr, s_ptr, z_ptr, gidx_ptr, offs_m, offs_n, offs_m < M, offs_n < N, N, K, stride_xm,
-            stride_qn, kt_begin, kt_end, k_tiles, GROUP_SIZE, HAS_ZEROS, HAS_GIDX, BLOCK_M, BLOCK_N, BLOCK_K,
+            stride_qn, stride_qb, kt_begin, kt_end, k_tiles, GROUP_SIZE, HAS_ZEROS, HAS_GIDX, BLOCK_M, BLOCK_N, BLOCK_K,
             USE_ASM, EVEN_K, DOT_F32, SCALE_W, PREFETCH_S,
         )
         # The owner of unit u is the last program whose run starts at or before it: (P (u + 1) - 1) // T.
@@ -712,12 +725,12 @@ def qgemm_nk4_streamk_kernel(
 
 @triton.jit
 def dequant_nk4_kernel(
-    qt_ptr,  # [N, Kp / 2] uint8: the bytes of the nk4 int32 words [N, Kp / 8]; stride_qn = Kp / 8
+    qt_ptr,  # the bytes of the nk4 int32 words; stride_qn, stride_qb: words between outputs, 128-column blocks
     s_ptr,  # [G, N] fp16/bf16/fp32
     z_ptr,  # [G, N] uint8 (HAS_ZEROS)
     gidx_ptr,  # [K] int32 (HAS_GIDX)
     w_ptr,  # [N, K] output dtype: W, contiguous
-    N, K, stride_qn,
+    N, K, stride_qn, stride_qb,
     GROUP_SIZE: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_GIDX: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_ASM: tl.constexpr, EVEN_K: tl.constexpr,
 ):
@@ -733,7 +746,7 @@ def dequant_nk4_kernel(
         s_grp = tl.zeros((BLOCK_N,), tl.float32)
         nzf_grp = s_grp
     w, s = _nk4_tile(
-        qt_ptr, s_ptr, z_ptr, gidx_ptr, k0, offs_n, n_mask, N, K, stride_qn, s_grp, nzf_grp,
+        qt_ptr, s_ptr, z_ptr, gidx_ptr, k0, offs_n, n_mask, N, K, stride_qn, stride_qb, s_grp, nzf_grp,
         GROUP_SIZE, HAS_ZEROS, HAS_GIDX, BLOCK_K, BLOCK_N, DTYPE, USE_ASM, EVEN_K,
     )
     offs_k = k0 + tl.arange(0, BLOCK_K)

@@ -419,12 +419,12 @@ def _check_args(x, qweight, scales, zeros, g_idx, bias, bits, group_size, worksp
     k = x.shape[1]
     if qweight.dtype == torch.uint8 and bits == 4:  # nk4 layout (see kernels.py)
         kp = -(-k // 128) * 128
-        if qweight.dim() != 2 or qweight.shape[1] * 2 != kp:
+        if qweight.dim() != 3 or qweight.shape[0] * 128 != kp or qweight.shape[2] != 64:
             raise ValueError(
-                f"{name}: 4-bit nk4 qweight must be uint8 [N, Kp/2] = [N, {kp // 2}] (Kp = K rounded up to 128), "
-                f"got {tuple(qweight.shape)}"
+                f"{name}: 4-bit nk4 qweight must be uint8 [Kp/128, N, 64] = [{kp // 128}, N, 64] (Kp = K rounded "
+                f"up to 128), got {tuple(qweight.shape)}"
             )
-        n = qweight.shape[0]
+        n = qweight.shape[1]
     elif qweight.dtype != torch.int32 or qweight.dim() != 2 or qweight.shape[0] * 32 != k * bits:
         raise ValueError(
             f"{name}: qweight must be int32 [K*bits/32, N] = [{k * bits // 32}, N] (or nk4 uint8 for 4 bits), "
@@ -470,7 +470,7 @@ def triton_linear(
     workspace: Optional[Tensor] = None,
 ) -> Tensor:
     """``x @ W.T + bias`` for x ``[M, K]`` fp16/bf16, W in the portable layout (int32 ``qweight``
-    ``[K*bits/32, N]``) or, for 4 bits, the nk4 layout (uint8 ``[N, Kp/2]``, see kernels.py).
+    ``[K*bits/32, N]``) or, for 4 bits, the nk4 layout (uint8 ``[Kp/128, N, 64]``, see kernels.py).
 
     ``zeros``: uint8 ``[G, N]`` real zero points, or None when all are ``2**(bits-1)``; ``g_idx``:
     int32 ``[K]``, or None when it is ``k // group_size``; ``group_size``: -1 for per channel.
@@ -485,7 +485,7 @@ def triton_linear(
         x = x.contiguous()
     m, k = x.shape
     nk4 = qweight.dtype == torch.uint8
-    n = qweight.shape[0] if nk4 else qweight.shape[1]
+    n = qweight.shape[1]
     family = _family(m)
     fake = is_fake(x)
     if INTERPRETED and fake and isinstance(x, FunctionalTensor):
@@ -568,7 +568,9 @@ def _split_k_buffers(rows: int, n: int, device, needed: bool, dummy: Tensor, wor
 def _linear_nk4(x, qt, scales, z, gi, bias, consts, family, key, fake, workspace):
     """4-bit weights in the nk4 layout: qgemm_nk4_kernel, or dequant_nk4_kernel + cuBLAS."""
     m, k = x.shape
-    n = qt.shape[0]
+    n = qt.shape[1]
+    if qt.stride(2) != 1 or qt.stride(1) % 4 or qt.stride(0) % 4:
+        qt = qt.contiguous()  # the kernels read whole int32 words
     consts["USE_ASM"] = _USE_ASM and x.device.type == "cuda"
     out = x.new_empty((m, n))
     ws, cnt = _split_k_buffers(m, n, x.device, m <= SPLIT_K_MAX_M, out, workspace)
@@ -578,8 +580,8 @@ def _linear_nk4(x, qt, scales, z, gi, bias, consts, family, key, fake, workspace
     deq = torch.library.wrap_triton(kernels.dequant_nk4_kernel)
     result = [out]
 
-    stride_qn = qt.stride(0) // 4  # in int32 words
-    kp = stride_qn * 8
+    stride_qn, stride_qb = qt.stride(1) // 4, qt.stride(0) // 4  # in int32 words
+    kp = qt.shape[0] * 128
 
     def launch(c):
         kw = dict(c.kwargs)
@@ -587,20 +589,20 @@ def _linear_nk4(x, qt, scales, z, gi, bias, consts, family, key, fake, workspace
         if kw.pop("DEQUANT", False):
             w = torch.empty((n, k), dtype=x.dtype, device=x.device)
             grid = (triton.cdiv(n, kw["BLOCK_N"]), triton.cdiv(k, kw["BLOCK_K"]))
-            deq[grid](qt, scales, z, gi, w, n, k, stride_qn, **consts, **kw, EVEN_K=even_k, **_launch_opts(c))
+            deq[grid](qt, scales, z, gi, w, n, k, stride_qn, stride_qb, **consts, **kw, EVEN_K=even_k, **_launch_opts(c))
             mm = torch.mm(x, w.t())
             result[0] = mm if bias is None else mm + bias.to(mm.dtype)
         elif "STREAM_K" in kw:
             units = triton.cdiv(m, kw["BLOCK_M"]) * triton.cdiv(n, kw["BLOCK_N"]) * triton.cdiv(k, kw["BLOCK_K"])
             grid = (max(1, min(units, kw.pop("STREAM_K") * _sm_count(x.device))),)
-            stream_k[grid](x, qt, scales, z, gi, b, out, ws, cnt, m, n, k, x.stride(0), stride_qn,
+            stream_k[grid](x, qt, scales, z, gi, b, out, ws, cnt, m, n, k, x.stride(0), stride_qn, stride_qb,
                            **consts, HAS_BIAS=bias is not None, **kw, EVEN_K=even_k, DOT_F32=INTERPRETED,
                            **_launch_opts(c))
             result[0] = out
         else:
             tiles = triton.cdiv(m, kw["BLOCK_M"]) * triton.cdiv(n, kw["BLOCK_N"])
             grid = (tiles * kw["SPLIT_K"], 1) if kw.get("SPLIT_INNER") else (tiles, kw["SPLIT_K"])
-            gemm[grid](x, qt, scales, z, gi, b, out, ws, cnt, m, n, k, x.stride(0), stride_qn,
+            gemm[grid](x, qt, scales, z, gi, b, out, ws, cnt, m, n, k, x.stride(0), stride_qn, stride_qb,
                        **consts, HAS_BIAS=bias is not None, **kw, EVEN_K=even_k, DOT_F32=INTERPRETED,
                        **_launch_opts(c))
             result[0] = out

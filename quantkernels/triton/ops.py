@@ -199,14 +199,14 @@ CONFIGS_NK4: Dict[str, List[triton.Config]] = {  # BLOCK_K: a multiple of the la
         # 4096x14336 (26.9 against 29.8 us), split 2 on 14336x4096 (29.6 against 30.2).
         _nk4(64, 256, 128, 8, 8, 3, scale_w=True, prefetch_s=True, split_inner=True),
         _nk4(64, 256, 128, 2, 8, 3, scale_w=True, prefetch_s=True, split_inner=True),
-        # Stream-K: 8192x28672 has 112 tiles of 64 x 256 (split 4: 448 programs, 3.4 waves of 132) and
-        # 224 of 64 x 128. One program an SM: sm_90 compiles (triton 3.9) take 222-243 registers x 256
-        # threads for the 256-wide tile and 161-163 for the 128-wide one (the split-K kernel's 120-124
-        # let two of those share an SM); the K loop is the split-K kernel's (390 against 386-389 SASS
-        # instructions, fp16).
+        # Stream-K, one program an SM (sm_90, triton 3.9: 232 registers x 256 threads; the K loop is
+        # the split-K kernel's, 390 against 386 SASS instructions, fp16). H100 tuner, 2026-11-25 16:53
+        # (K-block-major layout), m = 64: 4-14% behind the best split on the five large layers, never
+        # the best (79.1 against 73.9 us on 8192x28672, 81.2 against 78.4 on 28672x8192); kept for
+        # layers whose tiles fill waves worse. Without PREFETCH_S (109-114 us on those two) and the
+        # 128-wide tile (126-129 us; 161 registers, so one program an SM where the split kernel fits
+        # two) it was slower still: dropped.
         _nk4_stream_k(64, 256, 128, 1, 8, 3, scale_w=True, prefetch_s=True),
-        _nk4_stream_k(64, 256, 128, 1, 8, 3, scale_w=True),
-        _nk4_stream_k(64, 128, 128, 1, 8, 4, scale_w=True),
     ],
     "large": [
         _nk4(128, 64, 128, 1, 4, 4),

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import statistics
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -42,8 +41,6 @@ _USE_ASM = not INTERPRETED and torch.version.hip is None
 SPLIT_K_MAX_M = 64  # split-K only for m <= this; larger m has enough output tiles to fill the GPU
 WORKSPACE_ROWS = 16  # rows up to which a caller's persistent workspace serves split-K (see workspace_floats)
 DEQUANT_MIN_M = 256  # from here on: dequantize, then cuBLAS (measured faster on the H100)
-NEAR_TIE = 1.08  # the tuner times candidates within this factor of the fastest again,
-RETIME_ROUNDS = 4  # in this many interleaved rounds, and keeps the best median
 
 
 def m_bucket(m: int) -> int:
@@ -385,21 +382,12 @@ def _choose(family: str, key: Tuple, launch, real: bool, nk4: bool, device, bits
         # not cached, so that the first eager call still tunes it.
         return candidates[0]
     best, best_t = candidates[0], float("inf")
-    times = []  # (ms, candidate); the near ties' entries become their medians
+    times = []
     # Each timed launch follows a write of twice the L2's size, which evicts the weights: a model's
     # layers reach the kernel from DRAM, and a layer smaller than the L2 timed back to back (as before
     # 2026-11-24) ran from the L2 and was tuned for that. The write's own time (measured once per
     # device, the same way) is subtracted.
     flush, t_flush = _l2_flush(device), _l2_flush_ms(device)
-
-    def timed(c) -> float:
-        # Replayed from a CUDA graph: the kernel's time, not the Python launch path's.
-        def flushed_launch():
-            flush.zero_()
-            launch(c)
-
-        return triton.testing.do_bench_cudagraph(flushed_launch, rep=20, return_mode="median") - t_flush
-
     for c in candidates:
         try:
             launch(c)  # compile outside the capture
@@ -409,7 +397,12 @@ def _choose(family: str, key: Tuple, launch, real: bool, nk4: bool, device, bits
             # counter, and the counter is left off zero for the next call. (A wrong, bias-only output
             # seen once on an H100, 2026-11-23 16:10, fits this race; it did not reproduce.)
             torch.cuda.current_stream(device).synchronize()
-            t = timed(c)
+            # Replayed from a CUDA graph: the kernel's time, not the Python launch path's.
+            def flushed_launch(c=c):
+                flush.zero_()
+                launch(c)
+
+            t = triton.testing.do_bench_cudagraph(flushed_launch, rep=20, return_mode="median") - t_flush
         except triton.runtime.errors.OutOfResources:
             # smem_estimate keeps the listed candidates within the GPU; this guards another Triton
             # version allocating more (tests/triton_cases.py asserts none does on the tested GPU).
@@ -417,21 +410,8 @@ def _choose(family: str, key: Tuple, launch, real: bool, nk4: bool, device, bits
         times.append((t, c))
         if t < best_t:
             best, best_t = c, t
-    # Near ties are timed again, interleaved, and the median of the rounds decides. With one pass,
-    # two runs on the H100 (2026-11-25) chose differently between candidates a few percent apart
-    # (8192x28672 at m = 64: split 4 of the 64 x 256 tile, 73.9 us, then the unsplit tile, 78.7).
-    near = [c for t, c in times if t <= NEAR_TIE * best_t]
-    if len(near) > 1:
-        rounds = {id(c): [t for t, cc in times if cc is c] for c in near}
-        for r in range(RETIME_ROUNDS):
-            for c in near[r % len(near):] + near[: r % len(near)]:
-                rounds[id(c)].append(timed(c))
-        medians = {id(c): statistics.median(rounds[id(c)]) for c in near}
-        times = [(medians.get(id(c), t), c) for t, c in times]
-    TIMINGS[key] = sorted(times, key=lambda tc: tc[0])
-    if TIMINGS[key]:
-        best = TIMINGS[key][0][1]
     CHOSEN[key] = best
+    TIMINGS[key] = sorted(times, key=lambda tc: tc[0])
     return best
 
 

@@ -196,13 +196,13 @@ CONFIGS_NK4: Dict[str, List[triton.Config]] = {  # BLOCK_K: a multiple of the la
         _nk4(64, 128, 128, 4, 8, 4, scale_w=True, split_inner=True),
         _nk4(64, 128, 128, 7, 8, 4, scale_w=True, split_inner=True),
         # On the K-block-major layout (2026-11-25 16:53 tuner): split 8 of the 256-wide tile won on
-        # 4096x14336 (26.9 against 29.8 us), split 2 on 14336x4096 (29.6 against 30.2).
+        # 14336x4096 (26.9 against 29.8 us), split 2 on 4096x14336 (29.6 against 30.2).
         _nk4(64, 256, 128, 8, 8, 3, scale_w=True, prefetch_s=True, split_inner=True),
         _nk4(64, 256, 128, 2, 8, 3, scale_w=True, prefetch_s=True, split_inner=True),
         # Stream-K, one program an SM (sm_90, triton 3.9: 232 registers x 256 threads; the K loop is
         # the split-K kernel's, 390 against 386 SASS instructions, fp16). H100 tuner, 2026-11-25 16:53
         # (K-block-major layout), m = 64: 4-14% behind the best split on the five large layers, never
-        # the best (79.1 against 73.9 us on 8192x28672, 81.2 against 78.4 on 28672x8192); kept for
+        # the best (81.2 against 78.4 us on 8192x28672, 79.1 against 73.9 on 28672x8192); kept for
         # layers whose tiles fill waves worse. Without PREFETCH_S (109-114 us on those two) and the
         # 128-wide tile (126-129 us; 161 registers, so one program an SM where the split kernel fits
         # two) it was slower still: dropped.
@@ -222,7 +222,7 @@ CONFIGS_NK4: Dict[str, List[triton.Config]] = {  # BLOCK_K: a multiple of the la
         _nk4_dequant(64, 128),
         _nk4_dequant(128, 128, 8),
         _nk4(128, 256, 128, 1, 8, 3, scale_w=True, prefetch_s=True),
-        # 4 stages: 821 against 849 us (3 stages) and 878 (dequantize + cuBLAS) on 28672x8192 at m = 1024.
+        # 4 stages: 821 against 849 us (3 stages) and 878 (dequantize + cuBLAS) on 8192x28672 at m = 1024.
         _nk4(128, 256, 128, 1, 8, 4, scale_w=True, prefetch_s=True),
     ],
 }

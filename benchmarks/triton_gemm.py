@@ -279,9 +279,12 @@ def table(shapes, ms, log):
                   f"  | graphs: {t_qg * 1e3:.1f} vs {t_dg * 1e3:.1f} us {t_dg / t_qg:.2f}x", flush=True)
     from quantkernels.triton import ops as tops
 
-    log.write(json.dumps({str(k): str(v) for k, v in tops.CHOSEN.items()}, indent=1) + "\n")
+    def label(key):  # the tuner's keys hold (family, m bucket, N, K, ...): named here as K x N
+        return f"{key[0]} m<={key[1]} KxN {key[3]}x{key[2]} {key}"
+
+    log.write(json.dumps({label(k): str(v) for k, v in tops.CHOSEN.items()}, indent=1) + "\n")
     for key, times in tops.TIMINGS.items():  # every candidate the tuner timed (CUDA graph, same weights)
-        log.write(f"{key}\n" + "".join(f"  {t * 1e3:9.1f} us  {c}\n" for t, c in times))
+        log.write(f"{label(key)}\n" + "".join(f"  {t * 1e3:9.1f} us  {c}\n" for t, c in times))
     return rows
 
 

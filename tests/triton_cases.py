@@ -333,6 +333,8 @@ def test_bad_arguments_name_the_argument():
     with pytest.raises(ValueError, match=r"nk4 qweight must be uint8 \[Kp/128, N, 64\]"):
         op(x, qt.reshape(qt.shape[1], -1), layer.scales, None, None, None, 4, 32)  # the old [N, Kp/2]
     torch.testing.assert_close(op(x, qt, layer.scales, None, None, None, 4, 32), layer(x))
+    # A view of the first 32 outputs (strided: 64 of its bytes in every 128-column block) reads right.
+    torch.testing.assert_close(op(x, qt[:, :32], layer.scales[:, :32].contiguous(), None, None, None, 4, 32), layer(x)[:, :32])
     with pytest.raises(ValueError, match="scales"):
         op(x, layer.portable_tensors()["qweight"], layer.scales[:-1], None, None, None, 4, 32)
     with pytest.raises(ValueError, match="bits"):

@@ -306,7 +306,7 @@ def sm90_compile(cfg, zeros=False, dtype="fp16", fn=None):
     const = dict(GROUP_SIZE=128, HAS_ZEROS=zeros, HAS_GIDX=False, HAS_BIAS=False, USE_ASM=True, EVEN_K=True,
                  DOT_F32=False, **cfg.kwargs)
     sig = {a: "constexpr" if a in const else ("*" + ptrs[a] if a in ptrs else "i32") for a in names}
-    attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(names) if sig[a] != "constexpr" and a not in ("M", "iters")}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(names) if sig[a] != "constexpr" and a != "M"}
     src = ASTSource(fn, sig, {(names.index(a),): v for a, v in const.items() if a in names}, attrs)
     opts = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts)

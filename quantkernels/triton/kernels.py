@@ -715,6 +715,8 @@ def qgemm_nk4_streamk_kernel(
         # The owner of unit u is the last program whose run starts at or before it: (P (u + 1) - 1) // T.
         first = tile.to(tl.int64) * k_tiles
         arrivals = ((first + k_tiles) * progs - 1) // total - ((first + 1) * progs - 1) // total + 1
+        # SPLIT_K (constexpr) only selects the path: 1 stores directly, any larger value sums through
+        # the workspace, waiting for ``arrivals`` contributors.
         if arrivals == 1:
             _finish_tile(tl.trans(acc), offs_m, offs_n, tile, M, N, out_ptr, bias_ptr, ws_ptr, cnt_ptr, HAS_BIAS, 1)
         else:
